@@ -1,0 +1,482 @@
+/* SPDX-License-Identifier: MIT */
+/* The app socket: who is calling (at accept), which endpoint, which team,
+ * which model; local answers (/v1/models, whoami) and the agent's own
+ * errors in each family's shape. Forwarding itself is proxy.c. */
+
+#include <jansson.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <strings.h>
+
+#include "body.h"
+#include "broker.h"
+#include "keybroker/keybroker.h"
+#include "router.h"
+
+struct api_conn {
+        struct kb_broker *broker;
+        struct kb_identity *identity;
+};
+
+struct endpoint_def {
+        const char *path;
+        const char *method;
+        kb_endpoint endpoint;
+        kb_family family;
+        bool forward;
+};
+
+static const struct endpoint_def endpoints[] = {
+        { "/v1/chat/completions", "POST", KB_ENDPOINT_CHAT, KB_FAMILY_OPENAI, true },
+        { "/v1/responses", "POST", KB_ENDPOINT_RESPONSES, KB_FAMILY_OPENAI, true },
+        { "/v1/embeddings", "POST", KB_ENDPOINT_EMBEDDINGS, KB_FAMILY_OPENAI, true },
+        { "/v1/messages", "POST", KB_ENDPOINT_MESSAGES, KB_FAMILY_ANTHROPIC, true },
+        { "/v1/messages/count_tokens", "POST", KB_ENDPOINT_COUNT_TOKENS, KB_FAMILY_ANTHROPIC, true },
+        { "/v1/models", "GET", KB_ENDPOINT_MODELS, KB_FAMILY_OPENAI, false },
+        { KB_PATH_WHOAMI, "GET", KB_ENDPOINT_WHOAMI, KB_FAMILY_OPENAI, false },
+};
+
+static kb_family family_of_path(const char *path) {
+        return path && strncmp(path, "/v1/messages", 12) == 0 && (path[12] == 0 || path[12] == '/' || path[12] == '?')
+                       ? KB_FAMILY_ANTHROPIC
+                       : KB_FAMILY_OPENAI;
+}
+
+/* ---- errors in the family's shape ---- */
+
+static const char *openai_error_type(int status) {
+        if (status == 403)
+                return "permission_error";
+        if (status == 429)
+                return "rate_limit_error";
+        if (status >= 500)
+                return "server_error";
+        return "invalid_request_error";
+}
+
+static const char *anthropic_error_type(int status) {
+        switch (status) {
+        case 401: return "authentication_error";
+        case 403: return "permission_error";
+        case 404: return "not_found_error";
+        case 408: return "timeout_error";
+        case 413:
+        case 431: return "request_too_large";
+        case 429: return "rate_limit_error";
+        case 529: return "overloaded_error";
+        default: return status >= 500 ? "api_error" : "invalid_request_error";
+        }
+}
+
+/* The error object in the family's JSON shape; NULL on OOM. */
+static char *error_body(kb_family family, int status, const char *code, const char *message) {
+        json_t *j;
+        if (family == KB_FAMILY_ANTHROPIC) {
+                _cleanup_free_ char *m = NULL;
+                if (asprintf(&m, "%s: %s", code, message) < 0)
+                        return NULL;
+                j = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", anthropic_error_type(status),
+                              "message", m);
+        } else
+                j = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", openai_error_type(status),
+                              "code", code);
+        if (!j)
+                return NULL;
+        char *s = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        return s;
+}
+
+size_t kb_api_common_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap,
+                             char *scratch, size_t scratch_size) {
+        size_t used = 0;
+        /* Values built here live in scratch; it is the caller's stack. */
+#define PUT(name_, fmt_, ...)                                                                   \
+        do {                                                                                    \
+                int _w = snprintf(scratch + used, scratch_size - used, fmt_, __VA_ARGS__);      \
+                if (n < cap && _w >= 0 && (size_t) _w < scratch_size - used) {                  \
+                        h[n++] = (struct kb_http_header) { name_, scratch + used };             \
+                        used += (size_t) _w + 1;                                                \
+                }                                                                               \
+        } while (0)
+
+        if (n < cap)
+                h[n++] = (struct kb_http_header) { KB_HDR_REQUEST_ID, r->id };
+        if (r->team && n < cap)
+                h[n++] = (struct kb_http_header) { KB_HDR_TEAM_OUT, r->team->name };
+        if (r->route && n < cap)
+                h[n++] = (struct kb_http_header) { KB_HDR_ROUTE, r->route->name };
+        if (r->team && r->team->requests_per_minute > 0) {
+                /* Quotas are enforced by a later milestone; until then the
+                 * window is never consumed, so remaining equals the limit. */
+                PUT("x-ratelimit-limit-requests", "%" PRIu64, r->team->requests_per_minute);
+                PUT("x-ratelimit-remaining-requests", "%" PRIu64, r->team->requests_per_minute);
+                PUT("x-ratelimit-reset-requests", "%s", "0s");
+        }
+        if (r->team && r->team->tokens_per_minute > 0) {
+                PUT("x-ratelimit-limit-tokens", "%" PRIu64, r->team->tokens_per_minute);
+                PUT("x-ratelimit-remaining-tokens", "%" PRIu64, r->team->tokens_per_minute);
+                PUT("x-ratelimit-reset-tokens", "%s", "0s");
+        }
+#undef PUT
+        return n;
+}
+
+static void respond_json(struct kb_request *r, int status, const char *body, const struct kb_http_header *extra,
+                         size_t n_extra) {
+        struct kb_http_header h[16];
+        char scratch[512];
+        size_t n = 0;
+
+        h[n++] = (struct kb_http_header) { "content-type", "application/json" };
+        for (size_t i = 0; i < n_extra && n < 8; i++)
+                h[n++] = extra[i];
+        n = kb_api_common_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
+        r->status = status;
+        r->response_started = true;
+        (void) kb_conn_respond(r->conn, status, h, n, body, strlen(body));
+}
+
+void kb_api_verror(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt,
+                   va_list ap) {
+        _cleanup_free_ char *msg = NULL, *body = NULL;
+
+        if (vasprintf(&msg, fmt, ap) < 0)
+                msg = NULL;
+        r->outcome = outcome;
+        body = error_body(r->family, status, code, msg ?: code);
+        respond_json(r, status, body ?: "{}", NULL, 0);
+}
+
+void kb_api_fail(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        kb_api_verror(r, status, code, outcome, fmt, ap);
+        va_end(ap);
+        kb_request_finish(r);
+}
+
+/* ---- request life ---- */
+
+static struct kb_request *request_new(struct kb_broker *b, struct kb_conn *c, struct kb_http_request *http) {
+        struct api_conn *ac = kb_conn_get_userdata(c);
+        struct kb_request *r = calloc(1, sizeof(*r));
+        if (!r)
+                return NULL;
+
+        unsigned char raw[16];
+        randombytes_buf(raw, sizeof(raw));
+        sodium_bin2hex(r->id, sizeof(r->id), raw, sizeof(raw));
+        r->broker = b;
+        r->conn = c;
+        r->http = http;
+        r->config = kb_config_ref(b->config);
+        r->identity = ac ? ac->identity : NULL;
+        r->endpoint = _KB_ENDPOINT_MAX;
+        r->family = family_of_path(http ? http->path : NULL);
+        r->start_usec = kb_now_usec();
+        r->attempts = 0;
+        b->n_in_flight++;
+        return r;
+}
+
+void kb_request_finish(struct kb_request *r) {
+        struct kb_broker *b = r->broker;
+
+        if (r->finished)
+                return;
+        r->finished = true;
+        r->latency_usec = kb_now_usec() - r->start_usec;
+        kb_proxy_release(r);
+
+        int q = kb_journal_request(b->journal, r);
+        if (q < 0 && q != -EAGAIN)
+                fprintf(stderr, "<4>request %s: cannot queue journal record: %s\n", r->id, strerror(-q));
+
+        kb_conn_end(r->conn);
+        b->n_in_flight--;
+        b->n_requests++;
+
+        kb_buf_free(&r->out);
+        free(r->model);
+        free(r->key_label);
+        free(r->upstream_request_id);
+        free(r->fallback_from);
+        kb_config_unref(r->config);
+        free(r);
+}
+
+/* ---- local endpoints ---- */
+
+static void serve_whoami(struct kb_request *r) {
+        const struct kb_identity *id = r->identity;
+        json_t *groups = json_array(), *teams = json_array();
+
+        for (size_t i = 0; groups && i < id->n_groups; i++)
+                json_array_append_new(groups, json_integer(id->groups[i]));
+        for (size_t i = 0; teams && i < r->config->n_teams; i++)
+                if (kb_identity_in_team(id, &r->config->teams[i]))
+                        json_array_append_new(teams, json_string(r->config->teams[i].name));
+
+        json_t *j = json_pack("{s:I, s:I, s:I, s:o, s:s?, s:s?, s:s?, s:o}", "uid", (json_int_t) id->uid, "gid",
+                              (json_int_t) id->gid, "pid", (json_int_t) id->pid, "groups", groups, "unit", id->unit,
+                              "exe", id->exe, "team", r->team ? r->team->name : NULL, "teams", teams);
+        _cleanup_free_ char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (!s) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
+                return;
+        }
+        respond_json(r, 200, s, NULL, 0);
+        kb_request_finish(r);
+}
+
+static int cmp_model_name(const void *a, const void *b) {
+        return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+static void serve_models(struct kb_request *r) {
+        const struct kb_config *c = r->config;
+        _cleanup_free_ const char **names = calloc(c->n_models + 1, sizeof(char *));
+        size_t n = 0;
+
+        if (!names) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
+                return;
+        }
+        for (size_t i = 0; i < c->n_models; i++)
+                if (kb_team_allows_model(r->team, c->models[i].name))
+                        names[n++] = c->models[i].name;
+        qsort(names, n, sizeof(char *), cmp_model_name);
+
+        json_t *data = json_array();
+        for (size_t i = 0; data && i < n; i++)
+                json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", names[i], "object", "model",
+                                                      "created", 0, "owned_by", "keybroker"));
+        json_t *j = json_pack("{s:s, s:o}", "object", "list", "data", data);
+        _cleanup_free_ char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (!s) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
+                return;
+        }
+        respond_json(r, 200, s, NULL, 0);
+        kb_request_finish(r);
+}
+
+/* ---- dispatch ---- */
+
+static void serve_forward(struct kb_request *r) {
+        const struct kb_http_request *h = r->http;
+        struct kb_body_info info = {};
+        const char *why = NULL;
+
+        if (kb_body_inspect(h->body.data ?: "", h->body.len, &info, &why) < 0) {
+                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST, "%s", why ?: "invalid body");
+                return;
+        }
+        if (!info.model) {
+                kb_body_info_done(&info);
+                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
+                            info.model_not_string ? "\"model\" must be a string" : "request body has no \"model\"");
+                return;
+        }
+        r->model = TAKE_PTR(info.model);
+        r->stream = info.stream;
+
+        r->model_cfg = kb_config_find_model(r->config, r->model);
+        if (!r->model_cfg) {
+                kb_api_fail(r, 404, "model_not_found", KB_OUTCOME_MODEL_NOT_FOUND,
+                            "The model '%s' does not exist on this broker", r->model);
+                return;
+        }
+        if (!kb_team_allows_model(r->team, r->model)) {
+                kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
+                            "team '%s' may not use model '%s'", r->team->name, r->model);
+                return;
+        }
+        if (kb_router_pick(r->model_cfg, r->family, randombytes_random(), &r->target) < 0) {
+                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
+                            "model '%s' has no route that speaks the %s API", r->model,
+                            kb_family_to_string(r->family));
+                return;
+        }
+        r->route = r->target->route;
+
+        /* Only OpenAI chat streams omit usage unless asked; we ask, and hide
+         * the answer from an app that did not. */
+        bool add_usage = r->endpoint == KB_ENDPOINT_CHAT && r->stream && !info.include_usage;
+        r->hide_usage_chunk = add_usage;
+        kb_proxy_forward(r, r->target->upstream_model, add_usage);
+}
+
+static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void *userdata) {
+        struct kb_broker *b = userdata;
+        struct kb_request *r = request_new(b, c, http);
+
+        if (!r) {
+                static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
+                (void) kb_conn_respond(c, 500, NULL, 0, oom, sizeof(oom) - 1);
+                kb_conn_end(c);
+                return;
+        }
+
+        const struct endpoint_def *ep = NULL;
+        bool path_known = false;
+        for (size_t i = 0; i < ELEMENTSOF(endpoints); i++)
+                if (streq(http->path, endpoints[i].path)) {
+                        path_known = true;
+                        if (streq(http->method, endpoints[i].method))
+                                ep = &endpoints[i];
+                }
+        if (!ep) {
+                if (path_known)
+                        kb_api_fail(r, 405, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
+                                    "method %s is not allowed on %s", http->method, http->path);
+                else
+                        kb_api_fail(r, 404, "not_found", KB_OUTCOME_INVALID_REQUEST, "no endpoint %s %s",
+                                    http->method, http->path);
+                return;
+        }
+        r->endpoint = ep->endpoint;
+        r->family = ep->family;
+
+        const char *want = kb_http_request_header(http, KB_HDR_TEAM);
+        int q = kb_identity_pick_team(r->config, r->identity, want, &r->team);
+        if (q < 0 && ep->endpoint != KB_ENDPOINT_WHOAMI) {
+                if (want)
+                        kb_api_fail(r, 403, "unknown_team", KB_OUTCOME_FORBIDDEN,
+                                    "uid %u is not a member of team '%s'", (unsigned) r->identity->uid, want);
+                else
+                        kb_api_fail(r, 403, "unknown_team", KB_OUTCOME_FORBIDDEN,
+                                    "no team matches uid %u (gid %u, unit %s)", (unsigned) r->identity->uid,
+                                    (unsigned) r->identity->gid, r->identity->unit ?: "unknown");
+                return;
+        }
+
+        switch (ep->endpoint) {
+        case KB_ENDPOINT_WHOAMI:
+                serve_whoami(r);
+                break;
+        case KB_ENDPOINT_MODELS:
+                serve_models(r);
+                break;
+        default:
+                serve_forward(r);
+        }
+}
+
+/* ---- connections ---- */
+
+static struct kb_uid_count *uid_slot(struct kb_broker *b, uid_t uid, bool create) {
+        for (size_t i = 0; i < b->n_uid_conns; i++)
+                if (b->uid_conns[i].uid == uid)
+                        return &b->uid_conns[i];
+        if (!create)
+                return NULL;
+        struct kb_uid_count *n = realloc(b->uid_conns, (b->n_uid_conns + 1) * sizeof(*n));
+        if (!n)
+                return NULL;
+        b->uid_conns = n;
+        b->uid_conns[b->n_uid_conns] = (struct kb_uid_count) { uid, 0 };
+        return &b->uid_conns[b->n_uid_conns++];
+}
+
+static int api_on_accept(struct kb_conn *c, void *userdata) {
+        struct kb_broker *b = userdata;
+        struct kb_identity *id;
+
+        int r = kb_identity_from_socket(kb_conn_fd(c), &id);
+        if (r < 0)
+                return r;
+
+        struct kb_uid_count *slot = uid_slot(b, id->uid, true);
+        if (!slot || slot->n >= b->config->agent.max_connections_per_uid) {
+                kb_identity_free(id);
+                return slot ? -EUSERS : -ENOMEM;
+        }
+
+        struct api_conn *ac = calloc(1, sizeof(*ac));
+        if (!ac) {
+                kb_identity_free(id);
+                return -ENOMEM;
+        }
+        slot->n++;
+        ac->broker = b;
+        ac->identity = id;
+        kb_conn_set_userdata(c, ac);
+        return 0;
+}
+
+static void api_on_close(struct kb_conn *c, void *userdata) {
+        struct kb_broker *b = userdata;
+        struct api_conn *ac = kb_conn_get_userdata(c);
+
+        if (!ac)
+                return;
+        struct kb_uid_count *slot = uid_slot(b, ac->identity->uid, false);
+        if (slot && slot->n > 0 && --slot->n == 0) {
+                *slot = b->uid_conns[--b->n_uid_conns];
+        }
+        kb_identity_free(ac->identity);
+        free(ac);
+        kb_conn_set_userdata(c, NULL);
+}
+
+/* Rejections by the HTTP layer (400, 408, 413, 431, 503) in the family's
+ * shape; these are journaled too unless no request was ever read. */
+static void api_write_error(struct kb_conn *c, const char *path, int status, const char *code, const char *message,
+                            void *userdata) {
+        struct kb_broker *b = userdata;
+        kb_family family = family_of_path(path);
+        _cleanup_free_ char *body = error_body(family, status, code, message);
+        unsigned char raw[16];
+        char id[33];
+
+        randombytes_buf(raw, sizeof(raw));
+        sodium_bin2hex(id, sizeof(id), raw, sizeof(raw));
+        struct kb_http_header h[] = {
+                { "content-type", "application/json" },
+                { KB_HDR_REQUEST_ID, id },
+        };
+        (void) kb_conn_respond(c, status, h, ELEMENTSOF(h), body ?: "{}", body ? strlen(body) : 2);
+
+        struct api_conn *ac = kb_conn_get_userdata(c);
+        if (!path || !ac)
+                return;
+        /* A record for a request we refused to read, so audits see it. */
+        struct kb_request r = {
+                .broker = b,
+                .conn = c,
+                .config = b->config,
+                .identity = ac->identity,
+                .endpoint = _KB_ENDPOINT_MAX,
+                .family = family,
+                .status = status,
+                .outcome = KB_OUTCOME_INVALID_REQUEST,
+        };
+        memcpy(r.id, id, sizeof(id));
+        for (size_t i = 0; i < ELEMENTSOF(endpoints); i++)
+                if (streq(path, endpoints[i].path))
+                        r.endpoint = endpoints[i].endpoint;
+        (void) kb_identity_pick_team(b->config, ac->identity, NULL, &r.team);
+        (void) kb_journal_request(b->journal, &r);
+}
+
+const struct kb_http_ops kb_api_ops = {
+        .on_accept = api_on_accept,
+        .on_request = api_on_request,
+        .write_error = api_write_error,
+        .on_close = api_on_close,
+};
+
+struct kb_http_limits kb_api_limits(const struct kb_config *c) {
+        return (struct kb_http_limits) {
+                .max_header_bytes = 64 * 1024,
+                .max_body = c->agent.max_request_body,
+                .header_timeout_usec = c->agent.header_timeout_usec,
+                .idle_timeout_usec = c->agent.idle_timeout_usec,
+                .max_connections = c->agent.max_connections,
+        };
+}

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The daemon's long-lived state: the loop, the current config, keys, the
+ * sockets, the upstream multi handle and the journal writer. main.c owns
+ * it; api.c and proxy.c serve requests with it. */
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "http.h"
+#include "journal.h"
+#include "keystore.h"
+#include "request.h"
+#include "upstream.h"
+
+struct kb_uid_count {
+        uid_t uid;
+        unsigned n;
+};
+
+struct kb_broker {
+        sd_event *event;
+        struct kb_config *config;       /* current; requests hold their own ref */
+        struct kb_keystore *keys;
+        struct kb_http_server *api;
+        struct kb_upstream *upstream;
+        struct kb_journal *journal;
+
+        struct kb_uid_count *uid_conns; /* open app connections per uid */
+        size_t n_uid_conns;
+
+        uint64_t n_in_flight;           /* kb_requests alive */
+        uint64_t n_requests;            /* served since start */
+};
+
+/* The app socket's callbacks (api.c). */
+extern const struct kb_http_ops kb_api_ops;
+struct kb_http_limits kb_api_limits(const struct kb_config *c);
+
+/* api.c: answer r with an error of the agent's own making, in the family's
+ * shape, and finish it. */
+void kb_api_fail(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...)
+        _printf_(5, 6);
+/* The same without finishing the request. */
+void kb_api_verror(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt,
+                   va_list ap) _printf_(5, 0);
+/* api.c: response headers every answer carries (request id, team, route,
+ * the team's x-ratelimit-*), appended to h (which has room for cap). */
+size_t kb_api_common_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap,
+                             char *scratch, size_t scratch_size);
+/* api.c: journal the request, end the response, free it. */
+void kb_request_finish(struct kb_request *r);
+
+/* proxy.c: forward r (team, model, route resolved; body inspected) upstream. */
+void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage);
+/* proxy.c: release proxy state of a request (upstream call, tap, key). */
+void kb_proxy_release(struct kb_request *r);

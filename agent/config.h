@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The parsed configuration: immutable once loaded, refcounted so requests in
+ * flight keep the config they started with while a reload swaps in a new
+ * one. Library-like: never logs; errors come back as "FILE:LINE: message". */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef enum kb_family {
+        KB_FAMILY_OPENAI,
+        KB_FAMILY_ANTHROPIC,
+        _KB_FAMILY_MAX,
+} kb_family;
+
+typedef enum kb_auth {
+        KB_AUTH_BEARER,    /* Authorization: Bearer KEY */
+        KB_AUTH_X_API_KEY, /* x-api-key: KEY */
+        KB_AUTH_HEADER,    /* <auth_header>: KEY */
+} kb_auth;
+
+/* Prices are kept in micro-USD per 1M tokens (i.e. USD per token * 1e12 / 1e6)
+ * so "0.15" USD/1M is exactly 150000; request= is micro-USD per call. A
+ * negative value means "not given". */
+struct kb_price {
+        char *model; /* upstream model name this price applies to */
+        int64_t input;
+        int64_t output;
+        int64_t cached_input;
+        int64_t cache_write;
+        int64_t request;
+        unsigned line;
+};
+
+struct kb_route {
+        char *name;
+        kb_family family;
+        char *base_url;         /* no trailing slash */
+        char *key;              /* key name; NULL when the route needs none */
+        kb_auth auth;
+        char *auth_header;      /* for KB_AUTH_HEADER */
+        char **headers;         /* "Name: value", static headers */
+        size_t n_headers;
+        uint64_t timeout_usec;          /* default 600s */
+        uint64_t connect_timeout_usec;  /* default 10s */
+        char *ca_file;          /* NULL: the system's bundle */
+        struct kb_price *prices;
+        size_t n_prices;
+        unsigned line;
+};
+
+struct kb_target {
+        struct kb_route *route; /* points into kb_config.routes */
+        char *upstream_model;
+        unsigned weight;        /* default 1; 0 = never chosen by weight */
+        unsigned line;
+};
+
+struct kb_model {
+        char *name;
+        struct kb_target *targets;
+        size_t n_targets;
+        struct kb_target *fallbacks;
+        size_t n_fallbacks;
+        unsigned line;
+};
+
+/* Limits: 0 means "no limit". USD budgets are held in micro-USD. */
+struct kb_team {
+        char *name;
+        uid_t *uids;
+        size_t n_uids;
+        gid_t *gids;
+        size_t n_gids;
+        char **units;
+        size_t n_units;
+        char **models;          /* allowlist; NULL/0 with models_all=false: none */
+        size_t n_models;
+        bool models_all;        /* "*" given */
+        uint64_t requests_per_minute;
+        uint64_t tokens_per_minute;
+        uint64_t tokens_per_day;
+        int64_t budget_microusd_per_day;
+        int64_t budget_microusd_per_month;
+        uint64_t max_concurrent;
+        char *owner;
+        int unpriced;           /* -1 unset, 0 deny, 1 zero: calls to models without a price */
+        unsigned line;
+};
+
+struct kb_agent_config {
+        char *listen;                   /* default KB_DEFAULT_LISTEN */
+        mode_t listen_mode;             /* default 0666 */
+        char *admin;                    /* default KB_DEFAULT_ADMIN */
+        uid_t *admin_uids;
+        size_t n_admin_uids;
+        gid_t *admin_gids;
+        size_t n_admin_gids;
+        char *credentials_dir;          /* $CREDENTIALS_DIRECTORY expanded; may be NULL */
+        char *keystore;
+        char *master_key;
+        char *state_dir;
+        uint64_t max_request_body;      /* default 32M */
+        uint64_t header_timeout_usec;   /* default 10s */
+        uint64_t drain_timeout_usec;    /* default 30s */
+        uint64_t max_connections;       /* default 1024: open app connections */
+        uint64_t max_connections_per_uid; /* default 256 */
+        uint64_t idle_timeout_usec;     /* default 60s: keep-alive connection with no request */
+};
+
+struct kb_config {
+        unsigned n_ref;
+        char *path;
+        struct kb_agent_config agent;
+        struct kb_team *teams;
+        size_t n_teams;
+        struct kb_route *routes;
+        size_t n_routes;
+        struct kb_model *models;
+        size_t n_models;
+};
+
+/* Parse and validate FILE. On failure returns -errno (-EINVAL for a bad
+ * file) and, when ret_error is non-NULL, a malloc'd "FILE:LINE: message"
+ * (or "FILE: message" when no line applies). Validation covers what
+ * --check-config promises: targets/fallbacks name existing routes, a route's
+ * key resolvable when check_keys is true (a file in credentials_dir). */
+int kb_config_load(const char *path, bool check_keys, struct kb_config **ret, char **ret_error);
+
+/* Same, from a string (for tests and fuzzing); name is used in messages. */
+int kb_config_load_string(const char *name, const char *text, bool check_keys,
+                          struct kb_config **ret, char **ret_error);
+
+struct kb_config *kb_config_ref(struct kb_config *c);
+struct kb_config *kb_config_unref(struct kb_config *c); /* returns NULL; accepts NULL */
+static inline void kb_config_unrefp(struct kb_config **c) {
+        kb_config_unref(*c);
+}
+#define _cleanup_config_ __attribute__((cleanup(kb_config_unrefp)))
+
+const struct kb_team *kb_config_find_team(const struct kb_config *c, const char *name);
+const struct kb_route *kb_config_find_route(const struct kb_config *c, const char *name);
+const struct kb_model *kb_config_find_model(const struct kb_config *c, const char *name);
+bool kb_team_allows_model(const struct kb_team *t, const char *model);
+
+const char *kb_family_to_string(kb_family f);
+int kb_family_from_string(const char *s); /* -EINVAL if unknown */

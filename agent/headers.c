@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+#include <strings.h>
+
+#include "headers.h"
+#include "util.h"
+
+static bool in_list(const char *name, const char *const *list, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (strcasecmp(name, list[i]) == 0)
+                        return true;
+        return false;
+}
+
+static bool has_prefix_ci(const char *s, const char *prefix) {
+        return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+bool kb_header_forwardable(const char *name, const struct kb_route *route) {
+        static const char *const dropped[] = {
+                /* the app's own credentials: the route's key is the only one sent */
+                "authorization", "x-api-key", "api-key", "proxy-authorization", "cookie",
+                /* hop-by-hop (RFC 9110 7.6.1) and framing: curl frames the upstream request */
+                "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+                "proxy-connection", "host", "content-length", "expect",
+                /* the usage tap must see plain bytes */
+                "accept-encoding",
+        };
+
+        if (in_list(name, dropped, ELEMENTSOF(dropped)) || has_prefix_ci(name, "x-keybroker-"))
+                return false;
+        if (!route)
+                return true;
+        if (route->auth == KB_AUTH_HEADER && route->auth_header && strcasecmp(name, route->auth_header) == 0)
+                return false;
+        size_t nl = strlen(name);
+        for (size_t i = 0; i < route->n_headers; i++) {
+                const char *h = route->headers[i];
+                const char *colon = strchr(h, ':');
+                if (colon && (size_t) (colon - h) == nl && strncasecmp(h, name, nl) == 0)
+                        return false;
+        }
+        return true;
+}
+
+bool kb_header_relayable(const char *name) {
+        static const char *const exact[] = {
+                "content-type", "x-request-id", "request-id", "retry-after", "cache-control",
+        };
+        static const char *const prefixes[] = {
+                "openai-", "anthropic-", "x-ratelimit-",
+        };
+
+        if (in_list(name, exact, ELEMENTSOF(exact)))
+                return true;
+        for (size_t i = 0; i < ELEMENTSOF(prefixes); i++)
+                if (has_prefix_ci(name, prefixes[i]))
+                        return true;
+        return false;
+}
+
+char *kb_header_relay_rename(const char *name) {
+        if (!has_prefix_ci(name, "x-ratelimit-"))
+                return NULL;
+        char *s;
+        if (asprintf(&s, "x-upstream-%s", name + 2) < 0)
+                return NULL;
+        return s;
+}
+
+bool kb_header_safe(const char *s) {
+        return !strpbrk(s, "\r\n");
+}

@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Which headers cross the broker, in each direction. Kept apart so the
+ * rules are in one place and unit-tested. */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+
+/* App -> provider: false for the app's own credentials (Authorization,
+ * x-api-key, api-key, Proxy-Authorization), hop-by-hop headers, Host,
+ * Content-Length, Expect, Accept-Encoding, Cookie and X-Keybroker-*; false
+ * as well for any header the route sets itself (static header or auth
+ * header), so the route always wins. */
+bool kb_header_forwardable(const char *name, const struct kb_route *route);
+
+/* Provider -> app: what is relayed as is. Hop-by-hop and framing headers
+ * are never relayed (the broker frames the body itself); x-ratelimit-* is
+ * relayed renamed (see kb_header_relay_rename) because the app's
+ * x-ratelimit-* describe its team. Returns false for headers to drop. */
+bool kb_header_relayable(const char *name);
+
+/* "x-ratelimit-limit-requests" -> "x-upstream-ratelimit-limit-requests";
+ * NULL when name needs no renaming. Returned string is malloc'd. */
+char *kb_header_relay_rename(const char *name);
+
+/* A header value or name safe to emit: no CR, LF or NUL. */
+bool kb_header_safe(const char *s);

@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Journal records, written off the request path: the loop builds a record
+ * and hands it to a writer thread through a bounded queue, so a slow or
+ * absent journald never stalls a request. One function per record kind. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct kb_journal;
+struct kb_record;
+struct kb_request;
+
+/* Start the writer thread. max_queue: records held at most before submit
+ * refuses. */
+int kb_journal_new(size_t max_queue, struct kb_journal **ret);
+/* Write out what is queued (waiting up to timeout_usec), stop the thread, free. Accepts NULL. */
+void kb_journal_free(struct kb_journal *j, uint64_t timeout_usec);
+
+/* A record under construction: "FIELD=value" items. SYSLOG_IDENTIFIER is
+ * added by the writer. Values may hold any bytes but NUL. */
+struct kb_record *kb_record_new(void);
+void kb_record_free(struct kb_record *r);
+int kb_record_add(struct kb_record *r, const char *field, const char *value);
+int kb_record_addf(struct kb_record *r, const char *field, const char *fmt, ...) _printf_(3, 4);
+
+/* Hand a record to the writer; takes ownership in every case. -EAGAIN when
+ * the queue is full (the record is counted as dropped). */
+int kb_journal_submit(struct kb_journal *j, struct kb_record *r);
+uint64_t kb_journal_n_dropped(const struct kb_journal *j);
+uint64_t kb_journal_n_written(const struct kb_journal *j);
+/* Block until every record submitted so far was handed to journald (tests, shutdown). */
+void kb_journal_flush(struct kb_journal *j, uint64_t timeout_usec);
+
+/* The per-request record (MESSAGE_ID KB_MID_REQUEST) with every field of DESIGN. */
+int kb_journal_request(struct kb_journal *j, const struct kb_request *r);
+/* Lifecycle (KB_MID_LIFECYCLE): event is "started" or "stopping"; in_flight counts requests cut or pending. */
+int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight);
+/* Config (KB_MID_CONFIG): event "loaded", "reloaded", "rejected"; path; error may be NULL. */
+int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error);

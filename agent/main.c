@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+/* keybrokerd: arguments, start-up order, signals, drain, sd_notify. */
+
+#include <getopt.h>
+#include <signal.h>
+#include <sodium.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "broker.h"
+#include "keybroker/keybroker.h"
+
+#define JOURNAL_QUEUE 65536
+
+struct daemon {
+        struct kb_broker b;
+        const char *config_path;
+        int api_fd;
+        bool api_activated;
+        bool draining;
+        uint64_t drain_deadline;
+        sd_event_source *drain_timer;
+};
+
+static void help(void) {
+        printf("Usage: keybrokerd [OPTIONS]\n"
+               "\n"
+               "Per-host broker for LLM provider calls: apps speak the OpenAI or Anthropic\n"
+               "API to a Unix socket and never hold a key.\n"
+               "\n"
+               "  -c, --config FILE   configuration file (default %s)\n"
+               "      --check-config  parse and validate the configuration, then exit 0 or 1\n"
+               "      --version       print the version and exit\n"
+               "  -h, --help          show this help and exit\n"
+               "\n"
+               "Signals: SIGTERM/SIGINT drain in-flight requests (drain_timeout) and exit;\n"
+               "SIGHUP reloads the configuration and keys.\n"
+               "See keybrokerd(8) and README.md.\n",
+               KB_DEFAULT_CONFIG);
+}
+
+static int parse_args(int argc, char **argv, struct daemon *d, bool *ret_check) {
+        enum { ARG_CHECK = 0x100, ARG_VERSION };
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "check-config", no_argument, NULL, ARG_CHECK },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        int c;
+
+        while ((c = getopt_long(argc, argv, "c:h", options, NULL)) >= 0)
+                switch (c) {
+                case 'c':
+                        d->config_path = optarg;
+                        break;
+                case ARG_CHECK:
+                        *ret_check = true;
+                        break;
+                case ARG_VERSION:
+                        printf("keybrokerd %s\n", KB_VERSION);
+                        return 0;
+                case 'h':
+                        help();
+                        return 0;
+                default:
+                        fprintf(stderr, "Try 'keybrokerd --help'.\n");
+                        return -EINVAL;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "keybrokerd: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        return 1;
+}
+
+/* A dump of this process would hold every key. */
+static void harden_process(void) {
+        struct rlimit rl = { 0, 0 };
+        (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        (void) setrlimit(RLIMIT_CORE, &rl);
+}
+
+static int find_activated_fd(const char *name) {
+        char **names = NULL;
+        int n = sd_listen_fds_with_names(false, &names);
+        int fd = -ENOENT;
+
+        for (int i = 0; i < n; i++) {
+                if (fd < 0 && names && streq_ptr(names[i], name))
+                        fd = SD_LISTEN_FDS_START + i;
+                free(names ? names[i] : NULL);
+        }
+        free(names);
+        return fd;
+}
+
+static int load_keys(struct kb_config *c, struct kb_keystore **ret) {
+        struct kb_keystore *ks;
+        const char *bad = NULL;
+        int r = kb_keystore_new(&ks);
+        if (r < 0)
+                return r;
+        r = kb_keystore_load_credentials(ks, c, &bad);
+        if (r < 0) {
+                fprintf(stderr, "<3>%s: cannot load key '%s' from %s: %s\n", c->path, strempty(bad),
+                        strempty(c->agent.credentials_dir),
+                        r == -ENODATA  ? "file is empty"
+                        : r == -EFBIG  ? "longer than 4096 bytes"
+                        : r == -EBADMSG ? "contains control characters"
+                                        : strerror(-r));
+                kb_keystore_free(ks);
+                return r;
+        }
+        *ret = ks;
+        return 0;
+}
+
+static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        struct daemon *d = userdata;
+        struct kb_config *c = NULL;
+        struct kb_keystore *ks = NULL;
+        _cleanup_free_ char *error = NULL;
+
+        (void) sd_notify(false, "RELOADING=1");
+        int r = kb_config_load(d->config_path, false, &c, &error);
+        if (r >= 0)
+                r = load_keys(c, &ks);
+        if (r < 0) {
+                fprintf(stderr, "<3>reload rejected, keeping the running configuration: %s\n",
+                        error ?: strerror(-r));
+                (void) kb_journal_config(d->b.journal, "rejected", d->config_path, error ?: strerror(-r));
+                kb_config_unref(c);
+                (void) sd_notify(false, "READY=1");
+                return 0;
+        }
+        /* Requests in flight keep their own reference to the old config. */
+        kb_config_unref(d->b.config);
+        d->b.config = c;
+        kb_keystore_free(d->b.keys);
+        d->b.keys = ks;
+        struct kb_http_limits lim = kb_api_limits(c);
+        kb_http_server_set_limits(d->b.api, &lim);
+        fprintf(stderr, "<6>configuration reloaded from %s\n", d->config_path);
+        (void) kb_journal_config(d->b.journal, "reloaded", d->config_path, NULL);
+        (void) sd_notify(false, "READY=1");
+        return 0;
+}
+
+static int on_drain_tick(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct daemon *d = userdata;
+        size_t busy = kb_http_server_n_busy(d->b.api);
+
+        if (busy == 0 || usec >= d->drain_deadline) {
+                if (busy > 0)
+                        fprintf(stderr, "<4>drain timeout: cutting %zu request(s) still in flight\n", busy);
+                (void) kb_journal_lifecycle(d->b.journal, "stopped",
+                                            busy ? "keybrokerd stopped, cutting requests still in flight"
+                                                 : "keybrokerd stopped after draining",
+                                            busy);
+                return sd_event_exit(d->b.event, 0);
+        }
+        (void) sd_event_source_set_time(s, usec + 100 * USEC_PER_MSEC);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        struct daemon *d = userdata;
+        uint64_t now;
+
+        if (d->draining) /* a second signal: stop now */
+                return sd_event_exit(d->b.event, 0);
+        d->draining = true;
+        (void) sd_notify(false, "STOPPING=1");
+        size_t busy = kb_http_server_n_busy(d->b.api);
+        fprintf(stderr, "<6>stopping: draining %zu request(s) in flight\n", busy);
+        (void) kb_journal_lifecycle(d->b.journal, "stopping", "keybrokerd stopping", busy);
+        kb_http_server_stop_accepting(d->b.api);
+
+        (void) sd_event_now(d->b.event, CLOCK_MONOTONIC, &now);
+        d->drain_deadline = now + d->b.config->agent.drain_timeout_usec;
+        return sd_event_add_time(d->b.event, &d->drain_timer, CLOCK_MONOTONIC, now, 10 * USEC_PER_MSEC,
+                                 on_drain_tick, d);
+}
+
+static int setup_signals(struct daemon *d) {
+        sigset_t ss;
+        int r;
+
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGHUP);
+        if (sigprocmask(SIG_BLOCK, &ss, NULL) < 0)
+                return -errno;
+        signal(SIGPIPE, SIG_IGN);
+        r = sd_event_add_signal(d->b.event, NULL, SIGTERM, on_terminate, d);
+        if (r >= 0)
+                r = sd_event_add_signal(d->b.event, NULL, SIGINT, on_terminate, d);
+        if (r >= 0)
+                r = sd_event_add_signal(d->b.event, NULL, SIGHUP, on_reload, d);
+        return r;
+}
+
+static int run(struct daemon *d) {
+        struct kb_broker *b = &d->b;
+        int r;
+
+        r = sd_event_default(&b->event);
+        if (r < 0)
+                return r;
+        r = setup_signals(d);
+        if (r < 0)
+                return r;
+        r = kb_journal_new(JOURNAL_QUEUE, &b->journal);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot start the journal writer: %s\n", strerror(-r));
+                return r;
+        }
+        r = kb_upstream_new(b->event, &b->upstream);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot set up libcurl: %s\n", strerror(-r));
+                return r;
+        }
+
+        d->api_fd = find_activated_fd(KB_FDNAME_API);
+        d->api_activated = d->api_fd >= 0;
+        if (!d->api_activated) {
+                d->api_fd = kb_http_listen_unix(b->config->agent.listen, b->config->agent.listen_mode);
+                if (d->api_fd < 0) {
+                        fprintf(stderr, "<3>cannot listen on %s: %s\n", b->config->agent.listen,
+                                strerror(-d->api_fd));
+                        return d->api_fd;
+                }
+        }
+        struct kb_http_limits lim = kb_api_limits(b->config);
+        r = kb_http_server_new(b->event, d->api_fd, &lim, &kb_api_ops, b, &b->api);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot serve the app socket: %s\n", strerror(-r));
+                return r;
+        }
+
+        fprintf(stderr, "<6>keybrokerd %s listening on %s\n", KB_VERSION,
+                d->api_activated ? "the socket-activated fd \"api\"" : b->config->agent.listen);
+        (void) kb_journal_config(b->journal, "loaded", d->config_path, NULL);
+        (void) kb_journal_lifecycle(b->journal, "started", "keybrokerd started", 0);
+        (void) sd_notify(false, "READY=1\nSTATUS=serving");
+
+        r = sd_event_loop(b->event);
+
+        kb_http_server_free(b->api);
+        b->api = NULL;
+        if (!d->api_activated) {
+                /* Only a socket we created is ours to remove. */
+                (void) unlink(b->config->agent.listen);
+        }
+        return r;
+}
+
+int main(int argc, char **argv) {
+        struct daemon d = { .config_path = KB_DEFAULT_CONFIG, .api_fd = -1 };
+        _cleanup_free_ char *error = NULL;
+        bool check = false;
+        int r;
+
+        r = parse_args(argc, argv, &d, &check);
+        if (r <= 0)
+                return r < 0 ? 2 : 0;
+
+        harden_process();
+        if (sodium_init() < 0) {
+                fprintf(stderr, "<3>libsodium failed to initialise\n");
+                return 1;
+        }
+
+        r = kb_config_load(d.config_path, check, &d.b.config, &error);
+        if (r < 0) {
+                fprintf(stderr, "%s\n", error ?: strerror(-r));
+                return 1;
+        }
+        if (check) {
+                printf("%s: ok\n", d.config_path);
+                kb_config_unref(d.b.config);
+                return 0;
+        }
+        r = load_keys(d.b.config, &d.b.keys);
+        if (r < 0)
+                return 1;
+
+        r = run(&d);
+        if (r < 0)
+                fprintf(stderr, "<3>keybrokerd: %s\n", strerror(-r));
+
+        kb_upstream_free(d.b.upstream);
+        kb_journal_free(d.b.journal, 5 * USEC_PER_SEC);
+        sd_event_source_unref(d.drain_timer);
+        sd_event_unref(d.b.event);
+        kb_keystore_free(d.b.keys);
+        kb_config_unref(d.b.config);
+        free(d.b.uid_conns);
+        return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,353 @@
+/* SPDX-License-Identifier: MIT */
+/* Forwarding one request: build the upstream call (headers filtered, body
+ * rewritten, the route's key injected), relay status, headers and body back
+ * as they arrive through the usage tap, and map every way a call can end to
+ * what the app sees and what the journal says. */
+
+#include <jansson.h>
+#include <strings.h>
+
+#include "body.h"
+#include "broker.h"
+#include "headers.h"
+
+static void on_writable(struct kb_conn *c, void *userdata);
+_printf_(5, 6) static void api_error(struct kb_request *r, int status, const char *code, kb_outcome outcome,
+                                     const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        kb_api_verror(r, status, code, outcome, fmt, ap);
+        va_end(ap);
+}
+
+static void on_abort(struct kb_conn *c, void *userdata);
+
+static const struct kb_conn_handler conn_handler = {
+        .on_writable = on_writable,
+        .on_abort = on_abort,
+};
+
+void kb_proxy_release(struct kb_request *r) {
+        kb_upstream_call_cancel(r->call);
+        r->call = NULL;
+        kb_usage_tap_free(r->tap);
+        r->tap = NULL;
+        kb_key_unref(r->key);
+        r->key = NULL;
+        for (size_t i = 0; i < r->n_upstream_headers; i++)
+                free(r->upstream_headers[i]);
+        free(r->upstream_headers);
+        r->upstream_headers = NULL;
+        r->n_upstream_headers = 0;
+        free(r->upstream_url);
+        r->upstream_url = NULL;
+        kb_buf_free(&r->upstream_body);
+        kb_conn_set_handler(r->conn, NULL, NULL);
+}
+
+static int add_header(struct kb_request *r, const char *name, const char *value) {
+        char *line;
+        if (asprintf(&line, "%s: %s", name, value) < 0)
+                return -ENOMEM;
+        char **n = realloc(r->upstream_headers, (r->n_upstream_headers + 1) * sizeof(char *));
+        if (!n) {
+                free(line);
+                return -ENOMEM;
+        }
+        r->upstream_headers = n;
+        r->upstream_headers[r->n_upstream_headers++] = line;
+        return 0;
+}
+
+static int build_headers(struct kb_request *r) {
+        const struct kb_http_request *h = r->http;
+        bool have_ct = false;
+        int q;
+
+        for (size_t i = 0; i < h->n_headers; i++) {
+                if (!kb_header_forwardable(h->headers[i].name, r->route))
+                        continue;
+                if (strcasecmp(h->headers[i].name, "content-type") == 0)
+                        have_ct = true;
+                q = add_header(r, h->headers[i].name, h->headers[i].value);
+                if (q < 0)
+                        return q;
+        }
+        if (!have_ct && r->http->body.len > 0) {
+                q = add_header(r, "Content-Type", "application/json");
+                if (q < 0)
+                        return q;
+        }
+        for (size_t i = 0; i < r->route->n_headers; i++) {
+                char **n = realloc(r->upstream_headers, (r->n_upstream_headers + 1) * sizeof(char *));
+                if (!n)
+                        return -ENOMEM;
+                r->upstream_headers = n;
+                if (!(r->upstream_headers[r->n_upstream_headers] = strdup(r->route->headers[i])))
+                        return -ENOMEM;
+                r->n_upstream_headers++;
+        }
+        return 0;
+}
+
+/* base_url ends in the API version (…/v1); the app's path starts with /v1. */
+static int build_url(struct kb_request *r) {
+        const char *url = r->http->url;
+        const char *rest = strncmp(url, "/v1/", 4) == 0 ? url + 3 : url;
+        if (asprintf(&r->upstream_url, "%s%s", r->route->base_url, rest) < 0) {
+                r->upstream_url = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+/* ---- upstream callbacks ---- */
+
+static void write_out(struct kb_request *r) {
+        if (r->out.len == 0)
+                return;
+        (void) kb_conn_write(r->conn, r->out.data, r->out.len);
+        kb_buf_clear(&r->out);
+        if (r->call && !r->paused && kb_conn_pending(r->conn) > KB_CONN_HIGH_WATER) {
+                r->paused = true;
+                kb_upstream_call_pause(r->call);
+        }
+}
+
+static int relay_response(struct kb_request *r, long status, const struct kb_http_header *headers,
+                          size_t n_headers) {
+        struct kb_http_header h[64];
+        char *renamed[64];
+        size_t n = 0, n_renamed = 0;
+        char scratch[512];
+        const char *ct = NULL;
+
+        r->upstream_status = status;
+        r->status = (int) status;
+        r->ttfb_usec = kb_now_usec() - r->start_usec;
+
+        for (size_t i = 0; i < n_headers; i++) {
+                const char *name = headers[i].name;
+                if (strcasecmp(name, "content-type") == 0)
+                        ct = headers[i].value;
+                if (!r->upstream_request_id &&
+                    (strcasecmp(name, "x-request-id") == 0 || strcasecmp(name, "request-id") == 0))
+                        r->upstream_request_id = strdup(headers[i].value);
+                if (!kb_header_relayable(name) || n >= ELEMENTSOF(h) - 12 || !kb_header_safe(headers[i].value))
+                        continue;
+                char *rn = kb_header_relay_rename(name);
+                if (rn)
+                        renamed[n_renamed++] = rn;
+                h[n++] = (struct kb_http_header) { rn ?: name, headers[i].value };
+        }
+        n = kb_api_common_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
+
+        r->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
+        int q = kb_usage_tap_new(r->family, r->endpoint, r->sse, r->sse && r->hide_usage_chunk, &r->tap);
+        if (q >= 0)
+                q = kb_conn_begin(r->conn, (int) status, h, n);
+        r->response_started = true;
+        for (size_t i = 0; i < n_renamed; i++)
+                free(renamed[i]);
+        return q < 0 ? q : 0;
+}
+
+static int on_response(void *userdata, long status, const struct kb_http_header *headers, size_t n_headers) {
+        struct kb_request *r = userdata;
+
+        r->in_upstream_cb = true;
+        int q = relay_response(r, status, headers, n_headers);
+        r->in_upstream_cb = false;
+        return kb_conn_aborted(r->conn) ? -ECANCELED : q;
+}
+
+static int relay_data(struct kb_request *r, const char *buf, size_t len) {
+        if (kb_conn_aborted(r->conn))
+                return -ECANCELED;
+        int q = kb_usage_tap_feed(r->tap, buf, len, &r->out);
+        if (q < 0 && q != -E2BIG)
+                return q;
+        write_out(r);
+        return kb_conn_aborted(r->conn) ? -ECANCELED : 0;
+}
+
+static int on_data(void *userdata, const char *buf, size_t len) {
+        struct kb_request *r = userdata;
+
+        r->in_upstream_cb = true;
+        int q = relay_data(r, buf, len);
+        r->in_upstream_cb = false;
+        return q;
+}
+
+static void stream_error_event(struct kb_request *r, const char *message) {
+        json_t *j;
+        const char *prefix;
+
+        if (r->family == KB_FAMILY_ANTHROPIC) {
+                _cleanup_free_ char *m = NULL;
+                if (asprintf(&m, "stream_interrupted: %s", message) < 0)
+                        return;
+                j = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", "api_error", "message", m);
+                prefix = "event: error\ndata: ";
+        } else {
+                j = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", "server_error", "code",
+                              "stream_interrupted");
+                prefix = "data: ";
+        }
+        _cleanup_free_ char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (!s)
+                return;
+        /* An event the app may have got half of would swallow ours: end it. */
+        (void) kb_buf_appendf(&r->out, "\n\n%s%s\n\n", prefix, s);
+        write_out(r);
+}
+
+/* Decide the outcome and send the app what it gets; finishing is the
+ * caller's, so a synchronous on_abort from a write cannot free r under us. */
+static void conclude(struct kb_request *r, int error, const char *message) {
+        if (error == 0) {
+                (void) kb_usage_tap_finish(r->tap, &r->out);
+                write_out(r);
+                r->outcome = r->upstream_status >= 200 && r->upstream_status < 300 ? KB_OUTCOME_OK
+                                                                                  : KB_OUTCOME_UPSTREAM_ERROR;
+                return;
+        }
+        if (error == -ECANCELED && kb_conn_aborted(r->conn)) {
+                r->outcome = KB_OUTCOME_CLIENT_ABORT;
+                return;
+        }
+
+        if (!r->response_started) {
+                if (error == -ETIMEDOUT)
+                        api_error(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
+                                  "route '%s' did not answer within %" PRIu64 " s", r->route->name,
+                                  r->route->timeout_usec / USEC_PER_SEC);
+                else
+                        api_error(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                  "route '%s' failed: %s", r->route->name, message ?: strerror(-error));
+                return;
+        }
+
+        /* The answer had begun: keep what the usage tap counted, and make sure
+         * the app cannot mistake the cut for a clean end. */
+        (void) kb_usage_tap_finish(r->tap, &r->out);
+        write_out(r);
+        r->outcome = KB_OUTCOME_STREAM_INTERRUPTED;
+        if (r->sse) {
+                _cleanup_free_ char *m = NULL;
+                if (asprintf(&m, "upstream stream interrupted (route '%s': %s)", r->route->name,
+                             message ?: strerror(-error)) < 0)
+                        m = NULL;
+                stream_error_event(r, m ?: "upstream stream interrupted");
+        } else
+                kb_conn_kill(r->conn);
+}
+
+static void on_done(void *userdata, int error, const char *message) {
+        struct kb_request *r = userdata;
+
+        r->call = NULL;
+        r->in_upstream_cb = true;
+        conclude(r, error, message);
+        r->in_upstream_cb = false;
+        if (kb_conn_aborted(r->conn) && r->outcome == KB_OUTCOME_OK)
+                r->outcome = KB_OUTCOME_CLIENT_ABORT;
+        kb_request_finish(r);
+}
+
+static const struct kb_upstream_ops upstream_ops = {
+        .on_response = on_response,
+        .on_data = on_data,
+        .on_done = on_done,
+};
+
+static void on_writable(struct kb_conn *c, void *userdata) {
+        struct kb_request *r = userdata;
+
+        if (r->paused && r->call) {
+                r->paused = false;
+                kb_upstream_call_resume(r->call);
+        }
+}
+
+static void on_abort(struct kb_conn *c, void *userdata) {
+        struct kb_request *r = userdata;
+
+        r->outcome = KB_OUTCOME_CLIENT_ABORT;
+        if (!r->response_started)
+                r->status = 499; /* nginx's "client closed request", for the record only */
+        /* Inside curl's callback the call cannot be torn down; the callback
+         * sees the aborted conn and fails the transfer, and on_done finishes. */
+        if (!r->in_upstream_cb)
+                kb_request_finish(r);
+}
+
+void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage) {
+        const struct kb_route *route = r->route;
+        int q;
+
+        if (route->key) {
+                q = kb_keystore_get(r->broker->keys, route->key, &r->key);
+                if (q < 0) {
+                        kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                    "route '%s': key '%s' is not available on this host", route->name, route->key);
+                        return;
+                }
+                if (asprintf(&r->key_label, "%s@%u", kb_key_name(r->key), kb_key_version(r->key)) < 0)
+                        r->key_label = NULL;
+        }
+
+        q = kb_body_rewrite(r->http->body.data, r->http->body.len, upstream_model, add_include_usage,
+                            &r->upstream_body);
+        if (q >= 0)
+                q = build_headers(r);
+        if (q >= 0)
+                q = build_url(r);
+        if (q < 0) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_UPSTREAM_ERROR, "cannot build upstream request: %s",
+                            strerror(-q));
+                return;
+        }
+
+        struct kb_upstream_request req = {
+                .method = "POST",
+                .url = r->upstream_url,
+                .headers = (const char *const *) r->upstream_headers,
+                .n_headers = r->n_upstream_headers,
+                .body = r->upstream_body.data,
+                .body_len = r->upstream_body.len,
+                .timeout_usec = route->timeout_usec,
+                .connect_timeout_usec = route->connect_timeout_usec,
+                .ca_file = route->ca_file,
+        };
+        if (r->key) {
+                switch (route->auth) {
+                case KB_AUTH_BEARER:
+                        req.auth_name = "Authorization";
+                        req.auth_prefix = "Bearer ";
+                        break;
+                case KB_AUTH_X_API_KEY:
+                        req.auth_name = "x-api-key";
+                        req.auth_prefix = "";
+                        break;
+                case KB_AUTH_HEADER:
+                        req.auth_name = route->auth_header;
+                        req.auth_prefix = "";
+                        break;
+                }
+                req.secret = kb_key_open(r->key, &req.secret_len);
+        }
+        r->attempts++;
+        kb_conn_set_handler(r->conn, &conn_handler, r);
+        q = kb_upstream_start(r->broker->upstream, &req, &upstream_ops, r, &r->call);
+        if (r->key)
+                kb_key_close(r->key);
+        if (q < 0) {
+                r->call = NULL;
+                kb_api_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                            "route '%s': cannot start the call: %s", route->name, strerror(-q));
+                return;
+        }
+}

@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* One app call, carried one way through the modules:
+ * http -> api -> identity -> router -> upstream -> usage tap -> http,
+ * and on finish -> journal. It owns all per-call state. */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "http.h"
+#include "identity.h"
+#include "usage.h"
+
+typedef enum kb_outcome {
+        KB_OUTCOME_OK,
+        KB_OUTCOME_QUOTA_REJECTED,
+        KB_OUTCOME_FORBIDDEN,
+        KB_OUTCOME_MODEL_NOT_FOUND,
+        KB_OUTCOME_INVALID_REQUEST,
+        KB_OUTCOME_UPSTREAM_ERROR,
+        KB_OUTCOME_UPSTREAM_TIMEOUT,
+        KB_OUTCOME_STREAM_INTERRUPTED,
+        KB_OUTCOME_CLIENT_ABORT,
+        _KB_OUTCOME_MAX,
+} kb_outcome;
+
+const char *kb_outcome_to_string(kb_outcome o);
+
+struct kb_broker;
+struct kb_upstream_call;
+struct kb_key;
+
+struct kb_request {
+        struct kb_broker *broker;
+        char id[33];                    /* 128-bit random, hex */
+        struct kb_conn *conn;
+        struct kb_http_request *http;
+        struct kb_config *config;       /* ref held for the call's life */
+        const struct kb_identity *identity; /* owned by the connection */
+        const struct kb_team *team;     /* NULL before identity resolved a team */
+
+        kb_endpoint endpoint;
+        kb_family family;
+        char *model;                    /* as asked */
+        const struct kb_model *model_cfg;
+        const struct kb_target *target;
+        const struct kb_route *route;
+        char *key_label;                /* "name@version", never the secret */
+        bool stream;
+        bool hide_usage_chunk;          /* we added stream_options.include_usage */
+
+        struct kb_key *key;             /* the key version this call started with */
+        char *upstream_url;
+        char **upstream_headers;        /* "Name: value", without the credential */
+        size_t n_upstream_headers;
+        struct kb_buf upstream_body;    /* rewritten body sent upstream */
+        struct kb_upstream_call *call;
+        struct kb_usage_tap *tap;
+        struct kb_buf out;              /* bytes from the tap waiting for the conn */
+
+        int status;                     /* to the app */
+        long upstream_status;           /* 0 when no upstream answer */
+        char *upstream_request_id;      /* from x-request-id / request-id headers */
+        kb_outcome outcome;
+        bool response_started;          /* status line sent to the app */
+        bool sse;                       /* the response is an event stream */
+        bool paused;                    /* upstream paused for backpressure */
+        bool in_upstream_cb;            /* inside an upstream callback: the call must not be cancelled now */
+        bool finished;
+        unsigned attempts;
+        char *fallback_from;
+        int64_t cost_microusd;
+
+        uint64_t start_usec;            /* monotonic */
+        uint64_t ttfb_usec;             /* upstream first byte, relative to start; 0 if none */
+        uint64_t latency_usec;          /* set at finish */
+};

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Calls to providers: libcurl's multi interface driven by the sd-event loop
+ * (curl's sockets are io sources, its timer a loop timer, as systemd's importd
+ * does), HTTP/2 where offered, connections reused across calls, credential
+ * injection with the header buffers wiped after use, streaming with
+ * pause/resume for backpressure. Never logs. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "http.h"
+
+struct kb_upstream;
+struct kb_upstream_call;
+
+struct kb_upstream_request {
+        const char *method;             /* "POST" or "GET" */
+        const char *url;                /* full URL */
+        const char *const *headers;     /* "Name: value" lines, not holding secrets */
+        size_t n_headers;
+        /* The credential header: "<auth_name>: <auth_prefix><secret>". Built
+         * inside upstream.c in a buffer that is zeroed after the request was
+         * sent. auth_name NULL = no credential. */
+        const char *auth_name;
+        const char *auth_prefix;        /* e.g. "Bearer " or "" */
+        const char *secret;
+        size_t secret_len;
+        const void *body;               /* must stay valid until on_done/cancel */
+        size_t body_len;
+        uint64_t timeout_usec;          /* whole transfer; 0 = none */
+        uint64_t connect_timeout_usec;
+        const char *ca_file;            /* NULL = system default; verification always on */
+};
+
+struct kb_upstream_ops {
+        /* The final response's status and headers (interim 1xx skipped), before
+         * any body byte. Header names/values are valid only during the call.
+         * Return 0, or a negative errno to abort the transfer. */
+        int (*on_response)(void *userdata, long status, const struct kb_http_header *headers, size_t n_headers);
+        /* Body bytes as they arrive (always consumed). Return 0, or a negative
+         * errno to abort. May call kb_upstream_call_pause(). */
+        int (*on_data)(void *userdata, const char *buf, size_t len);
+        /* The transfer ended: error 0 = complete, else -ETIMEDOUT (timeout),
+         * -ECONNREFUSED / -EHOSTUNREACH (connect failed), -ECONNRESET (cut),
+         * -EPROTO (TLS/protocol), -ECANCELED (a callback aborted), -EIO other.
+         * message is curl's text, or NULL. The call is freed after this
+         * returns. Never called from inside kb_upstream_start(). */
+        void (*on_done)(void *userdata, int error, const char *message);
+};
+
+int kb_upstream_new(sd_event *e, struct kb_upstream **ret);
+/* Cancels every call still running (no on_done). */
+struct kb_upstream *kb_upstream_free(struct kb_upstream *u);
+
+int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *req,
+                      const struct kb_upstream_ops *ops, void *userdata, struct kb_upstream_call **ret);
+/* Stop receiving (CURLPAUSE_RECV); safe from inside on_data. */
+void kb_upstream_call_pause(struct kb_upstream_call *c);
+/* Continue; may deliver held data through on_data before returning. Must not
+ * be called from inside a callback of the same call. */
+void kb_upstream_call_resume(struct kb_upstream_call *c);
+/* Abort and free; no on_done follows. Accepts NULL. Not from inside its own callbacks. */
+void kb_upstream_call_cancel(struct kb_upstream_call *c);
+/* Timing of the call: time to first response byte, from start, in µs (0 before). */
+uint64_t kb_upstream_call_ttfb_usec(const struct kb_upstream_call *c);
+size_t kb_upstream_n_calls(const struct kb_upstream *u);

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Token usage read out of provider responses, JSON and SSE, for both
+ * families, fed incrementally as bytes arrive from upstream (a number or an
+ * event split across reads at any byte must be counted exactly once). Also
+ * rewrites the OpenAI chat stream to hide the usage-only chunk the agent
+ * asked for on the app's behalf. Library-like: never logs. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "util.h"
+
+typedef enum kb_endpoint {
+        KB_ENDPOINT_CHAT,         /* /v1/chat/completions */
+        KB_ENDPOINT_RESPONSES,    /* /v1/responses */
+        KB_ENDPOINT_EMBEDDINGS,   /* /v1/embeddings */
+        KB_ENDPOINT_MESSAGES,     /* /v1/messages */
+        KB_ENDPOINT_COUNT_TOKENS, /* /v1/messages/count_tokens */
+        KB_ENDPOINT_MODELS,       /* /v1/models */
+        KB_ENDPOINT_WHOAMI,       /* /v1/keybroker/whoami */
+        _KB_ENDPOINT_MAX,
+} kb_endpoint;
+
+const char *kb_endpoint_to_string(kb_endpoint e); /* chat|responses|... as in DESIGN */
+
+struct kb_usage {
+        uint64_t input_tokens;
+        uint64_t output_tokens;
+        uint64_t cached_tokens;      /* OpenAI prompt_tokens_details.cached_tokens / input_tokens_details.cached_tokens; Anthropic cache_read_input_tokens */
+        uint64_t cache_write_tokens; /* Anthropic cache_creation_input_tokens */
+        uint64_t reasoning_tokens;   /* OpenAI completion_tokens_details.reasoning_tokens / output_tokens_details.reasoning_tokens */
+        char *upstream_model;        /* "model" as the provider reported it, malloc'd, or NULL */
+        char *upstream_request_id;   /* body "id" (chatcmpl-…, msg_…, resp_…) when seen, malloc'd, or NULL */
+        bool seen;                   /* any usage object was seen */
+        bool stream_done;            /* SSE: the terminal event arrived ([DONE], message_stop, response.completed) */
+};
+
+/* Token accounting rules:
+ * - OpenAI chat/embeddings: usage.prompt_tokens -> input (includes cached),
+ *   completion_tokens -> output.
+ * - OpenAI responses: usage.input_tokens / output_tokens; in SSE from the
+ *   response.completed (or response.incomplete/failed) event's response.usage.
+ * - Anthropic messages: input_tokens is the uncached input; message_start
+ *   gives input/cache fields and an initial output_tokens, message_delta gives
+ *   the cumulative output_tokens (take the latest value, never add).
+ * - Anthropic count_tokens: {"input_tokens": N} -> input; nothing else.
+ */
+
+struct kb_usage_tap;
+
+/* stream: the response is SSE (text/event-stream). hide_usage_chunk: OpenAI
+ * chat stream where the agent added stream_options.include_usage: the chunk
+ * whose "choices" is empty and that carries "usage" is not forwarded. */
+int kb_usage_tap_new(kb_family family, kb_endpoint endpoint, bool stream, bool hide_usage_chunk,
+                     struct kb_usage_tap **ret);
+void kb_usage_tap_free(struct kb_usage_tap *t);
+
+/* Feed the next upstream bytes. Bytes to forward to the app are appended to
+ * out (for non-hiding taps exactly the input bytes, appended at once; for
+ * hiding taps everything but the hidden event, emitted per complete event).
+ * Returns 0, or -ENOMEM (the tap is then unusable: abort the call), -EINVAL,
+ * -ESTALE after finish.
+ *
+ * Size limit: a JSON body, or one SSE event, longer than 16 MiB is not
+ * parsed (an oversized SSE event is skipped, later events still count);
+ * its bytes still pass to out unchanged and feed() still returns 0 — it
+ * never returns -E2BIG, so a big legitimate answer (e.g. a large embeddings
+ * batch) is never cut off. kb_usage_tap_overflowed() tells the caller that
+ * the usage may be incomplete.
+ *
+ * Token counts are taken only from JSON integers in [0, INT64_MAX];
+ * negative, fractional, non-numeric or null values are ignored (the field
+ * keeps its previous value, 0 if none) rather than wrapped. An integer too
+ * big for jansson makes it reject the whole body/event, which then counts
+ * as malformed (no usage from it). A "usage" that is not an object is
+ * ignored. "model"/"id" longer than 256 bytes are not recorded. */
+int kb_usage_tap_feed(struct kb_usage_tap *t, const char *buf, size_t len, struct kb_buf *out);
+
+/* End of body: parse what is buffered (a JSON body is parsed here), flush
+ * any bytes still held to out. An SSE body that ends inside an event (no
+ * final blank line) still has that event's usage counted when its data
+ * parses; a hiding tap forwards such a held partial event unchanged.
+ * Idempotent; returns 0 or -ENOMEM / -EINVAL. */
+int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out);
+
+/* The usage so far (valid at any time; final after finish). stream_done is
+ * only ever set for SSE taps. */
+const struct kb_usage *kb_usage_tap_get(const struct kb_usage_tap *t);
+
+/* True when a body or an event went past the size limit and was not parsed:
+ * the usage may be incomplete. */
+bool kb_usage_tap_overflowed(const struct kb_usage_tap *t);
+
+/* Heap bytes the tap holds right now (buffer capacity): an idle stream
+ * tap holds at most its partial event. */
+size_t kb_usage_tap_memory(const struct kb_usage_tap *t);
+
+/* For tests: lower the 16 MiB size limit (limit > 0). */
+void kb_usage_tap_set_limit(struct kb_usage_tap *t, size_t limit);

@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: MIT */
+#include "util.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <sodium.h>
+#include <strings.h>
+#include <time.h>
+
+int kb_buf_reserve(struct kb_buf *b, size_t extra) {
+        if (extra > SIZE_MAX - b->len - 1)
+                return -ENOMEM;
+        size_t need = b->len + extra + 1;
+        if (need <= b->cap)
+                return 0;
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < need)
+                cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        char *d = realloc(b->data, cap);
+        if (!d)
+                return -ENOMEM;
+        b->data = d;
+        b->cap = cap;
+        return 0;
+}
+
+int kb_buf_append(struct kb_buf *b, const void *p, size_t n) {
+        int r = kb_buf_reserve(b, n);
+        if (r < 0)
+                return r;
+        if (n)
+                memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = 0;
+        return 0;
+}
+
+int kb_buf_appendf(struct kb_buf *b, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(NULL, 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+                return -EINVAL;
+        int r = kb_buf_reserve(b, (size_t) n);
+        if (r < 0)
+                return r;
+        va_start(ap, fmt);
+        vsnprintf(b->data + b->len, (size_t) n + 1, fmt, ap);
+        va_end(ap);
+        b->len += (size_t) n;
+        return 0;
+}
+
+void kb_buf_consume(struct kb_buf *b, size_t n) {
+        if (n >= b->len) {
+                b->len = 0;
+                if (b->data)
+                        b->data[0] = 0;
+                return;
+        }
+        memmove(b->data, b->data + n, b->len - n);
+        b->len -= n;
+        b->data[b->len] = 0;
+}
+
+void kb_buf_clear(struct kb_buf *b) {
+        b->len = 0;
+        if (b->data)
+                b->data[0] = 0;
+}
+
+void kb_buf_wipe(struct kb_buf *b) {
+        if (b->data)
+                sodium_memzero(b->data, b->cap);
+        kb_buf_free(b);
+}
+
+void kb_buf_free(struct kb_buf *b) {
+        free(b->data);
+        *b = (struct kb_buf) {};
+}
+
+struct unit_scale {
+        const char *suffix;
+        uint64_t mul;
+};
+
+static int parse_scaled(const char *s, const struct unit_scale *units, size_t n_units,
+                        uint64_t default_mul, uint64_t *ret) {
+        if (!s || !*s)
+                return -EINVAL;
+        const char *p = s;
+        while (isspace((unsigned char) *p))
+                p++;
+        if (!isdigit((unsigned char) *p))
+                return -EINVAL;
+        errno = 0;
+        char *end;
+        unsigned long long v = strtoull(p, &end, 10);
+        if (errno)
+                return -errno;
+        while (isspace((unsigned char) *end))
+                end++;
+        size_t sl = strlen(end);
+        while (sl > 0 && isspace((unsigned char) end[sl - 1]))
+                sl--;
+        uint64_t mul = default_mul;
+        if (sl > 0) {
+                bool found = false;
+                for (size_t i = 0; i < n_units; i++)
+                        if (strlen(units[i].suffix) == sl && strncasecmp(end, units[i].suffix, sl) == 0) {
+                                mul = units[i].mul;
+                                found = true;
+                                break;
+                        }
+                if (!found)
+                        return -EINVAL;
+        }
+        if (v > UINT64_MAX / mul)
+                return -ERANGE;
+        *ret = (uint64_t) v * mul;
+        return 0;
+}
+
+int kb_parse_size(const char *s, uint64_t *ret) {
+        static const struct unit_scale units[] = {
+                { "B", 1 },
+                { "K", UINT64_C(1) << 10 }, { "KB", UINT64_C(1) << 10 }, { "KiB", UINT64_C(1) << 10 },
+                { "M", UINT64_C(1) << 20 }, { "MB", UINT64_C(1) << 20 }, { "MiB", UINT64_C(1) << 20 },
+                { "G", UINT64_C(1) << 30 }, { "GB", UINT64_C(1) << 30 }, { "GiB", UINT64_C(1) << 30 },
+        };
+        return parse_scaled(s, units, ELEMENTSOF(units), 1, ret);
+}
+
+int kb_parse_duration(const char *s, uint64_t *ret_usec) {
+        static const struct unit_scale units[] = {
+                { "us", 1 },
+                { "ms", USEC_PER_MSEC },
+                { "s", USEC_PER_SEC }, { "sec", USEC_PER_SEC },
+                { "m", 60 * USEC_PER_SEC }, { "min", 60 * USEC_PER_SEC },
+                { "h", 3600 * USEC_PER_SEC },
+                { "d", 86400 * USEC_PER_SEC },
+        };
+        return parse_scaled(s, units, ELEMENTSOF(units), USEC_PER_SEC, ret_usec);
+}
+
+uint64_t kb_now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+}
+
+uint64_t kb_realtime_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+}
+
+bool kb_header_name_eq(const char *a, size_t alen, const char *b) {
+        return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
+}

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Small helpers shared by the agent, the client and the tests: cleanup
+ * macros in the style of systemd's, and a growable byte buffer. Nothing here
+ * logs. */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _unused_ __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define USEC_PER_SEC UINT64_C(1000000)
+#define USEC_PER_MSEC UINT64_C(1000)
+
+static inline void freep(void *p) {
+        free(*(void **) p);
+}
+#define _cleanup_free_ _cleanup_(freep)
+
+static inline void closep(int *fd) {
+        if (*fd >= 0) {
+                int saved = errno;
+                close(*fd);
+                errno = saved;
+        }
+}
+#define _cleanup_close_ _cleanup_(closep)
+
+static inline void fclosep(FILE **f) {
+        if (*f)
+                fclose(*f);
+}
+#define _cleanup_fclose_ _cleanup_(fclosep)
+
+/* Hand ownership out of a cleanup variable. */
+#define TAKE_PTR(p)                                                     \
+        ({                                                              \
+                __typeof__(p) _tp = (p);                                \
+                (p) = NULL;                                             \
+                _tp;                                                    \
+        })
+#define TAKE_FD(fd)                                                     \
+        ({                                                              \
+                int _tf = (fd);                                         \
+                (fd) = -1;                                              \
+                _tf;                                                    \
+        })
+
+static inline bool streq(const char *a, const char *b) {
+        return strcmp(a, b) == 0;
+}
+static inline bool streq_ptr(const char *a, const char *b) {
+        if (!a || !b)
+                return a == b;
+        return strcmp(a, b) == 0;
+}
+static inline const char *strempty(const char *s) {
+        return s ?: "";
+}
+
+/* Growable byte buffer; always NUL-terminated so text can be read in place. */
+struct kb_buf {
+        char *data;
+        size_t len;
+        size_t cap;
+};
+
+int kb_buf_reserve(struct kb_buf *b, size_t extra);
+int kb_buf_append(struct kb_buf *b, const void *p, size_t n);
+int kb_buf_appendf(struct kb_buf *b, const char *fmt, ...) _printf_(2, 3);
+/* Drop the first n bytes. */
+void kb_buf_consume(struct kb_buf *b, size_t n);
+void kb_buf_clear(struct kb_buf *b);
+/* Zero the bytes, then free them: for buffers that held a secret. */
+void kb_buf_wipe(struct kb_buf *b);
+void kb_buf_free(struct kb_buf *b);
+
+/* Parse "32M", "64K", "1G", "123" into bytes. */
+int kb_parse_size(const char *s, uint64_t *ret);
+/* Parse "10s", "250ms", "5min", "2h", "1d", "30" (seconds) into µs. */
+int kb_parse_duration(const char *s, uint64_t *ret_usec);
+
+uint64_t kb_now_usec(void); /* CLOCK_MONOTONIC */
+uint64_t kb_realtime_usec(void);
+
+/* Case-insensitive ASCII compare of an HTTP header name. */
+bool kb_header_name_eq(const char *a, size_t alen, const char *b);
