@@ -1,0 +1,586 @@
+/* SPDX-License-Identifier: MIT */
+#include "usage.h"
+
+#include <assert.h>
+#include <jansson.h>
+
+/* A response body, or one SSE event, larger than this is passed on but not
+ * parsed: nothing a provider sends about usage needs that much, and the
+ * caller controls neither the provider nor what the app asked for. */
+#define KB_USAGE_LIMIT_DEFAULT ((size_t) 16 * 1024 * 1024)
+
+/* Buffers that grew past this for one big event are given back once the
+ * event is over, so an idle stream holds next to nothing. */
+#define KB_USAGE_KEEP_CAP ((size_t) 16 * 1024)
+
+/* Longer "model"/"id" strings are not recorded: they end up in journal
+ * fields and no provider sends anything close. */
+#define KB_USAGE_MAX_STRING 256
+
+struct kb_usage_tap {
+        kb_family family;
+        kb_endpoint endpoint;
+        bool stream;
+        bool hide;
+        bool finished;
+        bool overflow;          /* something went past the limit: usage may be incomplete */
+        size_t limit;
+        struct kb_usage usage;
+
+        /* JSON body */
+        struct kb_buf body;
+        bool body_skip;
+
+        /* SSE framing */
+        struct kb_buf line;     /* the current line while it spans feeds */
+        struct kb_buf data;     /* "data:" values of the current event, each + '\n' */
+        char event[64];         /* "event:" value; "" when absent or too long */
+        size_t event_bytes;     /* raw bytes of the current event so far */
+        bool line_partial;      /* bytes of the current line were seen */
+        bool after_cr;          /* last terminator was CR: a following LF belongs to it */
+        bool event_oversize;    /* the current event passed the limit: not parsed */
+
+        /* hiding taps: raw bytes of the current event, held until it is complete */
+        struct kb_buf raw;
+        bool raw_passthrough;   /* the current event was too big to hold: its bytes flow */
+        /* The event just ended with CR: a following LF is the rest of its
+         * terminator and goes (or is dropped) with it, not with the next. */
+        enum { LF_NONE, LF_EMIT, LF_DROP } lf_after_event;
+};
+
+static const char *const endpoint_table[_KB_ENDPOINT_MAX] = {
+        [KB_ENDPOINT_CHAT] = "chat",
+        [KB_ENDPOINT_RESPONSES] = "responses",
+        [KB_ENDPOINT_EMBEDDINGS] = "embeddings",
+        [KB_ENDPOINT_MESSAGES] = "messages",
+        [KB_ENDPOINT_COUNT_TOKENS] = "count_tokens",
+        [KB_ENDPOINT_MODELS] = "models",
+        [KB_ENDPOINT_WHOAMI] = "whoami",
+};
+
+const char *kb_endpoint_to_string(kb_endpoint e) {
+        if ((unsigned) e >= _KB_ENDPOINT_MAX)
+                return NULL;
+        return endpoint_table[e];
+}
+
+/* jansson ships json_decrefp() for exactly this. */
+#define _cleanup_json_ _cleanup_(json_decrefp)
+
+int kb_usage_tap_new(kb_family family, kb_endpoint endpoint, bool stream, bool hide_usage_chunk,
+                     struct kb_usage_tap **ret) {
+        if (!ret || (unsigned) family >= _KB_FAMILY_MAX || (unsigned) endpoint >= _KB_ENDPOINT_MAX)
+                return -EINVAL;
+
+        struct kb_usage_tap *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        t->family = family;
+        t->endpoint = endpoint;
+        t->stream = stream;
+        /* Holding events only makes sense where there are events. */
+        t->hide = stream && hide_usage_chunk;
+        t->limit = KB_USAGE_LIMIT_DEFAULT;
+        *ret = t;
+        return 0;
+}
+
+void kb_usage_tap_free(struct kb_usage_tap *t) {
+        if (!t)
+                return;
+        free(t->usage.upstream_model);
+        free(t->usage.upstream_request_id);
+        kb_buf_free(&t->body);
+        kb_buf_free(&t->line);
+        kb_buf_free(&t->data);
+        kb_buf_free(&t->raw);
+        free(t);
+}
+
+void kb_usage_tap_set_limit(struct kb_usage_tap *t, size_t limit) {
+        if (t && limit > 0)
+                t->limit = limit;
+}
+
+bool kb_usage_tap_overflowed(const struct kb_usage_tap *t) {
+        return t && t->overflow;
+}
+
+size_t kb_usage_tap_memory(const struct kb_usage_tap *t) {
+        if (!t)
+                return 0;
+        return sizeof(*t) + t->body.cap + t->line.cap + t->data.cap + t->raw.cap;
+}
+
+const struct kb_usage *kb_usage_tap_get(const struct kb_usage_tap *t) {
+        return t ? &t->usage : NULL;
+}
+
+/* Clear a buffer between events, giving the memory back if one event made
+ * it big. */
+static void buf_reset(struct kb_buf *b) {
+        if (b->cap > KB_USAGE_KEEP_CAP)
+                kb_buf_free(b);
+        else
+                kb_buf_clear(b);
+}
+
+/* ---- reading usage out of parsed JSON ---- */
+
+/* Token counts are taken only when they are JSON integers in [0, INT64_MAX];
+ * negative, fractional or non-numeric values are ignored and the previous
+ * value (0 if none) stays. Integers beyond INT64_MAX never get here: jansson
+ * rejects the whole document, which then counts as malformed. */
+static bool get_count(json_t *obj, const char *key, uint64_t *ret) {
+        json_t *v = json_object_get(obj, key);
+        if (!json_is_integer(v))
+                return false;
+        json_int_t n = json_integer_value(v);
+        if (n < 0)
+                return false;
+        *ret = (uint64_t) n;
+        return true;
+}
+
+static void get_nested_count(json_t *obj, const char *outer, const char *key, uint64_t *ret) {
+        json_t *o = json_object_get(obj, outer);
+        if (json_is_object(o))
+                (void) get_count(o, key, ret);
+}
+
+/* First seen wins: in a stream every chunk repeats model and id. */
+static int take_string(json_t *obj, const char *key, char **field) {
+        if (*field || !json_is_object(obj))
+                return 0;
+        json_t *v = json_object_get(obj, key);
+        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > KB_USAGE_MAX_STRING)
+                return 0;
+        /* json_string_value stops at an embedded NUL, which is what we want. */
+        char *s = strdup(json_string_value(v));
+        if (!s)
+                return -ENOMEM;
+        *field = s;
+        return 0;
+}
+
+static int take_model_id(struct kb_usage *u, json_t *obj) {
+        int r = take_string(obj, "model", &u->upstream_model);
+        if (r < 0)
+                return r;
+        return take_string(obj, "id", &u->upstream_request_id);
+}
+
+static void usage_openai_chat(struct kb_usage *u, json_t *usage) {
+        if (!json_is_object(usage))
+                return;
+        u->seen = true;
+        (void) get_count(usage, "prompt_tokens", &u->input_tokens);
+        (void) get_count(usage, "completion_tokens", &u->output_tokens);
+        get_nested_count(usage, "prompt_tokens_details", "cached_tokens", &u->cached_tokens);
+        get_nested_count(usage, "completion_tokens_details", "reasoning_tokens", &u->reasoning_tokens);
+}
+
+static void usage_openai_responses(struct kb_usage *u, json_t *usage) {
+        if (!json_is_object(usage))
+                return;
+        u->seen = true;
+        (void) get_count(usage, "input_tokens", &u->input_tokens);
+        (void) get_count(usage, "output_tokens", &u->output_tokens);
+        get_nested_count(usage, "input_tokens_details", "cached_tokens", &u->cached_tokens);
+        get_nested_count(usage, "output_tokens_details", "reasoning_tokens", &u->reasoning_tokens);
+}
+
+/* Fields present replace what message_start said: message_delta's
+ * output_tokens is cumulative, and newer API versions repeat the input and
+ * cache counts there too. */
+static void usage_anthropic(struct kb_usage *u, json_t *usage) {
+        if (!json_is_object(usage))
+                return;
+        u->seen = true;
+        (void) get_count(usage, "input_tokens", &u->input_tokens);
+        (void) get_count(usage, "output_tokens", &u->output_tokens);
+        (void) get_count(usage, "cache_read_input_tokens", &u->cached_tokens);
+        (void) get_count(usage, "cache_creation_input_tokens", &u->cache_write_tokens);
+}
+
+static int json_body_usage(struct kb_usage_tap *t, json_t *root) {
+        struct kb_usage *u = &t->usage;
+
+        if (!json_is_object(root))
+                return 0;
+
+        switch (t->endpoint) {
+        case KB_ENDPOINT_CHAT:
+        case KB_ENDPOINT_EMBEDDINGS:
+                usage_openai_chat(u, json_object_get(root, "usage"));
+                break;
+        case KB_ENDPOINT_RESPONSES:
+                usage_openai_responses(u, json_object_get(root, "usage"));
+                break;
+        case KB_ENDPOINT_MESSAGES:
+                usage_anthropic(u, json_object_get(root, "usage"));
+                break;
+        case KB_ENDPOINT_COUNT_TOKENS:
+                if (get_count(root, "input_tokens", &u->input_tokens))
+                        u->seen = true;
+                return 0;
+        default:
+                return 0;
+        }
+
+        return take_model_id(u, root);
+}
+
+/* ---- SSE events ---- */
+
+static bool is_ws(char c) {
+        return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static bool is_openai_terminal_response(const char *type) {
+        return streq(type, "response.completed") || streq(type, "response.incomplete") ||
+               streq(type, "response.failed");
+}
+
+/* One complete event's data. *ret_hide is set when this is the usage-only
+ * chat chunk a hiding tap must not forward. */
+static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool *ret_hide) {
+        _cleanup_json_ json_t *root = NULL;
+        struct kb_usage *u = &t->usage;
+        const char *type;
+        size_t i = 0;
+
+        while (i < len && is_ws(data[i]))
+                i++;
+        if (i == len)
+                return 0;
+
+        if (data[i] != '{') {
+                size_t e = len;
+                while (e > i && is_ws(data[e - 1]))
+                        e--;
+                if (t->family == KB_FAMILY_OPENAI && e - i == 6 && memcmp(data + i, "[DONE]", 6) == 0)
+                        u->stream_done = true;
+                return 0;
+        }
+
+        /* Malformed events (a provider bug, a truncated stream) carry no usage
+         * we could trust; they still pass to the app untouched. */
+        root = json_loadb(data, len, 0, NULL);
+        if (!json_is_object(root))
+                return 0;
+
+        /* The data's own "type" is authoritative; the "event:" line is the
+         * fallback for providers that leave it out of the JSON. */
+        type = json_string_value(json_object_get(root, "type"));
+        if (!type)
+                type = t->event;
+
+        switch (t->endpoint) {
+        case KB_ENDPOINT_CHAT:
+        case KB_ENDPOINT_EMBEDDINGS: {
+                json_t *usage = json_object_get(root, "usage");
+                json_t *choices = json_object_get(root, "choices");
+
+                usage_openai_chat(u, usage);
+                if (t->hide && json_is_object(usage) && json_is_array(choices) && json_array_size(choices) == 0)
+                        *ret_hide = true;
+                return take_model_id(u, root);
+        }
+        case KB_ENDPOINT_RESPONSES: {
+                json_t *resp = json_object_get(root, "response");
+
+                if (!json_is_object(resp))
+                        return 0;
+                usage_openai_responses(u, json_object_get(resp, "usage"));
+                if (is_openai_terminal_response(type))
+                        u->stream_done = true;
+                return take_model_id(u, resp);
+        }
+        case KB_ENDPOINT_MESSAGES:
+                if (streq(type, "message_start")) {
+                        json_t *msg = json_object_get(root, "message");
+
+                        if (!json_is_object(msg))
+                                return 0;
+                        usage_anthropic(u, json_object_get(msg, "usage"));
+                        return take_model_id(u, msg);
+                }
+                if (streq(type, "message_delta")) {
+                        usage_anthropic(u, json_object_get(root, "usage"));
+                        return 0;
+                }
+                if (streq(type, "message_stop"))
+                        u->stream_done = true;
+                /* ping, content_block_*, error: nothing to count */
+                return 0;
+        default:
+                return 0;
+        }
+}
+
+static void sse_event_reset(struct kb_usage_tap *t) {
+        buf_reset(&t->data);
+        t->event[0] = 0;
+        t->event_bytes = 0;
+        t->event_oversize = false;
+}
+
+/* End of an event (blank line, or end of body). */
+static int sse_dispatch(struct kb_usage_tap *t, bool *ret_hide) {
+        int r = 0;
+
+        *ret_hide = false;
+        /* Per the SSE spec an event with no data is not dispatched. */
+        if (!t->event_oversize && t->data.len > 0)
+                /* Drop the '\n' the last data line added. */
+                r = sse_event(t, t->data.data, t->data.len - 1, ret_hide);
+        sse_event_reset(t);
+        return r;
+}
+
+static int sse_line(struct kb_usage_tap *t, const char *p, size_t n) {
+        const char *colon, *value;
+        size_t name_len, value_len;
+        int r;
+
+        if (n == 0 || p[0] == ':')
+                return 0;
+
+        colon = memchr(p, ':', n);
+        name_len = colon ? (size_t) (colon - p) : n;
+        value = colon ? colon + 1 : p + n;
+        value_len = (size_t) (p + n - value);
+        if (value_len > 0 && value[0] == ' ') {
+                value++;
+                value_len--;
+        }
+
+        if (name_len == 4 && memcmp(p, "data", 4) == 0) {
+                r = kb_buf_append(&t->data, value, value_len);
+                if (r < 0)
+                        return r;
+                return kb_buf_append(&t->data, "\n", 1);
+        }
+        if (name_len == 5 && memcmp(p, "event", 5) == 0) {
+                if (value_len < sizeof(t->event)) {
+                        memcpy(t->event, value, value_len);
+                        t->event[value_len] = 0;
+                } else
+                        t->event[0] = 0;
+        }
+        /* id, retry and unknown fields do not matter here. */
+        return 0;
+}
+
+/* Hiding tap: send held bytes plus buf[from, to) on. */
+static int raw_flush(struct kb_usage_tap *t, const char *buf, size_t from, size_t to, struct kb_buf *out) {
+        int r;
+
+        if (t->raw.len > 0) {
+                r = kb_buf_append(out, t->raw.data, t->raw.len);
+                if (r < 0)
+                        return r;
+        }
+        buf_reset(&t->raw);
+        return kb_buf_append(out, buf + from, to - from);
+}
+
+/* Account n more raw bytes to the current event; past the limit, stop
+ * holding and parsing it. *seg is where unforwarded bytes of buf start, pos
+ * where this event's bytes seen so far end. */
+static int sse_account(struct kb_usage_tap *t, size_t n, const char *buf, size_t *seg, size_t pos,
+                       struct kb_buf *out) {
+        int r;
+
+        t->event_bytes += n;
+        if (t->event_oversize || t->event_bytes <= t->limit)
+                return 0;
+
+        t->event_oversize = true;
+        t->overflow = true;
+        kb_buf_free(&t->line);
+        kb_buf_free(&t->data);
+        if (t->hide && !t->raw_passthrough) {
+                r = raw_flush(t, buf, *seg, pos, out);
+                if (r < 0)
+                        return r;
+                kb_buf_free(&t->raw);
+                *seg = pos;
+                t->raw_passthrough = true;
+        }
+        return 0;
+}
+
+static int sse_feed(struct kb_usage_tap *t, const char *buf, size_t len, struct kb_buf *out) {
+        size_t i = 0, seg = 0;
+        int r;
+
+        while (i < len) {
+                if (t->after_cr) {
+                        t->after_cr = false;
+                        if (buf[i] == '\n') {
+                                if (t->lf_after_event != LF_NONE) {
+                                        /* nothing of the next event is held yet */
+                                        assert(seg == i);
+                                        if (t->lf_after_event == LF_EMIT) {
+                                                r = kb_buf_append(out, "\n", 1);
+                                                if (r < 0)
+                                                        return r;
+                                        }
+                                        seg++;
+                                }
+                                t->lf_after_event = LF_NONE;
+                                i++;
+                                continue;
+                        }
+                }
+                t->lf_after_event = LF_NONE;
+
+                const char *p = buf + i;
+                size_t n = 0;
+                while (n < len - i && p[n] != '\n' && p[n] != '\r')
+                        n++;
+
+                if (n == len - i) {
+                        /* The line goes on in the next feed. */
+                        r = sse_account(t, n, buf, &seg, len, out);
+                        if (r < 0)
+                                return r;
+                        if (!t->event_oversize) {
+                                r = kb_buf_append(&t->line, p, n);
+                                if (r < 0)
+                                        return r;
+                        }
+                        if (n > 0)
+                                t->line_partial = true;
+                        break;
+                }
+
+                bool blank = n == 0 && !t->line_partial;
+                size_t end = i + n + 1;
+
+                t->after_cr = p[n] == '\r';
+                r = sse_account(t, n + 1, buf, &seg, end, out);
+                if (r < 0)
+                        return r;
+
+                if (!t->event_oversize) {
+                        if (t->line.len > 0) {
+                                r = kb_buf_append(&t->line, p, n);
+                                if (r < 0)
+                                        return r;
+                                r = sse_line(t, t->line.data, t->line.len);
+                        } else
+                                r = sse_line(t, p, n);
+                        if (r < 0)
+                                return r;
+                }
+                buf_reset(&t->line);
+                t->line_partial = false;
+                i = end;
+
+                if (!blank)
+                        continue;
+
+                bool hide = false;
+                bool passthrough = t->raw_passthrough;
+
+                r = sse_dispatch(t, &hide);
+                if (r < 0)
+                        return r;
+                if (!t->hide)
+                        continue;
+
+                t->raw_passthrough = false;
+                hide = hide && !passthrough;
+                if (hide)
+                        buf_reset(&t->raw);
+                else {
+                        r = raw_flush(t, buf, seg, end, out);
+                        if (r < 0)
+                                return r;
+                }
+                seg = end;
+                if (t->after_cr)
+                        t->lf_after_event = hide ? LF_DROP : LF_EMIT;
+        }
+
+        if (t->hide && seg < len) {
+                if (t->raw_passthrough)
+                        return kb_buf_append(out, buf + seg, len - seg);
+                return kb_buf_append(&t->raw, buf + seg, len - seg);
+        }
+        return 0;
+}
+
+int kb_usage_tap_feed(struct kb_usage_tap *t, const char *buf, size_t len, struct kb_buf *out) {
+        int r;
+
+        if (!t || !out || (!buf && len > 0))
+                return -EINVAL;
+        if (t->finished)
+                return -ESTALE;
+        if (len == 0)
+                return 0;
+
+        if (!t->hide) {
+                /* Forward first: the app must not wait on our bookkeeping. */
+                r = kb_buf_append(out, buf, len);
+                if (r < 0)
+                        return r;
+        }
+
+        if (t->stream)
+                return sse_feed(t, buf, len, out);
+
+        if (t->body_skip)
+                return 0;
+        if (len > t->limit - t->body.len) {
+                t->body_skip = true;
+                t->overflow = true;
+                kb_buf_free(&t->body);
+                return 0;
+        }
+        return kb_buf_append(&t->body, buf, len);
+}
+
+int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out) {
+        int r;
+
+        if (!t || !out)
+                return -EINVAL;
+        if (t->finished)
+                return 0;
+        t->finished = true;
+
+        if (!t->stream) {
+                _cleanup_json_ json_t *root = NULL;
+
+                if (!t->body_skip && t->body.len > 0)
+                        root = json_loadb(t->body.data, t->body.len, 0, NULL);
+                kb_buf_free(&t->body);
+                return root ? json_body_usage(t, root) : 0;
+        }
+
+        /* A body that ends inside an event: the spec has clients drop it, but
+         * the provider did send (and bills) what it holds, so it is counted
+         * when it parses. Its bytes go to the app either way. */
+        bool hide = false;
+        r = 0;
+        if (!t->event_oversize && t->line.len > 0)
+                r = sse_line(t, t->line.data, t->line.len);
+        if (r >= 0)
+                r = sse_dispatch(t, &hide);
+        kb_buf_free(&t->line);
+        kb_buf_free(&t->data);
+        t->line_partial = false;
+
+        if (t->hide && t->raw.len > 0) {
+                int k = kb_buf_append(out, t->raw.data, t->raw.len);
+                if (k < 0 && r >= 0)
+                        r = k;
+        }
+        kb_buf_free(&t->raw);
+        return r < 0 ? r : 0;
+}
