@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Shared between config.c (file structure, sections, cross references) and
+ * config-values.c (one parser per key); nothing outside agent/config*.c
+ * includes this. */
+
+#include "config.h"
+#include "util.h"
+
+#define CONFIG_MAX_SIZE (4U * 1024U * 1024U)
+#define NAME_MAX_LEN 128U
+#define MODEL_MAX_LEN 256U
+#define MAX_KEYS 24U
+#define WEIGHT_MAX 1000000U
+
+enum section_kind { SEC_NONE, SEC_AGENT, SEC_TEAM, SEC_ROUTE, SEC_MODEL, _SEC_MAX };
+
+/* Cross references are checked once the whole file is read, since a model
+ * may name a route defined further down. */
+enum ref_kind { REF_TARGET, REF_FALLBACK, REF_TEAM_MODEL, REF_KEY };
+struct ref {
+        enum ref_kind kind;
+        size_t owner; /* index of the model, team or route */
+        size_t item;  /* index of the target or team model */
+        char *name;   /* route name for targets */
+        unsigned line;
+};
+
+struct parser {
+        const char *name;
+        const char *text;
+        size_t pos, len;
+        unsigned line;
+        bool eof;
+        char *error;
+        unsigned error_line;
+        struct kb_config *config;
+        enum section_kind sec;
+        size_t idx; /* index of the current team/route/model */
+        unsigned sec_line;
+        unsigned agent_line;
+        unsigned seen[MAX_KEYS];
+        struct ref *refs;
+        size_t n_refs;
+        bool oom;
+};
+
+struct key_def;
+typedef int (*value_parser)(struct parser *p, const struct key_def *k, void *base, const char *v);
+struct key_def {
+        const char *name;
+        value_parser parse;
+        size_t offset;
+        size_t count_offset;
+        bool multi;
+        bool nonzero;
+};
+
+_printf_(3, 4) int kb_cfg_fail(struct parser *p, unsigned line, const char *fmt, ...);
+int kb_cfg_oom(struct parser *p);
+#define bad_value(p, k, fmt, ...) kb_cfg_fail((p), (p)->line, "invalid value for '%s': " fmt, (k), ##__VA_ARGS__)
+
+/* Grows an array one element at a time with doubling capacity; the capacity
+ * is implied by the count, so the structs need no extra field. The new
+ * element is zeroed. */
+void *kb_cfg_array_add(void **arr, size_t *n, size_t size);
+#define ARRAY_ADD(arr, n) ((__typeof__(arr)) kb_cfg_array_add((void **) &(arr), &(n), sizeof(*(arr))))
+
+bool kb_cfg_valid_name(const char *s, size_t max);
+bool kb_cfg_valid_model_name(const char *s);
+int kb_cfg_expand_credentials(const char *v, char **ret);
+
+/* NULL-name terminated. */
+extern const struct key_def kb_cfg_agent_keys[];
+extern const struct key_def kb_cfg_team_keys[];
+extern const struct key_def kb_cfg_route_keys[];
+extern const struct key_def kb_cfg_model_keys[];
