@@ -17,6 +17,18 @@
 struct kb_upstream;
 struct kb_upstream_call;
 
+/* Hard limits checked by kb_upstream_start() (-E2BIG beyond them). Caller
+ * headers that curl must own (Content-Length, Transfer-Encoding, Expect, Host,
+ * Connection and other hop-by-hop ones) and any caller header named like
+ * auth_name are dropped, not sent. */
+#define KB_UPSTREAM_MAX_URL 8192u
+#define KB_UPSTREAM_MAX_HEADERS 128u
+#define KB_UPSTREAM_MAX_HEADER_LINE 8192u
+#define KB_UPSTREAM_MAX_SECRET 4096u
+/* All response header bytes of one call, interim 1xx blocks included; beyond
+ * it the call ends with on_done(-EPROTO). */
+#define KB_UPSTREAM_MAX_RESPONSE_HEADER_BYTES (64u * 1024u)
+
 struct kb_upstream_request {
         const char *method;             /* "POST" or "GET" */
         const char *url;                /* full URL */
@@ -53,7 +65,8 @@ struct kb_upstream_ops {
 };
 
 int kb_upstream_new(sd_event *e, struct kb_upstream **ret);
-/* Cancels every call still running (no on_done). */
+/* Cancels every call still running (no on_done). Not from inside one of its
+ * calls' callbacks. */
 struct kb_upstream *kb_upstream_free(struct kb_upstream *u);
 
 int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *req,
@@ -68,3 +81,17 @@ void kb_upstream_call_cancel(struct kb_upstream_call *c);
 /* Timing of the call: time to first response byte, from start, in µs (0 before). */
 uint64_t kb_upstream_call_ttfb_usec(const struct kb_upstream_call *c);
 size_t kb_upstream_n_calls(const struct kb_upstream *u);
+
+/* Helpers of kb_upstream_start(), in upstream-req.c. */
+struct curl_slist;
+/* 0, or -EINVAL (missing url/method, method not POST/GET, scheme not
+ * http(s), control bytes or a bad name in a header, the credential or its
+ * prefix, a body without POST) or -E2BIG (a KB_UPSTREAM_MAX_* limit). */
+int kb_upstream_request_validate(const struct kb_upstream_request *req);
+/* The request's header list for curl: caller headers minus the dropped ones,
+ * "Expect:", "Content-Type:" when the caller gave none (no form type made up
+ * by curl), and the credential header last. Free it with
+ * kb_upstream_slist_wipe_free(). */
+int kb_upstream_request_headers(const struct kb_upstream_request *req, struct curl_slist **ret);
+/* Zero every string of the list, then free it. Returns NULL. */
+struct curl_slist *kb_upstream_slist_wipe_free(struct curl_slist *l);

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: MIT */
+/* Checking an upstream request and building its header list, credential
+ * included; kept apart from the transfer machinery in upstream.c. */
+
+#include <curl/curl.h>
+#include <sodium.h>
+#include <strings.h>
+
+#include "upstream.h"
+#include "util.h"
+
+struct curl_slist *kb_upstream_slist_wipe_free(struct curl_slist *l) {
+        for (struct curl_slist *i = l; i; i = i->next)
+                if (i->data)
+                        sodium_memzero(i->data, strlen(i->data));
+        curl_slist_free_all(l);
+        return NULL;
+}
+
+static bool has_ctl(const char *s, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) s[i] < 0x20 && s[i] != '\t')
+                        return true;
+        return false;
+}
+
+static bool is_token(const char *s, size_t n) {
+        if (n == 0)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                unsigned char ch = s[i];
+                if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch))
+                        return false;
+        }
+        return true;
+}
+
+/* Headers curl must own (framing, hop-by-hop) and the credential header's
+ * name: a caller's copy is dropped rather than sent twice. */
+static bool header_dropped(const char *line, size_t nlen, const char *auth_name) {
+        static const char *const owned[] = {
+                "Content-Length", "Transfer-Encoding", "Expect", "Connection", "Keep-Alive",
+                "Proxy-Connection", "TE", "Upgrade", "Host",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(owned); i++)
+                if (kb_header_name_eq(line, nlen, owned[i]))
+                        return true;
+        return auth_name && kb_header_name_eq(line, nlen, auth_name);
+}
+
+int kb_upstream_request_validate(const struct kb_upstream_request *req) {
+        if (!req)
+                return -EINVAL;
+
+        size_t n;
+
+        if (!req->url || !req->method)
+                return -EINVAL;
+        if (!streq(req->method, "POST") && !streq(req->method, "GET"))
+                return -EINVAL;
+        n = strlen(req->url);
+        if (n > KB_UPSTREAM_MAX_URL)
+                return -E2BIG;
+        if (has_ctl(req->url, n) || strchr(req->url, ' ') ||
+            (strncasecmp(req->url, "http://", 7) != 0 && strncasecmp(req->url, "https://", 8) != 0))
+                return -EINVAL;
+
+        if (req->n_headers > KB_UPSTREAM_MAX_HEADERS)
+                return -E2BIG;
+        if (req->n_headers > 0 && !req->headers)
+                return -EINVAL;
+        for (size_t i = 0; i < req->n_headers; i++) {
+                const char *h = req->headers[i], *colon;
+
+                if (!h)
+                        return -EINVAL;
+                n = strlen(h);
+                if (n > KB_UPSTREAM_MAX_HEADER_LINE)
+                        return -E2BIG;
+                colon = strchr(h, ':');
+                if (!colon || !is_token(h, colon - h) || has_ctl(h, n))
+                        return -EINVAL;
+        }
+
+        if (req->auth_name) {
+                if (!is_token(req->auth_name, strlen(req->auth_name)) || !req->secret || req->secret_len == 0)
+                        return -EINVAL;
+                if (req->secret_len > KB_UPSTREAM_MAX_SECRET)
+                        return -E2BIG;
+                if (req->auth_prefix && has_ctl(req->auth_prefix, strlen(req->auth_prefix)))
+                        return -EINVAL;
+                /* a CR/LF/NUL in the key would split the request */
+                if (has_ctl(req->secret, req->secret_len))
+                        return -EINVAL;
+        }
+
+        if (req->body_len > 0 && !req->body)
+                return -EINVAL;
+        if (req->body_len > 0 && !streq(req->method, "POST"))
+                return -EINVAL;
+        return 0;
+}
+
+int kb_upstream_request_headers(const struct kb_upstream_request *req, struct curl_slist **ret) {
+        struct curl_slist *list = NULL, *l;
+        bool have_ctype = false;
+        int r;
+
+        r = kb_upstream_request_validate(req);
+        if (r < 0)
+                return r;
+        if (!ret)
+                return -EINVAL;
+
+        for (size_t i = 0; i < req->n_headers; i++) {
+                const char *h = req->headers[i];
+                size_t nlen = strchr(h, ':') - h;
+
+                if (header_dropped(h, nlen, req->auth_name))
+                        continue;
+                if (kb_header_name_eq(h, nlen, "Content-Type"))
+                        have_ctype = true;
+                l = curl_slist_append(list, h);
+                if (!l)
+                        goto oom;
+                list = l;
+        }
+
+        /* no 100-continue round trip; and no form content type made up by curl */
+        l = curl_slist_append(list, "Expect:");
+        if (!l)
+                goto oom;
+        list = l;
+        if (!have_ctype) {
+                l = curl_slist_append(list, "Content-Type:");
+                if (!l)
+                        goto oom;
+                list = l;
+        }
+
+        if (req->auth_name) {
+                const char *prefix = strempty(req->auth_prefix);
+                size_t an = strlen(req->auth_name), pn = strlen(prefix);
+                size_t sz = an + 2 + pn + req->secret_len + 1;
+                char *b = malloc(sz);
+
+                if (!b)
+                        goto oom;
+                memcpy(b, req->auth_name, an);
+                memcpy(b + an, ": ", 2);
+                memcpy(b + an + 2, prefix, pn);
+                memcpy(b + an + 2 + pn, req->secret, req->secret_len);
+                b[sz - 1] = 0;
+                l = curl_slist_append(list, b);
+                sodium_memzero(b, sz);
+                free(b);
+                if (!l)
+                        goto oom;
+                list = l;
+        }
+
+        *ret = list;
+        return 0;
+
+oom:
+        kb_upstream_slist_wipe_free(list);
+        return -ENOMEM;
+}

@@ -1,0 +1,824 @@
+/* SPDX-License-Identifier: MIT */
+/* Calls to providers over libcurl's multi interface, driven by sd-event.
+ *
+ * curl never runs a loop of its own here: its sockets become io sources
+ * (CURLMOPT_SOCKETFUNCTION, the source kept with curl_multi_assign), its one
+ * timer a CLOCK_MONOTONIC loop timer (CURLMOPT_TIMERFUNCTION). Whenever one of
+ * them fires we call curl_multi_socket_action() and then collect finished
+ * transfers with curl_multi_info_read().
+ *
+ * Re-entrancy: user callbacks (on_response, on_data) run inside curl, where
+ * curl refuses curl_multi_add_handle()/curl_multi_remove_handle() and where
+ * freeing an easy handle would pull the floor away under curl. While u->busy
+ * is non-zero, cancelled calls therefore only become "zombies" (no further
+ * callbacks, reaped later) and new calls wait in the list un-added; both are
+ * settled as soon as the outermost curl entry returns. on_done runs outside
+ * curl (from the info_read drain or the defer source), so it may do anything
+ * except free the upstream. */
+
+#include <curl/curl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <sys/epoll.h>
+
+#include "upstream.h"
+#include "util.h"
+
+#define KB_UPSTREAM_MAXCONNECTS 64L
+
+#ifndef CURL_WRITEFUNC_ERROR
+#define CURL_WRITEFUNC_ERROR 0
+#endif
+
+struct kb_sock {
+        sd_event_source *source;
+        struct kb_sock *prev, *next;
+};
+
+struct kb_upstream_call {
+        struct kb_upstream *u;
+        struct kb_upstream_call *prev, *next;
+        CURL *easy;
+        struct curl_slist *slist;
+        struct kb_upstream_ops ops;
+        void *userdata;
+
+        bool added;             /* in the multi handle */
+        bool cancelled;         /* zombie: no callbacks any more, reaped when curl is left */
+        bool in_done;           /* on_done is running; freed right after */
+        bool paused;
+        bool resume_pending;    /* resume asked for while inside curl */
+        bool response_sent;     /* on_response was called */
+        bool finishing;         /* curl reported it done; on_response may still run */
+        int abort_error;        /* why one of our callbacks aborted the transfer */
+        int fail_error;         /* ended outside curl (add failed, resume failed): on_done via defer */
+
+        long status;
+        struct kb_buf hdrs;     /* "name\0value\0" pairs of the current response block */
+        size_t n_hdrs;
+        size_t header_bytes;    /* all header bytes seen, never reset */
+
+        uint64_t start_usec;
+        uint64_t ttfb_usec;
+        char errbuf[CURL_ERROR_SIZE];
+};
+
+struct kb_upstream {
+        sd_event *event;
+        CURLM *multi;
+        sd_event_source *timer;
+        sd_event_source *defer;
+        struct kb_upstream_call *calls;
+        struct kb_sock *socks;
+        unsigned busy;          /* nesting depth of calls into curl that may run our callbacks */
+        size_t n_calls;         /* calls the caller still owns (not cancelled, not done) */
+        bool need_kick;         /* run curl_multi_socket_action(TIMEOUT) from the defer source */
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_result = CURLE_FAILED_INIT;
+
+static void curl_init_once(void) {
+        curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* ---- lists ---- */
+
+#define LIST_PREPEND(head, item)                                        \
+        do {                                                            \
+                (item)->prev = NULL;                                    \
+                (item)->next = (head);                                  \
+                if (head)                                               \
+                        (head)->prev = (item);                          \
+                (head) = (item);                                        \
+        } while (0)
+
+#define LIST_REMOVE(head, item)                                         \
+        do {                                                            \
+                if ((item)->next)                                       \
+                        (item)->next->prev = (item)->prev;              \
+                if ((item)->prev)                                       \
+                        (item)->prev->next = (item)->next;              \
+                else                                                    \
+                        (head) = (item)->next;                          \
+                (item)->prev = (item)->next = NULL;                     \
+        } while (0)
+
+/* ---- error mapping ---- */
+
+static int curlcode_to_errno(CURLcode code) {
+        switch (code) {
+        case CURLE_OK:
+                return 0;
+        case CURLE_OPERATION_TIMEDOUT:
+                return -ETIMEDOUT;
+        case CURLE_COULDNT_CONNECT:
+                return -ECONNREFUSED;
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_RESOLVE_PROXY:
+                return -EHOSTUNREACH;
+        case CURLE_RECV_ERROR:
+        case CURLE_SEND_ERROR:
+        case CURLE_PARTIAL_FILE:
+        case CURLE_GOT_NOTHING:
+        case CURLE_HTTP2:
+        case CURLE_HTTP2_STREAM:
+                return -ECONNRESET;
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CERTPROBLEM:
+        case CURLE_SSL_CIPHER:
+        case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_SSL_ENGINE_NOTFOUND:
+        case CURLE_SSL_ENGINE_SETFAILED:
+        case CURLE_SSL_ENGINE_INITFAILED:
+        case CURLE_SSL_SHUTDOWN_FAILED:
+        case CURLE_SSL_CRL_BADFILE:
+        case CURLE_SSL_ISSUER_ERROR:
+        case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        case CURLE_SSL_INVALIDCERTSTATUS:
+        case CURLE_SSL_CLIENTCERT:
+        case CURLE_USE_SSL_FAILED:
+        case CURLE_WEIRD_SERVER_REPLY:
+        case CURLE_BAD_CONTENT_ENCODING:
+                return -EPROTO;
+        default:
+                return -EIO;
+        }
+}
+
+/* ---- call teardown ---- */
+
+/* Only outside curl (u->busy == 0). */
+static void call_destroy(struct kb_upstream_call *c) {
+        struct kb_upstream *u = c->u;
+
+        LIST_REMOVE(u->calls, c);
+        if (!c->cancelled && !c->in_done)
+                u->n_calls--;
+
+        if (c->easy) {
+                if (c->added)
+                        (void) curl_multi_remove_handle(u->multi, c->easy);
+                curl_easy_cleanup(c->easy);
+        }
+        /* after the easy handle: curl may still point at the list until then */
+        c->slist = kb_upstream_slist_wipe_free(c->slist);
+        kb_buf_free(&c->hdrs);
+        free(c);
+}
+
+static void upstream_schedule_defer(struct kb_upstream *u) {
+        (void) sd_event_source_set_enabled(u->defer, SD_EVENT_ONESHOT);
+}
+
+/* ---- response delivery ---- */
+
+static int call_deliver_response(struct kb_upstream_call *c) {
+        _cleanup_free_ struct kb_http_header *h = NULL;
+        const char *p;
+        long status;
+
+        if (c->response_sent)
+                return 0;
+        c->response_sent = true;
+
+        if (!c->ops.on_response)
+                return 0;
+
+        status = c->status;
+        if (status <= 0)
+                (void) curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+
+        if (c->n_hdrs > 0) {
+                h = calloc(c->n_hdrs, sizeof(*h));
+                if (!h)
+                        return -ENOMEM;
+                p = c->hdrs.data;
+                for (size_t i = 0; i < c->n_hdrs; i++) {
+                        h[i].name = p;
+                        p += strlen(p) + 1;
+                        h[i].value = p;
+                        p += strlen(p) + 1;
+                }
+        }
+
+        return c->ops.on_response(c->userdata, status, h, c->n_hdrs);
+}
+
+static bool is_ws(char ch) {
+        return ch == ' ' || ch == '\t';
+}
+
+static long parse_status_line(const char *s, size_t n) {
+        size_t i = 5; /* after "HTTP/" */
+        long v = 0;
+
+        while (i < n && !is_ws(s[i]))
+                i++;
+        while (i < n && is_ws(s[i]))
+                i++;
+        if (n - i < 3)
+                return 0;
+        for (size_t k = 0; k < 3; k++) {
+                if (s[i + k] < '0' || s[i + k] > '9')
+                        return 0;
+                v = v * 10 + (s[i + k] - '0');
+        }
+        return v;
+}
+
+static int call_header_line(struct kb_upstream_call *c, const char *s, size_t n) {
+        const char *colon, *name, *value;
+        size_t nlen, vlen;
+        int r;
+
+        while (n > 0 && (s[n - 1] == '\r' || s[n - 1] == '\n'))
+                n--;
+
+        if (n >= 5 && memcmp(s, "HTTP/", 5) == 0) {
+                /* a new response block: an interim 1xx one is forgotten */
+                kb_buf_clear(&c->hdrs);
+                c->n_hdrs = 0;
+                c->status = parse_status_line(s, n);
+                if ((c->status >= 200 || c->status < 100) && c->ttfb_usec == 0)
+                        c->ttfb_usec = MAX(kb_now_usec() - c->start_usec, UINT64_C(1));
+                return 0;
+        }
+        if (n == 0)
+                return 0;
+
+        if (is_ws(s[0])) {
+                /* obsolete line folding: continues the previous value */
+                if (c->n_hdrs == 0)
+                        return 0;
+                while (n > 0 && is_ws(s[0]))
+                        s++, n--;
+                while (n > 0 && is_ws(s[n - 1]))
+                        n--;
+                c->hdrs.len--; /* drop the value's NUL */
+                r = kb_buf_append(&c->hdrs, " ", 1);
+                if (r >= 0)
+                        r = kb_buf_append(&c->hdrs, s, n);
+                if (r >= 0)
+                        r = kb_buf_append(&c->hdrs, "", 1);
+                return r;
+        }
+
+        colon = memchr(s, ':', n);
+        if (!colon)
+                return 0; /* not a header; curl tolerated it, so do we */
+
+        name = s;
+        nlen = colon - s;
+        while (nlen > 0 && is_ws(name[nlen - 1]))
+                nlen--;
+        value = colon + 1;
+        vlen = n - (value - s);
+        while (vlen > 0 && is_ws(value[0]))
+                value++, vlen--;
+        while (vlen > 0 && is_ws(value[vlen - 1]))
+                vlen--;
+        if (nlen == 0 || memchr(name, 0, nlen) || memchr(value, 0, vlen))
+                return 0;
+
+        r = kb_buf_reserve(&c->hdrs, nlen + vlen + 2);
+        if (r < 0)
+                return r;
+        (void) kb_buf_append(&c->hdrs, name, nlen);
+        (void) kb_buf_append(&c->hdrs, "", 1);
+        (void) kb_buf_append(&c->hdrs, value, vlen);
+        (void) kb_buf_append(&c->hdrs, "", 1);
+        c->n_hdrs++;
+        return 0;
+}
+
+static size_t on_curl_header(char *buf, size_t size, size_t nitems, void *userdata) {
+        struct kb_upstream_call *c = userdata;
+        size_t n = size * nitems;
+
+        if (c->cancelled)
+                return CURL_WRITEFUNC_ERROR;
+        /* trailers after the body are not surfaced */
+        if (c->response_sent)
+                return n;
+
+        c->header_bytes += n;
+        if (c->header_bytes > KB_UPSTREAM_MAX_RESPONSE_HEADER_BYTES) {
+                c->abort_error = -EPROTO;
+                return CURL_WRITEFUNC_ERROR;
+        }
+        if (call_header_line(c, buf, n) < 0) {
+                c->abort_error = -EIO;
+                return CURL_WRITEFUNC_ERROR;
+        }
+        return n;
+}
+
+static size_t on_curl_write(char *buf, size_t size, size_t nmemb, void *userdata) {
+        struct kb_upstream_call *c = userdata;
+        size_t n = size * nmemb;
+        int r;
+
+        if (c->cancelled || c->abort_error < 0 || c->fail_error < 0)
+                return CURL_WRITEFUNC_ERROR;
+        /* curl holds on to these bytes and hands them over again on resume */
+        if (c->paused)
+                return CURL_WRITEFUNC_PAUSE;
+
+        if (!c->response_sent) {
+                r = call_deliver_response(c);
+                if (r < 0) {
+                        c->abort_error = r == -ENOMEM ? -EIO : -ECANCELED;
+                        return CURL_WRITEFUNC_ERROR;
+                }
+                if (c->cancelled)
+                        return CURL_WRITEFUNC_ERROR;
+                if (c->paused)
+                        return CURL_WRITEFUNC_PAUSE;
+        }
+
+        if (n == 0 || !c->ops.on_data)
+                return n;
+
+        r = c->ops.on_data(c->userdata, buf, n);
+        if (r < 0) {
+                c->abort_error = -ECANCELED;
+                return CURL_WRITEFUNC_ERROR;
+        }
+        if (c->cancelled)
+                return CURL_WRITEFUNC_ERROR;
+        /* the bytes were consumed even if on_data paused us: curl_easy_pause()
+         * from inside this callback already stopped further reads */
+        return n;
+}
+
+/* ---- finishing calls ---- */
+
+/* Outside curl only. Removes c from the multi, runs on_done, frees c. */
+static void call_finish(struct kb_upstream_call *c, int error, const char *message) {
+        struct kb_upstream *u = c->u;
+
+        if (c->added) {
+                /* first, so that its connection is back in the cache for
+                 * whatever on_done starts */
+                (void) curl_multi_remove_handle(u->multi, c->easy);
+                c->added = false;
+        }
+        c->in_done = true;
+        u->n_calls--;
+        if (c->ops.on_done)
+                c->ops.on_done(c->userdata, error, message);
+        call_destroy(c);
+}
+
+static void upstream_drain(struct kb_upstream *u) {
+        CURLMsg *msg;
+        int left;
+
+        while ((msg = curl_multi_info_read(u->multi, &left))) {
+                struct kb_upstream_call *c;
+                char *priv = NULL;
+                CURLcode result;
+                const char *message = NULL;
+                int error;
+
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                result = msg->data.result;
+                if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv) != CURLE_OK || !priv)
+                        continue;
+                c = (struct kb_upstream_call *) priv;
+                if (c->cancelled || c->in_done || c->finishing)
+                        continue;
+                c->finishing = true;
+
+                if (c->fail_error < 0)
+                        error = c->fail_error;
+                else if (result != CURLE_OK && c->abort_error < 0)
+                        error = c->abort_error;
+                else
+                        error = curlcode_to_errno(result);
+
+                if (error == 0 && !c->response_sent) {
+                        /* a response without body */
+                        int r = call_deliver_response(c);
+                        if (r < 0)
+                                error = r == -ENOMEM ? -EIO : -ECANCELED;
+                        if (c->cancelled) {
+                                /* cancelled itself from on_response: no on_done */
+                                call_destroy(c);
+                                continue;
+                        }
+                }
+                if (error != 0)
+                        message = c->errbuf[0] ? c->errbuf : curl_easy_strerror(result);
+
+                call_finish(c, error, message);
+        }
+}
+
+/* Called whenever the outermost entry into curl returned. Runs no user
+ * callback, so pause/resume never run another call's on_done. */
+static void upstream_settle(struct kb_upstream *u) {
+        struct kb_upstream_call *c, *next;
+
+        for (c = u->calls; c; c = next) {
+                next = c->next;
+                if (c->cancelled)
+                        call_destroy(c);
+        }
+
+        for (c = u->calls; c; c = c->next) {
+                if (c->added || c->cancelled || c->in_done || c->fail_error < 0)
+                        continue;
+                if (curl_multi_add_handle(u->multi, c->easy) == CURLM_OK)
+                        c->added = true;
+                else {
+                        c->fail_error = -EIO;
+                        upstream_schedule_defer(u);
+                }
+        }
+}
+
+static void upstream_enter(struct kb_upstream *u) {
+        u->busy++;
+}
+
+static void upstream_leave(struct kb_upstream *u) {
+        if (--u->busy == 0)
+                upstream_settle(u);
+}
+
+static void upstream_socket_action(struct kb_upstream *u, curl_socket_t fd, int ev_bitmask) {
+        int running = 0;
+
+        upstream_enter(u);
+        (void) curl_multi_socket_action(u->multi, fd, ev_bitmask, &running);
+        upstream_leave(u);
+        /* only socket_action finishes transfers; drained right away, the
+         * message queue is empty at any other time */
+        upstream_drain(u);
+}
+
+static void call_resume_now(struct kb_upstream_call *c) {
+        struct kb_upstream *u = c->u;
+        CURLcode cr;
+
+        upstream_enter(u);
+        /* may hand held-back bytes to on_data right here */
+        cr = curl_easy_pause(c->easy, CURLPAUSE_CONT);
+        /* BAD_FUNCTION_ARGUMENT: no connection yet, so curl had nothing paused */
+        if (cr != CURLE_OK && cr != CURLE_BAD_FUNCTION_ARGUMENT && !c->cancelled && c->fail_error == 0) {
+                c->fail_error = c->abort_error < 0 ? c->abort_error : curlcode_to_errno(cr);
+                if (c->fail_error == 0)
+                        c->fail_error = -EIO;
+                upstream_schedule_defer(u);
+        }
+        /* curl re-arms its timer on unpause; kick it too, since a paused
+         * HTTP/1 transfer may have nothing left to wake it but that */
+        u->need_kick = true;
+        upstream_schedule_defer(u);
+        upstream_leave(u);
+}
+
+/* ---- event callbacks ---- */
+
+static int on_defer(sd_event_source *s, void *userdata) {
+        struct kb_upstream *u = userdata;
+        struct kb_upstream_call *c;
+
+        /* restart from the head after each user callback: it may have
+         * changed the list in any way */
+        for (;;) {
+                for (c = u->calls; c; c = c->next)
+                        if (!c->cancelled && !c->in_done && (c->fail_error < 0 || c->resume_pending))
+                                break;
+                if (!c)
+                        break;
+                if (c->fail_error < 0) {
+                        int error = c->fail_error;
+                        call_finish(c, error, c->errbuf[0] ? c->errbuf : NULL);
+                } else {
+                        c->resume_pending = false;
+                        if (!c->paused)
+                                call_resume_now(c);
+                }
+        }
+
+        if (u->need_kick) {
+                u->need_kick = false;
+                upstream_socket_action(u, CURL_SOCKET_TIMEOUT, 0);
+        }
+        return 0;
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        struct kb_upstream *u = userdata;
+        int mask = 0;
+
+        if (revents & (EPOLLIN | EPOLLHUP))
+                mask |= CURL_CSELECT_IN;
+        if (revents & EPOLLOUT)
+                mask |= CURL_CSELECT_OUT;
+        if (revents & EPOLLERR)
+                mask |= CURL_CSELECT_ERR;
+
+        upstream_socket_action(u, fd, mask);
+        return 0;
+}
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        upstream_socket_action(userdata, CURL_SOCKET_TIMEOUT, 0);
+        return 0;
+}
+
+static void sock_free(struct kb_upstream *u, struct kb_sock *k) {
+        LIST_REMOVE(u->socks, k);
+        sd_event_source_disable_unref(k->source);
+        free(k);
+}
+
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+        struct kb_upstream *u = userp;
+        struct kb_sock *k = socketp;
+        uint32_t events = 0;
+
+        if (what == CURL_POLL_REMOVE) {
+                if (k)
+                        sock_free(u, k);
+                return 0;
+        }
+
+        if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+                events |= EPOLLIN;
+        if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+                events |= EPOLLOUT;
+
+        if (k) {
+                if (sd_event_source_set_io_events(k->source, events) < 0 ||
+                    sd_event_source_set_enabled(k->source, SD_EVENT_ON) < 0)
+                        return -1;
+                return 0;
+        }
+
+        k = calloc(1, sizeof(*k));
+        if (!k)
+                return -1;
+        if (sd_event_add_io(u->event, &k->source, fd, events, on_io, u) < 0) {
+                free(k);
+                return -1;
+        }
+        (void) sd_event_source_set_description(k->source, "upstream-io");
+        LIST_PREPEND(u->socks, k);
+        if (curl_multi_assign(u->multi, fd, k) != CURLM_OK) {
+                sock_free(u, k);
+                return -1;
+        }
+        return 0;
+}
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
+        struct kb_upstream *u = userp;
+
+        /* never drive curl from here: curl forbids it inside this callback */
+        if (timeout_ms < 0)
+                return sd_event_source_set_enabled(u->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
+
+        if (sd_event_source_set_time(u->timer, kb_now_usec() + (uint64_t) timeout_ms * USEC_PER_MSEC) < 0 ||
+            sd_event_source_set_enabled(u->timer, SD_EVENT_ONESHOT) < 0)
+                return -1;
+        return 0;
+}
+
+/* ---- public ---- */
+
+int kb_upstream_new(sd_event *e, struct kb_upstream **ret) {
+        struct kb_upstream *u;
+        int r;
+
+        if (!e || !ret)
+                return -EINVAL;
+
+        (void) pthread_once(&curl_once, curl_init_once);
+        if (curl_init_result != CURLE_OK)
+                return -EIO;
+        if (sodium_init() < 0)
+                return -EIO;
+
+        u = calloc(1, sizeof(*u));
+        if (!u)
+                return -ENOMEM;
+        u->event = sd_event_ref(e);
+
+        r = sd_event_add_time(e, &u->timer, CLOCK_MONOTONIC, 0, USEC_PER_MSEC, on_timer, u);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_enabled(u->timer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(u->timer, "upstream-timer");
+
+        r = sd_event_add_defer(e, &u->defer, on_defer, u);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_enabled(u->defer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(u->defer, "upstream-defer");
+
+        r = -ENOMEM;
+        u->multi = curl_multi_init();
+        if (!u->multi)
+                goto fail;
+
+        r = -EIO;
+        if (curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
+            curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u) != CURLM_OK ||
+            curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer) != CURLM_OK ||
+            curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u) != CURLM_OK ||
+            curl_multi_setopt(u->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L) != CURLM_OK ||
+            curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, KB_UPSTREAM_MAXCONNECTS) != CURLM_OK ||
+            curl_multi_setopt(u->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX) != CURLM_OK)
+                goto fail;
+
+        *ret = u;
+        return 0;
+
+fail:
+        kb_upstream_free(u);
+        return r;
+}
+
+struct kb_upstream *kb_upstream_free(struct kb_upstream *u) {
+        if (!u)
+                return NULL;
+
+        while (u->calls) {
+                u->calls->cancelled = true;
+                call_destroy(u->calls);
+        }
+        u->n_calls = 0;
+
+        /* may call back into on_curl_socket/on_curl_timer: keep u whole until then */
+        if (u->multi)
+                curl_multi_cleanup(u->multi);
+        while (u->socks)
+                sock_free(u, u->socks);
+
+        sd_event_source_disable_unref(u->timer);
+        sd_event_source_disable_unref(u->defer);
+        sd_event_unref(u->event);
+        free(u);
+        return NULL;
+}
+
+static long usec_to_ms(uint64_t usec) {
+        uint64_t ms = usec / USEC_PER_MSEC + (usec % USEC_PER_MSEC != 0);
+        return ms > (uint64_t) LONG_MAX ? LONG_MAX : (long) ms;
+}
+
+static int call_setup_easy(struct kb_upstream_call *c, const struct kb_upstream_request *req) {
+        CURL *e = c->easy;
+        bool ok;
+
+        ok = curl_easy_setopt(e, CURLOPT_PRIVATE, c) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_URL, req->url) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->slist) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_curl_header) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_HEADERDATA, c) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_curl_write) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_WRITEDATA, c) == CURLE_OK;
+        if (!ok)
+                return -EIO;
+
+        /* redirects are never followed anyway; curl refuses an empty list */
+        (void) curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+
+        if (req->timeout_usec > 0 &&
+            curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, usec_to_ms(req->timeout_usec)) != CURLE_OK)
+                return -EIO;
+        if (req->connect_timeout_usec > 0 &&
+            curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, usec_to_ms(req->connect_timeout_usec)) != CURLE_OK)
+                return -EIO;
+        if (req->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file) != CURLE_OK)
+                return -EIO;
+
+        if (streq(req->method, "POST")) {
+                /* size first: POSTFIELDS alone would strlen() the body */
+                if (curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len) != CURLE_OK ||
+                    curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_len > 0 ? req->body : "") != CURLE_OK)
+                        return -EIO;
+        } else if (curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK)
+                return -EIO;
+
+        return 0;
+}
+
+int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *req,
+                      const struct kb_upstream_ops *ops, void *userdata, struct kb_upstream_call **ret) {
+        struct kb_upstream_call *c;
+        int r;
+
+        if (!u || !req || !ops || !ret)
+                return -EINVAL;
+        r = kb_upstream_request_validate(req);
+        if (r < 0)
+                return r;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->u = u;
+        c->ops = *ops;
+        c->userdata = userdata;
+        c->start_usec = kb_now_usec();
+
+        c->easy = curl_easy_init();
+        if (!c->easy) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = kb_upstream_request_headers(req, &c->slist);
+        if (r < 0)
+                goto fail;
+        r = call_setup_easy(c, req);
+        if (r < 0)
+                goto fail;
+
+        LIST_PREPEND(u->calls, c);
+        u->n_calls++;
+
+        /* inside curl the add waits for upstream_settle() */
+        if (u->busy == 0) {
+                if (curl_multi_add_handle(u->multi, c->easy) == CURLM_OK)
+                        c->added = true;
+                else {
+                        /* on_done never runs from in here: report via the loop */
+                        c->fail_error = -EIO;
+                        upstream_schedule_defer(u);
+                }
+        }
+
+        *ret = c;
+        return 0;
+
+fail:
+        if (c->easy)
+                curl_easy_cleanup(c->easy);
+        c->slist = kb_upstream_slist_wipe_free(c->slist);
+        free(c);
+        return r;
+}
+
+void kb_upstream_call_pause(struct kb_upstream_call *c) {
+        if (!c || c->cancelled || c->finishing || c->paused)
+                return;
+        c->paused = true;
+        c->resume_pending = false;
+
+        upstream_enter(c->u);
+        (void) curl_easy_pause(c->easy, CURLPAUSE_RECV);
+        upstream_leave(c->u);
+}
+
+void kb_upstream_call_resume(struct kb_upstream_call *c) {
+        if (!c || c->cancelled || c->finishing || !c->paused)
+                return;
+        c->paused = false;
+
+        if (c->u->busy > 0) {
+                /* unpausing delivers data: not while curl is inside another transfer */
+                c->resume_pending = true;
+                upstream_schedule_defer(c->u);
+                return;
+        }
+        call_resume_now(c);
+}
+
+void kb_upstream_call_cancel(struct kb_upstream_call *c) {
+        if (!c || c->cancelled || c->in_done)
+                return;
+        c->cancelled = true;
+        c->u->n_calls--;
+        /* inside curl, or inside the drain's on_response for c: the caller
+         * up the stack frees it */
+        if (c->u->busy == 0 && !c->finishing)
+                call_destroy(c);
+}
+
+uint64_t kb_upstream_call_ttfb_usec(const struct kb_upstream_call *c) {
+        return c ? c->ttfb_usec : 0;
+}
+
+size_t kb_upstream_n_calls(const struct kb_upstream *u) {
+        return u ? u->n_calls : 0;
+}
