@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "util.h"
 
@@ -15,18 +16,39 @@ struct kb_journal;
 struct kb_record;
 struct kb_request;
 
+/* Limits on what one record may hold. */
+#define KB_RECORD_MAX_FIELDS 256
+#define KB_RECORD_MAX_VALUE (64U * 1024U)
+#define KB_RECORD_MAX_FIELD_NAME 64
+/* Most records a queue may be asked to hold. */
+#define KB_JOURNAL_MAX_QUEUE (1U << 20)
+
 /* Start the writer thread. max_queue: records held at most before submit
  * refuses. */
 int kb_journal_new(size_t max_queue, struct kb_journal **ret);
 /* Write out what is queued (waiting up to timeout_usec), stop the thread, free. Accepts NULL. */
 void kb_journal_free(struct kb_journal *j, uint64_t timeout_usec);
 
+/* Replace what the writer does with a record (default: sd_journal_sendv);
+ * for tests. send gets the record's items plus SYSLOG_IDENTIFIER and returns
+ * 0 or -errno (a failure is retried a few times, then counted as dropped).
+ * It runs on the writer thread. NULL restores the default. */
+typedef int (*kb_journal_send_t)(const struct iovec *iov, int n, void *userdata);
+void kb_journal_set_sender(struct kb_journal *j, kb_journal_send_t send, void *userdata);
+
 /* A record under construction: "FIELD=value" items. SYSLOG_IDENTIFIER is
  * added by the writer. Values may hold any bytes but NUL. */
 struct kb_record *kb_record_new(void);
 void kb_record_free(struct kb_record *r);
+/* Field names are [A-Z0-9_], at most KB_RECORD_MAX_FIELD_NAME long, not
+ * starting with '_' (journald's trusted fields) or a digit: else -EINVAL.
+ * A value longer than KB_RECORD_MAX_VALUE, or a record already holding
+ * KB_RECORD_MAX_FIELDS items: -E2BIG. */
 int kb_record_add(struct kb_record *r, const char *field, const char *value);
 int kb_record_addf(struct kb_record *r, const char *field, const char *fmt, ...) _printf_(3, 4);
+/* For tests: how many items, and the i-th as "FIELD=value" (NULL past the end). */
+size_t kb_record_n_fields(const struct kb_record *r);
+const char *kb_record_item(const struct kb_record *r, size_t i);
 
 /* Hand a record to the writer; takes ownership in every case. -EAGAIN when
  * the queue is full (the record is counted as dropped). */

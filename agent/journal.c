@@ -1,0 +1,576 @@
+/* SPDX-License-Identifier: MIT */
+#include "journal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-journal.h>
+#include <time.h>
+
+#include "keybroker/keybroker.h"
+#include "request.h"
+#include "usage.h"
+
+/* Field names of DESIGN's Journal section. Kept here until they move to
+ * include/keybroker/keybroker.h. */
+#define F_MESSAGE_ID "MESSAGE_ID"
+#define F_MESSAGE "MESSAGE"
+#define F_PRIORITY "PRIORITY"
+#define F_REQUEST_ID "KEYBROKER_REQUEST_ID"
+#define F_TEAM "KEYBROKER_TEAM"
+#define F_PEER_UID "KEYBROKER_PEER_UID"
+#define F_PEER_GID "KEYBROKER_PEER_GID"
+#define F_PEER_PID "KEYBROKER_PEER_PID"
+#define F_PEER_UNIT "KEYBROKER_PEER_UNIT"
+#define F_PEER_EXE "KEYBROKER_PEER_EXE"
+#define F_ENDPOINT "KEYBROKER_ENDPOINT"
+#define F_MODEL "KEYBROKER_MODEL"
+#define F_UPSTREAM_MODEL "KEYBROKER_UPSTREAM_MODEL"
+#define F_ROUTE "KEYBROKER_ROUTE"
+#define F_FAMILY "KEYBROKER_FAMILY"
+#define F_KEY "KEYBROKER_KEY"
+#define F_STREAM "KEYBROKER_STREAM"
+#define F_STATUS "KEYBROKER_STATUS"
+#define F_UPSTREAM_STATUS "KEYBROKER_UPSTREAM_STATUS"
+#define F_OUTCOME "KEYBROKER_OUTCOME"
+#define F_INPUT_TOKENS "KEYBROKER_INPUT_TOKENS"
+#define F_OUTPUT_TOKENS "KEYBROKER_OUTPUT_TOKENS"
+#define F_CACHED_TOKENS "KEYBROKER_CACHED_TOKENS"
+#define F_CACHE_WRITE_TOKENS "KEYBROKER_CACHE_WRITE_TOKENS"
+#define F_REASONING_TOKENS "KEYBROKER_REASONING_TOKENS"
+#define F_COST_MICROUSD "KEYBROKER_COST_MICROUSD"
+#define F_LATENCY_MS "KEYBROKER_LATENCY_MS"
+#define F_TTFB_MS "KEYBROKER_TTFB_MS"
+#define F_UPSTREAM_REQUEST_ID "KEYBROKER_UPSTREAM_REQUEST_ID"
+#define F_ATTEMPTS "KEYBROKER_ATTEMPTS"
+#define F_FALLBACK_FROM "KEYBROKER_FALLBACK_FROM"
+#define F_EVENT "KEYBROKER_EVENT"
+#define F_IN_FLIGHT "KEYBROKER_IN_FLIGHT"
+#define F_VERSION "KEYBROKER_VERSION"
+#define F_CONFIG_PATH "KEYBROKER_CONFIG_PATH"
+#define F_ERROR "KEYBROKER_ERROR"
+
+/* A failed send is retried after these pauses, then dropped. */
+static const unsigned send_backoff_msec[] = { 1, 10 };
+
+struct kb_record {
+        char **items; /* "FIELD=value" */
+        size_t n;
+        size_t cap;
+};
+
+struct kb_journal {
+        pthread_mutex_t lock;
+        pthread_cond_t wake; /* writer: a record or stop */
+        pthread_cond_t idle; /* flush: queue empty and writer idle */
+        pthread_t thread;
+        bool thread_started;
+
+        /* ring of max_queue slots */
+        struct kb_record **queue;
+        size_t max_queue;
+        size_t head;
+        size_t n_queued;
+        bool busy; /* the writer holds a record outside the queue */
+        bool stop;
+
+        kb_journal_send_t send;
+        void *send_userdata;
+
+        _Atomic uint64_t n_dropped;
+        _Atomic uint64_t n_written;
+};
+
+/* ---- records ---- */
+
+struct kb_record *kb_record_new(void) {
+        return calloc(1, sizeof(struct kb_record));
+}
+
+void kb_record_free(struct kb_record *r) {
+        if (!r)
+                return;
+        for (size_t i = 0; i < r->n; i++)
+                free(r->items[i]);
+        free(r->items);
+        free(r);
+}
+
+static void kb_record_freep(struct kb_record **r) {
+        kb_record_free(*r);
+}
+#define _cleanup_record_ _cleanup_(kb_record_freep)
+
+/* journald's own rule for what a client may name a field. */
+static bool field_name_valid(const char *f) {
+        size_t n;
+
+        if (!f || !*f)
+                return false;
+        if (f[0] == '_' || (f[0] >= '0' && f[0] <= '9'))
+                return false;
+        for (n = 0; f[n]; n++) {
+                char c = f[n];
+                if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+                        return false;
+                if (n >= KB_RECORD_MAX_FIELD_NAME)
+                        return false;
+        }
+        return true;
+}
+
+int kb_record_add(struct kb_record *r, const char *field, const char *value) {
+        size_t flen, vlen;
+        char *item;
+
+        if (!r || !value)
+                return -EINVAL;
+        if (!field_name_valid(field))
+                return -EINVAL;
+        vlen = strnlen(value, KB_RECORD_MAX_VALUE + 1);
+        if (vlen > KB_RECORD_MAX_VALUE)
+                return -E2BIG;
+        if (r->n >= KB_RECORD_MAX_FIELDS)
+                return -E2BIG;
+        if (r->n == r->cap) {
+                size_t cap = r->cap ? r->cap * 2 : 32;
+                char **items = reallocarray(r->items, cap, sizeof(char *));
+                if (!items)
+                        return -ENOMEM;
+                r->items = items;
+                r->cap = cap;
+        }
+        flen = strlen(field);
+        item = malloc(flen + 1 + vlen + 1);
+        if (!item)
+                return -ENOMEM;
+        memcpy(item, field, flen);
+        item[flen] = '=';
+        memcpy(item + flen + 1, value, vlen);
+        item[flen + 1 + vlen] = 0;
+        r->items[r->n++] = item;
+        return 0;
+}
+
+int kb_record_addf(struct kb_record *r, const char *field, const char *fmt, ...) {
+        _cleanup_free_ char *v = NULL;
+        va_list ap;
+        int k;
+
+        if (!r || !fmt)
+                return -EINVAL;
+        va_start(ap, fmt);
+        k = vasprintf(&v, fmt, ap);
+        va_end(ap);
+        if (k < 0) {
+                v = NULL;
+                return -ENOMEM;
+        }
+        return kb_record_add(r, field, v);
+}
+
+size_t kb_record_n_fields(const struct kb_record *r) {
+        return r ? r->n : 0;
+}
+
+const char *kb_record_item(const struct kb_record *r, size_t i) {
+        if (!r || i >= r->n)
+                return NULL;
+        return r->items[i];
+}
+
+/* ---- the writer ---- */
+
+static int default_send(const struct iovec *iov, int n, void *userdata) {
+        return sd_journal_sendv(iov, n);
+}
+
+static void sleep_msec(unsigned msec) {
+        struct timespec ts = { .tv_sec = msec / 1000, .tv_nsec = (long) (msec % 1000) * 1000000L };
+
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+static int write_record(const struct kb_record *rec, kb_journal_send_t send, void *userdata) {
+        static const char ident[] = "SYSLOG_IDENTIFIER=" KB_SYSLOG_IDENTIFIER;
+        struct iovec iov[KB_RECORD_MAX_FIELDS + 1];
+        int r = 0;
+
+        for (size_t i = 0; i < rec->n; i++)
+                iov[i] = (struct iovec) { .iov_base = rec->items[i], .iov_len = strlen(rec->items[i]) };
+        iov[rec->n] = (struct iovec) { .iov_base = (char *) ident, .iov_len = sizeof(ident) - 1 };
+
+        /* TODO: when journald stays away, spool to state_dir and replay once
+         * it is back (DESIGN: "spool when journald is away"). Until then a
+         * record that fails every attempt is counted in n_dropped. */
+        for (size_t attempt = 0;; attempt++) {
+                r = send(iov, (int) rec->n + 1, userdata);
+                if (r >= 0)
+                        return 0;
+                if (attempt >= ELEMENTSOF(send_backoff_msec))
+                        return r;
+                sleep_msec(send_backoff_msec[attempt]);
+        }
+}
+
+static void *writer_main(void *arg) {
+        struct kb_journal *j = arg;
+
+        pthread_mutex_lock(&j->lock);
+        for (;;) {
+                struct kb_record *rec;
+                kb_journal_send_t send;
+                void *userdata;
+                int r;
+
+                while (j->n_queued == 0 && !j->stop)
+                        pthread_cond_wait(&j->wake, &j->lock);
+                /* Stopping leaves what is still queued to kb_journal_free(),
+                 * which counts it dropped: free already waited its timeout. */
+                if (j->stop)
+                        break;
+
+                rec = j->queue[j->head];
+                j->queue[j->head] = NULL;
+                j->head = (j->head + 1) % j->max_queue;
+                j->n_queued--;
+                j->busy = true;
+                send = j->send;
+                userdata = j->send_userdata;
+                pthread_mutex_unlock(&j->lock);
+
+                r = write_record(rec, send, userdata);
+                kb_record_free(rec);
+
+                pthread_mutex_lock(&j->lock);
+                if (r < 0)
+                        atomic_fetch_add(&j->n_dropped, 1);
+                else
+                        atomic_fetch_add(&j->n_written, 1);
+                j->busy = false;
+                if (j->n_queued == 0)
+                        pthread_cond_broadcast(&j->idle);
+        }
+        pthread_cond_broadcast(&j->idle);
+        pthread_mutex_unlock(&j->lock);
+        return NULL;
+}
+
+int kb_journal_new(size_t max_queue, struct kb_journal **ret) {
+        pthread_condattr_t ca;
+        sigset_t all, old;
+        struct kb_journal *j;
+        int r;
+
+        if (!ret || max_queue == 0 || max_queue > KB_JOURNAL_MAX_QUEUE)
+                return -EINVAL;
+
+        j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        j->queue = calloc(max_queue, sizeof(struct kb_record *));
+        if (!j->queue) {
+                free(j);
+                return -ENOMEM;
+        }
+        j->max_queue = max_queue;
+        j->send = default_send;
+
+        pthread_mutex_init(&j->lock, NULL);
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&j->wake, &ca);
+        pthread_cond_init(&j->idle, &ca);
+        pthread_condattr_destroy(&ca);
+
+        /* Signals belong to the loop (sd_event_add_signal needs them
+         * blocked in every thread). */
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        r = pthread_create(&j->thread, NULL, writer_main, j);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (r != 0) {
+                kb_journal_free(j, 0);
+                return -r;
+        }
+        j->thread_started = true;
+
+        *ret = j;
+        return 0;
+}
+
+void kb_journal_set_sender(struct kb_journal *j, kb_journal_send_t send, void *userdata) {
+        if (!j)
+                return;
+        pthread_mutex_lock(&j->lock);
+        j->send = send ?: default_send;
+        j->send_userdata = send ? userdata : NULL;
+        pthread_mutex_unlock(&j->lock);
+}
+
+int kb_journal_submit(struct kb_journal *j, struct kb_record *r) {
+        if (!j || !r) {
+                kb_record_free(r);
+                return -EINVAL;
+        }
+        pthread_mutex_lock(&j->lock);
+        if (j->stop || j->n_queued >= j->max_queue) {
+                pthread_mutex_unlock(&j->lock);
+                atomic_fetch_add(&j->n_dropped, 1);
+                kb_record_free(r);
+                return -EAGAIN;
+        }
+        j->queue[(j->head + j->n_queued) % j->max_queue] = r;
+        j->n_queued++;
+        pthread_cond_signal(&j->wake);
+        pthread_mutex_unlock(&j->lock);
+        return 0;
+}
+
+uint64_t kb_journal_n_dropped(const struct kb_journal *j) {
+        return j ? atomic_load(&j->n_dropped) : 0;
+}
+
+uint64_t kb_journal_n_written(const struct kb_journal *j) {
+        return j ? atomic_load(&j->n_written) : 0;
+}
+
+static struct timespec deadline_after(uint64_t usec) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        /* Cap far-future deadlines (UINT64_MAX = "forever") at ~100 years. */
+        usec = MIN(usec, UINT64_C(100) * 365 * 24 * 3600 * USEC_PER_SEC);
+        ts.tv_sec += (time_t) (usec / USEC_PER_SEC);
+        ts.tv_nsec += (long) (usec % USEC_PER_SEC) * 1000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        return ts;
+}
+
+void kb_journal_flush(struct kb_journal *j, uint64_t timeout_usec) {
+        struct timespec deadline;
+
+        if (!j)
+                return;
+        deadline = deadline_after(timeout_usec);
+        pthread_mutex_lock(&j->lock);
+        while ((j->n_queued > 0 || j->busy) && j->thread_started && !j->stop)
+                if (pthread_cond_timedwait(&j->idle, &j->lock, &deadline) == ETIMEDOUT)
+                        break;
+        pthread_mutex_unlock(&j->lock);
+}
+
+void kb_journal_free(struct kb_journal *j, uint64_t timeout_usec) {
+        if (!j)
+                return;
+
+        if (j->thread_started) {
+                kb_journal_flush(j, timeout_usec);
+                pthread_mutex_lock(&j->lock);
+                j->stop = true;
+                pthread_cond_signal(&j->wake);
+                pthread_mutex_unlock(&j->lock);
+                /* A send in progress is waited for: sd_journal_sendv does
+                 * not block for long, and retries are short. */
+                pthread_join(j->thread, NULL);
+        }
+
+        for (; j->n_queued > 0; j->n_queued--) {
+                kb_record_free(j->queue[j->head]);
+                j->head = (j->head + 1) % j->max_queue;
+                atomic_fetch_add(&j->n_dropped, 1);
+        }
+        free(j->queue);
+        pthread_cond_destroy(&j->wake);
+        pthread_cond_destroy(&j->idle);
+        pthread_mutex_destroy(&j->lock);
+        free(j);
+}
+
+/* ---- record kinds ---- */
+
+#define ADD(rec, f, v)                                  \
+        do {                                            \
+                int _r = kb_record_add(rec, f, v);      \
+                if (_r < 0)                             \
+                        return _r;                      \
+        } while (0)
+#define ADDF(rec, f, ...)                                       \
+        do {                                                    \
+                int _r = kb_record_addf(rec, f, __VA_ARGS__);   \
+                if (_r < 0)                                     \
+                        return _r;                              \
+        } while (0)
+
+/* Values a caller controls (the model as asked, provider ids, the config
+ * error) are cut at the value limit rather than losing the whole record. */
+#define ADD_CAPPED(rec, f, v) ADDF(rec, f, "%.*s", (int) KB_RECORD_MAX_VALUE, strempty(v))
+/* In MESSAGE, a short human summary, names are cut much shorter. */
+#define MSG_NAME_MAX 256
+#define MSG_ERROR_MAX 4096
+
+static const char *const outcome_table[_KB_OUTCOME_MAX] = {
+        [KB_OUTCOME_OK] = "ok",
+        [KB_OUTCOME_QUOTA_REJECTED] = "quota_rejected",
+        [KB_OUTCOME_FORBIDDEN] = "forbidden",
+        [KB_OUTCOME_MODEL_NOT_FOUND] = "model_not_found",
+        [KB_OUTCOME_INVALID_REQUEST] = "invalid_request",
+        [KB_OUTCOME_UPSTREAM_ERROR] = "upstream_error",
+        [KB_OUTCOME_UPSTREAM_TIMEOUT] = "upstream_timeout",
+        [KB_OUTCOME_STREAM_INTERRUPTED] = "stream_interrupted",
+        [KB_OUTCOME_CLIENT_ABORT] = "client_abort",
+};
+
+const char *kb_outcome_to_string(kb_outcome o) {
+        if ((unsigned) o >= _KB_OUTCOME_MAX)
+                return NULL;
+        return outcome_table[o];
+}
+
+static const char *dash_if_empty(const char *s) {
+        return s && *s ? s : "-";
+}
+
+static int build_request(const struct kb_request *r, struct kb_record *rec) {
+        const struct kb_identity *id = r->identity;
+        const struct kb_usage *u = r->tap ? kb_usage_tap_get(r->tap) : NULL;
+        const char *outcome = strempty(kb_outcome_to_string(r->outcome));
+        const char *team = r->team ? r->team->name : NULL;
+        const char *route = r->route ? r->route->name : NULL;
+        const char *upstream_rid = r->upstream_request_id;
+        uint64_t in = u ? u->input_tokens : 0, out = u ? u->output_tokens : 0;
+        uint64_t cost_mag;
+        bool ok = r->outcome == KB_OUTCOME_OK;
+
+        if (!upstream_rid && u)
+                upstream_rid = u->upstream_request_id;
+        /* Negation through uint64_t so INT64_MIN can't overflow. */
+        cost_mag = r->cost_microusd < 0 ? -(uint64_t) r->cost_microusd : (uint64_t) r->cost_microusd;
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_REQUEST);
+        ADDF(rec, F_MESSAGE, "%.*s %.*s via %.*s: %d%s%s, %" PRIu64 " in / %" PRIu64 " out tokens, %s$%" PRIu64 ".%06u, %" PRIu64 " ms",
+             MSG_NAME_MAX, dash_if_empty(team), MSG_NAME_MAX, dash_if_empty(r->model), MSG_NAME_MAX,
+             dash_if_empty(route), r->status,
+             ok ? "" : " ", ok ? "" : outcome, in, out, r->cost_microusd < 0 ? "-" : "",
+             cost_mag / 1000000, (unsigned) (cost_mag % 1000000), r->latency_usec / USEC_PER_MSEC);
+        ADD(rec, F_PRIORITY, ok ? "6" : "4");
+        ADD(rec, F_REQUEST_ID, r->id);
+        ADD(rec, F_TEAM, strempty(team));
+        if (id) {
+                ADDF(rec, F_PEER_UID, "%u", (unsigned) id->uid);
+                ADDF(rec, F_PEER_GID, "%u", (unsigned) id->gid);
+                ADDF(rec, F_PEER_PID, "%d", (int) id->pid);
+        } else {
+                ADD(rec, F_PEER_UID, "");
+                ADD(rec, F_PEER_GID, "");
+                ADD(rec, F_PEER_PID, "");
+        }
+        ADD(rec, F_PEER_UNIT, strempty(id ? id->unit : NULL));
+        ADD(rec, F_PEER_EXE, strempty(id ? id->exe : NULL));
+        ADD(rec, F_ENDPOINT, strempty(kb_endpoint_to_string(r->endpoint)));
+        ADD_CAPPED(rec, F_MODEL, r->model);
+        ADD_CAPPED(rec, F_UPSTREAM_MODEL, u ? u->upstream_model : NULL);
+        ADD(rec, F_ROUTE, strempty(route));
+        ADD(rec, F_FAMILY, strempty(kb_family_to_string(r->family)));
+        ADD_CAPPED(rec, F_KEY, r->key_label);
+        ADD(rec, F_STREAM, r->stream ? "1" : "0");
+        ADDF(rec, F_STATUS, "%d", r->status);
+        ADDF(rec, F_UPSTREAM_STATUS, "%ld", r->upstream_status);
+        ADD(rec, F_OUTCOME, outcome);
+        ADDF(rec, F_INPUT_TOKENS, "%" PRIu64, in);
+        ADDF(rec, F_OUTPUT_TOKENS, "%" PRIu64, out);
+        ADDF(rec, F_CACHED_TOKENS, "%" PRIu64, u ? u->cached_tokens : 0);
+        ADDF(rec, F_CACHE_WRITE_TOKENS, "%" PRIu64, u ? u->cache_write_tokens : 0);
+        ADDF(rec, F_REASONING_TOKENS, "%" PRIu64, u ? u->reasoning_tokens : 0);
+        ADDF(rec, F_COST_MICROUSD, "%" PRId64, r->cost_microusd);
+        ADDF(rec, F_LATENCY_MS, "%" PRIu64, r->latency_usec / USEC_PER_MSEC);
+        ADDF(rec, F_TTFB_MS, "%" PRIu64, r->ttfb_usec / USEC_PER_MSEC);
+        ADD_CAPPED(rec, F_UPSTREAM_REQUEST_ID, upstream_rid);
+        ADDF(rec, F_ATTEMPTS, "%u", r->attempts);
+        ADD_CAPPED(rec, F_FALLBACK_FROM, r->fallback_from);
+        return 0;
+}
+
+int kb_journal_request(struct kb_journal *j, const struct kb_request *r) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !r)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_request(r, rec);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_lifecycle(struct kb_record *rec, const char *event, const char *message, uint64_t in_flight) {
+        ADD(rec, F_MESSAGE_ID, KB_MID_LIFECYCLE);
+        if (message)
+                ADD(rec, F_MESSAGE, message);
+        else
+                ADDF(rec, F_MESSAGE, "keybrokerd %s (%" PRIu64 " requests in flight)", event, in_flight);
+        ADD(rec, F_PRIORITY, streq(event, "stopping") ? "5" : "6");
+        ADD(rec, F_EVENT, event);
+        ADDF(rec, F_IN_FLIGHT, "%" PRIu64, in_flight);
+        ADD(rec, F_VERSION, KB_VERSION);
+        return 0;
+}
+
+int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !event)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_lifecycle(rec, event, message, in_flight);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_config(struct kb_record *rec, const char *event, const char *path, const char *error) {
+        bool rejected = streq(event, "rejected");
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_CONFIG);
+        if (error)
+                ADDF(rec, F_MESSAGE, "Configuration %s: %.*s", event, MSG_ERROR_MAX, error);
+        else
+                ADDF(rec, F_MESSAGE, "Configuration %s from %s", event, path ? path : "-");
+        ADD(rec, F_PRIORITY, rejected ? "3" : "6");
+        ADD(rec, F_EVENT, event);
+        ADD(rec, F_CONFIG_PATH, strempty(path));
+        if (error)
+                ADD_CAPPED(rec, F_ERROR, error);
+        return 0;
+}
+
+int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !event)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_config(rec, event, path, error);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
