@@ -137,8 +137,8 @@ static void respond_json(struct kb_request *r, int status, const char *body, con
         (void) kb_conn_respond(r->conn, status, h, n, body, strlen(body));
 }
 
-void kb_api_verror(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt,
-                   va_list ap) {
+static void api_verror(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt,
+                       va_list ap) {
         _cleanup_free_ char *msg = NULL, *body = NULL;
 
         if (vasprintf(&msg, fmt, ap) < 0)
@@ -148,11 +148,19 @@ void kb_api_verror(struct kb_request *r, int status, const char *code, kb_outcom
         respond_json(r, status, body ?: "{}", NULL, 0);
 }
 
+void kb_api_error(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        api_verror(r, status, code, outcome, fmt, ap);
+        va_end(ap);
+}
+
 void kb_api_fail(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...) {
         va_list ap;
 
         va_start(ap, fmt);
-        kb_api_verror(r, status, code, outcome, fmt, ap);
+        api_verror(r, status, code, outcome, fmt, ap);
         va_end(ap);
         kb_request_finish(r);
 }
@@ -177,6 +185,7 @@ static struct kb_request *request_new(struct kb_broker *b, struct kb_conn *c, st
         r->family = family_of_path(http ? http->path : NULL);
         r->start_usec = kb_now_usec();
         r->attempts = 0;
+        LIST_INSERT_HEAD(&b->requests, r, live);
         b->n_in_flight++;
         return r;
 }
@@ -188,11 +197,13 @@ void kb_request_finish(struct kb_request *r) {
                 return;
         r->finished = true;
         r->latency_usec = kb_now_usec() - r->start_usec;
-        kb_proxy_release(r);
 
+        /* The record reads the usage tap: write it before releasing. */
         int q = kb_journal_request(b->journal, r);
         if (q < 0 && q != -EAGAIN)
                 fprintf(stderr, "<4>request %s: cannot queue journal record: %s\n", r->id, strerror(-q));
+        kb_proxy_release(r);
+        LIST_REMOVE(r, live);
 
         kb_conn_end(r->conn);
         b->n_in_flight--;
@@ -462,6 +473,21 @@ static void api_write_error(struct kb_conn *c, const char *path, int status, con
                         r.endpoint = endpoints[i].endpoint;
         (void) kb_identity_pick_team(b->config, ac->identity, NULL, &r.team);
         (void) kb_journal_request(b->journal, &r);
+}
+
+void kb_api_cut_all(struct kb_broker *b) {
+        struct kb_request *r;
+
+        while ((r = LIST_FIRST(&b->requests))) {
+                r->in_upstream_cb = true; /* no re-entry into finish from the writes below */
+                if (!r->response_started)
+                        kb_api_error(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                     "keybrokerd is shutting down");
+                else
+                        kb_proxy_cut(r, "keybrokerd is shutting down");
+                r->in_upstream_cb = false;
+                kb_request_finish(r);
+        }
 }
 
 const struct kb_http_ops kb_api_ops = {

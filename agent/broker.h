@@ -7,6 +7,7 @@
 
 #include <stdarg.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <systemd/sd-event.h>
 
 #include "config.h"
@@ -32,6 +33,7 @@ struct kb_broker {
         struct kb_uid_count *uid_conns; /* open app connections per uid */
         size_t n_uid_conns;
 
+        LIST_HEAD(, kb_request) requests; /* alive, for the drain */
         uint64_t n_in_flight;           /* kb_requests alive */
         uint64_t n_requests;            /* served since start */
 };
@@ -45,8 +47,11 @@ struct kb_http_limits kb_api_limits(const struct kb_config *c);
 void kb_api_fail(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...)
         _printf_(5, 6);
 /* The same without finishing the request. */
-void kb_api_verror(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt,
-                   va_list ap) _printf_(5, 0);
+void kb_api_error(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...)
+        _printf_(5, 6);
+/* api.c: end every request in flight (drain timeout): each gets its answer
+ * cut the way an upstream failure would, and its journal record. */
+void kb_api_cut_all(struct kb_broker *b);
 /* api.c: response headers every answer carries (request id, team, route,
  * the team's x-ratelimit-*), appended to h (which has room for cap). */
 size_t kb_api_common_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap,
@@ -56,5 +61,8 @@ void kb_request_finish(struct kb_request *r);
 
 /* proxy.c: forward r (team, model, route resolved; body inspected) upstream. */
 void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage);
+/* proxy.c: end an answer that has begun but cannot complete: an error event
+ * for a stream, a truncated body otherwise; outcome stream_interrupted. */
+void kb_proxy_cut(struct kb_request *r, const char *why);
 /* proxy.c: release proxy state of a request (upstream call, tap, key). */
 void kb_proxy_release(struct kb_request *r);

@@ -155,8 +155,10 @@ static int on_drain_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         size_t busy = kb_http_server_n_busy(d->b.api);
 
         if (busy == 0 || usec >= d->drain_deadline) {
-                if (busy > 0)
+                if (busy > 0) {
                         fprintf(stderr, "<4>drain timeout: cutting %zu request(s) still in flight\n", busy);
+                        kb_api_cut_all(&d->b);
+                }
                 (void) kb_journal_lifecycle(d->b.journal, "stopped",
                                             busy ? "keybrokerd stopped, cutting requests still in flight"
                                                  : "keybrokerd stopped after draining",
@@ -171,8 +173,10 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
         struct daemon *d = userdata;
         uint64_t now;
 
-        if (d->draining) /* a second signal: stop now */
+        if (d->draining) { /* a second signal: stop now, still journaling what is cut */
+                kb_api_cut_all(&d->b);
                 return sd_event_exit(d->b.event, 0);
+        }
         d->draining = true;
         (void) sd_notify(false, "STOPPING=1");
         size_t busy = kb_http_server_n_busy(d->b.api);

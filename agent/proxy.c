@@ -12,13 +12,6 @@
 #include "headers.h"
 
 static void on_writable(struct kb_conn *c, void *userdata);
-_printf_(5, 6) static void api_error(struct kb_request *r, int status, const char *code, kb_outcome outcome,
-                                     const char *fmt, ...) {
-        va_list ap;
-        va_start(ap, fmt);
-        kb_api_verror(r, status, code, outcome, fmt, ap);
-        va_end(ap);
-}
 
 static void on_abort(struct kb_conn *c, void *userdata);
 
@@ -221,27 +214,31 @@ static void conclude(struct kb_request *r, int error, const char *message) {
 
         if (!r->response_started) {
                 if (error == -ETIMEDOUT)
-                        api_error(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
-                                  "route '%s' did not answer within %" PRIu64 " s", r->route->name,
-                                  r->route->timeout_usec / USEC_PER_SEC);
+                        kb_api_error(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
+                                     "route '%s' did not answer within %" PRIu64 " s", r->route->name,
+                                     r->route->timeout_usec / USEC_PER_SEC);
                 else
-                        api_error(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                                  "route '%s' failed: %s", r->route->name, message ?: strerror(-error));
+                        kb_api_error(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                     "route '%s' failed: %s", r->route->name, message ?: strerror(-error));
                 return;
         }
 
-        /* The answer had begun: keep what the usage tap counted, and make sure
-         * the app cannot mistake the cut for a clean end. */
+        /* The answer had begun: keep what the usage tap counted. */
         (void) kb_usage_tap_finish(r->tap, &r->out);
         write_out(r);
+        _cleanup_free_ char *m = NULL;
+        if (asprintf(&m, "upstream stream interrupted (route '%s': %s)", r->route->name,
+                     message ?: strerror(-error)) < 0)
+                m = NULL;
+        kb_proxy_cut(r, m ?: "upstream stream interrupted");
+}
+
+void kb_proxy_cut(struct kb_request *r, const char *why) {
+        /* Never let the app mistake the cut for a clean end. */
         r->outcome = KB_OUTCOME_STREAM_INTERRUPTED;
-        if (r->sse) {
-                _cleanup_free_ char *m = NULL;
-                if (asprintf(&m, "upstream stream interrupted (route '%s': %s)", r->route->name,
-                             message ?: strerror(-error)) < 0)
-                        m = NULL;
-                stream_error_event(r, m ?: "upstream stream interrupted");
-        } else
+        if (r->sse)
+                stream_error_event(r, why);
+        else
                 kb_conn_kill(r->conn);
 }
 

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #include "config.h"
 #include "http.h"
@@ -34,6 +35,7 @@ struct kb_key;
 
 struct kb_request {
         struct kb_broker *broker;
+        LIST_ENTRY(kb_request) live;
         char id[33];                    /* 128-bit random, hex */
         struct kb_conn *conn;
         struct kb_http_request *http;
