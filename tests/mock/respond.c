@@ -1,0 +1,543 @@
+/* SPDX-License-Identifier: MIT */
+/* Turns one request into one response: routing, the x-mock-* script
+ * headers, and the transport tricks (delays, cuts, hangs) the broker's
+ * tests need. Blocking I/O: each connection has its own thread. */
+
+#include "mock.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "util.h"
+
+/* Hard limits on what a script header may ask for. */
+#define MOCK_MAX_TOKENS UINT64_C(1000000000)
+#define MOCK_MAX_EVENTS UINT64_C(10000000)
+#define MOCK_MAX_DELAY_MS UINT64_C(600000)
+#define MOCK_MAX_BODY_BYTES UINT64_C(268435456)
+#define MOCK_DEFAULT_MODEL "mock-model"
+
+struct reply {
+        int fd;
+        const struct mock_request *req;
+        bool anthropic;
+        uint64_t event_delay_ms;
+        int64_t cut_after; /* -1: never */
+        const char *retry_after;
+        struct mock_script script;
+};
+
+int mock_send_all(int fd, const void *p, size_t n) {
+        const char *c = p;
+        while (n > 0) {
+                ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                c += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
+static void sleep_ms(uint64_t ms) {
+        struct timespec ts = { .tv_sec = (time_t) (ms / 1000), .tv_nsec = (long) (ms % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+static const char *header(const struct mock_request *req, const char *name) {
+        return json_string_value(json_object_get(req->headers, name));
+}
+
+/* A missing or malformed knob falls back to its default; a too large one is
+ * clamped, so a typo in a test cannot make the mock allocate gigabytes. */
+static uint64_t knob(const struct mock_request *req, const char *name, uint64_t def, uint64_t max) {
+        const char *v = header(req, name);
+        if (!v || *v < '0' || *v > '9')
+                return def;
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (errno != 0 || *end != 0)
+                return def;
+        return MIN((uint64_t) x, max);
+}
+
+static const char *reason_phrase(int status) {
+        switch (status) {
+        case 100: return "Continue";
+        case 200: return "OK";
+        case 400: return "Bad Request";
+        case 401: return "Unauthorized";
+        case 403: return "Forbidden";
+        case 404: return "Not Found";
+        case 408: return "Request Timeout";
+        case 413: return "Payload Too Large";
+        case 429: return "Too Many Requests";
+        case 431: return "Request Header Fields Too Large";
+        case 500: return "Internal Server Error";
+        case 502: return "Bad Gateway";
+        case 503: return "Service Unavailable";
+        case 504: return "Gateway Timeout";
+        case 529: return "Site Overloaded";
+        default: return "Mock Status";
+        }
+}
+
+/* content_length < 0: chunked. */
+static int append_head(struct kb_buf *b, bool anthropic, uint64_t n, int status, const char *content_type,
+                       int64_t content_length, bool close_after, const char *retry_after) {
+        int r = kb_buf_appendf(b, "HTTP/1.1 %d %s\r\ncontent-type: %s\r\nx-mock-n: %" PRIu64 "\r\n",
+                               status, reason_phrase(status), content_type, n);
+        if (r < 0)
+                return r;
+        if (anthropic)
+                r = kb_buf_appendf(b,
+                                   "request-id: req_mock%" PRIu64 "\r\n"
+                                   "anthropic-ratelimit-requests-limit: 1000\r\n"
+                                   "anthropic-ratelimit-requests-remaining: 999\r\n", n);
+        else
+                r = kb_buf_appendf(b,
+                                   "x-request-id: req_mock%" PRIu64 "\r\n"
+                                   "openai-processing-ms: 1\r\n"
+                                   "x-ratelimit-limit-requests: 10000\r\n"
+                                   "x-ratelimit-remaining-requests: 9999\r\n"
+                                   "x-ratelimit-reset-requests: 6ms\r\n"
+                                   "x-ratelimit-limit-tokens: 1000000\r\n"
+                                   "x-ratelimit-remaining-tokens: 999000\r\n"
+                                   "x-ratelimit-reset-tokens: 1ms\r\n", n);
+        if (r < 0)
+                return r;
+        if (retry_after) {
+                r = kb_buf_appendf(b, "retry-after: %s\r\n", retry_after);
+                if (r < 0)
+                        return r;
+        }
+        if (content_length >= 0)
+                r = kb_buf_appendf(b, "content-length: %" PRId64 "\r\n", content_length);
+        else
+                r = kb_buf_appendf(b, "transfer-encoding: chunked\r\n");
+        if (r < 0)
+                return r;
+        return kb_buf_appendf(b, "connection: %s\r\n\r\n", close_after ? "close" : "keep-alive");
+}
+
+/* The caller closes the socket on MOCK_CLOSE; the FIN goes out after the
+ * data already queued, so the client reads the partial response and then a
+ * plain EOF — what a crashed provider looks like. */
+static int cut_connection(int fd) {
+        (void) shutdown(fd, SHUT_WR);
+        return MOCK_CLOSE;
+}
+
+/* Takes ownership of body. */
+static int send_json(struct reply *r, int status, json_t *body) {
+        if (!body)
+                return -ENOMEM;
+        _cleanup_free_ char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        json_decref(body);
+        if (!text)
+                return -ENOMEM;
+        size_t len = strlen(text);
+
+        _cleanup_(kb_buf_free) struct kb_buf out = {};
+        bool close_after = !r->req->keep_alive;
+        int k = append_head(&out, r->anthropic, r->req->n, status, "application/json", (int64_t) len,
+                            close_after, r->retry_after);
+        if (k < 0)
+                return k;
+
+        size_t first = len;
+        if (r->cut_after >= 0)
+                first = MIN(len, (size_t) r->cut_after);
+        else if (r->event_delay_ms > 0)
+                first = len / 2;
+
+        k = kb_buf_append(&out, text, first);
+        if (k < 0)
+                return k;
+        k = mock_send_all(r->fd, out.data, out.len);
+        if (k < 0)
+                return k;
+        if (r->cut_after >= 0)
+                return cut_connection(r->fd);
+        if (first < len) {
+                sleep_ms(r->event_delay_ms);
+                k = mock_send_all(r->fd, text + first, len - first);
+                if (k < 0)
+                        return k;
+        }
+        return close_after ? MOCK_CLOSE : MOCK_KEEP;
+}
+
+static int send_error(struct reply *r, int status, const char *message) {
+        return send_json(r, status, mock_error_json(r->anthropic, status, r->script.model, message));
+}
+
+int mock_send_error(int fd, bool anthropic, int status, const char *message, bool close_after) {
+        struct mock_request req = { .keep_alive = !close_after };
+        struct reply r = {
+                .fd = fd,
+                .req = &req,
+                .anthropic = anthropic,
+                .cut_after = -1,
+                .script.model = MOCK_DEFAULT_MODEL,
+        };
+        return send_json(&r, status, mock_error_json(anthropic, status, MOCK_DEFAULT_MODEL, message));
+}
+
+struct sse {
+        struct reply *r;
+        uint64_t sent;
+        struct kb_buf buf;
+};
+
+static int sse_begin(struct sse *s) {
+        _cleanup_(kb_buf_free) struct kb_buf out = {};
+        int k = append_head(&out, s->r->anthropic, s->r->req->n, 200, "text/event-stream", -1,
+                            !s->r->req->keep_alive, NULL);
+        if (k < 0)
+                return k;
+        return mock_send_all(s->r->fd, out.data, out.len);
+}
+
+/* One SSE event per HTTP chunk, one send() per chunk, so a delay between
+ * events is visible to the broker. data is consumed; raw is used when data
+ * is NULL. Returns 0, MOCK_CLOSE (cut) or -errno. */
+static int sse_event(struct sse *s, const char *event, json_t *data, const char *raw) {
+        _cleanup_free_ char *text = NULL;
+        if (data) {
+                text = json_dumps(data, JSON_COMPACT);
+                json_decref(data);
+                if (!text)
+                        return -ENOMEM;
+                raw = text;
+        }
+        if (!raw)
+                return -ENOMEM;
+
+        if (s->r->cut_after >= 0 && s->sent >= (uint64_t) s->r->cut_after)
+                return cut_connection(s->r->fd);
+        if (s->sent > 0 && s->r->event_delay_ms > 0)
+                sleep_ms(s->r->event_delay_ms);
+
+        size_t len = strlen(raw) + strlen("data: \n\n") + (event ? strlen("event: \n") + strlen(event) : 0);
+        kb_buf_clear(&s->buf);
+        int k = kb_buf_appendf(&s->buf, "%zx\r\n", len);
+        if (k >= 0 && event)
+                k = kb_buf_appendf(&s->buf, "event: %s\n", event);
+        if (k >= 0)
+                k = kb_buf_appendf(&s->buf, "data: %s\n\n\r\n", raw);
+        if (k < 0)
+                return k;
+        k = mock_send_all(s->r->fd, s->buf.data, s->buf.len);
+        if (k < 0)
+                return k;
+        s->sent++;
+        return 0;
+}
+
+static int sse_end(struct sse *s) {
+        /* Even a cut after the last event leaves the chunked body open. */
+        if (s->r->cut_after >= 0)
+                return cut_connection(s->r->fd);
+        int k = mock_send_all(s->r->fd, "0\r\n\r\n", 5);
+        if (k < 0)
+                return k;
+        return s->r->req->keep_alive ? MOCK_KEEP : MOCK_CLOSE;
+}
+
+static char *token(uint64_t i) {
+        char *t = NULL;
+        if (asprintf(&t, "tok%" PRIu64 " ", i) < 0)
+                return NULL;
+        return t;
+}
+
+static int build_text(uint64_t out, struct kb_buf *ret) {
+        for (uint64_t i = 0; i < out; i++) {
+                int k = kb_buf_appendf(ret, "tok%" PRIu64 " ", i);
+                if (k < 0)
+                        return k;
+        }
+        return kb_buf_append(ret, "", 0); /* text is "" even when out == 0 */
+}
+
+enum kind { CHAT, RESPONSES, MESSAGES };
+
+static json_t *build_body(struct reply *r, enum kind kind, const char *text) {
+        switch (kind) {
+        case CHAT: return mock_chat_json(&r->script, text);
+        case RESPONSES: return mock_responses_json(&r->script, text, true);
+        case MESSAGES: return mock_messages_json(&r->script, text);
+        }
+        return NULL;
+}
+
+static int send_completion(struct reply *r, enum kind kind) {
+        _cleanup_(kb_buf_free) struct kb_buf text = {};
+        int k = build_text(r->script.out, &text);
+        if (k < 0)
+                return k;
+        json_t *body = build_body(r, kind, text.data);
+        if (!body)
+                return -ENOMEM;
+
+        uint64_t want = knob(r->req, "x-mock-body-bytes", 0, MOCK_MAX_BODY_BYTES);
+        if (want > 0) {
+                _cleanup_free_ char *dump = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
+                size_t have = dump ? strlen(dump) : 0;
+                if (dump && have < want) {
+                        /* Each ASCII letter adds exactly one byte to the dump. */
+                        size_t pad = (size_t) (want - have);
+                        k = kb_buf_reserve(&text, pad);
+                        if (k < 0) {
+                                json_decref(body);
+                                return k;
+                        }
+                        memset(text.data + text.len, 'x', pad);
+                        text.len += pad;
+                        text.data[text.len] = 0;
+                        json_decref(body);
+                        body = build_body(r, kind, text.data);
+                }
+        }
+        return send_json(r, 200, body);
+}
+
+static int stream_chat(struct reply *r) {
+        struct sse s = { .r = r };
+        int k = sse_begin(&s);
+        if (k < 0)
+                return k;
+
+        k = sse_event(&s, NULL, mock_chat_chunk(&r->script, json_pack("{ss ss}", "role", "assistant", "content", ""), NULL), NULL);
+        for (uint64_t i = 0; k == 0 && i < r->script.out; i++) {
+                _cleanup_free_ char *t = token(i);
+                k = sse_event(&s, NULL, mock_chat_chunk(&r->script, t ? json_pack("{ss}", "content", t) : NULL, NULL), NULL);
+        }
+        if (k == 0)
+                k = sse_event(&s, NULL, mock_chat_chunk(&r->script, json_object(), "stop"), NULL);
+        if (k == 0 && r->script.include_usage) {
+                json_t *u = mock_chat_chunk(&r->script, json_object(), NULL);
+                /* the usage chunk has an empty choices array */
+                if (u && (json_object_set_new(u, "choices", json_array()) < 0 ||
+                          json_object_set_new(u, "usage", mock_chat_usage(&r->script)) < 0)) {
+                        json_decref(u);
+                        u = NULL;
+                }
+                k = sse_event(&s, NULL, u, NULL);
+        }
+        if (k == 0)
+                k = sse_event(&s, NULL, NULL, "[DONE]");
+        if (k == 0)
+                k = sse_end(&s);
+        kb_buf_free(&s.buf);
+        return k;
+}
+
+static int stream_responses(struct reply *r) {
+        struct sse s = { .r = r };
+        int k = sse_begin(&s);
+        if (k < 0)
+                return k;
+
+        json_t *resp = mock_responses_json(&r->script, "", false);
+        k = sse_event(&s, "response.created",
+                      resp ? json_pack("{ss so}", "type", "response.created", "response", resp) : NULL, NULL);
+        for (uint64_t i = 0; k == 0 && i < r->script.out; i++) {
+                _cleanup_free_ char *t = token(i);
+                k = sse_event(&s, "response.output_text.delta",
+                              t ? json_pack("{ss ss}", "type", "response.output_text.delta", "delta", t) : NULL, NULL);
+        }
+        if (k == 0) {
+                _cleanup_(kb_buf_free) struct kb_buf text = {};
+                k = build_text(r->script.out, &text);
+                resp = k < 0 ? NULL : mock_responses_json(&r->script, text.data, true);
+                k = sse_event(&s, "response.completed",
+                              resp ? json_pack("{ss so}", "type", "response.completed", "response", resp) : NULL, NULL);
+        }
+        if (k == 0)
+                k = sse_end(&s);
+        kb_buf_free(&s.buf);
+        return k;
+}
+
+static int stream_messages(struct reply *r) {
+        struct sse s = { .r = r };
+        int k = sse_begin(&s);
+        if (k < 0)
+                return k;
+
+        k = sse_event(&s, "message_start", mock_messages_start(&r->script), NULL);
+        if (k == 0)
+                k = sse_event(&s, "content_block_start",
+                              json_pack("{ss si s{ss ss}}", "type", "content_block_start", "index", 0,
+                                        "content_block", "type", "text", "text", ""), NULL);
+        if (k == 0)
+                k = sse_event(&s, "ping", json_pack("{ss}", "type", "ping"), NULL);
+        for (uint64_t i = 0; k == 0 && i < r->script.out; i++) {
+                _cleanup_free_ char *t = token(i);
+                k = sse_event(&s, "content_block_delta",
+                              t ? json_pack("{ss si s{ss ss}}", "type", "content_block_delta", "index", 0,
+                                            "delta", "type", "text_delta", "text", t) : NULL, NULL);
+        }
+        if (k == 0)
+                k = sse_event(&s, "content_block_stop", json_pack("{ss si}", "type", "content_block_stop", "index", 0), NULL);
+        if (k == 0)
+                k = sse_event(&s, "message_delta",
+                              json_pack("{ss s{ss sn} s{sI}}", "type", "message_delta",
+                                        "delta", "stop_reason", "end_turn", "stop_sequence",
+                                        "usage", "output_tokens", (json_int_t) r->script.out), NULL);
+        if (k == 0)
+                k = sse_event(&s, "message_stop", json_pack("{ss}", "type", "message_stop"), NULL);
+        if (k == 0)
+                k = sse_end(&s);
+        kb_buf_free(&s.buf);
+        return k;
+}
+
+/* Read and drop whatever the client sends until it goes away. */
+static int hang(int fd) {
+        char buf[4096];
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                if (poll(&p, 1, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                ssize_t n = recv(fd, buf, sizeof buf, 0);
+                if (n == 0)
+                        return MOCK_CLOSE;
+                if (n < 0 && errno != EINTR && errno != EAGAIN)
+                        return -errno;
+        }
+}
+
+static bool authorized(const struct mock_request *req) {
+        if (mock_cfg->n_keys == 0)
+                return true;
+        const char *auth = header(req, "authorization");
+        const char *xkey = header(req, "x-api-key");
+        if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
+                auth += 7;
+        else
+                auth = NULL;
+        for (size_t i = 0; i < mock_cfg->n_keys; i++)
+                if (streq_ptr(auth, mock_cfg->keys[i]) || streq_ptr(xkey, mock_cfg->keys[i]))
+                        return true;
+        return false;
+}
+
+static bool is_anthropic(const struct mock_request *req) {
+        if (streq(req->path, "/v1/messages") || streq(req->path, "/v1/messages/count_tokens"))
+                return true;
+        return streq(req->path, "/v1/models") && header(req, "anthropic-version");
+}
+
+int mock_respond(int fd, const struct mock_request *req) {
+        const char *h = header(req, "x-mock-hang");
+        if (h && !streq(h, "0"))
+                return hang(fd);
+
+        _cleanup_(json_decrefp) json_t *root = json_loadb(req->body, req->body_len, JSON_DECODE_ANY, NULL);
+        uint64_t cut = knob(req, "x-mock-cut-after", UINT64_MAX, MOCK_MAX_BODY_BYTES);
+        const char *model = json_string_value(json_object_get(root, "model"));
+        struct reply r = {
+                .fd = fd,
+                .req = req,
+                .anthropic = is_anthropic(req),
+                .event_delay_ms = knob(req, "x-mock-event-delay-ms", 0, MOCK_MAX_DELAY_MS),
+                .cut_after = cut == UINT64_MAX ? -1 : (int64_t) cut,
+                .script = {
+                        .n = req->n,
+                        .model = model ?: MOCK_DEFAULT_MODEL,
+                        .in = knob(req, "x-mock-input-tokens", 11, MOCK_MAX_TOKENS),
+                        .out = knob(req, "x-mock-output-tokens", 7, MOCK_MAX_EVENTS),
+                        .cached = knob(req, "x-mock-cached-tokens", 0, MOCK_MAX_TOKENS),
+                        .cache_write = knob(req, "x-mock-cache-write-tokens", 0, MOCK_MAX_TOKENS),
+                        .reasoning = knob(req, "x-mock-reasoning-tokens", 0, MOCK_MAX_TOKENS),
+                },
+        };
+
+        uint64_t delay = knob(req, "x-mock-delay-ms", 0, MOCK_MAX_DELAY_MS);
+        if (delay > 0)
+                sleep_ms(delay);
+
+        if (!authorized(req))
+                return send_error(&r, 401, NULL);
+
+        uint64_t status = knob(req, "x-mock-status", 0, 999);
+        if (status >= 400 && status <= 599) {
+                /* 429 always says when to come back; other statuses only
+                 * when the test asks. */
+                r.retry_after = header(req, "x-mock-retry-after");
+                if (status == 429 && !r.retry_after)
+                        r.retry_after = "1";
+                if (r.retry_after && strpbrk(r.retry_after, "\r\n"))
+                        r.retry_after = NULL;
+                return send_error(&r, (int) status, NULL);
+        }
+
+        bool post = streq(req->method, "POST");
+        enum { NONE, CHAT_EP, RESPONSES_EP, EMBEDDINGS_EP, MESSAGES_EP, COUNT_EP, MODELS_EP } ep = NONE;
+        if (post && streq(req->path, "/v1/chat/completions"))
+                ep = CHAT_EP;
+        else if (post && streq(req->path, "/v1/responses"))
+                ep = RESPONSES_EP;
+        else if (post && streq(req->path, "/v1/embeddings"))
+                ep = EMBEDDINGS_EP;
+        else if (post && streq(req->path, "/v1/messages"))
+                ep = MESSAGES_EP;
+        else if (post && streq(req->path, "/v1/messages/count_tokens"))
+                ep = COUNT_EP;
+        else if (streq(req->method, "GET") && streq(req->path, "/v1/models"))
+                ep = MODELS_EP;
+
+        if (ep == NONE) {
+                _cleanup_free_ char *msg = NULL;
+                if (r.anthropic)
+                        msg = strdup("Not Found");
+                else if (asprintf(&msg, "Invalid URL (%s %s)", req->method, req->path) < 0)
+                        msg = NULL;
+                if (!msg)
+                        return -ENOMEM;
+                return send_error(&r, 404, msg);
+        }
+        if (ep == MODELS_EP)
+                return send_json(&r, 200, mock_models_json(r.anthropic));
+
+        if (!json_is_object(root))
+                return send_error(&r, 400, r.anthropic ?
+                                  "Invalid JSON in request body" :
+                                  "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)");
+
+        bool stream = json_is_true(json_object_get(root, "stream"));
+        r.script.include_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
+
+        switch (ep) {
+        case CHAT_EP:
+                return stream ? stream_chat(&r) : send_completion(&r, CHAT);
+        case RESPONSES_EP:
+                return stream ? stream_responses(&r) : send_completion(&r, RESPONSES);
+        case MESSAGES_EP:
+                return stream ? stream_messages(&r) : send_completion(&r, MESSAGES);
+        case EMBEDDINGS_EP:
+                return send_json(&r, 200, mock_embeddings_json(&r.script));
+        case COUNT_EP:
+                return send_json(&r, 200, json_pack("{sI}", "input_tokens", (json_int_t) r.script.in));
+        default:
+                return -EINVAL;
+        }
+}
