@@ -63,15 +63,31 @@ struct kb_http_ops {
                             const char *message, void *userdata);
         /* The connection is going away (peer closed, error, timeout, server
          * freed); called once, before the conn's memory is released. Use it to
-         * free the conn's userdata. */
+         * free the conn's userdata. Called for every connection whose
+         * on_accept returned 0 (or all, when on_accept is NULL); not for one
+         * that on_accept refused (on_accept cleans up after itself then) nor
+         * one refused at the connection cap (on_accept never saw it). Never
+         * called from inside a kb_conn_*() call: only from the event loop or
+         * kb_http_server_stop_accepting()/kb_http_server_free(). */
         void (*on_close)(struct kb_conn *c, void *userdata);
 };
 
+/* "OK", "Not Found", …; a generic phrase for codes without one. */
+const char *kb_http_status_reason(int status);
+
 /* Create and bind an AF_UNIX stream socket at path with its final mode from
  * the start (no window with wider permissions), replacing a stale socket
- * file. Returns the listening fd (non-blocking, CLOEXEC) or -errno. */
+ * file. Returns the listening fd (non-blocking, CLOEXEC) or -errno:
+ * -EEXIST if path is something other than a socket (never removed),
+ * -EADDRINUSE if a live socket (one that accepts) is there,
+ * -ENAMETOOLONG if path doesn't fit sun_path. */
 int kb_http_listen_unix(const char *path, mode_t mode);
 
+/* Takes ownership of listen_fd on success (closed by kb_http_server_free());
+ * on failure it stays the caller's. The fd is made non-blocking (socket
+ * activation hands them over blocking). limits may be NULL; zero fields mean
+ * the defaults (64 KiB headers, 32 MiB body, 10 s header timeout, 60 s idle,
+ * 1024 connections). The ops callbacks get the userdata given here. */
 int kb_http_server_new(sd_event *e, int listen_fd, const struct kb_http_limits *limits,
                        const struct kb_http_ops *ops, void *userdata, struct kb_http_server **ret);
 /* Closes every connection (on_close for each) and the listening source (not the fd's owner's file). */

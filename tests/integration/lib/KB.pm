@@ -29,7 +29,7 @@ use IO::Socket::INET;
 use IO::Socket::UNIX;
 use JSON::PP ();
 use POSIX qw(WNOHANG _exit);
-use Socket qw(SOCK_STREAM);
+use Socket qw(SOCK_STREAM SOCK_DGRAM);
 use Test::More ();
 use Time::HiRes qw(time sleep);
 
@@ -267,8 +267,16 @@ sub tcp_established($port) {
 
 my $JOURNAL_SOCKET = '/run/systemd/journal/socket';
 
+sub journald_alive() {
+        return 0 unless -S $JOURNAL_SOCKET;
+        # A socket file left by a journald that died refuses connections.
+        my $s = IO::Socket::UNIX->new(Type => SOCK_DGRAM, Peer => $JOURNAL_SOCKET);
+        return $s ? 1 : 0;
+}
+
 sub ensure_journald() {
-        return 1 if -S $JOURNAL_SOCKET;
+        return 1 if journald_alive();
+        unlink glob('/run/systemd/journal/{socket,stdout,dev-log,io.systemd.journal}');
         make_path('/run/systemd/journal');
         my $jd = -x '/lib/systemd/systemd-journald' ? '/lib/systemd/systemd-journald'
                                                      : '/usr/lib/systemd/systemd-journald';
