@@ -1,0 +1,798 @@
+/* SPDX-License-Identifier: MIT */
+/* The HTTP/1.1 server: listening socket, accept with a connection cap,
+ * the connection life cycle (read -> parse -> dispatch -> respond -> next),
+ * timeouts on one timer per connection, and graceful (lingering) close.
+ *
+ * Re-entrancy rules: handler callbacks may call back into kb_conn_*() at any
+ * time, so every entry point holds a reference on the conn, and a conn is
+ * only torn down from the event loop (io or timer callback), never from
+ * inside a kb_conn_*() call: those set state and let the conn's timer fire
+ * at once. */
+#include "http-internal.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#ifndef USEC_INFINITY
+#define USEC_INFINITY UINT64_MAX
+#endif
+
+/* ---- listening socket ---------------------------------------------------- */
+
+/* A socket file with someone accepting on it is not stale. */
+static bool unix_socket_is_live(const struct sockaddr_un *sa, socklen_t len) {
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return false;
+        if (connect(fd, (const struct sockaddr *) sa, len) == 0)
+                return true;
+        return errno == EAGAIN || errno == EINPROGRESS;
+}
+
+int kb_http_listen_unix(const char *path, mode_t mode) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct stat st;
+        int r;
+
+        if (!path || !path[0])
+                return -EINVAL;
+        size_t l = strlen(path);
+        if (l >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, l + 1);
+        socklen_t salen = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + l + 1);
+
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+
+        if (lstat(path, &st) == 0) {
+                /* never remove anything but a dead socket */
+                if (!S_ISSOCK(st.st_mode))
+                        return -EEXIST;
+                if (unix_socket_is_live(&sa, salen))
+                        return -EADDRINUSE;
+                if (unlink(path) < 0 && errno != ENOENT)
+                        return -errno;
+        } else if (errno != ENOENT)
+                return -errno;
+
+        /* bind() creates the node with 0777 & ~umask: narrow the umask so
+         * the file never exists with more than mode, then chmod to exactly
+         * mode. umask is per process; this runs at start-up. */
+        mode_t old = umask(~mode & 0777);
+        r = bind(fd, (const struct sockaddr *) &sa, salen);
+        int saved = errno;
+        umask(old);
+        if (r < 0)
+                return -saved;
+        if (chmod(path, mode & 07777) < 0 || listen(fd, SOMAXCONN) < 0) {
+                r = -errno;
+                unlink(path);
+                return r;
+        }
+        return TAKE_FD(fd);
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+static const char *state_timeout_message(const struct kb_conn *c, char *buf, size_t size) {
+        uint64_t ms = c->server->limits.header_timeout_usec / USEC_PER_MSEC;
+        if (c->req && c->req->headers_done)
+                snprintf(buf, size, "request body stalled for more than %" PRIu64 " ms", ms);
+        else
+                snprintf(buf, size, "request headers not received within %" PRIu64 " ms", ms);
+        return buf;
+}
+
+void kb_conn_ref(struct kb_conn *c) {
+        c->n_ref++;
+}
+
+void kb_conn_unref(struct kb_conn *c) {
+        if (!c || --c->n_ref > 0)
+                return;
+        /* the server's reference goes last, in kb_conn_close() */
+        free(c);
+}
+
+static void conn_drop_stash(struct kb_conn *c) {
+        free(c->stash);
+        c->stash = NULL;
+        c->stash_len = c->stash_off = 0;
+}
+
+void kb_conn_close(struct kb_conn *c) {
+        struct kb_http_server *s = c->server;
+
+        if (c->finalized)
+                return;
+        if (c->state == CONN_BUSY) {
+                /* the handler owns the request until kb_conn_end() */
+                kb_conn_mark_aborted(c);
+                return;
+        }
+        c->finalized = true;
+        c->io = sd_event_source_disable_unref(c->io);
+        c->timer = sd_event_source_disable_unref(c->timer);
+        if (c->fd >= 0)
+                close(c->fd);
+        c->fd = -1;
+        if (s) {
+                if (c->counted)
+                        s->n_connections--;
+                if (c->lingering)
+                        s->n_lingering--;
+                if (c->prev)
+                        c->prev->next = c->next;
+                else
+                        s->conns = c->next;
+                if (c->next)
+                        c->next->prev = c->prev;
+        }
+        c->prev = c->next = NULL;
+        c->counted = c->lingering = false;
+        c->req = kb_http_req_free(c->req);
+        conn_drop_stash(c);
+        kb_buf_free(&c->out);
+        c->out_off = 0;
+        if (c->accepted && s && s->ops->on_close) {
+                c->accepted = false;
+                s->ops->on_close(c, s->userdata);
+        }
+        c->server = NULL;
+        kb_conn_unref(c);
+}
+
+void kb_conn_mark_aborted(struct kb_conn *c) {
+        if (c->aborted || c->finalized)
+                return;
+        c->aborted = true;
+        c->io = sd_event_source_disable_unref(c->io);
+        if (c->fd >= 0)
+                close(c->fd);
+        c->fd = -1;
+        conn_drop_stash(c);
+        kb_buf_free(&c->out);
+        c->out_off = 0;
+        /* the socket is gone: it no longer takes a place under the cap */
+        if (c->counted && c->server) {
+                c->counted = false;
+                c->server->n_connections--;
+        }
+        if (c->state == CONN_BUSY)
+                c->abort_notify = true;
+        kb_conn_update(c);
+}
+
+void kb_conn_after_flush(struct kb_conn *c) {
+        /* CLOSING -> LINGER happens in the timer callback: see top of file */
+        if (c->state == CONN_CLOSING)
+                c->kick = true;
+}
+
+static void conn_start_linger(struct kb_conn *c) {
+        struct kb_http_server *s = c->server;
+        int unread = 0;
+
+        if (c->counted) {
+                c->counted = false;
+                s->n_connections--;
+        }
+        if (c->fd < 0 || shutdown(c->fd, SHUT_WR) < 0) {
+                kb_conn_close(c);
+                return;
+        }
+        /* Closing an AF_UNIX socket with unread input makes the peer's
+         * reads fail with ECONNRESET (possibly before it saw our answer's
+         * end): drain it first, unless there is none and none is coming. */
+        if (ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0 && (!c->rejected || c->peer_eof)) {
+                kb_conn_close(c);
+                return;
+        }
+        if (!c->lingering) {
+                if (s->n_lingering >= KB_HTTP_MAX_LINGERING) {
+                        kb_conn_close(c);
+                        return;
+                }
+                c->lingering = true;
+                s->n_lingering++;
+        }
+        c->state = CONN_LINGER;
+        c->deadline = kb_now_usec() + KB_HTTP_LINGER_USEC;
+}
+
+static void conn_enter_closing(struct kb_conn *c, uint64_t flush_usec) {
+        c->state = CONN_CLOSING;
+        c->close_after = true;
+        c->deadline = kb_now_usec() + flush_usec;
+        conn_drop_stash(c);
+}
+
+void kb_conn_reject(struct kb_conn *c, int status, const char *code, const char *message) {
+        struct kb_http_server *s = c->server;
+
+        if (c->finalized || c->aborted || c->state == CONN_BUSY || c->state == CONN_CLOSING ||
+            c->state == CONN_LINGER)
+                return;
+
+        const char *path = c->req && c->req->url_done ? c->req->strs.data + c->req->path_off : NULL;
+        conn_enter_closing(c, KB_HTTP_LINGER_USEC);
+        c->rejected = true;
+        c->req_ready = false;
+        c->responded = false;
+        c->head = false;
+        c->in_write_error = true;
+
+        kb_conn_ref(c);
+        if (s->ops->write_error)
+                s->ops->write_error(c, path, status, code, message, s->userdata);
+        if (!c->responded && !c->finalized && !c->aborted)
+                kb_conn_write_fallback_error(c, status, code, message);
+        c->in_write_error = false;
+        c->responded = false;
+        c->req = kb_http_req_free(c->req);
+        if (!c->finalized && !c->aborted)
+                kb_conn_flush(c);
+        kb_conn_update(c);
+        kb_conn_unref(c);
+}
+
+void kb_conn_response_ended(struct kb_conn *c) {
+        struct kb_http_server *s = c->server;
+
+        if (s)
+                s->n_busy--;
+        c->req = kb_http_req_free(c->req);
+        c->handler = NULL;
+        c->handler_userdata = NULL;
+        c->responded = false;
+        c->chunked = false;
+        c->head = false;
+        c->killed = false;
+        c->abort_notify = false;
+
+        if (c->aborted) {
+                c->state = CONN_CLOSING;
+                return;
+        }
+        if (c->close_after || !c->keep_alive || !s || s->stopping) {
+                conn_enter_closing(c, MAX(s ? s->limits.idle_timeout_usec : 0, KB_HTTP_LINGER_USEC));
+                return;
+        }
+        c->state = CONN_IDLE;
+        c->last_activity = kb_now_usec();
+        llhttp_resume(&c->parser);
+        /* a stashed next request is dispatched from the loop (see
+         * kb_conn_update()), never from inside kb_conn_end() */
+}
+
+static void conn_dispatch(struct kb_conn *c) {
+        struct kb_http_server *s = c->server;
+
+        c->req_ready = false;
+        c->state = CONN_BUSY;
+        c->responded = false;
+        c->abort_notify = c->abort_notified = false;
+        s->n_busy++;
+        if (!c->req->pub.body.data)
+                (void) kb_buf_append(&c->req->pub.body, "", 0);
+        if (s->ops->on_request)
+                s->ops->on_request(c, &c->req->pub, s->userdata);
+        else
+                kb_conn_respond(c, 404, NULL, 0, NULL, 0);
+}
+
+/* Peer sent EOF while idle: finish what is queued, then close. */
+static void conn_check_eof(struct kb_conn *c) {
+        if (c->finalized || !c->peer_eof || c->state != CONN_IDLE || c->stash || c->req_ready)
+                return;
+        conn_enter_closing(c, KB_HTTP_LINGER_USEC);
+        kb_conn_after_flush(c);
+}
+
+/* Dispatch a parsed request, then parse stashed pipelined bytes, one request
+ * at a time. Handlers that answer synchronously come back here through the
+ * loop below rather than recursing. */
+static void conn_process(struct kb_conn *c) {
+        if (c->processing || c->finalized)
+                return;
+        c->processing = true;
+        kb_conn_ref(c);
+        for (;;) {
+                if (c->finalized || c->aborted)
+                        break;
+                if (c->req_ready) {
+                        if (c->state != CONN_READING)
+                                break;
+                        conn_dispatch(c);
+                        continue;
+                }
+                if ((c->state != CONN_IDLE && c->state != CONN_READING) || !c->stash ||
+                    kb_conn_out_pending(c) > KB_CONN_HIGH_WATER)
+                        break;
+                size_t used = kb_conn_parse(c, c->stash + c->stash_off, c->stash_len - c->stash_off, c->stash_usec);
+                if (!c->stash)  /* rejected */
+                        break;
+                c->stash_off += used;
+                if (c->stash_off >= c->stash_len)
+                        conn_drop_stash(c);
+        }
+        conn_check_eof(c);
+        c->processing = false;
+        kb_conn_unref(c);
+}
+
+static void conn_peer_gone(struct kb_conn *c) {
+        if (c->state == CONN_BUSY)
+                kb_conn_mark_aborted(c);
+        else
+                kb_conn_close(c);
+}
+
+static void conn_peer_eof(struct kb_conn *c) {
+        c->peer_eof = true;
+        switch (c->state) {
+        case CONN_BUSY:
+                if (c->server->rdhup_is_abort)
+                        kb_conn_mark_aborted(c);
+                else
+                        c->close_after = true; /* AF_UNIX half-close: the peer still reads */
+                break;
+        case CONN_READING:
+                /* gave up mid-request */
+                kb_conn_close(c);
+                break;
+        case CONN_IDLE:
+                conn_check_eof(c);
+                break;
+        case CONN_CLOSING:
+                break;
+        case CONN_LINGER:
+                kb_conn_close(c);
+                break;
+        }
+}
+
+static void conn_read(struct kb_conn *c) {
+        char buf[KB_HTTP_READ_BUF];
+
+        ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n < 0) {
+                if (errno == EAGAIN || errno == EINTR)
+                        return;
+                conn_peer_gone(c);
+                return;
+        }
+        if (c->state == CONN_LINGER) {
+                c->linger_bytes += (uint64_t) n;
+                if (n == 0 || c->linger_bytes > KB_HTTP_LINGER_BYTES)
+                        kb_conn_close(c);
+                return;
+        }
+        if (n == 0) {
+                conn_peer_eof(c);
+                return;
+        }
+
+        uint64_t now = kb_now_usec();
+        c->last_activity = now;
+        size_t used = kb_conn_parse(c, buf, (size_t) n, now);
+        if (c->finalized || c->state == CONN_CLOSING)
+                return;
+        if (c->req_ready && used < (size_t) n) {
+                c->stash = malloc((size_t) n - used);
+                if (!c->stash) {
+                        kb_conn_close(c);
+                        return;
+                }
+                memcpy(c->stash, buf + used, (size_t) n - used);
+                c->stash_len = (size_t) n - used;
+                c->stash_off = 0;
+                c->stash_usec = now;
+        }
+        if (kb_conn_out_pending(c) > 0) /* 100 Continue */
+                kb_conn_flush(c);
+        conn_process(c);
+}
+
+static int conn_on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
+        struct kb_conn *c = userdata;
+
+        kb_conn_ref(c);
+        if (revents & EPOLLERR) {
+                conn_peer_gone(c);
+                goto out;
+        }
+        if (revents & EPOLLOUT) {
+                kb_conn_flush(c);
+                if (c->finalized || c->aborted)
+                        goto out;
+        }
+        if ((revents & EPOLLIN) && (c->io_events & EPOLLIN))
+                conn_read(c);
+        else if (revents & EPOLLHUP)
+                conn_peer_gone(c);
+        else if ((revents & EPOLLRDHUP) && !c->peer_eof)
+                conn_peer_eof(c);
+out:
+        kb_conn_update(c);
+        kb_conn_unref(c);
+        return 0;
+}
+
+static int conn_on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
+        struct kb_conn *c = userdata;
+        char msg[96];
+
+        kb_conn_ref(c);
+        c->kick = false;
+        if (c->aborted && c->state != CONN_BUSY) {
+                kb_conn_close(c);
+                goto out;
+        }
+        if (c->abort_notify) {
+                /* without a handler yet, kb_conn_set_handler() re-arms it */
+                c->abort_notify = false;
+                if (c->state == CONN_BUSY && c->handler && !c->abort_notified) {
+                        c->abort_notified = true;
+                        if (c->handler->on_abort)
+                                c->handler->on_abort(c, c->handler_userdata);
+                }
+        }
+        if (c->finalized)
+                goto out;
+        if (c->writable_notify) {
+                c->writable_notify = false;
+                if (c->state == CONN_BUSY && !c->aborted && c->handler && c->handler->on_writable)
+                        c->handler->on_writable(c, c->handler_userdata);
+        }
+        if (c->finalized || (c->aborted && c->state != CONN_BUSY))
+                goto out;
+        conn_process(c);
+        if (c->finalized)
+                goto out;
+
+        const struct kb_http_limits *lim = &c->server->limits;
+        uint64_t now = kb_now_usec();
+        switch (c->state) {
+        case CONN_IDLE:
+                if (!c->stash && lim->idle_timeout_usec > 0 && now >= c->last_activity + lim->idle_timeout_usec)
+                        kb_conn_close(c);
+                break;
+        case CONN_READING: {
+                uint64_t base = c->req && c->req->headers_done ? c->last_activity :
+                                c->req ? c->req->pub.start_usec : c->last_activity;
+                if (lim->header_timeout_usec > 0 && now >= base + lim->header_timeout_usec)
+                        kb_conn_reject(c, 408, "request_timeout", state_timeout_message(c, msg, sizeof(msg)));
+                break;
+        }
+        case CONN_BUSY:
+                break;
+        case CONN_CLOSING:
+                if (kb_conn_out_pending(c) == 0)
+                        conn_start_linger(c);
+                else if (now >= c->deadline)
+                        kb_conn_close(c);
+                break;
+        case CONN_LINGER:
+                if (now >= c->deadline)
+                        kb_conn_close(c);
+                break;
+        }
+out:
+        kb_conn_update(c);
+        kb_conn_unref(c);
+        return 0;
+}
+
+void kb_conn_update(struct kb_conn *c) {
+        if (c->finalized || !c->server)
+                return;
+
+        const struct kb_http_limits *lim = &c->server->limits;
+        size_t pending = kb_conn_out_pending(c);
+        bool readable_state = c->state == CONN_IDLE || c->state == CONN_READING;
+
+        if (c->io) {
+                uint32_t ev = 0;
+                if (readable_state && !c->stash && !c->req_ready && !c->peer_eof && pending <= KB_CONN_HIGH_WATER)
+                        ev |= EPOLLIN;
+                if ((readable_state || c->state == CONN_BUSY) && !c->peer_eof)
+                        ev |= EPOLLRDHUP;
+                if (c->state == CONN_LINGER)
+                        ev |= EPOLLIN | EPOLLRDHUP;
+                if (pending > 0 && c->state != CONN_LINGER)
+                        ev |= EPOLLOUT;
+                if (ev != c->io_events && sd_event_source_set_io_events(c->io, ev) >= 0)
+                        c->io_events = ev;
+        }
+
+        uint64_t when = USEC_INFINITY;
+        if (c->kick || c->abort_notify || c->writable_notify || (c->aborted && c->state != CONN_BUSY) ||
+            (c->state == CONN_CLOSING && pending == 0) ||
+            (c->state == CONN_IDLE && c->stash && pending <= KB_CONN_HIGH_WATER && !c->processing))
+                when = 1;
+        else
+                switch (c->state) {
+                case CONN_IDLE:
+                        if (lim->idle_timeout_usec > 0)
+                                when = c->last_activity + lim->idle_timeout_usec;
+                        break;
+                case CONN_READING:
+                        if (lim->header_timeout_usec > 0)
+                                when = (c->req && !c->req->headers_done ? c->req->pub.start_usec : c->last_activity) +
+                                       lim->header_timeout_usec;
+                        break;
+                case CONN_BUSY:
+                        break;
+                case CONN_CLOSING:
+                case CONN_LINGER:
+                        when = c->deadline;
+                        break;
+                }
+
+        if (when == USEC_INFINITY) {
+                (void) sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
+                return;
+        }
+        if (sd_event_source_set_time(c->timer, when) >= 0)
+                (void) sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT);
+}
+
+static int conn_new(struct kb_http_server *s, int fd, struct kb_conn **ret) {
+        struct kb_conn *c = calloc(1, sizeof(*c));
+        int r;
+
+        if (!c)
+                return -ENOMEM;
+        c->n_ref = 1;
+        c->fd = fd;
+        c->server = s;
+        c->state = CONN_IDLE;
+        c->last_activity = kb_now_usec();
+        kb_conn_parser_init(c);
+
+        c->io_events = EPOLLIN | EPOLLRDHUP;
+        r = sd_event_add_io(s->event, &c->io, fd, c->io_events, conn_on_io, c);
+        if (r >= 0)
+                r = sd_event_add_time(s->event, &c->timer, CLOCK_MONOTONIC, USEC_INFINITY,
+                                      KB_HTTP_TIMER_ACCURACY_USEC, conn_on_timer, c);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
+        if (r < 0) {
+                sd_event_source_disable_unref(c->io);
+                sd_event_source_disable_unref(c->timer);
+                free(c);
+                return r;
+        }
+
+        c->next = s->conns;
+        if (s->conns)
+                s->conns->prev = c;
+        s->conns = c;
+        *ret = c;
+        return 0;
+}
+
+/* ---- server ---------------------------------------------------------------- */
+
+static void server_add_conn(struct kb_http_server *s, int fd) {
+        struct kb_conn *c;
+        bool refuse = s->n_connections >= s->limits.max_connections;
+        const char *why = "too many connections";
+
+        /* refusing costs a conn while the 503 drains: bound those too */
+        if (refuse && s->n_lingering >= KB_HTTP_MAX_LINGERING) {
+                close(fd);
+                return;
+        }
+        if (conn_new(s, fd, &c) < 0) {
+                close(fd);
+                return;
+        }
+        kb_conn_ref(c);
+        if (!refuse) {
+                c->counted = true;
+                s->n_connections++;
+                if (s->ops->on_accept && s->ops->on_accept(c, s->userdata) < 0) {
+                        refuse = true;
+                        why = "connection refused";
+                        if (c->counted) {
+                                c->counted = false;
+                                s->n_connections--;
+                        }
+                } else
+                        c->accepted = true;
+        }
+        if (refuse && !c->finalized) {
+                c->lingering = true;
+                s->n_lingering++;
+                kb_conn_reject(c, 503, "too_many_connections", why);
+        }
+        kb_conn_update(c);
+        kb_conn_unref(c);
+}
+
+static int server_on_retry(sd_event_source *src, uint64_t usec, void *userdata) {
+        struct kb_http_server *s = userdata;
+        if (!s->stopping)
+                (void) sd_event_source_set_enabled(s->listen_source, SD_EVENT_ON);
+        return 0;
+}
+
+/* Out of fds (or another persistent error): the listening socket stays
+ * readable, so polling it again now would spin. Back off briefly. */
+static void server_pause_accept(struct kb_http_server *s) {
+        (void) sd_event_source_set_enabled(s->listen_source, SD_EVENT_OFF);
+        if (!s->retry_timer) {
+                if (sd_event_add_time_relative(s->event, &s->retry_timer, CLOCK_MONOTONIC,
+                                               KB_HTTP_EMFILE_RETRY_USEC, KB_HTTP_TIMER_ACCURACY_USEC,
+                                               server_on_retry, s) < 0)
+                        (void) sd_event_source_set_enabled(s->listen_source, SD_EVENT_ON);
+                return;
+        }
+        if (sd_event_source_set_time_relative(s->retry_timer, KB_HTTP_EMFILE_RETRY_USEC) >= 0)
+                (void) sd_event_source_set_enabled(s->retry_timer, SD_EVENT_ONESHOT);
+}
+
+static int server_on_listen(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
+        struct kb_http_server *s = userdata;
+
+        for (unsigned i = 0; i < KB_HTTP_ACCEPT_BATCH && !s->stopping; i++) {
+                int cfd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (cfd < 0) {
+                        if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                                continue;
+                        if (errno != EAGAIN)
+                                server_pause_accept(s);
+                        break;
+                }
+                server_add_conn(s, cfd);
+        }
+        return 0;
+}
+
+static void limits_fill(struct kb_http_limits *dst, const struct kb_http_limits *src) {
+        *dst = src ? *src : (struct kb_http_limits) {};
+        if (dst->max_header_bytes == 0)
+                dst->max_header_bytes = KB_HTTP_DEFAULT_MAX_HEADER_BYTES;
+        if (dst->max_body == 0)
+                dst->max_body = KB_HTTP_DEFAULT_MAX_BODY;
+        if (dst->header_timeout_usec == 0)
+                dst->header_timeout_usec = KB_HTTP_DEFAULT_HEADER_TIMEOUT_USEC;
+        if (dst->idle_timeout_usec == 0)
+                dst->idle_timeout_usec = KB_HTTP_DEFAULT_IDLE_TIMEOUT_USEC;
+        if (dst->max_connections == 0)
+                dst->max_connections = KB_HTTP_DEFAULT_MAX_CONNECTIONS;
+}
+
+int kb_http_server_new(sd_event *e, int listen_fd, const struct kb_http_limits *limits,
+                       const struct kb_http_ops *ops, void *userdata, struct kb_http_server **ret) {
+        int domain = 0;
+        socklen_t dl = sizeof(domain);
+        int r;
+
+        if (!e || listen_fd < 0 || !ops || !ret)
+                return -EINVAL;
+
+        /* a socket-activated fd may come blocking */
+        int fl = fcntl(listen_fd, F_GETFL);
+        if (fl < 0)
+                return -errno;
+        if (!(fl & O_NONBLOCK) && fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+                return -errno;
+        if (getsockopt(listen_fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0)
+                return -errno;
+
+        struct kb_http_server *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->event = sd_event_ref(e);
+        s->listen_fd = listen_fd;
+        s->ops = ops;
+        s->userdata = userdata;
+        s->rdhup_is_abort = domain != AF_UNIX;
+        limits_fill(&s->limits, limits);
+
+        r = sd_event_add_io(e, &s->listen_source, listen_fd, EPOLLIN, server_on_listen, s);
+        if (r < 0) {
+                s->listen_fd = -1; /* still the caller's on failure */
+                kb_http_server_free(s);
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+struct kb_http_server *kb_http_server_free(struct kb_http_server *s) {
+        if (!s)
+                return NULL;
+        s->stopping = true;
+        s->listen_source = sd_event_source_disable_unref(s->listen_source);
+        s->retry_timer = sd_event_source_disable_unref(s->retry_timer);
+        while (s->conns) {
+                struct kb_conn *c = s->conns;
+                if (c->state == CONN_BUSY) {
+                        s->n_busy--;
+                        c->state = CONN_CLOSING;
+                }
+                kb_conn_close(c);
+        }
+        if (s->listen_fd >= 0)
+                close(s->listen_fd);
+        sd_event_unref(s->event);
+        free(s);
+        return NULL;
+}
+
+void kb_http_server_set_limits(struct kb_http_server *s, const struct kb_http_limits *limits) {
+        if (!s)
+                return;
+        limits_fill(&s->limits, limits);
+        for (struct kb_conn *c = s->conns; c; c = c->next)
+                kb_conn_update(c);
+}
+
+void kb_http_server_stop_accepting(struct kb_http_server *s) {
+        if (!s || s->stopping)
+                return;
+        s->stopping = true;
+        (void) sd_event_source_set_enabled(s->listen_source, SD_EVENT_OFF);
+        if (s->retry_timer)
+                (void) sd_event_source_set_enabled(s->retry_timer, SD_EVENT_OFF);
+
+        for (struct kb_conn *c = s->conns, *next; c; c = next) {
+                next = c->next; /* closing c unlinks only c */
+                kb_conn_ref(c);
+                if (c->state == CONN_IDLE && !c->stash && !c->req_ready && kb_conn_out_pending(c) == 0)
+                        kb_conn_close(c);
+                else if (c->state == CONN_IDLE && !c->stash && !c->req_ready)
+                        conn_enter_closing(c, MAX(s->limits.idle_timeout_usec, KB_HTTP_LINGER_USEC));
+                else
+                        c->close_after = true;
+                kb_conn_update(c);
+                kb_conn_unref(c);
+        }
+}
+
+size_t kb_http_server_n_connections(const struct kb_http_server *s) {
+        return s ? s->n_connections : 0;
+}
+
+size_t kb_http_server_n_busy(const struct kb_http_server *s) {
+        return s ? s->n_busy : 0;
+}
+
+int kb_conn_fd(const struct kb_conn *c) {
+        if (!c)
+                return -EINVAL;
+        return c->fd >= 0 ? c->fd : -EPIPE;
+}
+
+void *kb_conn_get_userdata(const struct kb_conn *c) {
+        return c ? c->userdata : NULL;
+}
+
+void kb_conn_set_userdata(struct kb_conn *c, void *userdata) {
+        if (c)
+                c->userdata = userdata;
+}
+
+void kb_conn_set_handler(struct kb_conn *c, const struct kb_conn_handler *h, void *userdata) {
+        if (!c)
+                return;
+        c->handler = h;
+        c->handler_userdata = userdata;
+        /* an abort that came before anyone was listening */
+        if (h && c->aborted && !c->abort_notified && c->state == CONN_BUSY) {
+                c->abort_notify = true;
+                kb_conn_update(c);
+        }
+}
