@@ -198,6 +198,13 @@ void kb_request_finish(struct kb_request *r) {
         r->finished = true;
         r->latency_usec = kb_now_usec() - r->start_usec;
 
+        if (r->tap && r->target) {
+                const struct kb_usage *u = kb_usage_tap_get(r->tap);
+                if (u->seen || (r->upstream_status >= 200 && r->upstream_status < 300))
+                        r->cost_microusd = kb_usage_cost_microusd(
+                                u, r->family, kb_price_find(r->route, r->target->upstream_model, u->upstream_model));
+        }
+
         /* The record reads the usage tap: write it before releasing. */
         int q = kb_journal_request(b->journal, r);
         if (q < 0 && q != -EAGAIN)

@@ -584,3 +584,44 @@ int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out) {
         kb_buf_free(&t->raw);
         return r < 0 ? r : 0;
 }
+
+const struct kb_price *kb_price_find(const struct kb_route *route, const char *upstream_model,
+                                     const char *reported_model) {
+        if (!route)
+                return NULL;
+        for (size_t pass = 0; pass < 2; pass++) {
+                const char *m = pass == 0 ? upstream_model : reported_model;
+                if (!m)
+                        continue;
+                for (size_t i = 0; i < route->n_prices; i++)
+                        if (streq(route->prices[i].model, m))
+                                return &route->prices[i];
+        }
+        return NULL;
+}
+
+/* a * b without overflow surprises: token counts and prices are bounded by
+ * what jansson and the config parser accept, so 128-bit is plenty. */
+typedef unsigned __int128 u128;
+
+int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const struct kb_price *p) {
+        if (!p)
+                return 0;
+
+        uint64_t input_price = p->input >= 0 ? (uint64_t) p->input : 0;
+        uint64_t output_price = p->output >= 0 ? (uint64_t) p->output : 0;
+        uint64_t cached_price = p->cached_input >= 0 ? (uint64_t) p->cached_input : input_price;
+        uint64_t write_price = p->cache_write >= 0 ? (uint64_t) p->cache_write : input_price;
+
+        uint64_t cached = u->cached_tokens;
+        uint64_t uncached = u->input_tokens;
+        if (family == KB_FAMILY_OPENAI)
+                uncached = uncached > cached ? uncached - cached : 0;
+
+        u128 sum = (u128) uncached * input_price + (u128) cached * cached_price +
+                   (u128) u->cache_write_tokens * write_price + (u128) u->output_tokens * output_price;
+        u128 cost = (sum + 500000) / 1000000;
+        if (p->request > 0)
+                cost += (uint64_t) p->request;
+        return cost > INT64_MAX ? INT64_MAX : (int64_t) cost;
+}

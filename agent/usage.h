@@ -101,3 +101,17 @@ size_t kb_usage_tap_memory(const struct kb_usage_tap *t);
 
 /* For tests: lower the 16 MiB size limit (limit > 0). */
 void kb_usage_tap_set_limit(struct kb_usage_tap *t, size_t limit);
+
+/* The route's price for a model: the target's upstream model first, then
+ * the model the provider reported (which may carry a date suffix). NULL
+ * when the route has none. */
+const struct kb_price *kb_price_find(const struct kb_route *route, const char *upstream_model,
+                                     const char *reported_model);
+
+/* Cost of a call in micro-USD, in integers throughout: every token class
+ * times its price (micro-USD per 1M tokens), summed, divided once, rounded
+ * half up; plus the per-request price. OpenAI counts cached tokens inside
+ * its input tokens, so for that family they are moved to the cached price;
+ * Anthropic reports them apart. A class without its own price (cached_input,
+ * cache_write) is charged at the input price. 0 when p is NULL. */
+int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const struct kb_price *p);
