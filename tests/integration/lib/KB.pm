@@ -612,9 +612,12 @@ sub start_broker(%o) {
         }
         spew($s->{conf}, $text);
         $s->{config_text} = $text;
+        # Socket activation: a wrapper (systemd-socket-activate) owns the socket.
+        $s->{socket} = $o{socket} =~ s/\@DIR\@/$dir/gr if $o{socket};
+        my @wrap = map { s/\@DIR\@/$dir/gr } @{$o{wrap} // []};
 
         $s->{started_at} = time;
-        $s->{pid} = spawn(cmd => [$KEYBROKERD, '--config', $s->{conf}, @{$o{args} // []}],
+        $s->{pid} = spawn(cmd => [@wrap, $KEYBROKERD, '--config', $s->{conf}, @{$o{args} // []}],
                           output => $s->{logfile}, name => 'keybrokerd');
         my $up = wait_until(10, sub {
                 if (defined(my $st = wait_pid($s->{pid}, 0))) {
