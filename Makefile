@@ -37,7 +37,7 @@ all: $(DAEMON) $(CTL) $(MOCK)
 # Debian packages for build, tests and the demo. Quick no-op when present.
 DEB_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp \
 	libjansson-dev libsodium-dev libinih-dev libcmocka-dev systemd curl util-linux \
-	perl libjson-pp-perl
+	perl libjson-pp-perl socat openssl
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
