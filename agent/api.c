@@ -227,6 +227,19 @@ void kb_request_finish(struct kb_request *r) {
 
 /* ---- local endpoints ---- */
 
+/* Answer 200 with j (consumed; NULL means it could not be built) and finish. */
+static void answer_json(struct kb_request *r, json_t *j) {
+        _cleanup_free_ char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+
+        json_decref(j);
+        if (!s) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
+                return;
+        }
+        respond_json(r, 200, s, NULL, 0);
+        kb_request_finish(r);
+}
+
 static void serve_whoami(struct kb_request *r) {
         const struct kb_identity *id = r->identity;
         json_t *groups = json_array(), *teams = json_array();
@@ -240,14 +253,7 @@ static void serve_whoami(struct kb_request *r) {
         json_t *j = json_pack("{s:I, s:I, s:I, s:o, s:s?, s:s?, s:s?, s:o}", "uid", (json_int_t) id->uid, "gid",
                               (json_int_t) id->gid, "pid", (json_int_t) id->pid, "groups", groups, "unit", id->unit,
                               "exe", id->exe, "team", r->team ? r->team->name : NULL, "teams", teams);
-        _cleanup_free_ char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        json_decref(j);
-        if (!s) {
-                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
-                return;
-        }
-        respond_json(r, 200, s, NULL, 0);
-        kb_request_finish(r);
+        answer_json(r, j);
 }
 
 static int cmp_model_name(const void *a, const void *b) {
@@ -273,14 +279,7 @@ static void serve_models(struct kb_request *r) {
                 json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", names[i], "object", "model",
                                                       "created", 0, "owned_by", "keybroker"));
         json_t *j = json_pack("{s:s, s:o}", "object", "list", "data", data);
-        _cleanup_free_ char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        json_decref(j);
-        if (!s) {
-                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
-                return;
-        }
-        respond_json(r, 200, s, NULL, 0);
-        kb_request_finish(r);
+        answer_json(r, j);
 }
 
 /* ---- dispatch ---- */
