@@ -586,6 +586,16 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
         if (timeout_ms < 0)
                 return sd_event_source_set_enabled(u->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
 
+        /* "0 ms" comes with every new transfer: run curl on the next loop
+         * pass through the defer source instead of reprogramming a timerfd
+         * (and waiting out the timer's coalescing window). */
+        if (timeout_ms == 0) {
+                u->need_kick = true;
+                return sd_event_source_set_enabled(u->defer, SD_EVENT_ONESHOT) < 0 ||
+                                       sd_event_source_set_enabled(u->timer, SD_EVENT_OFF) < 0
+                               ? -1
+                               : 0;
+        }
         if (sd_event_source_set_time(u->timer, kb_now_usec() + (uint64_t) timeout_ms * USEC_PER_MSEC) < 0 ||
             sd_event_source_set_enabled(u->timer, SD_EVENT_ONESHOT) < 0)
                 return -1;
@@ -612,6 +622,8 @@ int kb_upstream_new(sd_event *e, struct kb_upstream **ret) {
                 return -ENOMEM;
         u->event = sd_event_ref(e);
 
+        /* curl's timeouts are in whole milliseconds; "0 ms" goes through the
+         * defer source (on_curl_timer), so coalescing never delays a call. */
         r = sd_event_add_time(e, &u->timer, CLOCK_MONOTONIC, 0, USEC_PER_MSEC, on_timer, u);
         if (r < 0)
                 goto fail;
