@@ -244,6 +244,30 @@ static bool is_openai_terminal_response(const char *type) {
 
 /* One complete event's data. *ret_hide is set when this is the usage-only
  * chat chunk a hiding tap must not forward. */
+static bool ends_with(const char *s, const char *suffix) {
+        size_t a = strlen(s), b = strlen(suffix);
+        return a >= b && memcmp(s + a - b, suffix, b) == 0;
+}
+
+/* A chat chunk that carries generated output (text, a tool call, a refusal
+ * or reasoning), as opposed to role-only, finish-only or usage-only chunks. */
+static bool chunk_has_delta(json_t *choices) {
+        static const char *const fields[] = { "content", "tool_calls", "refusal", "reasoning_content" };
+        size_t i;
+        json_t *choice;
+
+        json_array_foreach(choices, i, choice) {
+                json_t *delta = json_object_get(choice, "delta");
+                for (size_t f = 0; f < ELEMENTSOF(fields); f++) {
+                        json_t *v = json_object_get(delta, fields[f]);
+                        if ((json_is_string(v) && json_string_length(v) > 0) ||
+                            (json_is_array(v) && json_array_size(v) > 0))
+                                return true;
+                }
+        }
+        return false;
+}
+
 static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool *ret_hide) {
         _cleanup_json_ json_t *root = NULL;
         struct kb_usage *u = &t->usage;
@@ -283,6 +307,8 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                 json_t *choices = json_object_get(root, "choices");
 
                 usage_openai_chat(u, usage);
+                if (chunk_has_delta(choices))
+                        u->streamed_deltas++;
                 if (t->hide && json_is_object(usage) && json_is_array(choices) && json_array_size(choices) == 0)
                         *ret_hide = true;
                 return take_model_id(u, root);
@@ -290,6 +316,8 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
         case KB_ENDPOINT_RESPONSES: {
                 json_t *resp = json_object_get(root, "response");
 
+                if (type && ends_with(type, ".delta"))
+                        u->streamed_deltas++;
                 if (!json_is_object(resp))
                         return 0;
                 usage_openai_responses(u, json_object_get(resp, "usage"));
@@ -312,6 +340,8 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                 }
                 if (streq(type, "message_stop"))
                         u->stream_done = true;
+                else if (streq(type, "content_block_delta"))
+                        u->streamed_deltas++;
                 /* ping, content_block_*, error: nothing to count */
                 return 0;
         default:

@@ -35,6 +35,8 @@ struct kb_usage {
         uint64_t reasoning_tokens;   /* OpenAI completion_tokens_details.reasoning_tokens / output_tokens_details.reasoning_tokens */
         char *upstream_model;        /* "model" as the provider reported it, malloc'd, or NULL */
         char *upstream_request_id;   /* body "id" (chatcmpl-…, msg_…, resp_…) when seen, malloc'd, or NULL */
+        uint64_t streamed_deltas;    /* SSE: events that carried generated output (≈ one token each): the
+                                      * inline meter of a stream before the provider reports its usage */
         bool seen;                   /* any usage object was seen */
         bool stream_done;            /* SSE: the terminal event arrived ([DONE], message_stop, response.completed) */
 };

@@ -710,6 +710,49 @@ static void test_memory(_unused_ void **state) {
         free(big);
 }
 
+/* The inline meter: one count per event that carried generated output,
+ * whatever the family, fed at every split point. */
+static uint64_t deltas_of(kb_family f, kb_endpoint e, const char *payload, size_t split) {
+        struct kb_usage_tap *t;
+        struct kb_buf out = {};
+        size_t n = strlen(payload);
+
+        assert_int_equal(kb_usage_tap_new(f, e, true, false, &t), 0);
+        assert_int_equal(kb_usage_tap_feed(t, payload, split, &out), 0);
+        assert_int_equal(kb_usage_tap_feed(t, payload + split, n - split, &out), 0);
+        assert_int_equal(kb_usage_tap_finish(t, &out), 0);
+        uint64_t d = kb_usage_tap_get(t)->streamed_deltas;
+        kb_usage_tap_free(t);
+        kb_buf_free(&out);
+        return d;
+}
+
+static void test_streamed_deltas(void **state) {
+        static const char chat[] =
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n"
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n"
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n"
+                "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3}}\n\n"
+                "data: [DONE]\n\n";
+        static const char anth[] =
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n"
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\"}}\n\n"
+                "event: ping\ndata: {\"type\":\"ping\"}\n\n"
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"b\"}}\n\n";
+        static const char resp[] =
+                "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{}}\n\n"
+                "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\n";
+
+        for (size_t i = 0; i <= strlen(chat); i++)
+                assert_int_equal(deltas_of(KB_FAMILY_OPENAI, KB_ENDPOINT_CHAT, chat, i), 3);
+        for (size_t i = 0; i <= strlen(anth); i++)
+                assert_int_equal(deltas_of(KB_FAMILY_ANTHROPIC, KB_ENDPOINT_MESSAGES, anth, i), 2);
+        for (size_t i = 0; i <= strlen(resp); i++)
+                assert_int_equal(deltas_of(KB_FAMILY_OPENAI, KB_ENDPOINT_RESPONSES, resp, i), 1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_chat_json),
@@ -730,6 +773,7 @@ int main(void) {
                 cmocka_unit_test(test_limit_sse),
                 cmocka_unit_test(test_api),
                 cmocka_unit_test(test_memory),
+                cmocka_unit_test(test_streamed_deltas),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
