@@ -53,7 +53,7 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 $(CFLAGS) $(SAN) -fPIC -w -I$(LLHTTP_INC) -c $< -o $@
 
-$(BUILD)/%.o: %.c $(wildcard agent/*.h include/keybroker/*.h)
+$(BUILD)/%.o: %.c $(wildcard agent/*.h include/keybroker/*.h client/*.h tests/mock/*.h tests/bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(KB_CFLAGS) $(CFLAGS) -c $< -o $@
 
