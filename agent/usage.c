@@ -21,7 +21,11 @@ struct kb_usage_tap {
         kb_family family;
         kb_endpoint endpoint;
         bool stream;
-        bool hide;
+        bool hide;              /* hold each event until complete (hide_usage or a gate) */
+        bool hide_usage;        /* drop the usage-only chunk we asked for */
+        bool stopped;           /* the gate said stop: nothing more is emitted */
+        kb_usage_gate_t gate;
+        void *gate_userdata;
         bool finished;
         bool overflow;          /* something went past the limit: usage may be incomplete */
         size_t limit;
@@ -79,7 +83,8 @@ int kb_usage_tap_new(kb_family family, kb_endpoint endpoint, bool stream, bool h
         t->endpoint = endpoint;
         t->stream = stream;
         /* Holding events only makes sense where there are events. */
-        t->hide = stream && hide_usage_chunk;
+        t->hide_usage = stream && hide_usage_chunk;
+        t->hide = t->hide_usage;
         t->limit = KB_USAGE_LIMIT_DEFAULT;
         *ret = t;
         return 0;
@@ -95,6 +100,17 @@ void kb_usage_tap_free(struct kb_usage_tap *t) {
         kb_buf_free(&t->data);
         kb_buf_free(&t->raw);
         free(t);
+}
+
+void kb_usage_tap_set_gate(struct kb_usage_tap *t, kb_usage_gate_t gate, void *userdata) {
+        t->gate = gate;
+        t->gate_userdata = userdata;
+        if (t->stream && gate)
+                t->hide = true;
+}
+
+bool kb_usage_tap_stopped(const struct kb_usage_tap *t) {
+        return t->stopped;
 }
 
 void kb_usage_tap_set_limit(struct kb_usage_tap *t, size_t limit) {
@@ -309,7 +325,8 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                 usage_openai_chat(u, usage);
                 if (chunk_has_delta(choices))
                         u->streamed_deltas++;
-                if (t->hide && json_is_object(usage) && json_is_array(choices) && json_array_size(choices) == 0)
+                if (t->hide_usage && json_is_object(usage) && json_is_array(choices) &&
+                    json_array_size(choices) == 0)
                         *ret_hide = true;
                 return take_model_id(u, root);
         }
@@ -524,6 +541,12 @@ static int sse_feed(struct kb_usage_tap *t, const char *buf, size_t len, struct 
 
                 t->raw_passthrough = false;
                 hide = hide && !passthrough;
+                if (!hide && t->gate && t->gate(t->gate_userdata, &t->usage) > 0) {
+                        /* This event would cross a limit: it and all after it stay here. */
+                        t->stopped = true;
+                        buf_reset(&t->raw);
+                        return 0;
+                }
                 if (hide)
                         buf_reset(&t->raw);
                 else {
@@ -551,7 +574,7 @@ int kb_usage_tap_feed(struct kb_usage_tap *t, const char *buf, size_t len, struc
                 return -EINVAL;
         if (t->finished)
                 return -ESTALE;
-        if (len == 0)
+        if (len == 0 || t->stopped)
                 return 0;
 
         if (!t->hide) {
@@ -583,6 +606,12 @@ int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out) {
         if (t->finished)
                 return 0;
         t->finished = true;
+        if (t->stopped) {
+                kb_buf_free(&t->raw);
+                kb_buf_free(&t->line);
+                kb_buf_free(&t->data);
+                return 0;
+        }
 
         if (!t->stream) {
                 _cleanup_json_ json_t *root = NULL;

@@ -101,6 +101,15 @@ bool kb_usage_tap_overflowed(const struct kb_usage_tap *t);
  * tap holds at most its partial event. */
 size_t kb_usage_tap_memory(const struct kb_usage_tap *t);
 
+/* A gate sees the usage after each complete SSE event is parsed and before
+ * its bytes are emitted; returning > 0 stops the stream there: that event
+ * and everything after it are dropped (the caller cuts the stream at a quota
+ * limit and adds its own error event). Setting a gate makes a stream tap
+ * hold each event until it is complete. No effect on JSON bodies. */
+typedef int (*kb_usage_gate_t)(void *userdata, const struct kb_usage *u);
+void kb_usage_tap_set_gate(struct kb_usage_tap *t, kb_usage_gate_t gate, void *userdata);
+bool kb_usage_tap_stopped(const struct kb_usage_tap *t);
+
 /* For tests: lower the 16 MiB size limit (limit > 0). */
 void kb_usage_tap_set_limit(struct kb_usage_tap *t, size_t limit);
 

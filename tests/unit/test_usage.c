@@ -753,6 +753,43 @@ static void test_streamed_deltas(void **state) {
                 assert_int_equal(deltas_of(KB_FAMILY_OPENAI, KB_ENDPOINT_RESPONSES, resp, i), 1);
 }
 
+static int gate_at_two(void *userdata, const struct kb_usage *u) {
+        unsigned *calls = userdata;
+        (*calls)++;
+        return u->streamed_deltas > 2;
+}
+
+/* The gate stops a stream exactly before the event that would cross: two
+ * output events pass, the third and all after it never reach the app. */
+static void test_gate(void **state) {
+        static const char s[] =
+                "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"
+                "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n"
+                "data: {\"choices\":[{\"delta\":{\"content\":\"c\"}}]}\n\n"
+                "data: {\"choices\":[{\"delta\":{\"content\":\"d\"}}]}\n\n"
+                "data: [DONE]\n\n";
+        const char *third = strstr(s, "data: {\"choices\":[{\"delta\":{\"content\":\"c");
+        size_t keep = (size_t) (third - s);
+
+        for (size_t split = 0; split <= strlen(s); split++) {
+                struct kb_usage_tap *t;
+                struct kb_buf out = {};
+                unsigned calls = 0;
+
+                assert_int_equal(kb_usage_tap_new(KB_FAMILY_OPENAI, KB_ENDPOINT_CHAT, true, false, &t), 0);
+                kb_usage_tap_set_gate(t, gate_at_two, &calls);
+                assert_int_equal(kb_usage_tap_feed(t, s, split, &out), 0);
+                assert_int_equal(kb_usage_tap_feed(t, s + split, strlen(s) - split, &out), 0);
+                assert_int_equal(kb_usage_tap_finish(t, &out), 0);
+                assert_true(kb_usage_tap_stopped(t));
+                assert_int_equal(out.len, keep);
+                assert_memory_equal(out.data, s, keep);
+                assert_int_equal(calls, 3);
+                kb_usage_tap_free(t);
+                kb_buf_free(&out);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_chat_json),
@@ -774,6 +811,7 @@ int main(void) {
                 cmocka_unit_test(test_api),
                 cmocka_unit_test(test_memory),
                 cmocka_unit_test(test_streamed_deltas),
+                cmocka_unit_test(test_gate),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
