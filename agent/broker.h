@@ -24,9 +24,12 @@ struct kb_uid_count {
 
 struct kb_broker {
         sd_event *event;
+        const char *config_path;
+        uint64_t started_usec;          /* realtime */
         struct kb_config *config;       /* current; requests hold their own ref */
         struct kb_keystore *keys;
         struct kb_http_server *api;
+        struct kb_http_server *admin;
         struct kb_upstream *upstream;
         struct kb_journal *journal;
 
@@ -37,6 +40,14 @@ struct kb_broker {
         uint64_t n_in_flight;           /* kb_requests alive */
         uint64_t n_requests;            /* served since start */
 };
+
+/* broker.c: open the sealed store and add credential files for c. On
+ * failure *ret_error says what is wrong and what to do. */
+int kb_broker_load_keys(const struct kb_config *c, struct kb_keystore **ret, char **ret_error);
+/* broker.c: re-read config and keys and swap them in atomically; a bad
+ * config or keystore is rejected (journaled with its reason, returned in
+ * *ret_error when non-NULL) and the running one stays. */
+int kb_broker_reload(struct kb_broker *b, char **ret_error);
 
 /* The app socket's callbacks (api.c). */
 extern const struct kb_http_ops kb_api_ops;

@@ -9,16 +9,20 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
+#include "admin.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
 
 #define JOURNAL_QUEUE 65536
 
+struct listener {
+        bool activated;
+        char *path;     /* socket file we created, removed at exit */
+};
+
 struct daemon {
         struct kb_broker b;
-        const char *config_path;
-        int api_fd;
-        bool api_activated;
+        struct listener api, admin;
         bool draining;
         uint64_t drain_deadline;
         sd_event_source *drain_timer;
@@ -55,7 +59,7 @@ static int parse_args(int argc, char **argv, struct daemon *d, bool *ret_check) 
         while ((c = getopt_long(argc, argv, "c:h", options, NULL)) >= 0)
                 switch (c) {
                 case 'c':
-                        d->config_path = optarg;
+                        d->b.config_path = optarg;
                         break;
                 case ARG_CHECK:
                         *ret_check = true;
@@ -84,6 +88,32 @@ static void harden_process(void) {
         (void) setrlimit(RLIMIT_CORE, &rl);
 }
 
+static int find_activated_fd(const char *name);
+
+/* Serve one socket: the activated fd called fdname if the service manager
+ * passed one, else a socket we create at path with its final mode. */
+static int serve_socket(struct kb_broker *b, struct listener *l, const char *fdname, const char *path, mode_t mode,
+                        const struct kb_http_ops *ops, struct kb_http_limits lim, struct kb_http_server **ret) {
+        int fd = find_activated_fd(fdname);
+        int r;
+
+        l->activated = fd >= 0;
+        if (!l->activated) {
+                fd = kb_http_listen_unix(path, mode);
+                if (fd < 0) {
+                        fprintf(stderr, "<3>cannot listen on %s: %s\n", path, strerror(-fd));
+                        return fd;
+                }
+                l->path = strdup(path);
+        }
+        r = kb_http_server_new(b->event, fd, &lim, ops, b, ret);
+        if (r < 0) {
+                close(fd);
+                fprintf(stderr, "<3>cannot serve %s: %s\n", l->activated ? fdname : path, strerror(-r));
+        }
+        return r;
+}
+
 static int find_activated_fd(const char *name) {
         char **names = NULL;
         int n = sd_listen_fds_with_names(false, &names);
@@ -98,55 +128,10 @@ static int find_activated_fd(const char *name) {
         return fd;
 }
 
-static int load_keys(struct kb_config *c, struct kb_keystore **ret) {
-        struct kb_keystore *ks;
-        const char *bad = NULL;
-        int r = kb_keystore_new(&ks);
-        if (r < 0)
-                return r;
-        r = kb_keystore_load_credentials(ks, c, &bad);
-        if (r < 0) {
-                fprintf(stderr, "<3>%s: cannot load key '%s' from %s: %s\n", c->path, strempty(bad),
-                        strempty(c->agent.credentials_dir),
-                        r == -ENODATA  ? "file is empty"
-                        : r == -EFBIG  ? "longer than 4096 bytes"
-                        : r == -EBADMSG ? "contains control characters"
-                                        : strerror(-r));
-                kb_keystore_free(ks);
-                return r;
-        }
-        *ret = ks;
-        return 0;
-}
-
 static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         struct daemon *d = userdata;
-        struct kb_config *c = NULL;
-        struct kb_keystore *ks = NULL;
-        _cleanup_free_ char *error = NULL;
 
-        (void) sd_notify(false, "RELOADING=1");
-        int r = kb_config_load(d->config_path, false, &c, &error);
-        if (r >= 0)
-                r = load_keys(c, &ks);
-        if (r < 0) {
-                fprintf(stderr, "<3>reload rejected, keeping the running configuration: %s\n",
-                        error ?: strerror(-r));
-                (void) kb_journal_config(d->b.journal, "rejected", d->config_path, error ?: strerror(-r));
-                kb_config_unref(c);
-                (void) sd_notify(false, "READY=1");
-                return 0;
-        }
-        /* Requests in flight keep their own reference to the old config. */
-        kb_config_unref(d->b.config);
-        d->b.config = c;
-        kb_keystore_free(d->b.keys);
-        d->b.keys = ks;
-        struct kb_http_limits lim = kb_api_limits(c);
-        kb_http_server_set_limits(d->b.api, &lim);
-        fprintf(stderr, "<6>configuration reloaded from %s\n", d->config_path);
-        (void) kb_journal_config(d->b.journal, "reloaded", d->config_path, NULL);
-        (void) sd_notify(false, "READY=1");
+        (void) kb_broker_reload(&d->b, NULL);
         return 0;
 }
 
@@ -213,6 +198,7 @@ static int run(struct daemon *d) {
         struct kb_broker *b = &d->b;
         int r;
 
+        b->started_usec = kb_realtime_usec();
         r = sd_event_default(&b->event);
         if (r < 0)
                 return r;
@@ -230,26 +216,25 @@ static int run(struct daemon *d) {
                 return r;
         }
 
-        d->api_fd = find_activated_fd(KB_FDNAME_API);
-        d->api_activated = d->api_fd >= 0;
-        if (!d->api_activated) {
-                d->api_fd = kb_http_listen_unix(b->config->agent.listen, b->config->agent.listen_mode);
-                if (d->api_fd < 0) {
-                        fprintf(stderr, "<3>cannot listen on %s: %s\n", b->config->agent.listen,
-                                strerror(-d->api_fd));
-                        return d->api_fd;
-                }
-        }
-        struct kb_http_limits lim = kb_api_limits(b->config);
-        r = kb_http_server_new(b->event, d->api_fd, &lim, &kb_api_ops, b, &b->api);
-        if (r < 0) {
-                fprintf(stderr, "<3>cannot serve the app socket: %s\n", strerror(-r));
+        r = serve_socket(b, &d->api, KB_FDNAME_API, b->config->agent.listen, b->config->agent.listen_mode,
+                         &kb_api_ops, kb_api_limits(b->config), &b->api);
+        if (r < 0)
                 return r;
-        }
+        /* The admin socket's mode is only a first fence: every request is
+         * checked against admin_users/admin_groups by peer credentials. */
+        r = serve_socket(b, &d->admin, KB_FDNAME_ADMIN, b->config->agent.admin, 0660, &kb_admin_ops,
+                         kb_admin_limits(), &b->admin);
+        if (r < 0)
+                return r;
+        if (!d->admin.activated && b->config->agent.n_admin_gids > 0 &&
+            chown(b->config->agent.admin, (uid_t) -1, b->config->agent.admin_gids[0]) < 0)
+                fprintf(stderr, "<4>cannot give %s to group %u: %m\n", b->config->agent.admin,
+                        (unsigned) b->config->agent.admin_gids[0]);
 
-        fprintf(stderr, "<6>keybrokerd %s listening on %s\n", KB_VERSION,
-                d->api_activated ? "the socket-activated fd \"api\"" : b->config->agent.listen);
-        (void) kb_journal_config(b->journal, "loaded", d->config_path, NULL);
+        fprintf(stderr, "<6>keybrokerd %s listening on %s, admin on %s\n", KB_VERSION,
+                d->api.activated ? "the socket-activated fd \"api\"" : b->config->agent.listen,
+                d->admin.activated ? "the socket-activated fd \"admin\"" : b->config->agent.admin);
+        (void) kb_journal_config(b->journal, "loaded", d->b.config_path, NULL);
         (void) kb_journal_lifecycle(b->journal, "started", "keybrokerd started", 0);
         (void) sd_notify(false, "READY=1\nSTATUS=serving");
 
@@ -257,15 +242,18 @@ static int run(struct daemon *d) {
 
         kb_http_server_free(b->api);
         b->api = NULL;
-        if (!d->api_activated) {
-                /* Only a socket we created is ours to remove. */
-                (void) unlink(b->config->agent.listen);
-        }
+        kb_http_server_free(b->admin);
+        b->admin = NULL;
+        /* Only sockets we created are ours to remove. */
+        if (d->api.path)
+                (void) unlink(d->api.path);
+        if (d->admin.path)
+                (void) unlink(d->admin.path);
         return r;
 }
 
 int main(int argc, char **argv) {
-        struct daemon d = { .config_path = KB_DEFAULT_CONFIG, .api_fd = -1 };
+        struct daemon d = { .b.config_path = KB_DEFAULT_CONFIG };
         _cleanup_free_ char *error = NULL;
         bool check = false;
         int r;
@@ -280,19 +268,24 @@ int main(int argc, char **argv) {
                 return 1;
         }
 
-        r = kb_config_load(d.config_path, check, &d.b.config, &error);
+        r = kb_config_load(d.b.config_path, check, &d.b.config, &error);
         if (r < 0) {
                 fprintf(stderr, "%s\n", error ?: strerror(-r));
                 return 1;
         }
         if (check) {
-                printf("%s: ok\n", d.config_path);
+                printf("%s: ok\n", d.b.config_path);
                 kb_config_unref(d.b.config);
                 return 0;
         }
-        r = load_keys(d.b.config, &d.b.keys);
-        if (r < 0)
+        free(error);
+        error = NULL;
+        r = kb_broker_load_keys(d.b.config, &d.b.keys, &error);
+        if (r < 0) {
+                fprintf(stderr, "<3>%s\n", error ?: strerror(-r));
+                kb_config_unref(d.b.config);
                 return 1;
+        }
 
         r = run(&d);
         if (r < 0)
@@ -305,5 +298,7 @@ int main(int argc, char **argv) {
         kb_keystore_free(d.b.keys);
         kb_config_unref(d.b.config);
         free(d.b.uid_conns);
+        free(d.api.path);
+        free(d.admin.path);
         return r < 0 ? 1 : 0;
 }

@@ -335,6 +335,7 @@ void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add
                         break;
                 }
                 req.secret = kb_key_open(r->key, &req.secret_len);
+                kb_key_mark_used(r->key, kb_realtime_usec());
         }
         r->attempts++;
         kb_conn_set_handler(r->conn, &conn_handler, r);

@@ -1,139 +1,239 @@
 /* SPDX-License-Identifier: MIT */
-/* keybrokerctl: the ops CLI. This version carries `whoami`; the admin-socket
- * commands (status, key, team, route, model, reload) and `usage` come with
- * the admin API. */
+/* keybrokerctl: the ops CLI. Talks HTTP/1.1 + JSON to keybrokerd's admin
+ * socket (status, key, team, route, reload) and to the app socket (whoami).
+ * Exit status: 0 ok, 1 error, 2 usage. */
 
 #include <curl/curl.h>
 #include <getopt.h>
-#include <jansson.h>
+#include <stdarg.h>
 
+#include "ctl.h"
 #include "keybroker/keybroker.h"
 #include "util.h"
 
-static size_t collect(char *p, size_t size, size_t n, void *userdata) {
-        struct kb_buf *b = userdata;
-        if (b->len + size * n > 1024 * 1024) /* an answer this big is not whoami */
-                return 0;
-        return kb_buf_append(b, p, size * n) < 0 ? 0 : size * n;
-}
-
 static void help(void) {
-        printf("Usage: keybrokerctl [--json] COMMAND [ARGS]\n"
+        printf("Usage: keybrokerctl [--admin-socket PATH] [--json] COMMAND [ARGS]\n"
+               "\n"
+               "Operate and query keybrokerd.\n"
                "\n"
                "Commands:\n"
-               "  whoami [--socket PATH]   who the broker thinks you are: uid, groups, unit, team\n"
+               "  status                         daemon version, uptime, counters\n"
+               "  key list                       keys, versions, fingerprints (never secrets)\n"
+               "  key set NAME                   add a key; the secret is read from stdin\n"
+               "  key rotate NAME                add and activate a new version (secret on stdin)\n"
+               "  key rollback NAME              make the previous version active again\n"
+               "  key delete NAME [--version N]  delete one version, or every version\n"
+               "  team list                      teams, members, models, limits\n"
+               "  route list                     routes, keys, targets\n"
+               "  reload                         re-read config and keystore\n"
+               "  whoami [--socket PATH]         who the broker thinks you are (app socket)\n"
                "\n"
-               "Options:\n"
-               "      --json      machine-readable output\n"
-               "  -h, --help      show this help\n"
-               "      --version   show the version\n"
+               "Options (before or after the command):\n"
+               "      --admin-socket PATH   admin socket (default %s)\n"
+               "      --json                print the daemon's JSON answer\n"
+               "  -h, --help                show this help; 'COMMAND --help' for one command\n"
+               "      --version             show the version\n"
                "\n"
-               "Exit status: 0 ok, 1 error, 2 usage.\n");
+               "Secrets are read from stdin only (a no-echo prompt on a terminal), never\n"
+               "from the command line or the environment.\n"
+               "\n"
+               "Exit status: 0 ok, 1 error, 2 usage.\n",
+               KB_DEFAULT_ADMIN);
 }
 
-static int cmd_whoami(int argc, char **argv, bool json) {
+int ctl_usage_error(const char *cmd, const char *fmt, ...) {
+        va_list ap;
+
+        fprintf(stderr, "keybrokerctl%s%s: ", cmd ? " " : "", strempty(cmd));
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        return CTL_EXIT_USAGE;
+}
+
+int ctl_extra_argument(const char *cmd) {
+        return ctl_usage_error(cmd, "unexpected argument; see keybrokerctl %s --help", cmd);
+}
+
+int ctl_parse_help_only(int argc, char **argv, const char *cmd, void (*help_fn)(void), int *ret_optind) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        int c;
+
+        /* optind = 0: a full getopt re-initialisation (GNU), for a new argv. */
+        optind = 0;
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help_fn();
+                        return CTL_EXIT_OK;
+                default:
+                        /* Not the option's text: "--secret=sk-…" must not be echoed. */
+                        return ctl_usage_error(cmd, "unknown option; see keybrokerctl %s --help", cmd);
+                }
+        *ret_optind = optind;
+        return -1;
+}
+
+static void help_whoami(void) {
+        printf("Usage: keybrokerctl [--json] whoami [--socket PATH]\n"
+               "\n"
+               "Ask the broker on the app socket (default %s) who you are: uid, gid,\n"
+               "pid, groups, systemd unit, executable, and the team your calls are\n"
+               "charged to.\n"
+               "\n"
+               "Options:\n"
+               "  -s, --socket PATH   the app socket\n"
+               "  -h, --help          show this help\n",
+               KB_DEFAULT_LISTEN);
+}
+
+static int cmd_whoami(const struct ctl *ctl, int argc, char **argv) {
         static const struct option options[] = {
                 { "socket", required_argument, NULL, 's' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
+        _cleanup_json_ json_t *j = NULL;
         const char *sock = KB_DEFAULT_LISTEN;
         int c;
 
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "s:h", options, NULL)) >= 0)
+        optind = 0;
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, ":s:h", options, NULL)) >= 0)
                 switch (c) {
                 case 's':
                         sock = optarg;
                         break;
                 case 'h':
-                        printf("Usage: keybrokerctl whoami [--socket PATH]\n\n"
-                               "Ask the broker on the app socket (default %s) who you are.\n",
-                               KB_DEFAULT_LISTEN);
-                        return 0;
+                        help_whoami();
+                        return CTL_EXIT_OK;
+                case ':':
+                        return ctl_usage_error("whoami", "--socket needs a value");
                 default:
-                        return 2;
+                        return ctl_usage_error("whoami", "unknown option; see keybrokerctl whoami --help");
                 }
-        if (optind < argc) {
-                fprintf(stderr, "keybrokerctl whoami: unexpected argument '%s'\n", argv[optind]);
-                return 2;
-        }
+        if (optind < argc)
+                return ctl_extra_argument("whoami");
 
-        struct kb_buf body = {};
-        long status = 0;
-        CURL *h = curl_easy_init();
-        if (!h)
-                return 1;
-        curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, sock);
-        curl_easy_setopt(h, CURLOPT_URL, "http://localhost" KB_PATH_WHOAMI);
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-        curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
-        CURLcode cr = curl_easy_perform(h);
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_cleanup(h);
-        if (cr != CURLE_OK) {
-                fprintf(stderr, "keybrokerctl: cannot reach the broker at %s: %s\n", sock, curl_easy_strerror(cr));
-                kb_buf_free(&body);
-                return 1;
-        }
+        if (ctl_request_socket(sock, "the broker", "GET", KB_PATH_WHOAMI, NULL, NULL, &j) < 0)
+                return CTL_EXIT_ERROR;
+        if (ctl->json)
+                return ctl_print_json(j) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
 
-        json_error_t err;
-        json_t *j = json_loadb(body.data ?: "", body.len, 0, &err);
-        int ret = 0;
-        if (!j || status != 200) {
-                fprintf(stderr, "keybrokerctl: the broker answered %ld: %s\n", status, body.data ?: "");
-                ret = 1;
-        } else if (json) {
-                char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-                printf("%s\n", s ?: "{}");
-                free(s);
-        } else {
-                json_t *v;
-                size_t i;
-                printf("uid    %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(j, "uid")));
-                printf("gid    %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(j, "gid")));
-                printf("pid    %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(j, "pid")));
-                printf("groups");
-                json_array_foreach(json_object_get(j, "groups"), i, v)
-                        printf(" %" JSON_INTEGER_FORMAT, json_integer_value(v));
-                printf("\nunit   %s\n", json_string_value(json_object_get(j, "unit")) ?: "-");
-                printf("exe    %s\n", json_string_value(json_object_get(j, "exe")) ?: "-");
-                printf("team   %s\n", json_string_value(json_object_get(j, "team")) ?: "- (none: calls get 403 unknown_team)");
-                printf("teams ");
-                json_array_foreach(json_object_get(j, "teams"), i, v)
-                        printf(" %s", json_string_value(v));
-                printf("\n");
+        json_t *v;
+        size_t i;
+        printf("uid    %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(j, "uid")));
+        printf("gid    %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(j, "gid")));
+        printf("pid    %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(j, "pid")));
+        printf("groups");
+        json_array_foreach(json_object_get(j, "groups"), i, v)
+                printf(" %" JSON_INTEGER_FORMAT, json_integer_value(v));
+        printf("\nunit   %s\n", json_string_value(json_object_get(j, "unit")) ?: "-");
+        printf("exe    %s\n", json_string_value(json_object_get(j, "exe")) ?: "-");
+        printf("team   %s\n", json_string_value(json_object_get(j, "team")) ?: "- (none: calls get 403 unknown_team)");
+        printf("teams ");
+        json_array_foreach(json_object_get(j, "teams"), i, v)
+                printf(" %s", json_string_value(v));
+        printf("\n");
+        return CTL_EXIT_OK;
+}
+
+/* Take --json and --admin-socket out of argv wherever they are (before or
+ * after the command, up to a "--"), so that `keybrokerctl key list --json`
+ * works like `keybrokerctl --json key list`. Returns the new argc, or -1
+ * after a usage error was printed. */
+static int extract_global_options(int argc, char **argv, struct ctl *ctl) {
+        int out = 1;
+
+        for (int i = 1; i < argc; i++) {
+                const char *a = argv[i];
+
+                if (streq(a, "--")) {
+                        while (i < argc)
+                                argv[out++] = argv[i++];
+                        break;
+                }
+                if (streq(a, "--json"))
+                        ctl->json = true;
+                else if (streq(a, "--admin-socket")) {
+                        if (i + 1 >= argc || !argv[i + 1][0]) {
+                                ctl_usage_error(NULL, "--admin-socket needs a PATH");
+                                return -1;
+                        }
+                        ctl->admin = argv[++i];
+                } else if (strncmp(a, "--admin-socket=", 15) == 0) {
+                        if (!a[15]) {
+                                ctl_usage_error(NULL, "--admin-socket needs a PATH");
+                                return -1;
+                        }
+                        ctl->admin = a + 15;
+                } else
+                        argv[out++] = argv[i];
         }
-        json_decref(j);
-        kb_buf_free(&body);
-        return ret;
+        argv[out] = NULL;
+        return out;
 }
 
 int main(int argc, char **argv) {
-        bool json = false;
-        int i = 1;
+        struct ctl ctl = { .admin = KB_DEFAULT_ADMIN };
+        int i = 1, r;
+
+        argc = extract_global_options(argc, argv, &ctl);
+        if (argc < 0)
+                return CTL_EXIT_USAGE;
 
         for (; i < argc && argv[i][0] == '-'; i++) {
-                if (streq(argv[i], "--json"))
-                        json = true;
-                else if (streq(argv[i], "-h") || streq(argv[i], "--help")) {
+                if (streq(argv[i], "-h") || streq(argv[i], "--help")) {
                         help();
-                        return 0;
+                        return CTL_EXIT_OK;
                 } else if (streq(argv[i], "--version")) {
                         printf("keybrokerctl %s\n", KB_VERSION);
-                        return 0;
-                } else {
-                        fprintf(stderr, "keybrokerctl: unknown option '%s'\n", argv[i]);
-                        return 2;
-                }
+                        return CTL_EXIT_OK;
+                } else if (streq(argv[i], "--")) {
+                        i++;
+                        break;
+                } else
+                        return ctl_usage_error(NULL, "unknown option; see keybrokerctl --help");
         }
         if (i >= argc) {
-                help();
-                return 2;
+                return ctl_usage_error(NULL, "no command; see keybrokerctl --help");
         }
-        if (streq(argv[i], "whoami"))
-                return cmd_whoami(argc - i, argv + i, json);
-        fprintf(stderr, "keybrokerctl: unknown command '%s'; see keybrokerctl --help\n", argv[i]);
-        return 2;
+
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+                fprintf(stderr, "keybrokerctl: libcurl failed to initialise\n");
+                return CTL_EXIT_ERROR;
+        }
+
+        const char *cmd = argv[i];
+        int cargc = argc - i;
+        char **cargv = argv + i;
+        if (streq(cmd, "status"))
+                r = ctl_cmd_status(&ctl, cargc, cargv);
+        else if (streq(cmd, "key"))
+                r = ctl_cmd_key(&ctl, cargc, cargv);
+        else if (streq(cmd, "team"))
+                r = ctl_cmd_team(&ctl, cargc, cargv);
+        else if (streq(cmd, "route"))
+                r = ctl_cmd_route(&ctl, cargc, cargv);
+        else if (streq(cmd, "reload"))
+                r = ctl_cmd_reload(&ctl, cargc, cargv);
+        else if (streq(cmd, "whoami"))
+                r = cmd_whoami(&ctl, cargc, cargv);
+        else if (streq(cmd, "help")) {
+                help();
+                r = CTL_EXIT_OK;
+        } else
+                r = ctl_usage_error(NULL, "unknown command '%s'; see keybrokerctl --help", cmd);
+
+        curl_global_cleanup();
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "keybrokerctl: cannot write output: %m\n");
+                return CTL_EXIT_ERROR;
+        }
+        return r;
 }

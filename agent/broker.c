@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+/* Loading and swapping what the broker runs on: config plus keys, at start
+ * and on reload (SIGHUP, POST /reload). */
+
+#include <systemd/sd-daemon.h>
+
+#include "broker.h"
+
+static const char *key_file_problem(int r) {
+        switch (r) {
+        case -ENODATA: return "file is empty";
+        case -EFBIG: return "longer than 4096 bytes";
+        case -EBADMSG: return "contains control characters";
+        default: return strerror(-r);
+        }
+}
+
+int kb_broker_load_keys(const struct kb_config *c, struct kb_keystore **ret, char **ret_error) {
+        struct kb_keystore *ks = NULL;
+        const char *bad = NULL;
+        char *error = NULL;
+        int r;
+
+        r = kb_keystore_open(c->agent.keystore, c->agent.master_key, &ks, &error);
+        if (r < 0) {
+                if (!error && asprintf(&error, "%s: %s", strempty(c->agent.keystore), strerror(-r)) < 0)
+                        error = NULL;
+                *ret_error = error;
+                return r;
+        }
+        r = kb_keystore_load_credentials(ks, c, &bad);
+        if (r < 0) {
+                if (asprintf(&error, "%s: cannot load key '%s' from credentials_dir %s: %s", c->path,
+                             strempty(bad), strempty(c->agent.credentials_dir), key_file_problem(r)) < 0)
+                        error = NULL;
+                kb_keystore_free(ks);
+                *ret_error = error;
+                return r;
+        }
+        *ret = ks;
+        return 0;
+}
+
+int kb_broker_reload(struct kb_broker *b, char **ret_error) {
+        struct kb_config *c = NULL;
+        struct kb_keystore *ks = NULL;
+        char *error = NULL;
+
+        (void) sd_notify(false, "RELOADING=1");
+        int r = kb_config_load(b->config_path, false, &c, &error);
+        if (r >= 0)
+                r = kb_broker_load_keys(c, &ks, &error);
+        if (r < 0) {
+                if (!error && asprintf(&error, "%s: %s", b->config_path, strerror(-r)) < 0)
+                        error = NULL;
+                fprintf(stderr, "<3>reload rejected, keeping the running configuration: %s\n",
+                        error ?: strerror(-r));
+                (void) kb_journal_config(b->journal, "rejected", b->config_path, error ?: strerror(-r));
+                kb_config_unref(c);
+                (void) sd_notify(false, "READY=1");
+                if (ret_error)
+                        *ret_error = error;
+                else
+                        free(error);
+                return r;
+        }
+
+        /* Requests in flight keep their own references to the old config
+         * and to the key versions they started with. */
+        kb_keystore_carry_stats(ks, b->keys);
+        kb_config_unref(b->config);
+        b->config = c;
+        kb_keystore_free(b->keys);
+        b->keys = ks;
+        struct kb_http_limits lim = kb_api_limits(c);
+        if (b->api)
+                kb_http_server_set_limits(b->api, &lim);
+        fprintf(stderr, "<6>configuration reloaded from %s\n", b->config_path);
+        (void) kb_journal_config(b->journal, "reloaded", b->config_path, NULL);
+        (void) sd_notify(false, "READY=1");
+        return 0;
+}

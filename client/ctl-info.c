@@ -1,0 +1,375 @@
+/* SPDX-License-Identifier: MIT */
+/* keybrokerctl status, team list, route list, reload */
+
+#include "ctl.h"
+#include "util.h"
+
+#define OOM()                                                           \
+        ({                                                              \
+                fprintf(stderr, "keybrokerctl: out of memory\n");       \
+                CTL_EXIT_ERROR;                                         \
+        })
+
+static void help_status(void) {
+        printf("Usage: keybrokerctl [--admin-socket PATH] [--json] status\n"
+               "\n"
+               "keybrokerd's version, pid, start time and uptime, config file, requests\n"
+               "served and in flight, open connections, journal records written and\n"
+               "dropped, and whether the process is dumpable / may write a core.\n");
+}
+
+static void help_team(void) {
+        printf("Usage: keybrokerctl [OPTIONS] team list\n"
+               "\n"
+               "Commands:\n"
+               "  list    teams: members (users, groups, units), models, limits, owner\n");
+}
+
+static void help_team_list(void) {
+        printf("Usage: keybrokerctl [--admin-socket PATH] [--json] team list\n"
+               "\n"
+               "Teams of the running config: NAME, MEMBERS (uid:, gid:, unit:), MODELS,\n"
+               "LIMITS (rpm, tpm, tpd, usd/day, usd/month, concurrent) and OWNER.\n");
+}
+
+static void help_route(void) {
+        printf("Usage: keybrokerctl [OPTIONS] route list\n"
+               "\n"
+               "Commands:\n"
+               "  list    routes: family, base URL, key, auth, targets\n");
+}
+
+static void help_route_list(void) {
+        printf("Usage: keybrokerctl [--admin-socket PATH] [--json] route list\n"
+               "\n"
+               "Routes of the running config: NAME, FAMILY, BASE URL, KEY (name@version,\n"
+               "or \"name (missing)\" when no version of it is held), AUTH and TARGETS\n"
+               "(model->upstream model, \"wN\" for a weight other than 1, \"fallback\").\n");
+}
+
+static void help_reload(void) {
+        printf("Usage: keybrokerctl [--admin-socket PATH] [--json] reload\n"
+               "\n"
+               "Re-read the config file and the keystore. Requests in flight keep the\n"
+               "config they started with. A bad config is rejected with its FILE:LINE\n"
+               "reason and the running config stays.\n");
+}
+
+/* "3d 4h 5m 6s", leading zero units dropped. */
+static void format_uptime(json_int_t s, char *buf, size_t size) {
+        if (s < 0) {
+                snprintf(buf, size, "-");
+                return;
+        }
+        json_int_t d = s / 86400, h = s / 3600 % 24, m = s / 60 % 60, sec = s % 60;
+        if (d)
+                snprintf(buf, size, "%" JSON_INTEGER_FORMAT "d %" JSON_INTEGER_FORMAT "h %" JSON_INTEGER_FORMAT
+                         "m %" JSON_INTEGER_FORMAT "s", d, h, m, sec);
+        else if (h)
+                snprintf(buf, size, "%" JSON_INTEGER_FORMAT "h %" JSON_INTEGER_FORMAT "m %" JSON_INTEGER_FORMAT "s",
+                         h, m, sec);
+        else if (m)
+                snprintf(buf, size, "%" JSON_INTEGER_FORMAT "m %" JSON_INTEGER_FORMAT "s", m, sec);
+        else
+                snprintf(buf, size, "%" JSON_INTEGER_FORMAT "s", sec);
+}
+
+int ctl_cmd_status(const struct ctl *ctl, int argc, char **argv) {
+        _cleanup_json_ json_t *j = NULL;
+        int optind_, r;
+
+        r = ctl_parse_help_only(argc, argv, "status", help_status, &optind_);
+        if (r >= 0)
+                return r;
+        if (optind_ < argc)
+                return ctl_extra_argument("status");
+        if (ctl_request(ctl, "GET", "/status", NULL, NULL, &j) < 0)
+                return CTL_EXIT_ERROR;
+        if (ctl->json)
+                return ctl_print_json(j) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
+
+        const json_t *journal = json_object_get(j, "journal");
+        char version[64], pid[32], started[64], uptime[64], config[4096], served[32], in_flight[32], conns[32],
+                written[32], dropped[32], dumpable[8], core[32];
+        json_t *up = json_object_get(j, "uptime_s");
+
+        ctl_json_scalar(json_object_get(j, "version"), version, sizeof(version));
+        ctl_json_scalar(json_object_get(j, "pid"), pid, sizeof(pid));
+        ctl_format_time(json_string_value(json_object_get(j, "started")), started, sizeof(started));
+        if (json_is_integer(up))
+                format_uptime(json_integer_value(up), uptime, sizeof(uptime));
+        else
+                snprintf(uptime, sizeof(uptime), "-");
+        ctl_json_scalar(json_object_get(j, "config"), config, sizeof(config));
+        ctl_json_scalar(json_object_get(j, "requests_served"), served, sizeof(served));
+        ctl_json_scalar(json_object_get(j, "in_flight"), in_flight, sizeof(in_flight));
+        ctl_json_scalar(json_object_get(j, "connections"), conns, sizeof(conns));
+        ctl_json_scalar(json_object_get(journal, "written"), written, sizeof(written));
+        ctl_json_scalar(json_object_get(journal, "dropped"), dropped, sizeof(dropped));
+        ctl_json_scalar(json_object_get(j, "dumpable"), dumpable, sizeof(dumpable));
+        ctl_json_scalar(json_object_get(j, "core_limit"), core, sizeof(core));
+
+        const char *const keys[] = {
+                "version", "pid", "started", "uptime", "config", "requests served", "in flight",
+                "connections", "journal written", "journal dropped", "dumpable", "core limit",
+        };
+        const char *const values[] = {
+                version, pid, started, uptime, config, served, in_flight,
+                conns, written, dropped, dumpable, core,
+        };
+        ctl_print_kv(stdout, keys, values, ELEMENTSOF(keys));
+        return CTL_EXIT_OK;
+}
+
+/* Append "sep" + s to b. */
+static int append_item(struct kb_buf *b, const char *sep, const char *s) {
+        if (b->len && kb_buf_append(b, sep, strlen(sep)) < 0)
+                return -ENOMEM;
+        return kb_buf_append(b, s, strlen(s));
+}
+
+/* "uid:0,1001" — at most show items, then "+N". */
+static int append_list(struct kb_buf *b, const char *label, const json_t *arr, size_t show) {
+        const json_t *v;
+        size_t i;
+        char item[256];
+
+        if (json_array_size(arr) == 0)
+                return 0;
+        if (append_item(b, " ", label) < 0)
+                return -ENOMEM;
+        json_array_foreach(arr, i, v) {
+                if (i == show)
+                        return kb_buf_appendf(b, ",+%zu", json_array_size(arr) - show);
+                ctl_json_scalar(v, item, sizeof(item));
+                if ((i && kb_buf_append(b, ",", 1) < 0) || kb_buf_append(b, item, strlen(item)) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+/* "50.000000" → "50", "0.250000" → "0.25" */
+static void trim_decimal(const char *s, char *buf, size_t size) {
+        snprintf(buf, size, "%s", s);
+        if (!strchr(buf, '.'))
+                return;
+        size_t n = strlen(buf);
+        while (n > 0 && buf[n - 1] == '0')
+                buf[--n] = 0;
+        if (n > 0 && buf[n - 1] == '.')
+                buf[--n] = 0;
+}
+
+static int limits_text(const json_t *limits, struct kb_buf *b) {
+        static const struct {
+                const char *field, *label;
+        } map[] = {
+                { "requests_per_minute", "rpm" },
+                { "tokens_per_minute", "tpm" },
+                { "tokens_per_day", "tpd" },
+                { "budget_usd_per_day", "usd/day" },
+                { "budget_usd_per_month", "usd/month" },
+                { "max_concurrent", "concurrent" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(map); i++) {
+                const json_t *v = json_object_get(limits, map[i].field);
+                char val[64], trimmed[64];
+
+                if (!v || json_is_null(v))
+                        continue;
+                ctl_json_scalar(v, val, sizeof(val));
+                trim_decimal(val, trimmed, sizeof(trimmed));
+                if (b->len && kb_buf_append(b, " ", 1) < 0)
+                        return -ENOMEM;
+                if (kb_buf_appendf(b, "%s=%s", map[i].label, json_is_string(v) ? trimmed : val) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int ctl_cmd_team(const struct ctl *ctl, int argc, char **argv) {
+        static const char *const headers[] = { "NAME", "MEMBERS", "MODELS", "LIMITS", "OWNER" };
+        _cleanup_json_ json_t *j = NULL;
+        _cleanup_table_ struct ctl_table *t = NULL;
+        const json_t *team;
+        size_t i;
+        int optind_, r;
+
+        if (argc < 2)
+                return ctl_usage_error("team", "missing command (list); see keybrokerctl team --help");
+        if (streq(argv[1], "-h") || streq(argv[1], "--help") || streq(argv[1], "help")) {
+                help_team();
+                return CTL_EXIT_OK;
+        }
+        if (!streq(argv[1], "list"))
+                return ctl_usage_error("team", "unknown command '%s'; see keybrokerctl team --help", argv[1]);
+        r = ctl_parse_help_only(argc - 1, argv + 1, "team list", help_team_list, &optind_);
+        if (r >= 0)
+                return r;
+        if (optind_ < argc - 1)
+                return ctl_extra_argument("team list");
+
+        if (ctl_request(ctl, "GET", "/teams", NULL, NULL, &j) < 0)
+                return CTL_EXIT_ERROR;
+        if (ctl->json)
+                return ctl_print_json(j) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
+
+        t = ctl_table_new(headers, ELEMENTSOF(headers));
+        if (!t)
+                return OOM();
+        json_array_foreach(json_object_get(j, "teams"), i, team) {
+                struct kb_buf members = {}, models = {}, limits = {};
+                const json_t *m;
+                size_t k;
+
+                r = append_list(&members, "uid:", json_object_get(team, "users"), 4);
+                if (r >= 0)
+                        r = append_list(&members, "gid:", json_object_get(team, "groups"), 4);
+                if (r >= 0)
+                        r = append_list(&members, "unit:", json_object_get(team, "units"), 2);
+                json_array_foreach(json_object_get(team, "models"), k, m) {
+                        if (r < 0)
+                                break;
+                        if (k == 6) {
+                                r = kb_buf_appendf(&models, ",+%zu",
+                                                   json_array_size(json_object_get(team, "models")) - 6);
+                                break;
+                        }
+                        r = append_item(&models, ",", json_string_value(m) ?: "?");
+                }
+                if (r >= 0)
+                        r = limits_text(json_object_get(team, "limits"), &limits);
+                if (r >= 0) {
+                        const char *row[] = {
+                                json_string_value(json_object_get(team, "name")), members.data, models.data,
+                                limits.data, json_string_value(json_object_get(team, "owner")),
+                        };
+                        r = ctl_table_add_row(t, row);
+                }
+                kb_buf_free(&members);
+                kb_buf_free(&models);
+                kb_buf_free(&limits);
+                if (r < 0)
+                        return OOM();
+        }
+        if (ctl_table_rows(t) == 0) {
+                printf("No teams configured.\n");
+                return CTL_EXIT_OK;
+        }
+        ctl_table_print(t, stdout);
+        return CTL_EXIT_OK;
+}
+
+/* "gpt-mini->gpt-4o-mini w90, gpt-mini->gpt-4o fallback"; weight 1 (the
+ * default) is not shown. */
+static int targets_text(const json_t *targets, struct kb_buf *b) {
+        const json_t *tg;
+        size_t i;
+
+        json_array_foreach(targets, i, tg) {
+                const char *model = json_string_value(json_object_get(tg, "model")) ?: "?";
+                const char *up = json_string_value(json_object_get(tg, "upstream_model")) ?: "?";
+                const char *role = json_string_value(json_object_get(tg, "role"));
+                const json_t *w = json_object_get(tg, "weight");
+
+                if (i == 8)
+                        return kb_buf_appendf(b, ", +%zu", json_array_size(targets) - 8);
+                if (kb_buf_appendf(b, "%s%s->%s", i ? ", " : "", model, up) < 0)
+                        return -ENOMEM;
+                if (streq_ptr(role, "fallback")) {
+                        if (kb_buf_appendf(b, " fallback") < 0)
+                                return -ENOMEM;
+                } else if (json_is_integer(w) && json_integer_value(w) != 1 &&
+                           kb_buf_appendf(b, " w%" JSON_INTEGER_FORMAT, json_integer_value(w)) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int ctl_cmd_route(const struct ctl *ctl, int argc, char **argv) {
+        static const char *const headers[] = { "NAME", "FAMILY", "BASE URL", "KEY", "AUTH", "TARGETS" };
+        _cleanup_json_ json_t *j = NULL;
+        _cleanup_table_ struct ctl_table *t = NULL;
+        const json_t *route;
+        size_t i;
+        int optind_, r;
+
+        if (argc < 2)
+                return ctl_usage_error("route", "missing command (list); see keybrokerctl route --help");
+        if (streq(argv[1], "-h") || streq(argv[1], "--help") || streq(argv[1], "help")) {
+                help_route();
+                return CTL_EXIT_OK;
+        }
+        if (!streq(argv[1], "list"))
+                return ctl_usage_error("route", "unknown command '%s'; see keybrokerctl route --help", argv[1]);
+        r = ctl_parse_help_only(argc - 1, argv + 1, "route list", help_route_list, &optind_);
+        if (r >= 0)
+                return r;
+        if (optind_ < argc - 1)
+                return ctl_extra_argument("route list");
+
+        if (ctl_request(ctl, "GET", "/routes", NULL, NULL, &j) < 0)
+                return CTL_EXIT_ERROR;
+        if (ctl->json)
+                return ctl_print_json(j) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
+
+        t = ctl_table_new(headers, ELEMENTSOF(headers));
+        if (!t)
+                return OOM();
+        json_array_foreach(json_object_get(j, "routes"), i, route) {
+                const char *key = json_string_value(json_object_get(route, "key"));
+                const json_t *kv = json_object_get(route, "key_version");
+                _cleanup_free_ char *keytext = NULL;
+                struct kb_buf targets = {};
+
+                if (key && json_is_integer(kv))
+                        r = asprintf(&keytext, "%s@%" JSON_INTEGER_FORMAT, key, json_integer_value(kv));
+                else if (key)
+                        r = asprintf(&keytext, "%s (missing)", key);
+                else
+                        r = asprintf(&keytext, "-");
+                if (r < 0) {
+                        keytext = NULL;
+                        return OOM();
+                }
+                r = targets_text(json_object_get(route, "targets"), &targets);
+                if (r >= 0) {
+                        const char *row[] = {
+                                json_string_value(json_object_get(route, "name")),
+                                json_string_value(json_object_get(route, "family")),
+                                json_string_value(json_object_get(route, "base_url")),
+                                keytext,
+                                json_string_value(json_object_get(route, "auth")),
+                                targets.data,
+                        };
+                        r = ctl_table_add_row(t, row);
+                }
+                kb_buf_free(&targets);
+                if (r < 0)
+                        return OOM();
+        }
+        if (ctl_table_rows(t) == 0) {
+                printf("No routes configured.\n");
+                return CTL_EXIT_OK;
+        }
+        ctl_table_print(t, stdout);
+        return CTL_EXIT_OK;
+}
+
+int ctl_cmd_reload(const struct ctl *ctl, int argc, char **argv) {
+        _cleanup_json_ json_t *j = NULL;
+        int optind_, r;
+
+        r = ctl_parse_help_only(argc, argv, "reload", help_reload, &optind_);
+        if (r >= 0)
+                return r;
+        if (optind_ < argc)
+                return ctl_extra_argument("reload");
+        if (ctl_request(ctl, "POST", "/reload", NULL, NULL, &j) < 0)
+                return CTL_EXIT_ERROR;
+        if (ctl->json)
+                return ctl_print_json(j) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
+        printf("reloaded %s\n", json_string_value(json_object_get(j, "config")) ?: "the config");
+        return CTL_EXIT_OK;
+}
