@@ -55,6 +55,11 @@
 #define F_VERSION "KEYBROKER_VERSION"
 #define F_CONFIG_PATH "KEYBROKER_CONFIG_PATH"
 #define F_ERROR "KEYBROKER_ERROR"
+#define F_KEY_NAME "KEYBROKER_KEY_NAME"
+#define F_KEY_VERSION "KEYBROKER_KEY_VERSION"
+#define F_KEY_FINGERPRINT "KEYBROKER_KEY_FINGERPRINT"
+#define F_KEY_ACTION "KEYBROKER_KEY_ACTION"
+#define F_ADMIN_UID "KEYBROKER_ADMIN_UID"
 
 /* A failed send is retried after these pauses, then dropped. */
 static const unsigned send_backoff_msec[] = { 1, 10 };
@@ -570,6 +575,47 @@ int kb_journal_config(struct kb_journal *j, const char *event, const char *path,
         if (!rec)
                 return -ENOMEM;
         k = build_config(rec, event, path, error);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_key(struct kb_record *rec, const char *action, const char *name, const char *version,
+                     const char *fingerprint, uid_t admin_uid) {
+        ADD(rec, F_MESSAGE_ID, KB_MID_KEY);
+        if (streq(action, "deleted")) {
+                if (streq(version, "all"))
+                        ADDF(rec, F_MESSAGE, "key %.*s deleted (all versions) by uid %u", MSG_NAME_MAX, name,
+                             (unsigned) admin_uid);
+                else
+                        ADDF(rec, F_MESSAGE, "key %.*s version %s deleted by uid %u", MSG_NAME_MAX, name, version,
+                             (unsigned) admin_uid);
+        } else {
+                const char *verb = streq(action, "rolled_back") ? "rolled back" : action;
+                ADDF(rec, F_MESSAGE, "key %.*s %s to version %s (fingerprint %s) by uid %u", MSG_NAME_MAX, name,
+                     verb, version, fingerprint ? fingerprint : "-", (unsigned) admin_uid);
+        }
+        ADD(rec, F_PRIORITY, "5");
+        ADD_CAPPED(rec, F_KEY_NAME, name);
+        ADD_CAPPED(rec, F_KEY_VERSION, version);
+        if (fingerprint)
+                ADD_CAPPED(rec, F_KEY_FINGERPRINT, fingerprint);
+        ADD_CAPPED(rec, F_KEY_ACTION, action);
+        ADDF(rec, F_ADMIN_UID, "%u", (unsigned) admin_uid);
+        return 0;
+}
+
+int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
+                   const char *fingerprint, uid_t admin_uid) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !action || !name || !version)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_key(rec, action, name, version, fingerprint, admin_uid);
         if (k < 0)
                 return k;
         return kb_journal_submit(j, TAKE_PTR(rec));

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "util.h"
@@ -64,3 +65,8 @@ int kb_journal_request(struct kb_journal *j, const struct kb_request *r);
 int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight);
 /* Config (KB_MID_CONFIG): event "loaded", "reloaded", "rejected"; path; error may be NULL. */
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error);
+/* Key change (KB_MID_KEY): action "set", "rotated", "rolled_back" or
+ * "deleted"; version is the number as text, or "all" for a delete of every
+ * version; fingerprint may be NULL (nothing left to fingerprint). */
+int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
+                   const char *fingerprint, uid_t admin_uid);

@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The admin socket: HTTP/1.1 + JSON for operators (keybrokerctl). Peers are
+ * allowed by peer credentials only (admin_users / admin_groups; root when
+ * both are empty); anyone else gets 403. Endpoints per DESIGN "Admin API". */
+
+#include "http.h"
+
+/* userdata: struct kb_broker * */
+extern const struct kb_http_ops kb_admin_ops;
+
+/* Limits for the admin socket (small: its callers are few and trusted only
+ * after the peer check). */
+struct kb_http_limits kb_admin_limits(void);
+
+/* ---- shared by admin.c and admin-keys.c (exposed for unit tests) ---- */
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "identity.h"
+
+struct kb_broker;
+
+#define KB_ADMIN_KEY_NAME_MAX 128
+#define KB_ADMIN_ISO8601_MAX 32 /* "2026-11-25T07:00:00Z" and room */
+
+typedef enum kb_admin_endpoint {
+        KB_ADMIN_NONE,
+        KB_ADMIN_STATUS,        /* GET /status */
+        KB_ADMIN_KEYS,          /* GET /keys */
+        KB_ADMIN_KEY_SET,       /* PUT /keys/NAME */
+        KB_ADMIN_KEY_ROLLBACK,  /* POST /keys/NAME/rollback */
+        KB_ADMIN_KEY_DELETE,    /* DELETE /keys/NAME[?version=N] */
+        KB_ADMIN_TEAMS,         /* GET /teams */
+        KB_ADMIN_ROUTES,        /* GET /routes */
+        KB_ADMIN_RELOAD,        /* POST /reload */
+} kb_admin_endpoint;
+
+struct kb_admin_target {
+        kb_admin_endpoint endpoint;
+        char name[KB_ADMIN_KEY_NAME_MAX + 1];   /* key endpoints */
+        unsigned version;                       /* DELETE ?version=N; 0 = all */
+};
+
+/* Method and request target (path plus query) to an endpoint. Errors:
+ * -ENOENT unknown path (404), -EPERM wrong method (405), -EBADMSG invalid
+ * key name, -ERANGE invalid version, -EINVAL anything else malformed
+ * (percent-encoding, fragment, an unexpected query) (all 400). */
+int kb_admin_parse_target(const char *method, const char *url, struct kb_admin_target *ret);
+/* [A-Za-z0-9._-]{1,128}, without "..", not ".". */
+bool kb_admin_key_name_valid(const char *s, size_t n);
+/* admin_users / admin_groups (uid, primary or supplementary gid); root only
+ * when both are empty. A NULL identity is never allowed. */
+bool kb_admin_peer_allowed(const struct kb_agent_config *a, const struct kb_identity *id);
+
+/* "2026-11-25T07:00:00Z" from realtime µs. */
+int kb_admin_iso8601(uint64_t realtime_usec, char ret[static KB_ADMIN_ISO8601_MAX]);
+/* The same as a JSON string; null for 0 (unknown / never). */
+json_t *kb_admin_time_json(uint64_t realtime_usec);
+
+/* Answer with j (consumed; NULL means it could not be built: 500). */
+void kb_admin_respond(struct kb_conn *c, int status, json_t *j);
+/* {"error":{"message","code"}} */
+void kb_admin_error(struct kb_conn *c, int status, const char *code, const char *fmt, ...) _printf_(4, 5);
+
+/* admin-keys.c */
+void kb_admin_serve_keys(struct kb_conn *c, struct kb_broker *b);
+void kb_admin_serve_key_change(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
+                               const struct kb_admin_target *t, uid_t admin_uid);
+/* Zero a request body that may hold a secret. */
+void kb_admin_body_wipe(struct kb_http_request *req);
+/* The secret a PUT carries: one trailing "\n" or "\r\n" stripped, then
+ * 1..KB_KEY_MAX_BYTES bytes without control characters; *ret_why says what
+ * is wrong otherwise (-EINVAL). */
+int kb_admin_secret_from_body(const char *body, size_t len, size_t *ret_len, const char **ret_why);
