@@ -68,8 +68,10 @@ static const char *anthropic_error_type(int status) {
         }
 }
 
-/* The error object in the family's JSON shape; NULL on OOM. */
-static char *error_body(kb_family family, int status, const char *code, const char *message) {
+/* The error object in the family's JSON shape; NULL on OOM. openai_type
+ * overrides the OpenAI "type" derived from the status. */
+static char *error_body(kb_family family, int status, const char *code, const char *openai_type,
+                        const char *message) {
         json_t *j;
         if (family == KB_FAMILY_ANTHROPIC) {
                 _cleanup_free_ char *m = NULL;
@@ -78,8 +80,8 @@ static char *error_body(kb_family family, int status, const char *code, const ch
                 j = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", anthropic_error_type(status),
                               "message", m);
         } else
-                j = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", openai_error_type(status),
-                              "code", code);
+                j = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type",
+                              openai_type ?: openai_error_type(status), "code", code);
         if (!j)
                 return NULL;
         char *s = json_dumps(j, JSON_COMPACT);
@@ -89,37 +91,13 @@ static char *error_body(kb_family family, int status, const char *code, const ch
 
 size_t kb_api_common_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap,
                              char *scratch, size_t scratch_size) {
-        size_t used = 0;
-        /* Values built here live in scratch; it is the caller's stack. */
-#define PUT(name_, fmt_, ...)                                                                   \
-        do {                                                                                    \
-                int _w = snprintf(scratch + used, scratch_size - used, fmt_, __VA_ARGS__);      \
-                if (n < cap && _w >= 0 && (size_t) _w < scratch_size - used) {                  \
-                        h[n++] = (struct kb_http_header) { name_, scratch + used };             \
-                        used += (size_t) _w + 1;                                                \
-                }                                                                               \
-        } while (0)
-
         if (n < cap)
                 h[n++] = (struct kb_http_header) { KB_HDR_REQUEST_ID, r->id };
         if (r->team && n < cap)
                 h[n++] = (struct kb_http_header) { KB_HDR_TEAM_OUT, r->team->name };
         if (r->route && n < cap)
                 h[n++] = (struct kb_http_header) { KB_HDR_ROUTE, r->route->name };
-        if (r->team && r->team->requests_per_minute > 0) {
-                /* Quotas are enforced by a later milestone; until then the
-                 * window is never consumed, so remaining equals the limit. */
-                PUT("x-ratelimit-limit-requests", "%" PRIu64, r->team->requests_per_minute);
-                PUT("x-ratelimit-remaining-requests", "%" PRIu64, r->team->requests_per_minute);
-                PUT("x-ratelimit-reset-requests", "%s", "0s");
-        }
-        if (r->team && r->team->tokens_per_minute > 0) {
-                PUT("x-ratelimit-limit-tokens", "%" PRIu64, r->team->tokens_per_minute);
-                PUT("x-ratelimit-remaining-tokens", "%" PRIu64, r->team->tokens_per_minute);
-                PUT("x-ratelimit-reset-tokens", "%s", "0s");
-        }
-#undef PUT
-        return n;
+        return kb_metering_headers(r, h, n, cap, scratch, scratch_size);
 }
 
 static void respond_json(struct kb_request *r, int status, const char *body, const struct kb_http_header *extra,
@@ -137,22 +115,33 @@ static void respond_json(struct kb_request *r, int status, const char *body, con
         (void) kb_conn_respond(r->conn, status, h, n, body, strlen(body));
 }
 
-static void api_verror(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt,
+static void api_verror(struct kb_request *r, int status, const char *code, const char *openai_type,
+                       kb_outcome outcome, const struct kb_http_header *extra, size_t n_extra, const char *fmt,
                        va_list ap) {
         _cleanup_free_ char *msg = NULL, *body = NULL;
 
         if (vasprintf(&msg, fmt, ap) < 0)
                 msg = NULL;
         r->outcome = outcome;
-        body = error_body(r->family, status, code, msg ?: code);
-        respond_json(r, status, body ?: "{}", NULL, 0);
+        body = error_body(r->family, status, code, openai_type, msg ?: code);
+        respond_json(r, status, body ?: "{}", extra, n_extra);
+}
+
+void kb_api_fail_full(struct kb_request *r, int status, const char *code, const char *openai_type,
+                      kb_outcome outcome, const struct kb_http_header *extra, size_t n_extra, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        api_verror(r, status, code, openai_type, outcome, extra, n_extra, fmt, ap);
+        va_end(ap);
+        kb_request_finish(r);
 }
 
 void kb_api_error(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...) {
         va_list ap;
 
         va_start(ap, fmt);
-        api_verror(r, status, code, outcome, fmt, ap);
+        api_verror(r, status, code, NULL, outcome, NULL, 0, fmt, ap);
         va_end(ap);
 }
 
@@ -160,7 +149,7 @@ void kb_api_fail(struct kb_request *r, int status, const char *code, kb_outcome 
         va_list ap;
 
         va_start(ap, fmt);
-        api_verror(r, status, code, outcome, fmt, ap);
+        api_verror(r, status, code, NULL, outcome, NULL, 0, fmt, ap);
         va_end(ap);
         kb_request_finish(r);
 }
@@ -198,12 +187,7 @@ void kb_request_finish(struct kb_request *r) {
         r->finished = true;
         r->latency_usec = kb_now_usec() - r->start_usec;
 
-        if (r->tap && r->target) {
-                const struct kb_usage *u = kb_usage_tap_get(r->tap);
-                if (u->seen || (r->upstream_status >= 200 && r->upstream_status < 300))
-                        r->cost_microusd = kb_usage_cost_microusd(
-                                u, r->family, kb_price_find(r->route, r->target->upstream_model, u->upstream_model));
-        }
+        kb_metering_settle(r);
 
         /* The record reads the usage tap: write it before releasing. */
         int q = kb_journal_request(b->journal, r);
@@ -325,6 +309,8 @@ static void serve_forward(struct kb_request *r) {
          * the answer from an app that did not. */
         bool add_usage = r->endpoint == KB_ENDPOINT_CHAT && r->stream && !info.include_usage;
         r->hide_usage_chunk = add_usage;
+        if (!kb_metering_admit(r, &info))
+                return;
         kb_proxy_forward(r, r->target->upstream_model, add_usage);
 }
 
@@ -447,7 +433,7 @@ static void api_write_error(struct kb_conn *c, const char *path, int status, con
                             void *userdata) {
         struct kb_broker *b = userdata;
         kb_family family = family_of_path(path);
-        _cleanup_free_ char *body = error_body(family, status, code, message);
+        _cleanup_free_ char *body = error_body(family, status, code, NULL, message);
         unsigned char raw[16];
         char id[33];
 

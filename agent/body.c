@@ -72,6 +72,15 @@ int kb_body_inspect(const char *body, size_t len, struct kb_body_info *ret, cons
                 info.model_not_string = true;
 
         info.stream = json_is_true(json_object_get(root, "stream"));
+        /* The cap on output the app asked for, under whichever name its API uses. */
+        static const char *const caps[] = { "max_tokens", "max_completion_tokens", "max_output_tokens" };
+        for (size_t i = 0; i < ELEMENTSOF(caps); i++) {
+                json_t *v = json_object_get(root, caps[i]);
+                if (json_is_integer(v) && json_integer_value(v) > 0) {
+                        info.max_output_tokens = (uint64_t) json_integer_value(v);
+                        break;
+                }
+        }
         json_t *so = json_object_get(root, "stream_options");
         info.has_stream_options = so != NULL;
         info.include_usage = json_is_object(so) && json_is_true(json_object_get(so, "include_usage"));

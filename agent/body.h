@@ -18,6 +18,7 @@ struct kb_body_info {
         bool stream;            /* top-level "stream": true */
         bool include_usage;     /* stream_options.include_usage: true */
         bool has_stream_options;
+        uint64_t max_output_tokens;     /* max_tokens / max_completion_tokens / max_output_tokens; 0 = not given */
 };
 
 /* Validate body as one JSON object (duplicate keys rejected: an app must not

@@ -2,6 +2,8 @@
 /* Loading and swapping what the broker runs on: config plus keys, at start
  * and on reload (SIGHUP, POST /reload). */
 
+#include <fcntl.h>
+#include <sodium.h>
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
@@ -50,6 +52,10 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         int r = kb_config_load(b->config_path, false, &c, &error);
         if (r >= 0)
                 r = kb_broker_load_keys(c, &ks, &error);
+        /* Counters of teams that stay are kept; requests in flight settle
+         * against the team they were admitted under. */
+        if (r >= 0 && b->quota && (r = kb_quota_configure(b->quota, c)) < 0)
+                kb_keystore_free(ks);
         if (r < 0) {
                 if (!error && asprintf(&error, "%s: %s", b->config_path, strerror(-r)) < 0)
                         error = NULL;
@@ -78,5 +84,35 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         fprintf(stderr, "<6>configuration reloaded from %s\n", b->config_path);
         (void) kb_journal_config(b->journal, "reloaded", b->config_path, NULL);
         (void) sd_notify(false, "READY=1");
+        return 0;
+}
+
+int kb_broker_instance_id(const char *state_dir, char ret[33]) {
+        _cleanup_free_ char *path = NULL;
+        char buf[64];
+
+        if (!state_dir || asprintf(&path, "%s/instance", state_dir) < 0)
+                return -ENOMEM;
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        if (f && fgets(buf, sizeof(buf), f) && strspn(buf, "0123456789abcdef") == 32) {
+                memcpy(ret, buf, 32);
+                ret[32] = 0;
+                return 0;
+        }
+        /* First start with this state_dir: a new identity, kept from now on. */
+        unsigned char raw[16];
+        randombytes_buf(raw, sizeof(raw));
+        sodium_bin2hex(ret, 33, raw, sizeof(raw));
+        _cleanup_free_ char *tmp = NULL;
+        if (asprintf(&tmp, "%s.tmp", path) < 0)
+                return -ENOMEM;
+        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0)
+                return -errno;
+        if (dprintf(fd, "%s\n", ret) < 0 || fsync(fd) < 0 || rename(tmp, path) < 0) {
+                int k = -errno;
+                (void) unlink(tmp);
+                return k;
+        }
         return 0;
 }

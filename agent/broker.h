@@ -10,10 +10,12 @@
 #include <sys/queue.h>
 #include <systemd/sd-event.h>
 
+#include "body.h"
 #include "config.h"
 #include "http.h"
 #include "journal.h"
 #include "keystore.h"
+#include "quota.h"
 #include "request.h"
 #include "upstream.h"
 
@@ -32,6 +34,9 @@ struct kb_broker {
         struct kb_http_server *admin;
         struct kb_upstream *upstream;
         struct kb_journal *journal;
+        struct kb_quota *quota;
+        char instance[33];              /* this host's broker identity, kept in state_dir */
+        uint64_t seq;                   /* last settle sequence number */
 
         struct kb_uid_count *uid_conns; /* open app connections per uid */
         size_t n_uid_conns;
@@ -49,6 +54,10 @@ int kb_broker_load_keys(const struct kb_config *c, struct kb_keystore **ret, cha
  * *ret_error when non-NULL) and the running one stays. */
 int kb_broker_reload(struct kb_broker *b, char **ret_error);
 
+/* broker.c: this broker's identity in state_dir/instance (created on first
+ * start): request records carry it so quota recovery replays only its own. */
+int kb_broker_instance_id(const char *state_dir, char ret[33]);
+
 /* The app socket's callbacks (api.c). */
 extern const struct kb_http_ops kb_api_ops;
 struct kb_http_limits kb_api_limits(const struct kb_config *c);
@@ -57,6 +66,11 @@ struct kb_http_limits kb_api_limits(const struct kb_config *c);
  * shape, and finish it. */
 void kb_api_fail(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...)
         _printf_(5, 6);
+/* The same with an OpenAI "type" of the caller's (NULL: by status) and
+ * extra response headers (retry-after). */
+void kb_api_fail_full(struct kb_request *r, int status, const char *code, const char *openai_type,
+                      kb_outcome outcome, const struct kb_http_header *extra, size_t n_extra, const char *fmt, ...)
+        _printf_(8, 9);
 /* The same without finishing the request. */
 void kb_api_error(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...)
         _printf_(5, 6);
@@ -69,6 +83,18 @@ size_t kb_api_common_headers(struct kb_request *r, struct kb_http_header *h, siz
                              char *scratch, size_t scratch_size);
 /* api.c: journal the request, end the response, free it. */
 void kb_request_finish(struct kb_request *r);
+
+/* metering.c: reserve what r may spend (estimate from the body); false when
+ * it was refused and answered (429 quota_exceeded, 403 for an unpriced
+ * model). */
+bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info);
+/* metering.c: meter r's stream inline (the usage tap exists). */
+void kb_metering_attach(struct kb_request *r);
+/* metering.c: settle r to what it really used (called once, at finish). */
+void kb_metering_settle(struct kb_request *r);
+/* metering.c: the team's x-ratelimit-* headers. */
+size_t kb_metering_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap, char *scratch,
+                           size_t scratch_size);
 
 /* proxy.c: forward r (team, model, route resolved; body inspected) upstream. */
 void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage);

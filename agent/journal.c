@@ -15,6 +15,7 @@
 
 #include "keybroker/keybroker.h"
 #include "request.h"
+#include "broker.h"
 #include "usage.h"
 
 /* Field names of DESIGN's Journal section. Kept here until they move to
@@ -40,6 +41,8 @@
 #define F_UPSTREAM_STATUS "KEYBROKER_UPSTREAM_STATUS"
 #define F_OUTCOME "KEYBROKER_OUTCOME"
 #define F_INPUT_TOKENS "KEYBROKER_INPUT_TOKENS"
+#define F_INSTANCE "KEYBROKER_INSTANCE"
+#define F_SEQ "KEYBROKER_SEQ"
 #define F_OUTPUT_TOKENS "KEYBROKER_OUTPUT_TOKENS"
 #define F_CACHED_TOKENS "KEYBROKER_CACHED_TOKENS"
 #define F_CACHE_WRITE_TOKENS "KEYBROKER_CACHE_WRITE_TOKENS"
@@ -448,7 +451,7 @@ static const char *dash_if_empty(const char *s) {
 
 static int build_request(const struct kb_request *r, struct kb_record *rec) {
         const struct kb_identity *id = r->identity;
-        const struct kb_usage *u = r->tap ? kb_usage_tap_get(r->tap) : NULL;
+        const struct kb_usage *u = r->billed_set ? &r->billed : r->tap ? kb_usage_tap_get(r->tap) : NULL;
         const char *outcome = strempty(kb_outcome_to_string(r->outcome));
         const char *team = r->team ? r->team->name : NULL;
         const char *route = r->route ? r->route->name : NULL;
@@ -503,6 +506,11 @@ static int build_request(const struct kb_request *r, struct kb_record *rec) {
         ADD_CAPPED(rec, F_UPSTREAM_REQUEST_ID, upstream_rid);
         ADDF(rec, F_ATTEMPTS, "%u", r->attempts);
         ADD_CAPPED(rec, F_FALLBACK_FROM, r->fallback_from);
+        /* Beyond DESIGN's list: which broker instance settled this call, and
+         * in which order, so quota recovery replays exactly what a crash
+         * lost (README "Journal"). */
+        ADD(rec, F_INSTANCE, r->broker ? r->broker->instance : "");
+        ADDF(rec, F_SEQ, "%" PRIu64, r->seq);
         return 0;
 }
 
@@ -618,5 +626,26 @@ int kb_journal_key(struct kb_journal *j, const char *action, const char *name, c
         k = build_key(rec, action, name, version, fingerprint, admin_uid);
         if (k < 0)
                 return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, uint64_t used, uint64_t max,
+                     uint64_t reset_usec) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+
+        if (!j || !team || !limit)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        ADD(rec, F_MESSAGE_ID, KB_MID_QUOTA);
+        ADDF(rec, F_MESSAGE, "team %.*s hit its %s limit (%" PRIu64 " used of %" PRIu64 ")", MSG_NAME_MAX, team,
+             limit, used, max);
+        ADD(rec, F_PRIORITY, "4");
+        ADD(rec, F_TEAM, team);
+        ADD(rec, "KEYBROKER_LIMIT", limit);
+        ADDF(rec, "KEYBROKER_USED", "%" PRIu64, used);
+        ADDF(rec, "KEYBROKER_LIMIT_VALUE", "%" PRIu64, max);
+        ADDF(rec, "KEYBROKER_RESET_USEC", "%" PRIu64, reset_usec);
         return kb_journal_submit(j, TAKE_PTR(rec));
 }

@@ -63,6 +63,10 @@ void kb_journal_flush(struct kb_journal *j, uint64_t timeout_usec);
 int kb_journal_request(struct kb_journal *j, const struct kb_request *r);
 /* Lifecycle (KB_MID_LIFECYCLE): event is "started" or "stopping"; in_flight counts requests cut or pending. */
 int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight);
+/* A team hit a limit (KB_MID_QUOTA), once per limit per window: limit is
+ * the config key's name; amounts in its unit (requests, tokens, micro-USD). */
+int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, uint64_t used, uint64_t max,
+                     uint64_t reset_usec);
 /* Config (KB_MID_CONFIG): event "loaded", "reloaded", "rejected"; path; error may be NULL. */
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error);
 /* Key change (KB_MID_KEY): action "set", "rotated", "rolled_back" or

@@ -287,6 +287,20 @@ int main(int argc, char **argv) {
                 return 1;
         }
 
+        r = kb_quota_new(&d.b.quota);
+        if (r >= 0)
+                r = kb_quota_configure(d.b.quota, d.b.config);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot set up quotas: %s\n", strerror(-r));
+                return 1;
+        }
+        r = kb_broker_instance_id(d.b.config->agent.state_dir, d.b.instance);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot keep the instance id in state_dir %s: %s\n",
+                        strempty(d.b.config->agent.state_dir), strerror(-r));
+                return 1;
+        }
+
         r = run(&d);
         if (r < 0)
                 fprintf(stderr, "<3>keybrokerd: %s\n", strerror(-r));
@@ -296,6 +310,7 @@ int main(int argc, char **argv) {
         sd_event_source_unref(d.drain_timer);
         sd_event_unref(d.b.event);
         kb_keystore_free(d.b.keys);
+        kb_quota_free(d.b.quota);
         kb_config_unref(d.b.config);
         free(d.b.uid_conns);
         free(d.api.path);

@@ -138,6 +138,8 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
         r->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
         int q = kb_usage_tap_new(r->family, r->endpoint, r->sse, r->sse && r->hide_usage_chunk, &r->tap);
         if (q >= 0)
+                kb_metering_attach(r);
+        if (q >= 0)
                 q = kb_conn_begin(r->conn, (int) status, h, n);
         r->response_started = true;
         for (size_t i = 0; i < n_renamed; i++)
@@ -161,6 +163,9 @@ static int relay_data(struct kb_request *r, const char *buf, size_t len) {
         if (q < 0 && q != -E2BIG)
                 return q;
         write_out(r);
+        /* A stream cut at a quota limit: stop the provider too. */
+        if (r->quota_cut)
+                return -ECANCELED;
         return kb_conn_aborted(r->conn) ? -ECANCELED : 0;
 }
 
@@ -173,19 +178,20 @@ static int on_data(void *userdata, const char *buf, size_t len) {
         return q;
 }
 
-static void stream_error_event(struct kb_request *r, const char *message) {
+/* An error event in the family's SSE shape, after what the app already got. */
+static void stream_error_event(struct kb_request *r, const char *code, const char *openai_type,
+                               const char *anthropic_type, const char *message) {
         json_t *j;
         const char *prefix;
 
         if (r->family == KB_FAMILY_ANTHROPIC) {
                 _cleanup_free_ char *m = NULL;
-                if (asprintf(&m, "stream_interrupted: %s", message) < 0)
+                if (asprintf(&m, "%s: %s", code, message) < 0)
                         return;
-                j = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", "api_error", "message", m);
+                j = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", anthropic_type, "message", m);
                 prefix = "event: error\ndata: ";
         } else {
-                j = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", "server_error", "code",
-                              "stream_interrupted");
+                j = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", openai_type, "code", code);
                 prefix = "data: ";
         }
         _cleanup_free_ char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -209,6 +215,16 @@ static void conclude(struct kb_request *r, int error, const char *message) {
         }
         if (error == -ECANCELED && kb_conn_aborted(r->conn)) {
                 r->outcome = KB_OUTCOME_CLIENT_ABORT;
+                return;
+        }
+        if (r->quota_cut) {
+                r->outcome = KB_OUTCOME_QUOTA_REJECTED;
+                _cleanup_free_ char *m = NULL;
+                if (asprintf(&m, "team '%s' reached a token or budget limit during this stream; "
+                             "it was cut at the limit", r->team->name) < 0)
+                        m = NULL;
+                stream_error_event(r, "quota_exceeded", "insufficient_quota", "rate_limit_error",
+                                   m ?: "quota exceeded");
                 return;
         }
 
@@ -237,7 +253,7 @@ void kb_proxy_cut(struct kb_request *r, const char *why) {
         /* Never let the app mistake the cut for a clean end. */
         r->outcome = KB_OUTCOME_STREAM_INTERRUPTED;
         if (r->sse)
-                stream_error_event(r, why);
+                stream_error_event(r, "stream_interrupted", "server_error", "api_error", why);
         else
                 kb_conn_kill(r->conn);
 }

@@ -32,6 +32,8 @@ const char *kb_outcome_to_string(kb_outcome o);
 struct kb_broker;
 struct kb_upstream_call;
 struct kb_key;
+struct kb_reservation;
+struct kb_price;
 
 struct kb_request {
         struct kb_broker *broker;
@@ -74,6 +76,17 @@ struct kb_request {
         unsigned attempts;
         char *fallback_from;
         int64_t cost_microusd;
+
+        /* Metering (metering.c) */
+        struct kb_reservation *reservation;
+        uint64_t est_input_tokens;      /* reserved before forwarding */
+        uint64_t est_output_tokens;
+        const struct kb_price *price;   /* NULL: unpriced */
+        uint64_t delivered_deltas;      /* output events the app got before a quota cut */
+        bool quota_cut;                 /* the stream was cut at a limit */
+        struct kb_usage billed;         /* what the record and the quota settle say; strings borrowed from the tap */
+        bool billed_set;
+        uint64_t seq;                   /* settle sequence, for replay after a crash */
 
         uint64_t start_usec;            /* monotonic */
         uint64_t ttfb_usec;             /* upstream first byte, relative to start; 0 if none */

@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: MIT */
+/* What a request may spend: reserve an estimate before forwarding (refuse
+ * with 429 when any limit would be crossed), meter a stream inline and cut
+ * it at the limit, settle to real usage at the end, and tell the app its
+ * team's x-ratelimit-* numbers. The arithmetic is quota.c's. */
+
+#include <jansson.h>
+#include <time.h>
+
+#include "broker.h"
+
+/* Output reserved for a call that names no cap (max_tokens & co.): settle
+ * releases what was not used. */
+#define KB_DEFAULT_OUTPUT_RESERVE 4096
+
+/* Tokens a call consumed, as the quota counts them: everything the provider
+ * processed. OpenAI's input already includes cached tokens; Anthropic's
+ * excludes cache reads and writes. */
+static uint64_t usage_tokens(const struct kb_usage *u, kb_family family) {
+        uint64_t t = u->input_tokens + u->output_tokens;
+        if (family == KB_FAMILY_ANTHROPIC)
+                t += u->cached_tokens + u->cache_write_tokens;
+        return t;
+}
+
+static int64_t usage_cost(const struct kb_request *r, const struct kb_usage *u) {
+        return kb_usage_cost_microusd(u, r->family, r->price);
+}
+
+/* A USD budget makes an unpriced model a hole in it: refuse unless the team
+ * says such calls cost zero. */
+static bool unpriced_denied(const struct kb_team *t) {
+        if (t->unpriced >= 0)
+                return t->unpriced == 0;
+        return t->budget_microusd_per_day > 0 || t->budget_microusd_per_month > 0;
+}
+
+static void iso8601(uint64_t usec, char *buf, size_t size) {
+        time_t s = (time_t) (usec / USEC_PER_SEC);
+        struct tm tm;
+        if (usec == 0 || !gmtime_r(&s, &tm) || strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+                snprintf(buf, size, "unknown");
+}
+
+static void format_amount(kb_quota_limit l, uint64_t v, char *buf, size_t size) {
+        if (l == KB_QUOTA_BUDGET_PER_DAY || l == KB_QUOTA_BUDGET_PER_MONTH)
+                snprintf(buf, size, "$%" PRIu64 ".%06" PRIu64, v / 1000000, v % 1000000);
+        else
+                snprintf(buf, size, "%" PRIu64, v);
+}
+
+static void refuse(struct kb_request *r, const struct kb_quota_denial *d, uint64_t now) {
+        char used[32], max[32], reset[32], retry[24];
+        const char *limit = kb_quota_limit_to_string(d->limit);
+
+        format_amount(d->limit, d->used, used, sizeof(used));
+        format_amount(d->limit, d->max, max, sizeof(max));
+        iso8601(d->reset_usec, reset, sizeof(reset));
+        /* Unknown reset (concurrency, in-flight reservations): try again soon. */
+        uint64_t wait = d->reset_usec > now ? (d->reset_usec - now + USEC_PER_SEC - 1) / USEC_PER_SEC : 1;
+        snprintf(retry, sizeof(retry), "%" PRIu64, MAX(wait, (uint64_t) 1));
+
+        if (d->first_in_window)
+                (void) kb_journal_quota(r->broker->journal, r->team->name, limit, d->used, d->max, d->reset_usec);
+
+        struct kb_http_header h[] = { { "retry-after", retry } };
+        kb_api_fail_full(r, 429, "quota_exceeded", kb_quota_limit_error_type(d->limit), KB_OUTCOME_QUOTA_REJECTED,
+                          h, ELEMENTSOF(h),
+                          "team '%s' is over its %s limit: %s used of %s; resets at %s", r->team->name, limit,
+                          used, max, reset);
+}
+
+bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info) {
+        struct kb_quota_denial d = {};
+        uint64_t now = kb_realtime_usec();
+
+        r->price = kb_price_find(r->route, r->target->upstream_model, NULL);
+        if (!r->price && unpriced_denied(r->team)) {
+                kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
+                            "model '%s' has no price on route '%s' and team '%s' has a USD budget "
+                            "(unpriced = deny); add a price or set unpriced = zero",
+                            r->model, r->route->name, r->team->name);
+                return false;
+        }
+
+        /* About four bytes of JSON per token: an over-estimate for prose,
+         * released at settle. */
+        r->est_input_tokens = (r->http->body.len + 3) / 4;
+        if (r->endpoint == KB_ENDPOINT_EMBEDDINGS || r->endpoint == KB_ENDPOINT_COUNT_TOKENS)
+                r->est_output_tokens = 0;
+        else
+                r->est_output_tokens = info->max_output_tokens ?: KB_DEFAULT_OUTPUT_RESERVE;
+
+        struct kb_usage est = { .input_tokens = r->est_input_tokens, .output_tokens = r->est_output_tokens };
+        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, usage_tokens(&est, r->family),
+                                 usage_cost(r, &est), &r->reservation, &d);
+        if (q == -EDQUOT) {
+                refuse(r, &d, now);
+                return false;
+        }
+        if (q < 0) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_QUOTA_REJECTED, "cannot reserve quota: %s",
+                            strerror(-q));
+                return false;
+        }
+        return true;
+}
+
+/* The running usage of a stream: output as metered event by event until the
+ * provider reports it; input as estimated until reported. */
+static struct kb_usage running_usage(const struct kb_request *r, const struct kb_usage *u) {
+        struct kb_usage cur = *u;
+        cur.output_tokens = MAX(u->output_tokens, u->streamed_deltas);
+        if (!u->seen)
+                cur.input_tokens = r->est_input_tokens;
+        return cur;
+}
+
+static int gate(void *userdata, const struct kb_usage *u) {
+        struct kb_request *r = userdata;
+        struct kb_usage cur = running_usage(r, u);
+        uint64_t tokens = usage_tokens(&cur, r->family);
+        int64_t cost = usage_cost(r, &cur);
+
+        if (tokens > kb_reservation_tokens(r->reservation) || cost > kb_reservation_cost(r->reservation)) {
+                struct kb_quota_denial d = {};
+                if (kb_quota_grow(r->reservation, kb_realtime_usec(), tokens, cost, &d) == -EDQUOT) {
+                        r->quota_cut = true;
+                        if (d.first_in_window)
+                                (void) kb_journal_quota(r->broker->journal, r->team->name,
+                                                        kb_quota_limit_to_string(d.limit), d.used, d.max,
+                                                        d.reset_usec);
+                        return 1;
+                }
+        }
+        r->delivered_deltas = u->streamed_deltas;
+        return 0;
+}
+
+void kb_metering_attach(struct kb_request *r) {
+        if (r->reservation && r->tap && r->sse)
+                kb_usage_tap_set_gate(r->tap, gate, r);
+}
+
+void kb_metering_settle(struct kb_request *r) {
+        struct kb_usage billed = {};
+
+        if (r->tap) {
+                const struct kb_usage *u = kb_usage_tap_get(r->tap);
+                bool answered = r->upstream_status >= 200 && r->upstream_status < 300;
+
+                billed = *u;
+                if (r->sse) {
+                        billed.output_tokens =
+                                r->quota_cut ? r->delivered_deltas : MAX(u->output_tokens, u->streamed_deltas);
+                        /* A stream cut before the provider's usage arrived
+                         * still consumed its prompt. */
+                        if (!u->seen && answered)
+                                billed.input_tokens = r->est_input_tokens;
+                }
+                r->billed = billed;
+                r->billed_set = true;
+                if (u->seen || answered)
+                        r->cost_microusd = usage_cost(r, &billed);
+        }
+        if (r->reservation) {
+                kb_quota_settle(r->reservation, kb_realtime_usec(), usage_tokens(&billed, r->family),
+                                r->cost_microusd);
+                r->reservation = NULL;
+                r->seq = ++r->broker->seq;
+        }
+}
+
+/* OpenAI's reset format: "1s", "6m0s", "20ms". */
+static void format_reset(uint64_t usec, char *buf, size_t size) {
+        if (usec < USEC_PER_SEC)
+                snprintf(buf, size, "%" PRIu64 "ms", usec / USEC_PER_MSEC);
+        else if (usec < 60 * USEC_PER_SEC)
+                snprintf(buf, size, "%" PRIu64 "s", (usec + USEC_PER_SEC - 1) / USEC_PER_SEC);
+        else {
+                uint64_t s = (usec + USEC_PER_SEC - 1) / USEC_PER_SEC;
+                snprintf(buf, size, "%" PRIu64 "m%" PRIu64 "s", s / 60, s % 60);
+        }
+}
+
+size_t kb_metering_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap, char *scratch,
+                           size_t scratch_size) {
+        static const struct {
+                kb_quota_limit limit;
+                const char *names[3];
+        } windows[] = {
+                { KB_QUOTA_REQUESTS_PER_MINUTE,
+                  { "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests" } },
+                { KB_QUOTA_TOKENS_PER_MINUTE,
+                  { "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens" } },
+        };
+        struct kb_quota_view v;
+        uint64_t now = kb_realtime_usec();
+        size_t used = 0;
+
+        if (!r->team || kb_quota_view(r->broker->quota, r->team->name, now, &v) < 0)
+                return n;
+        for (size_t i = 0; i < ELEMENTSOF(windows); i++) {
+                const struct kb_quota_window *w = &v.windows[windows[i].limit];
+                char reset[24];
+                if (w->limit == 0 || n + 3 > cap)
+                        continue;
+                format_reset(w->reset_usec > now ? w->reset_usec - now : 0, reset, sizeof(reset));
+                int k = snprintf(scratch + used, scratch_size - used, "%" PRIu64 "%c%" PRIu64 "%c%s%c", w->limit, 0,
+                                 w->remaining, 0, reset, 0);
+                if (k < 0 || (size_t) k >= scratch_size - used)
+                        break;
+                const char *p = scratch + used;
+                for (size_t j = 0; j < 3; j++) {
+                        h[n++] = (struct kb_http_header) { windows[i].names[j], p };
+                        p += strlen(p) + 1;
+                }
+                used += (size_t) k + 1;
+        }
+        return n;
+}
