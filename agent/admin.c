@@ -159,12 +159,77 @@ static json_t *team_json(const struct kb_team *t) {
                          "owner", t->owner ? json_string(t->owner) : json_null());
 }
 
+/* ---- GET /teams usage ---- */
+
+static json_t *count_json(uint64_t v) {
+        return json_integer((json_int_t) MIN(v, (uint64_t) INT64_MAX));
+}
+
+/* Always a string, "0.000000" included: usage is a reading, not a setting. */
+static json_t *usd_amount_json(uint64_t microusd) {
+        char buf[64];
+
+        snprintf(buf, sizeof(buf), "%" PRIu64 ".%06" PRIu64, microusd / 1000000, microusd % 1000000);
+        return json_string(buf);
+}
+
+/* One window: limit and remaining are null when the team has no such limit;
+ * budgets as USD strings plus exact *_microusd integers. */
+static json_t *window_json(kb_quota_limit l, const struct kb_quota_window *w) {
+        bool unlimited = w->limit == 0;
+
+        if (l != KB_QUOTA_BUDGET_PER_DAY && l != KB_QUOTA_BUDGET_PER_MONTH)
+                return json_pack("{s:o, s:o, s:o, s:o, s:o}",
+                                 "limit", unlimited ? json_null() : count_json(w->limit),
+                                 "used", count_json(w->used),
+                                 "reserved", count_json(w->reserved),
+                                 "remaining", unlimited ? json_null() : count_json(w->remaining),
+                                 "reset", kb_admin_time_json(w->reset_usec));
+        return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+                         "limit", unlimited ? json_null() : usd_amount_json(w->limit),
+                         "used", usd_amount_json(w->used),
+                         "reserved", usd_amount_json(w->reserved),
+                         "remaining", unlimited ? json_null() : usd_amount_json(w->remaining),
+                         "reset", kb_admin_time_json(w->reset_usec),
+                         "limit_microusd", unlimited ? json_null() : count_json(w->limit),
+                         "used_microusd", count_json(w->used),
+                         "reserved_microusd", count_json(w->reserved),
+                         "remaining_microusd", unlimited ? json_null() : count_json(w->remaining));
+}
+
+/* Adds "usage", "in_flight" and "month_tokens" to a team object. A team the
+ * quota does not know (cannot happen after a configure) just gets none. */
+static int add_usage(json_t *team, const struct kb_quota *q, const char *name, uint64_t now) {
+        struct kb_quota_view v;
+
+        if (!q || kb_quota_view(q, name, now, &v) < 0)
+                return 0;
+        json_t *usage = json_object();
+        if (!usage)
+                return -ENOMEM;
+        for (kb_quota_limit l = 0; l < _KB_QUOTA_LIMIT_MAX; l++)
+                if (json_object_set_new(usage, kb_quota_limit_to_string(l), window_json(l, &v.windows[l])) < 0) {
+                        json_decref(usage);
+                        return -ENOMEM;
+                }
+        if (json_object_set_new(team, "usage", usage) < 0 ||
+            json_object_set_new(team, "in_flight", count_json(v.in_flight)) < 0 ||
+            json_object_set_new(team, "month_tokens", count_json(v.month_tokens)) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
 static void serve_teams(struct kb_conn *c, struct kb_broker *b) {
         const struct kb_config *cfg = b->config;
         json_t *teams = json_array();
+        uint64_t now = kb_realtime_usec();
 
         for (size_t i = 0; teams && i < cfg->n_teams; i++) {
                 json_t *t = team_json(&cfg->teams[i]);
+                if (t && add_usage(t, b->quota, cfg->teams[i].name, now) < 0) {
+                        json_decref(t);
+                        t = NULL;
+                }
                 if (!t || json_array_append_new(teams, t) < 0) {
                         json_decref(teams);
                         teams = NULL;
