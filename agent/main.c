@@ -11,6 +11,8 @@
 
 #include "admin.h"
 #include "broker.h"
+#include "router.h"
+#include "quota-recovery.h"
 #include "keybroker/keybroker.h"
 
 #define JOURNAL_QUEUE 65536
@@ -26,6 +28,7 @@ struct daemon {
         bool draining;
         uint64_t drain_deadline;
         sd_event_source *drain_timer;
+        struct kb_quota_saver *saver;
 };
 
 static void help(void) {
@@ -210,6 +213,11 @@ static int run(struct daemon *d) {
                 fprintf(stderr, "<3>cannot start the journal writer: %s\n", strerror(-r));
                 return r;
         }
+        r = kb_quota_saver_new(b->event, b, &d->saver);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot schedule quota snapshots: %s\n", strerror(-r));
+                return r;
+        }
         r = kb_upstream_new(b->event, &b->upstream);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot set up libcurl: %s\n", strerror(-r));
@@ -249,6 +257,8 @@ static int run(struct daemon *d) {
                 (void) unlink(d->api.path);
         if (d->admin.path)
                 (void) unlink(d->admin.path);
+        /* Every request has settled and queued its record by now. */
+        (void) kb_quota_saver_final(d->saver);
         return r;
 }
 
@@ -294,10 +304,21 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "<3>cannot set up quotas: %s\n", strerror(-r));
                 return 1;
         }
+        r = kb_routing_setup(&d.b);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot set up routing: %s\n", strerror(-r));
+                return 1;
+        }
         r = kb_broker_instance_id(d.b.config->agent.state_dir, d.b.instance);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot keep the instance id in state_dir %s: %s\n",
                         strempty(d.b.config->agent.state_dir), strerror(-r));
+                return 1;
+        }
+        /* Before serving: counters as they were, kill -9 included. */
+        r = kb_quota_recover(&d.b.quota, d.b.config, d.b.instance, &d.b.seq);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot recover quota counters: %s\n", strerror(-r));
                 return 1;
         }
 
@@ -308,9 +329,11 @@ int main(int argc, char **argv) {
         kb_upstream_free(d.b.upstream);
         kb_journal_free(d.b.journal, 5 * USEC_PER_SEC);
         sd_event_source_unref(d.drain_timer);
+        kb_quota_saver_free(d.saver);
         sd_event_unref(d.b.event);
         kb_keystore_free(d.b.keys);
         kb_quota_free(d.b.quota);
+        kb_router_free(d.b.router);
         kb_config_unref(d.b.config);
         free(d.b.uid_conns);
         free(d.api.path);

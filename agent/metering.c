@@ -13,16 +13,6 @@
  * releases what was not used. */
 #define KB_DEFAULT_OUTPUT_RESERVE 4096
 
-/* Tokens a call consumed, as the quota counts them: everything the provider
- * processed. OpenAI's input already includes cached tokens; Anthropic's
- * excludes cache reads and writes. */
-static uint64_t usage_tokens(const struct kb_usage *u, kb_family family) {
-        uint64_t t = u->input_tokens + u->output_tokens;
-        if (family == KB_FAMILY_ANTHROPIC)
-                t += u->cached_tokens + u->cache_write_tokens;
-        return t;
-}
-
 static int64_t usage_cost(const struct kb_request *r, const struct kb_usage *u) {
         return kb_usage_cost_microusd(u, r->family, r->price);
 }
@@ -92,7 +82,7 @@ bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info) {
                 r->est_output_tokens = info->max_output_tokens ?: KB_DEFAULT_OUTPUT_RESERVE;
 
         struct kb_usage est = { .input_tokens = r->est_input_tokens, .output_tokens = r->est_output_tokens };
-        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, usage_tokens(&est, r->family),
+        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, kb_usage_quota_tokens(&est, r->family),
                                  usage_cost(r, &est), &r->reservation, &d);
         if (q == -EDQUOT) {
                 refuse(r, &d, now);
@@ -119,7 +109,7 @@ static struct kb_usage running_usage(const struct kb_request *r, const struct kb
 static int gate(void *userdata, const struct kb_usage *u) {
         struct kb_request *r = userdata;
         struct kb_usage cur = running_usage(r, u);
-        uint64_t tokens = usage_tokens(&cur, r->family);
+        uint64_t tokens = kb_usage_quota_tokens(&cur, r->family);
         int64_t cost = usage_cost(r, &cur);
 
         if (tokens > kb_reservation_tokens(r->reservation) || cost > kb_reservation_cost(r->reservation)) {
@@ -164,7 +154,7 @@ void kb_metering_settle(struct kb_request *r) {
                         r->cost_microusd = usage_cost(r, &billed);
         }
         if (r->reservation) {
-                kb_quota_settle(r->reservation, kb_realtime_usec(), usage_tokens(&billed, r->family),
+                kb_quota_settle(r->reservation, kb_realtime_usec(), kb_usage_quota_tokens(&billed, r->family),
                                 r->cost_microusd);
                 r->reservation = NULL;
                 r->seq = ++r->broker->seq;

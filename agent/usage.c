@@ -684,3 +684,18 @@ int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const
                 cost += (uint64_t) p->request;
         return cost > INT64_MAX ? INT64_MAX : (int64_t) cost;
 }
+
+static uint64_t add_sat(uint64_t a, uint64_t b) {
+        return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+uint64_t kb_usage_quota_tokens(const struct kb_usage *u, kb_family family) {
+        uint64_t t;
+
+        if (!u)
+                return 0;
+        t = add_sat(u->input_tokens, u->output_tokens);
+        if (family == KB_FAMILY_ANTHROPIC)
+                t = add_sat(t, add_sat(u->cached_tokens, u->cache_write_tokens));
+        return t;
+}

@@ -126,3 +126,9 @@ const struct kb_price *kb_price_find(const struct kb_route *route, const char *u
  * Anthropic reports them apart. A class without its own price (cached_input,
  * cache_write) is charged at the input price. 0 when p is NULL. */
 int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const struct kb_price *p);
+
+/* Tokens a call consumed, as the quota counts them and as replay after a
+ * crash recounts them from the journal: everything the provider processed.
+ * OpenAI's input already includes cached tokens; Anthropic's excludes cache
+ * reads and writes. Saturates at UINT64_MAX. */
+uint64_t kb_usage_quota_tokens(const struct kb_usage *u, kb_family family);

@@ -471,6 +471,7 @@ sub start_mock(%o) {
         }, 'KB::Mock';
         my @cmd = ($KB_MOCK, '--port', 0, '--port-file', $s->{port_file}, '--log', $s->{log},
                    map { ('--require-key', $_) } @{$o{require_key} // []});
+        push @cmd, '--models', join(',', @{$o{models}}) if $o{models};
         $s->{pid} = spawn(cmd => \@cmd, output => $s->{out}, name => 'kb-mock');
         my $ok = wait_until(10, sub {
                 my $p = slurp($s->{port_file});
@@ -518,6 +519,32 @@ package KB::Broker {
         }
 
         sub exit_code($s) { $s->{exit_code} }
+
+        # Start keybrokerd again, same command, config and dir (state_dir
+        # included), after it ended (stop, or stop('KILL') for a crash);
+        # output is appended to the same log. Dies like start_broker when it
+        # does not come up within $timeout s.
+        sub respawn($s, $timeout = 10) {
+                Carp::croak('respawn of a broker that is still running') unless exists $s->{status};
+                delete @$s{qw(status exit_code)};
+                $s->{started_at} = Time::HiRes::time();
+                $s->{pid} = KB::spawn(cmd => $s->{cmd}, output => $s->{logfile}, name => 'keybrokerd');
+                my $up = KB::wait_until($timeout, sub {
+                        if (defined(my $st = KB::wait_pid($s->{pid}, 0))) {
+                                $s->{status} = $st;
+                                return -1;
+                        }
+                        my $c = -S $s->{socket} && IO::Socket::UNIX->new(Type => Socket::SOCK_STREAM(),
+                                                                         Peer => $s->{socket});
+                        return $c ? 1 : 0;
+                });
+                if (!$up || $up < 0) {
+                        KB::diag_lines('keybrokerd output', $s->log);
+                        Carp::croak('keybrokerd ' . ($up ? 'exited during restart (' . KB::status_text($s->{status}) . ')'
+                                                         : "did not accept on $s->{socket} within $timeout s"));
+                }
+                return $s;
+        }
 
         sub DESTROY($s) {
                 local $?;
@@ -617,8 +644,8 @@ sub start_broker(%o) {
         my @wrap = map { s/\@DIR\@/$dir/gr } @{$o{wrap} // []};
 
         $s->{started_at} = time;
-        $s->{pid} = spawn(cmd => [@wrap, $KEYBROKERD, '--config', $s->{conf}, @{$o{args} // []}],
-                          output => $s->{logfile}, name => 'keybrokerd');
+        $s->{cmd} = [@wrap, $KEYBROKERD, '--config', $s->{conf}, @{$o{args} // []}];
+        $s->{pid} = spawn(cmd => $s->{cmd}, output => $s->{logfile}, name => 'keybrokerd');
         my $up = wait_until(10, sub {
                 if (defined(my $st = wait_pid($s->{pid}, 0))) {
                         $s->{status} = $st;
