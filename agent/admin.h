@@ -37,12 +37,17 @@ typedef enum kb_admin_endpoint {
         KB_ADMIN_TEAMS,         /* GET /teams */
         KB_ADMIN_ROUTES,        /* GET /routes */
         KB_ADMIN_RELOAD,        /* POST /reload */
+        KB_ADMIN_ROUTE_CHECK,   /* POST /routes/NAME/check */
+        KB_ADMIN_MODEL_SPLIT,   /* PUT /models/NAME/split */
 } kb_admin_endpoint;
+
+#define KB_ADMIN_MODEL_NAME_MAX 256
 
 struct kb_admin_target {
         kb_admin_endpoint endpoint;
-        char name[KB_ADMIN_KEY_NAME_MAX + 1];   /* key endpoints */
+        char name[KB_ADMIN_KEY_NAME_MAX + 1];   /* key endpoints, route check */
         unsigned version;                       /* DELETE ?version=N; 0 = all */
+        char model[KB_ADMIN_MODEL_NAME_MAX + 1]; /* model split */
 };
 
 /* Method and request target (path plus query) to an endpoint. Errors:
@@ -76,3 +81,15 @@ void kb_admin_body_wipe(struct kb_http_request *req);
  * 1..KB_KEY_MAX_BYTES bytes without control characters; *ret_why says what
  * is wrong otherwise (-EINVAL). */
 int kb_admin_secret_from_body(const char *body, size_t len, size_t *ret_len, const char **ret_why);
+
+/* admin-routes.c */
+/* A model name as the admin API takes it in a path: 1..256 printable ASCII
+ * characters without blanks, '[', ']', '*', '"', '\', '%', '?', '#'. */
+bool kb_admin_model_name_valid(const char *s, size_t n);
+/* PUT /models/NAME/split: body {"weights":{"ROUTE":N,...}}. */
+void kb_admin_serve_model_split(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
+                                const struct kb_admin_target *t, uid_t admin_uid);
+/* Adds a route's runtime state to its GET /routes object: "circuit",
+ * "consecutive_failures", "window_requests", "error_ratio",
+ * "p50_latency_ms", "open_remaining_s". */
+int kb_admin_route_state(json_t *o, struct kb_broker *b, const struct kb_route *route);

@@ -15,6 +15,7 @@
 
 #include "keybroker/keybroker.h"
 #include "request.h"
+#include "router.h"
 #include "broker.h"
 #include "usage.h"
 
@@ -647,5 +648,99 @@ int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, 
         ADDF(rec, "KEYBROKER_USED", "%" PRIu64, used);
         ADDF(rec, "KEYBROKER_LIMIT_VALUE", "%" PRIu64, max);
         ADDF(rec, "KEYBROKER_RESET_USEC", "%" PRIu64, reset_usec);
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, bool ok,
+                         const char *detail, uint64_t latency_ms, const char *evidence) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        bool summary;
+
+        if (!j || !route || !check)
+                return -EINVAL;
+        summary = streq(check, "summary");
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        ADD(rec, F_MESSAGE_ID, KB_MID_PREFLIGHT);
+        if (summary)
+                ADDF(rec, F_MESSAGE, "preflight of route %.*s (model %.*s): %s: %.*s, %" PRIu64 " ms", MSG_NAME_MAX,
+                     route, MSG_NAME_MAX, dash_if_empty(model), ok ? "passed" : "FAILED", MSG_ERROR_MAX,
+                     dash_if_empty(detail), latency_ms);
+        else
+                ADDF(rec, F_MESSAGE, "preflight of route %.*s: %.*s %s: %.*s (%" PRIu64 " ms)", MSG_NAME_MAX, route,
+                     MSG_NAME_MAX, check, ok ? "ok" : "FAILED", MSG_ERROR_MAX, dash_if_empty(detail), latency_ms);
+        ADD(rec, F_PRIORITY, ok ? "6" : "4");
+        ADD_CAPPED(rec, F_ROUTE, route);
+        if (model)
+                ADD_CAPPED(rec, F_MODEL, model);
+        ADD_CAPPED(rec, "KEYBROKER_CHECK", check);
+        ADD(rec, "KEYBROKER_CHECK_OK", ok ? "1" : "0");
+        ADD_CAPPED(rec, "KEYBROKER_CHECK_DETAIL", detail);
+        ADDF(rec, F_LATENCY_MS, "%" PRIu64, latency_ms);
+        if (evidence)
+                ADD_CAPPED(rec, "KEYBROKER_EVIDENCE", evidence);
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_route(struct kb_record *rec, const struct kb_route_event *ev) {
+        const char *event = kb_route_event_to_string(ev->kind);
+        bool circuit = ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CIRCUIT_HALF_OPEN ||
+                ev->kind == KB_ROUTE_CIRCUIT_CLOSED;
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_ROUTE);
+        switch (ev->kind) {
+        case KB_ROUTE_CIRCUIT_OPENED:
+        case KB_ROUTE_CIRCUIT_HALF_OPEN:
+        case KB_ROUTE_CIRCUIT_CLOSED:
+                ADDF(rec, F_MESSAGE, "route %.*s: circuit %s (%s)", MSG_NAME_MAX, strempty(ev->route),
+                     ev->kind == KB_ROUTE_CIRCUIT_OPENED ? "opened"
+                     : ev->kind == KB_ROUTE_CIRCUIT_CLOSED ? "closed" : "half-open",
+                     strempty(ev->reason));
+                break;
+        case KB_ROUTE_CANARY_ROLLED_BACK:
+                ADDF(rec, F_MESSAGE, "model %.*s: canary route %.*s rolled back to weight 0 (%s); weights now %.*s",
+                     MSG_NAME_MAX, strempty(ev->model), MSG_NAME_MAX, strempty(ev->route), strempty(ev->reason),
+                     MSG_ERROR_MAX, strempty(ev->weights));
+                break;
+        default:
+                ADDF(rec, F_MESSAGE, "model %.*s: split changed to %.*s%s", MSG_NAME_MAX, strempty(ev->model),
+                     MSG_ERROR_MAX, strempty(ev->weights), ev->admin_uid >= 0 ? " by an admin" : "");
+                break;
+        }
+        ADD(rec, F_PRIORITY, ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CANARY_ROLLED_BACK ? "4"
+                             : ev->kind == KB_ROUTE_SPLIT_CHANGED ? "5" : "6");
+        ADD(rec, F_EVENT, strempty(event));
+        if (ev->route)
+                ADD_CAPPED(rec, F_ROUTE, ev->route);
+        if (ev->model)
+                ADD_CAPPED(rec, F_MODEL, ev->model);
+        if (ev->weights)
+                ADD_CAPPED(rec, "KEYBROKER_WEIGHTS", ev->weights);
+        if (ev->reason)
+                ADD_CAPPED(rec, "KEYBROKER_REASON", ev->reason);
+        if (ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CANARY_ROLLED_BACK) {
+                ADDF(rec, "KEYBROKER_ERROR_RATIO", "%.3f", ev->error_ratio);
+                ADDF(rec, "KEYBROKER_REQUESTS", "%" PRIu64, ev->requests);
+        }
+        if (circuit)
+                ADDF(rec, "KEYBROKER_CONSECUTIVE_FAILURES", "%u", ev->consecutive_failures);
+        if (ev->admin_uid >= 0)
+                ADDF(rec, F_ADMIN_UID, "%" PRId64, ev->admin_uid);
+        return 0;
+}
+
+int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !ev || !kb_route_event_to_string(ev->kind))
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_route(rec, ev);
+        if (k < 0)
+                return k;
         return kb_journal_submit(j, TAKE_PTR(rec));
 }

@@ -16,6 +16,7 @@
 struct kb_journal;
 struct kb_record;
 struct kb_request;
+struct kb_route_event;
 
 /* Limits on what one record may hold. */
 #define KB_RECORD_MAX_FIELDS 256
@@ -74,3 +75,17 @@ int kb_journal_config(struct kb_journal *j, const char *event, const char *path,
  * version; fingerprint may be NULL (nothing left to fingerprint). */
 int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
                    const char *fingerprint, uid_t admin_uid);
+/* Preflight (KB_MID_PREFLIGHT): one record per check of a route (check:
+ * "credentials", "model_listed", …) and a summary (check "summary": ok is
+ * the overall result, latency_ms the whole run, evidence the saved file or
+ * NULL). model and detail may be NULL. */
+int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, bool ok,
+                         const char *detail, uint64_t latency_ms, const char *evidence);
+/* Route state (KB_MID_ROUTE): a circuit opened, went half-open or closed, a
+ * canary was rolled back, a split changed (router.h's event). Fields:
+ * KEYBROKER_EVENT, KEYBROKER_ROUTE (not for split_changed), KEYBROKER_MODEL
+ * and KEYBROKER_WEIGHTS ("ROUTE=N,...") where relevant, KEYBROKER_REASON,
+ * KEYBROKER_ERROR_RATIO and KEYBROKER_REQUESTS (circuit_opened,
+ * canary_rolled_back), KEYBROKER_CONSECUTIVE_FAILURES (circuit events),
+ * KEYBROKER_ADMIN_UID (a split set by an admin). */
+int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev);

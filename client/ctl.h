@@ -95,6 +95,15 @@ int ctl_cmd_team(const struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_route(const struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_reload(const struct ctl *ctl, int argc, char **argv);
 
+/* ctl-routes.c: model split NAME ROUTE=WEIGHT... (argv[0] is "model") */
+int ctl_cmd_model(const struct ctl *ctl, int argc, char **argv);
+
+/* ctl-preflight.c: route check NAME [--model M] (argv[0] is "check") */
+int ctl_cmd_route_check(const struct ctl *ctl, int argc, char **argv);
+
+/* ctl-usage.c: usage [--since T] [--until T] [--by KEY] [--team NAME] [--csv] [--directory DIR] */
+int ctl_cmd_usage(const struct ctl *ctl, int argc, char **argv);
+
 /* keybrokerctl.c: shared option handling for commands. */
 /* Parse a command's options with getopt_long(3) conventions; only --help/-h
  * are known. Returns -1 when the command should go on (with *ret_optind set),

@@ -24,8 +24,13 @@ static void help(void) {
                "  key rollback NAME              make the previous version active again\n"
                "  key delete NAME [--version N]  delete one version, or every version\n"
                "  team list                      teams, members, models, limits\n"
-               "  route list                     routes, keys, targets\n"
+               "  route list                     routes, keys, circuits, error ratio, latency,\n"
+               "                                 targets and weights\n"
+               "  route check NAME [--model M]   preflight a route: ✓/✗ per check, evidence saved\n"
+               "  model split NAME ROUTE=WEIGHT...  change a model's target weights live\n"
                "  reload                         re-read config and keystore\n"
+               "  usage [--since T] [--by KEY]   requests, tokens, cost, errors, latency from\n"
+               "                                 the journal (no daemon needed)\n"
                "  whoami [--socket PATH]         who the broker thinks you are (app socket)\n"
                "\n"
                "Options (before or after the command):\n"
@@ -218,10 +223,16 @@ int main(int argc, char **argv) {
                 r = ctl_cmd_key(&ctl, cargc, cargv);
         else if (streq(cmd, "team"))
                 r = ctl_cmd_team(&ctl, cargc, cargv);
+        else if (streq(cmd, "route") && cargc > 1 && streq(cargv[1], "check"))
+                r = ctl_cmd_route_check(&ctl, cargc - 1, cargv + 1);
         else if (streq(cmd, "route"))
                 r = ctl_cmd_route(&ctl, cargc, cargv);
+        else if (streq(cmd, "model"))
+                r = ctl_cmd_model(&ctl, cargc, cargv);
         else if (streq(cmd, "reload"))
                 r = ctl_cmd_reload(&ctl, cargc, cargv);
+        else if (streq(cmd, "usage"))
+                r = ctl_cmd_usage(&ctl, cargc, cargv);
         else if (streq(cmd, "whoami"))
                 r = cmd_whoami(&ctl, cargc, cargv);
         else if (streq(cmd, "help")) {

@@ -35,6 +35,8 @@ static void usage(FILE *f) {
               "  --log FILE          append one JSON line per request received\n"
               "  --require-key KEY   demand this key (Authorization: Bearer or x-api-key);\n"
               "                      repeatable, any one of them is accepted\n"
+              "  --models A,B,...    list these ids on GET /v1/models and answer any other\n"
+              "                      model in a POST with 404 model_not_found\n"
               "  -h, --help          show this help\n\n"
               "The port is also printed on stdout. SIGTERM/SIGINT: exit 0.\n"
               "Request headers script the answer: x-mock-input-tokens, x-mock-output-tokens,\n"
@@ -120,6 +122,7 @@ int main(int argc, char **argv) {
                 { "port-file", required_argument, NULL, 'f' },
                 { "log", required_argument, NULL, 'l' },
                 { "require-key", required_argument, NULL, 'k' },
+                { "models", required_argument, NULL, 'm' },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
@@ -153,6 +156,20 @@ int main(int argc, char **argv) {
                                 return 2;
                         }
                         cfg.keys[cfg.n_keys++] = optarg;
+                        break;
+                case 'm':
+                        for (char *save = NULL, *tok = strtok_r(optarg, ",", &save); tok;
+                             tok = strtok_r(NULL, ",", &save)) {
+                                if (cfg.n_models >= MOCK_MAX_MODELS) {
+                                        fprintf(stderr, "kb-mock: more than %d --models\n", MOCK_MAX_MODELS);
+                                        return 2;
+                                }
+                                cfg.models[cfg.n_models++] = tok;
+                        }
+                        if (cfg.n_models == 0) {
+                                fprintf(stderr, "kb-mock: --models needs at least one id\n");
+                                return 2;
+                        }
                         break;
                 case 'h':
                         usage(stdout);

@@ -10,10 +10,15 @@
 #include <stdint.h>
 
 #define MOCK_MAX_KEYS 64
+#define MOCK_MAX_MODELS 64
 
 struct mock_config {
         const char *keys[MOCK_MAX_KEYS];
         size_t n_keys;
+        /* --models: what GET /v1/models lists, and the only models a POST
+         * may name (else 404 model_not_found); none: the defaults, any model */
+        char *models[MOCK_MAX_MODELS];
+        size_t n_models;
         int log_fd; /* -1: no request log */
 };
 
@@ -65,4 +70,6 @@ json_t *mock_embeddings_json(const struct mock_script *s);
 json_t *mock_messages_json(const struct mock_script *s, const char *text);
 json_t *mock_messages_start(const struct mock_script *s);
 json_t *mock_models_json(bool anthropic);
+/* true when model may be served (no --models, or one of them) */
+bool mock_model_known(const char *model);
 json_t *mock_error_json(bool anthropic, int status, const char *model, const char *message);

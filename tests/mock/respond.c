@@ -523,6 +523,9 @@ int mock_respond(int fd, const struct mock_request *req) {
                                   "Invalid JSON in request body" :
                                   "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)");
 
+        if (model && !mock_model_known(model))
+                return send_error(&r, 404, NULL);
+
         bool stream = json_is_true(json_object_get(root, "stream"));
         r.script.include_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
 

@@ -160,13 +160,28 @@ json_t *mock_messages_start(const struct mock_script *s) {
                          "cache_read_input_tokens", (json_int_t) s->cached);
 }
 
-static const char *const mock_models[] = { "mock-model", "mock-model-large" };
+static const char *const default_models[] = { "mock-model", "mock-model-large" };
+
+bool mock_model_known(const char *model) {
+        if (!mock_cfg || mock_cfg->n_models == 0)
+                return true;
+        for (size_t i = 0; i < mock_cfg->n_models; i++)
+                if (streq(mock_cfg->models[i], model))
+                        return true;
+        return false;
+}
 
 json_t *mock_models_json(bool anthropic) {
+        const char *const *mock_models = default_models;
+        size_t n = ELEMENTSOF(default_models);
+        if (mock_cfg && mock_cfg->n_models > 0) {
+                mock_models = (const char *const *) mock_cfg->models;
+                n = mock_cfg->n_models;
+        }
         json_t *data = json_array();
         if (!data)
                 return NULL;
-        for (size_t i = 0; i < ELEMENTSOF(mock_models); i++) {
+        for (size_t i = 0; i < n; i++) {
                 json_t *m;
                 if (anthropic)
                         m = json_pack("{ss ss ss ss}",
@@ -190,7 +205,7 @@ json_t *mock_models_json(bool anthropic) {
                                  "data", data,
                                  "has_more", 0,
                                  "first_id", mock_models[0],
-                                 "last_id", mock_models[ELEMENTSOF(mock_models) - 1]);
+                                 "last_id", mock_models[n - 1]);
         return json_pack("{ss so}", "object", "list", "data", data);
 }
 
