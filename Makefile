@@ -37,7 +37,7 @@ all: $(DAEMON) $(CTL) $(MOCK)
 # Debian packages for build, tests and the demo. Quick no-op when present.
 DEB_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp \
 	libjansson-dev libsodium-dev libinih-dev libcmocka-dev systemd curl util-linux \
-	perl libjson-pp-perl socat openssl
+	perl libjson-pp-perl socat openssl systemd-journal-remote
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -79,6 +79,12 @@ $(BENCH): $(patsubst %.c,$(BUILD)/%.o,$(BENCH_SRCS)) $(LIBAGENT)
 $(BUILD)/tests/%: tests/unit/%.c $(LIBAGENT)
 	@mkdir -p $(dir $@)
 	$(CC) $(KB_CFLAGS) $(CFLAGS) -o $@ $< $(LIBAGENT) $(LIBS) -lcmocka
+
+# keybrokerctl usage's logic lives in client/, not in libkbagent.a.
+USAGE_REPORT_SRCS := client/usage-report.c client/usage-time.c
+$(BUILD)/tests/test_usage_report: tests/unit/test_usage_report.c $(USAGE_REPORT_SRCS) client/usage-report.h $(LIBAGENT)
+	@mkdir -p $(dir $@)
+	$(CC) $(KB_CFLAGS) -Iclient $(CFLAGS) -o $@ $< $(USAGE_REPORT_SRCS) $(LIBAGENT) $(LIBS) -lcmocka
 
 unit: $(UNIT_BINS)
 	@rc=0; for t in $(UNIT_BINS); do echo "# $$t"; $$t || rc=1; done; exit $$rc

@@ -363,5 +363,7 @@ cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 64
         echo
         echo "$TARGETS_MET of $TARGETS_ALL targets met."
 } | tee "$TMP/results.md"
+# keybrokerctl usage over 1,000,000 journal records (its own table).
+BUILD=$BUILD "$HERE/usage-bench.sh" | tee -a "$TMP/results.md"
 [ -n "${BENCH_OUT:-}" ] && cp "$TMP/results.md" "$BENCH_OUT"
 exit 0
