@@ -13,9 +13,12 @@
 #include "admin.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
+#include "router.h"
+#include "preflight.h"
 
 struct admin_conn {
         struct kb_identity *identity; /* NULL when the kernel would not say who it is */
+        struct kb_preflight *preflight; /* POST /routes/NAME/check running for this conn */
 };
 
 /* ---- answers ---- */
@@ -258,7 +261,8 @@ static json_t *auth_json(const struct kb_route *r) {
         }
 }
 
-static int append_targets(json_t *arr, const struct kb_config *cfg, const struct kb_route *route) {
+static int append_targets(json_t *arr, struct kb_broker *b, const struct kb_config *cfg,
+                          const struct kb_route *route) {
         for (size_t m = 0; m < cfg->n_models; m++) {
                 const struct kb_model *model = &cfg->models[m];
                 for (int fb = 0; fb < 2; fb++) {
@@ -267,9 +271,18 @@ static int append_targets(json_t *arr, const struct kb_config *cfg, const struct
                         for (size_t i = 0; i < n; i++) {
                                 if (ts[i].route != route)
                                         continue;
+                                bool over = false;
+                                unsigned eff = fb ? 0 : kb_router_weight(b->router, model, &ts[i], &over);
                                 json_t *t = json_pack("{s:s, s:s, s:I, s:s}", "model", model->name,
                                                       "upstream_model", ts[i].upstream_model, "weight",
                                                       (json_int_t) ts[i].weight, "role", fb ? "fallback" : "target");
+                                /* weight is the config's; effective_weight what is used now */
+                                if (t && !fb &&
+                                    (json_object_set_new(t, "effective_weight", json_integer(eff)) < 0 ||
+                                     json_object_set_new(t, "overridden", json_boolean(over)) < 0)) {
+                                        json_decref(t);
+                                        t = NULL;
+                                }
                                 if (!t || json_array_append_new(arr, t) < 0)
                                         return -ENOMEM;
                         }
@@ -293,7 +306,7 @@ static void serve_routes(struct kb_conn *c, struct kb_broker *b) {
                         kb_key_unref(k);
                 }
                 json_t *targets = json_array();
-                if (targets && append_targets(targets, cfg, r) < 0) {
+                if (targets && append_targets(targets, b, cfg, r) < 0) {
                         json_decref(targets);
                         targets = NULL;
                 }
@@ -302,12 +315,48 @@ static void serve_routes(struct kb_conn *c, struct kb_broker *b) {
                                       r->key ? json_string(r->key) : json_null(), "key_version", key_version,
                                       "auth", auth_json(r), "timeout_s", seconds_json(r->timeout_usec),
                                       "connect_timeout_s", seconds_json(r->connect_timeout_usec), "targets", targets);
+                if (o && kb_admin_route_state(o, b, r) < 0) {
+                        json_decref(o);
+                        o = NULL;
+                }
                 if (!o || json_array_append_new(routes, o) < 0) {
                         json_decref(routes);
                         routes = NULL;
                 }
         }
         kb_admin_respond(c, 200, routes ? json_pack("{s:o}", "routes", routes) : NULL);
+}
+
+static void route_check_done(void *userdata, json_t *answer) {
+        struct kb_conn *c = userdata;
+        struct admin_conn *ac = kb_conn_get_userdata(c);
+
+        if (ac)
+                ac->preflight = NULL;
+        kb_admin_respond(c, 200, answer);
+}
+
+/* Answered later, from the loop, once every check has run (preflight.c);
+ * a peer that leaves meanwhile still gets its evidence saved. */
+static void serve_route_check(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
+                              const struct kb_admin_target *t, struct admin_conn *ac) {
+        _cleanup_free_ char *model = NULL, *error = NULL;
+        const char *why = NULL;
+
+        if (!ac || ac->preflight) {
+                kb_admin_error(c, 500, "internal_error", "no state for this connection");
+                return;
+        }
+        int r = kb_preflight_parse_body(req->body.data, req->body.len, &model, &why);
+        if (r < 0) {
+                kb_admin_error(c, r == -ENOMEM ? 500 : 400, "invalid_request", "%s", why ?: strerror(-r));
+                return;
+        }
+        r = kb_preflight_start(b, t->name, model, route_check_done, c, &ac->preflight, &error);
+        if (r < 0)
+                kb_admin_error(c, r == -ENOENT ? 404 : r == -ENOMEDIUM ? 400 : 500,
+                               r == -ENOENT ? "not_found" : r == -ENOMEDIUM ? "invalid_request" : "internal_error",
+                               "%s", error ?: strerror(-r));
 }
 
 static void serve_reload(struct kb_conn *c, struct kb_broker *b) {
@@ -371,6 +420,31 @@ int kb_admin_parse_target(const char *method, const char *url, struct kb_admin_t
         } else if (IS("/reload")) {
                 t.endpoint = KB_ADMIN_RELOAD;
                 want = "POST";
+        } else if (plen > 8 && strncmp(p, "/routes/", 8) == 0) {
+                const char *name = p + 8;
+                size_t nlen = strcspn(name, "/?");
+                if (nlen > plen - 8)
+                        nlen = plen - 8;
+                if (plen - 8 - nlen != strlen("/check") || strncmp(name + nlen, "/check", 6) != 0)
+                        return -ENOENT;
+                if (!kb_admin_key_name_valid(name, nlen))
+                        return -EBADMSG;
+                memcpy(t.name, name, nlen);
+                t.name[nlen] = 0;
+                t.endpoint = KB_ADMIN_ROUTE_CHECK;
+                want = "POST";
+        } else if (plen > 8 && strncmp(p, "/models/", 8) == 0) {
+                /* A model name may hold '/': the endpoint is the last segment. */
+                size_t nlen = plen - 8;
+                if (nlen <= 6 || strncmp(p + plen - 6, "/split", 6) != 0)
+                        return -ENOENT;
+                nlen -= 6;
+                if (!kb_admin_model_name_valid(p + 8, nlen))
+                        return -EINVAL;
+                memcpy(t.model, p + 8, nlen);
+                t.model[nlen] = 0;
+                t.endpoint = KB_ADMIN_MODEL_SPLIT;
+                want = "PUT";
         } else if (plen > 6 && strncmp(p, "/keys/", 6) == 0) {
                 const char *name = p + 6;
                 size_t rest = plen - 6;
@@ -462,7 +536,7 @@ static void admin_on_request(struct kb_conn *c, struct kb_http_request *req, voi
 
         /* Only PUT /keys/NAME has a use for a body; anything else sent
          * might be a misdirected secret. */
-        if (t.endpoint != KB_ADMIN_KEY_SET)
+        if (t.endpoint != KB_ADMIN_KEY_SET && t.endpoint != KB_ADMIN_ROUTE_CHECK && t.endpoint != KB_ADMIN_MODEL_SPLIT)
                 kb_admin_body_wipe(req);
 
         switch (t.endpoint) {
@@ -480,6 +554,12 @@ static void admin_on_request(struct kb_conn *c, struct kb_http_request *req, voi
                 break;
         case KB_ADMIN_RELOAD:
                 serve_reload(c, b);
+                break;
+        case KB_ADMIN_ROUTE_CHECK:
+                serve_route_check(c, b, req, &t, ac);
+                break;
+        case KB_ADMIN_MODEL_SPLIT:
+                kb_admin_serve_model_split(c, b, req, &t, id->uid);
                 break;
         case KB_ADMIN_KEY_SET:
         case KB_ADMIN_KEY_ROLLBACK:
@@ -511,6 +591,7 @@ static void admin_on_close(struct kb_conn *c, void *userdata) {
 
         if (!ac)
                 return;
+        ac->preflight = kb_preflight_free(ac->preflight);
         kb_identity_free(ac->identity);
         free(ac);
         kb_conn_set_userdata(c, NULL);

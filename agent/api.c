@@ -297,13 +297,10 @@ static void serve_forward(struct kb_request *r) {
                             "team '%s' may not use model '%s'", r->team->name, r->model);
                 return;
         }
-        if (kb_router_pick(r->model_cfg, r->family, randombytes_random(), &r->target) < 0) {
-                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
-                            "model '%s' has no route that speaks the %s API", r->model,
-                            kb_family_to_string(r->family));
+        /* The ordered candidates (targets by weight, fallbacks); the first
+         * prices the quota reservation. */
+        if (!kb_proxy_plan(r))
                 return;
-        }
-        r->route = r->target->route;
 
         /* Only OpenAI chat streams omit usage unless asked; we ask, and hide
          * the answer from an app that did not. */

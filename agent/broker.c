@@ -78,6 +78,7 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         b->config = c;
         kb_keystore_free(b->keys);
         b->keys = ks;
+        kb_routing_reconfigure(b);
         struct kb_http_limits lim = kb_api_limits(c);
         if (b->api)
                 kb_http_server_set_limits(b->api, &lim);

@@ -35,6 +35,7 @@ struct kb_broker {
         struct kb_upstream *upstream;
         struct kb_journal *journal;
         struct kb_quota *quota;
+        struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
         char instance[33];              /* this host's broker identity, kept in state_dir */
         uint64_t seq;                   /* last settle sequence number */
 
@@ -103,3 +104,26 @@ void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add
 void kb_proxy_cut(struct kb_request *r, const char *why);
 /* proxy.c: release proxy state of a request (upstream call, tap, key). */
 void kb_proxy_release(struct kb_request *r);
+/* proxy.c: the credential fields of req for route's auth, from key (opened
+ * here: kb_key_close() it once kb_upstream_start() returned). Nothing when
+ * key is NULL. Shared with preflight.c, so a check sends what a call does. */
+void kb_proxy_set_auth(struct kb_upstream_request *req, const struct kb_route *route, struct kb_key *key);
+
+/* proxy.c: the ordered candidates of r (model_cfg and family known); sets
+ * r->target/r->route to the first. false when it answered instead: 400 when
+ * the model has no route of the request's family, 503 when no target has a
+ * weight and there is no fallback. */
+bool kb_proxy_plan(struct kb_request *r);
+
+/* routing.c: the broker's router: created and configured from b->config,
+ * split overrides loaded from state_dir/splits.json, state changes
+ * journaled (and a canary rollback persisted). */
+int kb_routing_setup(struct kb_broker *b);
+/* routing.c: after a reload swapped b->config in. */
+void kb_routing_reconfigure(struct kb_broker *b);
+/* routing.c: write the split overrides to state_dir/splits.json. */
+int kb_routing_save(struct kb_broker *b);
+/* routing.c: the delay a failed attempt asks for: retry-after-ms, else
+ * Retry-After (seconds or an HTTP date, against now_realtime), at most cap;
+ * 0 when absent or unparsable. */
+uint64_t kb_retry_after_usec(const struct kb_http_header *h, size_t n, uint64_t now_realtime, uint64_t cap);

@@ -13,6 +13,9 @@
 #define MODEL_MAX_LEN 256U
 #define MAX_KEYS 24U
 #define WEIGHT_MAX 1000000U
+#define MAX_ATTEMPTS_MAX 20U
+#define CANARY_MIN_REQUESTS_MAX 10000U
+#define CANARY_MIN_REQUESTS_DEFAULT 20U
 
 enum section_kind { SEC_NONE, SEC_AGENT, SEC_TEAM, SEC_ROUTE, SEC_MODEL, _SEC_MAX };
 
@@ -55,6 +58,7 @@ struct key_def {
         size_t count_offset;
         bool multi;
         bool nonzero;
+        unsigned max;   /* p_unsigned: the largest value allowed */
 };
 
 _printf_(3, 4) int kb_cfg_fail(struct parser *p, unsigned line, const char *fmt, ...);
@@ -70,6 +74,9 @@ void *kb_cfg_array_add(void **arr, size_t *n, size_t size);
 bool kb_cfg_valid_name(const char *s, size_t max);
 bool kb_cfg_valid_model_name(const char *s);
 int kb_cfg_expand_credentials(const char *v, char **ret);
+/* Sets rt's retry_* fields from a retry_on value; -EINVAL with *ret_bad at
+ * the bad word (NULL: no words), -ENOMEM. */
+int kb_cfg_parse_retry_on(const char *v, struct kb_route *rt, const char **ret_bad);
 
 /* NULL-name terminated. */
 extern const struct key_def kb_cfg_agent_keys[];

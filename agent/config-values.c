@@ -178,6 +178,78 @@ static int p_u64(struct parser *p, const struct key_def *k, void *base, const ch
         return 0;
 }
 
+static int p_unsigned(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        uint64_t n;
+        if (parse_u64(v, &n) < 0 || n > k->max || (k->nonzero && n == 0))
+                return bad_value(p, k->name, "'%s' is not a number from %u to %u", v, k->nonzero ? 1U : 0U, k->max);
+        *FIELD(base, k, unsigned) = (unsigned) n;
+        return 0;
+}
+
+/* A ratio from 0 to 1, read exactly (to millionths) like a USD amount. */
+static int parse_ratio(const char *s, double *ret) {
+        int64_t m;
+        if (parse_micro(s, &m) < 0 || m > 1000000)
+                return -EINVAL;
+        *ret = (double) m / 1e6;
+        return 0;
+}
+
+static int p_ratio(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        if (parse_ratio(v, FIELD(base, k, double)) < 0)
+                return bad_value(p, k->name, "'%s' is not a ratio from 0 to 1 like 0.5", v);
+        return 0;
+}
+
+/* "429 500 502 503 504 529 connect timeout": statuses 400-599 and the two
+ * transport failures; "none" turns fallback off for the route. */
+int kb_cfg_parse_retry_on(const char *v, struct kb_route *rt, const char **ret_bad) {
+        _cleanup_free_ char *buf = strdup(v);
+        char *words[64];
+        if (!buf)
+                return -ENOMEM;
+        size_t n = split_words(buf, words, ELEMENTSOF(words));
+        if (n == 0 || n > ELEMENTSOF(words)) {
+                *ret_bad = NULL;
+                return -EINVAL;
+        }
+        uint64_t st[4] = {};
+        bool connect = false, timeout = false;
+        for (size_t i = 0; i < n; i++) {
+                uint64_t code;
+                if (streq(words[i], "connect"))
+                        connect = true;
+                else if (streq(words[i], "timeout"))
+                        timeout = true;
+                else if (streq(words[i], "none") && n == 1)
+                        ;
+                else if (parse_u64(words[i], &code) == 0 && code >= 400 && code <= 599)
+                        st[(code - 400) / 64] |= UINT64_C(1) << ((code - 400) % 64);
+                else {
+                        /* words[i] points into buf: hand back the original's copy */
+                        *ret_bad = v + (words[i] - buf);
+                        return -EINVAL;
+                }
+        }
+        memcpy(rt->retry_statuses, st, sizeof(st));
+        rt->retry_connect = connect;
+        rt->retry_timeout = timeout;
+        return 0;
+}
+
+static int p_retry_on(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        const char *bad = NULL;
+        int r = kb_cfg_parse_retry_on(v, base, &bad);
+        if (r == -ENOMEM)
+                return kb_cfg_oom(p);
+        if (r < 0 && bad)
+                return bad_value(p, k->name, "'%.*s' is not a status from 400 to 599, connect, timeout or none",
+                                 (int) strcspn(bad, " \t"), bad);
+        if (r < 0)
+                return bad_value(p, k->name, "expected statuses 400-599, connect, timeout, or none");
+        return 0;
+}
+
 static int p_size(struct parser *p, const struct key_def *k, void *base, const char *v) {
         uint64_t n;
         if (kb_parse_size(v, &n) < 0 || (k->nonzero && n == 0))
@@ -497,23 +569,60 @@ static int p_price(struct parser *p, const struct key_def *k, void *base, const 
         return 0;
 }
 
+/* Options after ROUTE UPSTREAM_MODEL on a target line, each at most once:
+ * weight=N, rollback_on_error_ratio=R, min_requests=N (the last only with
+ * the ratio). */
+static int target_options(struct parser *p, const struct key_def *k, struct kb_target *t, char **words, size_t n) {
+        bool seen_weight = false, seen_ratio = false, seen_min = false;
+        for (size_t i = 0; i < n; i++) {
+                const char *w = words[i];
+                uint64_t u;
+                if (strncmp(w, "weight=", 7) == 0 && !seen_weight) {
+                        if (parse_u64(w + 7, &u) < 0 || u > WEIGHT_MAX)
+                                return bad_value(p, k->name, "'%s' is not weight=N with N from 0 to %u", w,
+                                                 WEIGHT_MAX);
+                        t->weight = (unsigned) u;
+                        seen_weight = true;
+                } else if (strncmp(w, "rollback_on_error_ratio=", 24) == 0 && !seen_ratio) {
+                        if (parse_ratio(w + 24, &t->rollback_on_error_ratio) < 0)
+                                return bad_value(p, k->name, "'%s' is not rollback_on_error_ratio=R with R from 0 to 1",
+                                                 w);
+                        seen_ratio = true;
+                } else if (strncmp(w, "min_requests=", 13) == 0 && !seen_min) {
+                        if (parse_u64(w + 13, &u) < 0 || u == 0 || u > CANARY_MIN_REQUESTS_MAX)
+                                return bad_value(p, k->name, "'%s' is not min_requests=N with N from 1 to %u", w,
+                                                 CANARY_MIN_REQUESTS_MAX);
+                        t->min_requests = (unsigned) u;
+                        seen_min = true;
+                } else
+                        return bad_value(p, k->name,
+                                         "'%s' is not weight=N, rollback_on_error_ratio=R or min_requests=N "
+                                         "(each at most once)", w);
+        }
+        if (seen_min && !seen_ratio)
+                return bad_value(p, k->name, "min_requests= needs rollback_on_error_ratio=");
+        return 0;
+}
+
 static int add_target(struct parser *p, const struct key_def *k, void *base, const char *v, bool fallback) {
         struct kb_model *m = base;
         _cleanup_free_ char *buf = strdup(v);
-        char *words[4];
-        uint64_t weight = 1;
+        char *words[6];
         if (!buf)
                 return kb_cfg_oom(p);
         size_t n = split_words(buf, words, ELEMENTSOF(words));
-        if (n < 2 || n > (fallback ? 2U : 3U))
-                return bad_value(p, k->name, "expected 'ROUTE UPSTREAM_MODEL%s'", fallback ? "" : " [weight=N]");
+        if (n < 2 || n > (fallback ? 2U : 5U))
+                return bad_value(p, k->name, "expected 'ROUTE UPSTREAM_MODEL%s'%s", fallback ? "" : " [weight=N]",
+                                 fallback ? "" : " (then optionally rollback_on_error_ratio=R min_requests=N)");
         if (!kb_cfg_valid_name(words[0], NAME_MAX_LEN))
                 return bad_value(p, k->name, "'%s' is not a route name", words[0]);
         if (!kb_cfg_valid_model_name(words[1]))
                 return bad_value(p, k->name, "'%s' is not a model name", words[1]);
-        if (n == 3 && (strncmp(words[2], "weight=", 7) != 0 || parse_u64(words[2] + 7, &weight) < 0 ||
-                       weight > WEIGHT_MAX))
-                return bad_value(p, k->name, "'%s' is not weight=N with N from 0 to %u", words[2], WEIGHT_MAX);
+        struct kb_target opts = { .weight = 1, .rollback_on_error_ratio = -1,
+                                  .min_requests = CANARY_MIN_REQUESTS_DEFAULT };
+        int r = target_options(p, k, &opts, words + 2, n - 2);
+        if (r < 0)
+                return r;
         char *um = strdup(words[1]);
         struct kb_target *t = !um ? NULL
                 : fallback        ? ARRAY_ADD(m->fallbacks, m->n_fallbacks)
@@ -522,7 +631,9 @@ static int add_target(struct parser *p, const struct key_def *k, void *base, con
                 free(um);
                 return kb_cfg_oom(p);
         }
-        *t = (struct kb_target) { .upstream_model = um, .weight = (unsigned) weight, .line = p->line };
+        *t = opts;
+        t->upstream_model = um;
+        t->line = p->line;
         return add_ref(p, fallback ? REF_FALLBACK : REF_TARGET, p->idx,
                        (fallback ? m->n_fallbacks : m->n_targets) - 1, words[0]);
 }
@@ -585,11 +696,20 @@ const struct key_def kb_cfg_route_keys[] = {
         RK("connect_timeout", connect_timeout_usec, p_duration, .nonzero = true),
         RK("ca_file", ca_file, p_text),
         RK("price", prices, p_price, .multi = true),
+        RK("retry_on", retry_statuses, p_retry_on),
+        RK("breaker_failures", breaker_failures, p_unsigned, .max = 1000000),
+        RK("breaker_error_ratio", breaker_error_ratio, p_ratio),
+        RK("breaker_window", breaker_window_usec, p_duration, .nonzero = true),
+        RK("breaker_min_requests", breaker_min_requests, p_unsigned, .nonzero = true, .max = 1000000),
+        RK("breaker_cooldown", breaker_cooldown_usec, p_duration, .nonzero = true),
         {},
 };
 
+#define MK(n, f, fn, ...) { .name = n, .parse = fn, .offset = offsetof(struct kb_model, f), __VA_ARGS__ }
 const struct key_def kb_cfg_model_keys[] = {
         { .name = "target", .parse = p_target, .multi = true },
         { .name = "fallback", .parse = p_fallback, .multi = true },
+        MK("max_attempts", max_attempts, p_unsigned, .nonzero = true, .max = MAX_ATTEMPTS_MAX),
+        MK("retry_after_max", retry_after_max_usec, p_duration),
         {},
 };

@@ -190,15 +190,24 @@ static int begin_section(struct parser *p, char *hdr) {
                         *t = (struct kb_team) { .name = dup, .unpriced = -1, .line = p->line };
         } else if (kind == SEC_ROUTE) {
                 struct kb_route *rt = ARRAY_ADD(c->routes, c->n_routes);
-                if ((ok = rt))
+                if ((ok = rt)) {
                         *rt = (struct kb_route) {
                                 .name = dup, .timeout_usec = 600 * USEC_PER_SEC,
                                 .connect_timeout_usec = 10 * USEC_PER_SEC, .line = p->line,
+                                .breaker_failures = 5, .breaker_error_ratio = 0.5,
+                                .breaker_window_usec = 30 * USEC_PER_SEC, .breaker_min_requests = 20,
+                                .breaker_cooldown_usec = 30 * USEC_PER_SEC,
                         };
+                        const char *bad;
+                        (void) kb_cfg_parse_retry_on(KB_RETRY_ON_DEFAULT, rt, &bad);
+                }
         } else {
                 struct kb_model *m = ARRAY_ADD(c->models, c->n_models);
                 if ((ok = m))
-                        *m = (struct kb_model) { .name = dup, .line = p->line };
+                        *m = (struct kb_model) {
+                                .name = dup, .line = p->line, .max_attempts = 3,
+                                .retry_after_max_usec = 5 * USEC_PER_SEC,
+                        };
         }
         if (!ok) {
                 free(dup);
@@ -555,6 +564,13 @@ bool kb_team_allows_model(const struct kb_team *t, const char *model) {
                 if (streq(t->models[i], model))
                         return true;
         return false;
+}
+
+bool kb_route_retry_status(const struct kb_route *r, long status) {
+        if (!r || status < 400 || status > 599)
+                return false;
+        unsigned b = (unsigned) (status - 400);
+        return (r->retry_statuses[b / 64] >> (b % 64)) & 1;
 }
 
 static const char *const family_names[_KB_FAMILY_MAX] = {

@@ -50,13 +50,30 @@ struct kb_route {
         struct kb_price *prices;
         size_t n_prices;
         unsigned line;
+
+        /* Fallback and circuit breaker (router.c, proxy.c). */
+        uint64_t retry_statuses[4];     /* bit (status - 400) set: fail over on that status (400..599) */
+        bool retry_connect;             /* fail over when the connection cannot be made */
+        bool retry_timeout;             /* fail over on a timeout before the first response byte */
+        unsigned breaker_failures;      /* consecutive failures that open the circuit; 0 = off */
+        double breaker_error_ratio;     /* failures/attempts in the window that open it; 0 = off */
+        uint64_t breaker_window_usec;   /* the sliding window of that ratio */
+        unsigned breaker_min_requests;  /* attempts in the window before the ratio counts */
+        uint64_t breaker_cooldown_usec; /* open this long, then one probe (half-open) */
 };
+
+/* Default [route:*] retry_on: 429 500 502 503 504 529 connect timeout. */
+#define KB_RETRY_ON_DEFAULT "429 500 502 503 504 529 connect timeout"
 
 struct kb_target {
         struct kb_route *route; /* points into kb_config.routes */
         char *upstream_model;
         unsigned weight;        /* default 1; 0 = never chosen by weight */
         unsigned line;
+        /* Canary stop condition: over the last min_requests attempts, an
+         * error ratio above this sets the target's weight to 0. < 0: none. */
+        double rollback_on_error_ratio;
+        unsigned min_requests;
 };
 
 struct kb_model {
@@ -66,6 +83,8 @@ struct kb_model {
         struct kb_target *fallbacks;
         size_t n_fallbacks;
         unsigned line;
+        unsigned max_attempts;          /* calls per request, fallbacks included; default 3 */
+        uint64_t retry_after_max_usec;  /* longest Retry-After honoured between attempts; default 5s */
 };
 
 /* Limits: 0 means "no limit". USD budgets are held in micro-USD. */
@@ -145,6 +164,9 @@ const struct kb_team *kb_config_find_team(const struct kb_config *c, const char 
 const struct kb_route *kb_config_find_route(const struct kb_config *c, const char *name);
 const struct kb_model *kb_config_find_model(const struct kb_config *c, const char *name);
 bool kb_team_allows_model(const struct kb_team *t, const char *model);
+
+/* Whether a response status is in the route's retry_on set. */
+bool kb_route_retry_status(const struct kb_route *r, long status);
 
 const char *kb_family_to_string(kb_family f);
 int kb_family_from_string(const char *s); /* -EINVAL if unknown */

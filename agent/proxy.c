@@ -5,11 +5,16 @@
  * what the app sees and what the journal says. */
 
 #include <jansson.h>
+#include <sodium.h>
 #include <strings.h>
 
 #include "body.h"
 #include "broker.h"
 #include "headers.h"
+#include "router.h"
+
+static void next_attempt(struct kb_request *r);
+static bool can_fall_over(const struct kb_request *r);
 
 static void on_writable(struct kb_conn *c, void *userdata);
 
@@ -20,13 +25,12 @@ static const struct kb_conn_handler conn_handler = {
         .on_abort = on_abort,
 };
 
-void kb_proxy_release(struct kb_request *r) {
-        kb_upstream_call_cancel(r->call);
-        r->call = NULL;
-        kb_usage_tap_free(r->tap);
-        r->tap = NULL;
+/* What one attempt built: freed before the next attempt builds its own. */
+static void attempt_release(struct kb_request *r) {
         kb_key_unref(r->key);
         r->key = NULL;
+        free(r->key_label);
+        r->key_label = NULL;
         for (size_t i = 0; i < r->n_upstream_headers; i++)
                 free(r->upstream_headers[i]);
         free(r->upstream_headers);
@@ -35,6 +39,41 @@ void kb_proxy_release(struct kb_request *r) {
         free(r->upstream_url);
         r->upstream_url = NULL;
         kb_buf_free(&r->upstream_body);
+}
+
+/* Tell the router how the attempt under way ended (once per attempt). */
+static void attempt_feedback(struct kb_request *r, kb_verdict verdict) {
+        if (!r->attempt_active)
+                return;
+        r->attempt_active = false;
+        struct kb_attempt_result a = {
+                .route = r->route->name,
+                .model = r->model_cfg ? r->model_cfg->name : NULL,
+                .upstream_model = r->target ? r->target->upstream_model : NULL,
+                .fallback = r->attempt_fallback,
+                .probe = r->attempt_probe,
+                .verdict = verdict,
+                .has_latency = r->attempt_answered,
+                .latency_usec = r->attempt_ttfb_usec,
+        };
+        kb_router_feedback(r->broker->router, &a, kb_now_usec());
+}
+
+void kb_proxy_release(struct kb_request *r) {
+        kb_upstream_call_cancel(r->call);
+        r->call = NULL;
+        /* The app went away (or the agent cut it) mid-attempt: no verdict
+         * on the route, but a half-open probe must be handed back. */
+        attempt_feedback(r, KB_VERDICT_NONE);
+        r->retry_timer = sd_event_source_disable_unref(r->retry_timer);
+        kb_usage_tap_free(r->tap);
+        r->tap = NULL;
+        attempt_release(r);
+        free(r->candidates);
+        r->candidates = NULL;
+        r->n_candidates = 0;
+        free(r->last_error_message);
+        r->last_error_message = NULL;
         kb_conn_set_handler(r->conn, NULL, NULL);
 }
 
@@ -150,6 +189,18 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
 static int on_response(void *userdata, long status, const struct kb_http_header *headers, size_t n_headers) {
         struct kb_request *r = userdata;
 
+        r->attempt_answered = true;
+        r->attempt_ttfb_usec = kb_now_usec() - r->attempt_start_usec;
+        r->upstream_status = status;
+        /* Decided before a byte goes to the app: after that the answer is
+         * the app's, whatever it is. */
+        if (kb_route_retry_status(r->route, status) && can_fall_over(r)) {
+                r->retrying = true;
+                r->last_error = (int) status;
+                r->retry_delay_usec = kb_retry_after_usec(headers, n_headers, kb_realtime_usec(),
+                                                          r->model_cfg ? r->model_cfg->retry_after_max_usec : 0);
+                return -ECANCELED;
+        }
         r->in_upstream_cb = true;
         int q = relay_response(r, status, headers, n_headers);
         r->in_upstream_cb = false;
@@ -258,10 +309,73 @@ void kb_proxy_cut(struct kb_request *r, const char *why) {
                 kb_conn_kill(r->conn);
 }
 
+static bool retryable_error(const struct kb_request *r, int error) {
+        if (r->response_started || kb_conn_aborted(r->conn))
+                return false;
+        if (error == -ECONNREFUSED || error == -EHOSTUNREACH)
+                return r->route->retry_connect;
+        if (error == -ETIMEDOUT)
+                return r->route->retry_timeout;
+        return false;
+}
+
+static int on_retry_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct kb_request *r = userdata;
+
+        r->retry_timer = sd_event_source_disable_unref(r->retry_timer);
+        next_attempt(r);
+        return 0;
+}
+
+/* The attempt failed in a way the route's retry_on covers and another
+ * candidate may take the request: wait out its Retry-After (capped), then
+ * go on. Nothing reached the app. */
+static void fall_over(struct kb_request *r, const char *message) {
+        attempt_feedback(r, KB_VERDICT_FAILURE);
+        _cleanup_free_ char *from = NULL;
+        if (asprintf(&from, "%s%s%s", strempty(r->fallback_from), r->fallback_from ? "," : "", r->route->name) >= 0) {
+                free(r->fallback_from);
+                r->fallback_from = TAKE_PTR(from);
+        }
+        free(r->last_error_message);
+        r->last_error_message = message ? strdup(message) : NULL;
+        uint64_t delay = r->retry_delay_usec;
+        r->retry_delay_usec = 0;
+        if (sd_event_add_time(r->broker->event, &r->retry_timer, CLOCK_MONOTONIC, kb_now_usec() + delay,
+                              USEC_PER_MSEC, on_retry_timer, r) < 0) {
+                r->retry_timer = NULL;
+                next_attempt(r);
+        }
+}
+
 static void on_done(void *userdata, int error, const char *message) {
         struct kb_request *r = userdata;
 
         r->call = NULL;
+        if (r->retrying) {
+                r->retrying = false;
+                if (!kb_conn_aborted(r->conn)) {
+                        char m[64];
+                        snprintf(m, sizeof(m), "answered %d", r->last_error);
+                        fall_over(r, m);
+                        return;
+                }
+                /* The app left while we were giving up on the answer. */
+                attempt_feedback(r, KB_VERDICT_FAILURE);
+                error = -ECANCELED;
+        } else if (error != 0 && retryable_error(r, error) && can_fall_over(r)) {
+                r->last_error = error;
+                fall_over(r, message);
+                return;
+        }
+
+        kb_verdict v = KB_VERDICT_SUCCESS;
+        if (error == -ECANCELED && kb_conn_aborted(r->conn))
+                v = KB_VERDICT_NONE;
+        else if ((error != 0 && !r->quota_cut) || kb_route_retry_status(r->route, r->upstream_status))
+                v = KB_VERDICT_FAILURE;
+        attempt_feedback(r, v);
+
         r->in_upstream_cb = true;
         conclude(r, error, message);
         r->in_upstream_cb = false;
@@ -297,31 +411,72 @@ static void on_abort(struct kb_conn *c, void *userdata) {
                 kb_request_finish(r);
 }
 
-void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage) {
-        const struct kb_route *route = r->route;
+void kb_proxy_set_auth(struct kb_upstream_request *req, const struct kb_route *route, struct kb_key *key) {
+        if (!key)
+                return;
+        switch (route->auth) {
+        case KB_AUTH_BEARER:
+                req->auth_name = "Authorization";
+                req->auth_prefix = "Bearer ";
+                break;
+        case KB_AUTH_X_API_KEY:
+                req->auth_name = "x-api-key";
+                req->auth_prefix = "";
+                break;
+        case KB_AUTH_HEADER:
+                req->auth_name = route->auth_header;
+                req->auth_prefix = "";
+                break;
+        }
+        req->secret = kb_key_open(key, &req->secret_len);
+        kb_key_mark_used(key, kb_realtime_usec());
+}
+
+/* Build and start the call of one candidate. 0: started; else the
+ * candidate could not be tried (r->last_error / last_error_message say why)
+ * and the caller goes on to the next. */
+static int start_attempt(struct kb_request *r, const struct kb_candidate *c, bool probe) {
+        const struct kb_route *route = c->target->route;
         int q;
+
+        attempt_release(r);
+        r->target = c->target;
+        r->route = route;
+        /* The quota reservation was priced at the first candidate; what is
+         * billed follows the target that answers. */
+        r->price = kb_price_find(route, c->target->upstream_model, NULL);
+        r->attempt_active = true;
+        r->attempt_probe = probe;
+        r->attempt_fallback = c->fallback;
+        r->attempt_answered = false;
+        r->attempt_ttfb_usec = 0;
+        r->attempt_start_usec = kb_now_usec();
+        free(r->last_error_message);
+        r->last_error_message = NULL;
 
         if (route->key) {
                 q = kb_keystore_get(r->broker->keys, route->key, &r->key);
                 if (q < 0) {
-                        kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                                    "route '%s': key '%s' is not available on this host", route->name, route->key);
-                        return;
+                        r->last_error = -ENOKEY;
+                        attempt_feedback(r, KB_VERDICT_NONE);
+                        return -ENOKEY;
                 }
                 if (asprintf(&r->key_label, "%s@%u", kb_key_name(r->key), kb_key_version(r->key)) < 0)
                         r->key_label = NULL;
         }
 
-        q = kb_body_rewrite(r->http->body.data, r->http->body.len, upstream_model, add_include_usage,
+        q = kb_body_rewrite(r->http->body.data, r->http->body.len, c->target->upstream_model, r->add_include_usage,
                             &r->upstream_body);
         if (q >= 0)
                 q = build_headers(r);
         if (q >= 0)
                 q = build_url(r);
         if (q < 0) {
-                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_UPSTREAM_ERROR, "cannot build upstream request: %s",
-                            strerror(-q));
-                return;
+                r->last_error = -EBADR;
+                if (asprintf(&r->last_error_message, "cannot build upstream request: %s", strerror(-q)) < 0)
+                        r->last_error_message = NULL;
+                attempt_feedback(r, KB_VERDICT_NONE);
+                return q;
         }
 
         struct kb_upstream_request req = {
@@ -335,33 +490,113 @@ void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add
                 .connect_timeout_usec = route->connect_timeout_usec,
                 .ca_file = route->ca_file,
         };
-        if (r->key) {
-                switch (route->auth) {
-                case KB_AUTH_BEARER:
-                        req.auth_name = "Authorization";
-                        req.auth_prefix = "Bearer ";
-                        break;
-                case KB_AUTH_X_API_KEY:
-                        req.auth_name = "x-api-key";
-                        req.auth_prefix = "";
-                        break;
-                case KB_AUTH_HEADER:
-                        req.auth_name = route->auth_header;
-                        req.auth_prefix = "";
-                        break;
-                }
-                req.secret = kb_key_open(r->key, &req.secret_len);
-                kb_key_mark_used(r->key, kb_realtime_usec());
-        }
+        kb_proxy_set_auth(&req, route, r->key);
         r->attempts++;
-        kb_conn_set_handler(r->conn, &conn_handler, r);
         q = kb_upstream_start(r->broker->upstream, &req, &upstream_ops, r, &r->call);
         if (r->key)
                 kb_key_close(r->key);
         if (q < 0) {
                 r->call = NULL;
-                kb_api_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                            "route '%s': cannot start the call: %s", route->name, strerror(-q));
-                return;
+                r->last_error = -EBADR;
+                if (asprintf(&r->last_error_message, "cannot start the call: %s", strerror(-q)) < 0)
+                        r->last_error_message = NULL;
+                attempt_feedback(r, KB_VERDICT_NONE);
+                return q;
         }
+        return 0;
+}
+
+static unsigned max_attempts(const struct kb_request *r) {
+        return r->model_cfg && r->model_cfg->max_attempts > 0 ? r->model_cfg->max_attempts : 1;
+}
+
+/* Whether a failed attempt may leave its answer for another: attempts left,
+ * and a candidate left whose circuit lets it through now. */
+static bool can_fall_over(const struct kb_request *r) {
+        if (r->attempts >= max_attempts(r))
+                return false;
+        uint64_t now = kb_now_usec();
+        for (size_t i = r->next_candidate; i < r->n_candidates; i++)
+                if (kb_router_allows(r->broker->router, r->candidates[i].target->route->name, now))
+                        return true;
+        return false;
+}
+
+/* Nothing left to try: the app gets the last attempt's failure. */
+static void give_up(struct kb_request *r) {
+        const struct kb_route *route = r->route;
+        const char *msg = r->last_error_message;
+
+        if (r->attempts == 0 && r->last_error == 0) {
+                _cleanup_free_ char *names = NULL;
+                struct kb_buf b = {};
+                for (size_t i = 0; i < r->n_candidates; i++)
+                        (void) kb_buf_appendf(&b, "%s%s", i ? ", " : "", r->candidates[i].target->route->name);
+                names = b.data;
+                kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                            "model '%s': every route is unavailable (circuit open: %s)", r->model, strempty(names));
+        } else if (r->last_error == -ENOKEY)
+                kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                            "route '%s': key '%s' is not available on this host", route->name, strempty(route->key));
+        else if (r->last_error == -ETIMEDOUT)
+                kb_api_fail(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
+                            "route '%s' did not answer within %" PRIu64 " s", route->name,
+                            route->timeout_usec / USEC_PER_SEC);
+        else if (r->last_error > 0)
+                kb_api_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                            "route '%s' answered %d and no other route could take the request", route->name,
+                            r->last_error);
+        else
+                kb_api_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR, "route '%s' failed: %s",
+                            route->name, msg ?: strerror(-r->last_error));
+}
+
+static void next_attempt(struct kb_request *r) {
+        uint64_t now = kb_now_usec();
+
+        while (r->next_candidate < r->n_candidates && r->attempts < max_attempts(r)) {
+                const struct kb_candidate *c = &r->candidates[r->next_candidate++];
+                /* An open circuit is skipped at once: no waiting on a route known broken. */
+                int a = kb_router_acquire(r->broker->router, c->target->route->name, now);
+                if (a < 0)
+                        continue;
+                if (start_attempt(r, c, a > 0) >= 0)
+                        return;
+        }
+        give_up(r);
+}
+
+bool kb_proxy_plan(struct kb_request *r) {
+        struct kb_candidate c[KB_ROUTER_MAX_CANDIDATES];
+        int n = kb_router_plan(r->broker->router, r->model_cfg, r->family, randombytes_random(), kb_now_usec(), c,
+                               ELEMENTSOF(c));
+        if (n == -ENOENT) {
+                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
+                            "model '%s' has no route that speaks the %s API", r->model,
+                            kb_family_to_string(r->family));
+                return false;
+        }
+        if (n < 0) {
+                kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                            "model '%s' has no target with a non-zero weight and no fallback", r->model);
+                return false;
+        }
+        r->candidates = calloc((size_t) n, sizeof(struct kb_candidate));
+        if (!r->candidates) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_UPSTREAM_ERROR, "out of memory");
+                return false;
+        }
+        memcpy(r->candidates, c, (size_t) n * sizeof(struct kb_candidate));
+        r->n_candidates = (size_t) n;
+        r->next_candidate = 0;
+        r->target = c[0].target;
+        r->route = r->target->route;
+        return true;
+}
+
+void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage) {
+        /* Every attempt rewrites the body for its own target's model. */
+        r->add_include_usage = add_include_usage;
+        kb_conn_set_handler(r->conn, &conn_handler, r);
+        next_attempt(r);
 }

@@ -88,6 +88,23 @@ struct kb_request {
         bool billed_set;
         uint64_t seq;                   /* settle sequence, for replay after a crash */
 
+        /* Fallback (proxy.c): the plan, and the attempt under way. */
+        struct kb_candidate *candidates; /* router.h; into model_cfg */
+        size_t n_candidates;
+        size_t next_candidate;
+        bool add_include_usage;
+        bool attempt_active;            /* router acquired; feedback pending */
+        bool attempt_probe;             /* the attempt is the route's half-open probe */
+        bool attempt_fallback;          /* tried as a fallback line */
+        bool attempt_answered;          /* response headers came */
+        bool retrying;                  /* abandoned for the next candidate (retry_on status) */
+        uint64_t attempt_start_usec;
+        uint64_t attempt_ttfb_usec;
+        uint64_t retry_delay_usec;      /* Retry-After of the failed attempt, capped */
+        struct sd_event_source *retry_timer;
+        int last_error;                 /* why the last attempt failed: -errno, or the HTTP status */
+        char *last_error_message;
+
         uint64_t start_usec;            /* monotonic */
         uint64_t ttfb_usec;             /* upstream first byte, relative to start; 0 if none */
         uint64_t latency_usec;          /* set at finish */

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* keybrokerctl status, team list, route list, reload */
 
+#include <time.h>
+
 #include "ctl.h"
 #include "util.h"
 
@@ -29,22 +31,33 @@ static void help_team_list(void) {
         printf("Usage: keybrokerctl [--admin-socket PATH] [--json] team list\n"
                "\n"
                "Teams of the running config: NAME, MEMBERS (uid:, gid:, unit:), MODELS,\n"
-               "LIMITS (rpm, tpm, tpd, usd/day, usd/month, concurrent) and OWNER.\n");
+               "LIMITS (rpm, tpm, tpd, usd/day, usd/month, concurrent) and OWNER.\n"
+               "\n"
+               "Then their usage now, as USED/LIMIT (just USED without a limit; \"(+N)\"\n"
+               "is held by calls in flight): RPM and TPM (sliding minute), TOKENS TODAY,\n"
+               "USD TODAY (UTC day), USD MONTH (UTC month), IN FLIGHT (/max_concurrent)\n"
+               "and MINUTE RESET (when the minute windows are empty again), followed by\n"
+               "when the day and month windows reset.\n");
 }
 
 static void help_route(void) {
         printf("Usage: keybrokerctl [OPTIONS] route list\n"
                "\n"
                "Commands:\n"
-               "  list    routes: family, base URL, key, auth, targets\n");
+               "  list    routes: family, base URL, key, auth, circuit, error ratio, p50\n"
+               "          latency, targets and their weights\n");
 }
 
 static void help_route_list(void) {
         printf("Usage: keybrokerctl [--admin-socket PATH] [--json] route list\n"
                "\n"
                "Routes of the running config: NAME, FAMILY, BASE URL, KEY (name@version,\n"
-               "or \"name (missing)\" when no version of it is held), AUTH and TARGETS\n"
-               "(model->upstream model, \"wN\" for a weight other than 1, \"fallback\").\n");
+               "or \"name (missing)\" when no version of it is held), AUTH, CIRCUIT\n"
+               "(closed, open, half_open), ERRORS (error ratio of the attempts in the\n"
+               "breaker window, \"-\" without any), P50 (median time to response headers\n"
+               "of recent attempts) and TARGETS (model->upstream model, \"wN\" for a\n"
+               "weight other than 1, \"wN (config M)\" when a split or a canary rollback\n"
+               "overrides the config, \"fallback\").\n");
 }
 
 static void help_reload(void) {
@@ -188,6 +201,147 @@ static int limits_text(const json_t *limits, struct kb_buf *b) {
         return 0;
 }
 
+/* ---- usage ---- */
+
+static bool iso_to_time(const char *iso, time_t *ret) {
+        struct tm tm = {};
+        const char *end;
+
+        if (!iso || !(end = strptime(iso, "%Y-%m-%dT%H:%M:%S", &tm)) || !streq(end, "Z"))
+                return false;
+        time_t t = timegm(&tm);
+        if (t == (time_t) -1)
+                return false;
+        *ret = t;
+        return true;
+}
+
+/* A window's "used" or "limit" as text: budgets trimmed ("0.25"), "-" when
+ * absent. */
+static void amount_text(const json_t *v, char *buf, size_t size) {
+        char raw[64];
+
+        ctl_json_scalar(v, raw, sizeof(raw));
+        if (json_is_string(v))
+                trim_decimal(raw, buf, size);
+        else
+                snprintf(buf, size, "%s", raw);
+}
+
+/* "USED/LIMIT", "USED" without a limit, " (+RESERVED)" when calls in flight
+ * hold some; "-" when the daemon did not say. */
+static int window_text(const json_t *w, char **ret) {
+        const json_t *limit = json_object_get(w, "limit"), *reserved = json_object_get(w, "reserved");
+        char used[64], max[64], held[64];
+        bool has_limit = limit && !json_is_null(limit), has_held;
+        char *s;
+
+        if (!json_is_object(w))
+                s = strdup("-");
+        else {
+                amount_text(json_object_get(w, "used"), used, sizeof(used));
+                amount_text(limit, max, sizeof(max));
+                amount_text(reserved, held, sizeof(held));
+                has_held = (json_is_integer(reserved) && json_integer_value(reserved) > 0) ||
+                           (json_is_string(reserved) && !streq(held, "0"));
+                if (asprintf(&s, "%s%s%s%s%s%s", used, has_limit ? "/" : "", has_limit ? max : "",
+                             has_held ? " (+" : "", has_held ? held : "", has_held ? ")" : "") < 0)
+                        s = NULL;
+        }
+        if (!s)
+                return -ENOMEM;
+        *ret = s;
+        return 0;
+}
+
+/* Seconds until the later of the two minute windows is empty, "-" when
+ * nothing is counted in them. */
+static void minute_reset_text(const json_t *usage, time_t now, char *buf, size_t size) {
+        static const char *const windows[] = { "requests_per_minute", "tokens_per_minute" };
+        time_t latest = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(windows); i++) {
+                time_t t;
+                if (iso_to_time(json_string_value(json_object_get(json_object_get(usage, windows[i]), "reset")),
+                                &t) && t > latest)
+                        latest = t;
+        }
+        if (latest == 0)
+                snprintf(buf, size, "-");
+        else
+                snprintf(buf, size, "%llds", (long long) (latest > now ? latest - now : 0));
+}
+
+static int usage_row(struct ctl_table *t, const json_t *team, time_t now) {
+        static const char *const windows[] = {
+                "requests_per_minute", "tokens_per_minute", "tokens_per_day", "budget_usd_per_day",
+                "budget_usd_per_month",
+        };
+        const json_t *usage = json_object_get(team, "usage");
+        const json_t *conc = json_object_get(json_object_get(usage, "max_concurrent"), "limit");
+        char *cells[ELEMENTSOF(windows)] = {};
+        char in_flight[64], max[64], reset[64];
+        _cleanup_free_ char *flight = NULL;
+        int r = 0;
+
+        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(windows); i++)
+                r = window_text(json_object_get(usage, windows[i]), &cells[i]);
+        ctl_json_scalar(json_object_get(team, "in_flight"), in_flight, sizeof(in_flight));
+        ctl_json_scalar(conc, max, sizeof(max));
+        if (r >= 0 && asprintf(&flight, "%s%s%s", in_flight, json_is_integer(conc) ? "/" : "",
+                               json_is_integer(conc) ? max : "") < 0) {
+                flight = NULL;
+                r = -ENOMEM;
+        }
+        minute_reset_text(usage, now, reset, sizeof(reset));
+        if (r >= 0) {
+                const char *row[] = {
+                        json_string_value(json_object_get(team, "name")), cells[0], cells[1], cells[2], cells[3],
+                        cells[4], flight, reset,
+                };
+                r = ctl_table_add_row(t, row);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(cells); i++)
+                free(cells[i]);
+        return r;
+}
+
+/* The usage table, then the day/month reset times (the same for every team:
+ * the windows are calendar UTC). */
+static int print_usage(const json_t *teams) {
+        static const char *const headers[] = {
+                "TEAM", "RPM", "TPM", "TOKENS TODAY", "USD TODAY", "USD MONTH", "IN FLIGHT", "MINUTE RESET",
+        };
+        _cleanup_table_ struct ctl_table *t = ctl_table_new(headers, ELEMENTSOF(headers));
+        const char *day = NULL, *month = NULL;
+        const json_t *team;
+        time_t now = time(NULL);
+        size_t i;
+
+        if (!t)
+                return -ENOMEM;
+        json_array_foreach(teams, i, team) {
+                const json_t *usage = json_object_get(team, "usage");
+                if (!json_is_object(usage))
+                        continue;
+                if (usage_row(t, team, now) < 0)
+                        return -ENOMEM;
+                day = day ?: json_string_value(json_object_get(json_object_get(usage, "tokens_per_day"), "reset"));
+                month = month ?: json_string_value(
+                                         json_object_get(json_object_get(usage, "budget_usd_per_month"), "reset"));
+        }
+        if (ctl_table_rows(t) == 0)
+                return 0;
+        printf("\n");
+        ctl_table_print(t, stdout);
+        if (day || month) {
+                char d[64], m[64];
+                printf("\nDay windows reset at %s, month windows at %s.\n", ctl_format_time(day, d, sizeof(d)),
+                       ctl_format_time(month, m, sizeof(m)));
+        }
+        return 0;
+}
+
 int ctl_cmd_team(const struct ctl *ctl, int argc, char **argv) {
         static const char *const headers[] = { "NAME", "MEMBERS", "MODELS", "LIMITS", "OWNER" };
         _cleanup_json_ json_t *j = NULL;
@@ -258,6 +412,8 @@ int ctl_cmd_team(const struct ctl *ctl, int argc, char **argv) {
                 return CTL_EXIT_OK;
         }
         ctl_table_print(t, stdout);
+        if (print_usage(json_object_get(j, "teams")) < 0)
+                return OOM();
         return CTL_EXIT_OK;
 }
 
@@ -277,8 +433,13 @@ static int targets_text(const json_t *targets, struct kb_buf *b) {
                         return kb_buf_appendf(b, ", +%zu", json_array_size(targets) - 8);
                 if (kb_buf_appendf(b, "%s%s->%s", i ? ", " : "", model, up) < 0)
                         return -ENOMEM;
+                const json_t *eff = json_object_get(tg, "effective_weight");
                 if (streq_ptr(role, "fallback")) {
                         if (kb_buf_appendf(b, " fallback") < 0)
+                                return -ENOMEM;
+                } else if (json_is_true(json_object_get(tg, "overridden")) && json_is_integer(eff)) {
+                        if (kb_buf_appendf(b, " w%" JSON_INTEGER_FORMAT " (config %" JSON_INTEGER_FORMAT ")",
+                                           json_integer_value(eff), json_integer_value(w)) < 0)
                                 return -ENOMEM;
                 } else if (json_is_integer(w) && json_integer_value(w) != 1 &&
                            kb_buf_appendf(b, " w%" JSON_INTEGER_FORMAT, json_integer_value(w)) < 0)
@@ -288,7 +449,8 @@ static int targets_text(const json_t *targets, struct kb_buf *b) {
 }
 
 int ctl_cmd_route(const struct ctl *ctl, int argc, char **argv) {
-        static const char *const headers[] = { "NAME", "FAMILY", "BASE URL", "KEY", "AUTH", "TARGETS" };
+        static const char *const headers[] = { "NAME", "FAMILY", "BASE URL", "KEY", "AUTH", "CIRCUIT", "ERRORS",
+                                               "P50", "TARGETS" };
         _cleanup_json_ json_t *j = NULL;
         _cleanup_table_ struct ctl_table *t = NULL;
         const json_t *route;
@@ -334,6 +496,12 @@ int ctl_cmd_route(const struct ctl *ctl, int argc, char **argv) {
                         return OOM();
                 }
                 r = targets_text(json_object_get(route, "targets"), &targets);
+                char errors[32] = "-", p50[32] = "-";
+                const json_t *ratio = json_object_get(route, "error_ratio"), *lat = json_object_get(route, "p50_latency_ms");
+                if (json_is_number(ratio))
+                        snprintf(errors, sizeof(errors), "%.2f", json_number_value(ratio));
+                if (json_is_integer(lat))
+                        snprintf(p50, sizeof(p50), "%" JSON_INTEGER_FORMAT "ms", json_integer_value(lat));
                 if (r >= 0) {
                         const char *row[] = {
                                 json_string_value(json_object_get(route, "name")),
@@ -341,6 +509,9 @@ int ctl_cmd_route(const struct ctl *ctl, int argc, char **argv) {
                                 json_string_value(json_object_get(route, "base_url")),
                                 keytext,
                                 json_string_value(json_object_get(route, "auth")),
+                                json_string_value(json_object_get(route, "circuit")),
+                                errors,
+                                p50,
                                 targets.data,
                         };
                         r = ctl_table_add_row(t, row);

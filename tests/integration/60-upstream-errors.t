@@ -17,6 +17,9 @@ my $closed_port = free_port();
 my $mport = $mock->port;
 
 my $cfg = standard_config(mock => $mock);
+# Scripted errors in a row would open the routes' circuit breakers (and
+# later calls would fail fast): this file is about relaying each error.
+$cfg->{"route:$_"}{breaker_failures} = 0, $cfg->{"route:$_"}{breaker_error_ratio} = 0 for qw(oai anth);
 $cfg->{'route:dead'} = { family => 'openai', base_url => "http://127.0.0.1:$closed_port/v1", key => 'oai-key',
                          connect_timeout => '3s' };
 $cfg->{'route:slow'} = { family => 'openai', base_url => $mock->base_url, key => 'oai-key', timeout => '1s' };

@@ -129,14 +129,20 @@ subtest 'GET /routes' => sub {
         is($oai->{connect_timeout_s}, 5, 'connect_timeout_s');
         my @t = sort { $a->{model} cmp $b->{model} } @{$oai->{targets} // []};
         is_deeply(\@t, [
-                { model => 'emb', upstream_model => 'text-embedding-3-small', weight => 1, role => 'target' },
-                { model => 'gpt-big', upstream_model => 'gpt-4o-2024-08-06', weight => 1, role => 'target' },
-                { model => 'gpt-mini', upstream_model => 'gpt-4o-mini-2024-07-18', weight => 90, role => 'target' },
+                { model => 'emb', upstream_model => 'text-embedding-3-small', weight => 1, role => 'target',
+                  effective_weight => 1, overridden => JSON::PP::false },
+                { model => 'gpt-big', upstream_model => 'gpt-4o-2024-08-06', weight => 1, role => 'target',
+                  effective_weight => 1, overridden => JSON::PP::false },
+                { model => 'gpt-mini', upstream_model => 'gpt-4o-mini-2024-07-18', weight => 90, role => 'target',
+                  effective_weight => 90, overridden => JSON::PP::false },
         ], 'oai targets');
         is($r{anth}{auth}, 'x-api-key', 'anth auth x-api-key');
         is($r{anth}{family}, 'anthropic', 'anth family');
         is($r{'oai-b'}{auth}, 'header:X-Custom-Key', 'header auth');
         is($r{'oai-b'}{timeout_s}, 1.5, 'sub-second timeout kept');
+        is($oai->{circuit}, 'closed', 'circuit closed');
+        is($oai->{consecutive_failures}, 0, 'no consecutive failures');
+        ok(exists $oai->{error_ratio} && exists $oai->{p50_latency_ms}, 'error_ratio and p50_latency_ms present');
         is_deeply($r{'oai-b'}{targets}, [
                 { model => 'gpt-mini', upstream_model => 'gpt-4o-mini-2024-07-18', weight => 1, role => 'fallback' },
         ], 'fallback role');

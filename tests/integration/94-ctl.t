@@ -153,12 +153,12 @@ subtest 'route list' => sub {
         my $base = $mock->base_url;
         my $r = ctl_ok([@A, 'route', 'list'], 'route list exits 0');
         my @l = split /\n/, $r->{stdout};
-        like($l[0], qr/^NAME\s+FAMILY\s+BASE URL\s+KEY\s+AUTH\s+TARGETS$/, 'header row');
+        like($l[0], qr/^NAME\s+FAMILY\s+BASE URL\s+KEY\s+AUTH\s+CIRCUIT\s+ERRORS\s+P50\s+TARGETS$/, 'header row');
         my ($oai) = grep { /^oai\s/ } @l;
         my ($anth) = grep { /^anth\s/ } @l;
         like($oai // '', qr/^oai\s+openai\s+\Q$base\E\s+oai-key\@\d+\s+bearer\s+.*gpt-mini->gpt-4o-mini-2024-07-18/,
              'oai row: credentials key present');
-        like($anth // '', qr/^anth\s+anthropic\s+\Q$base\E\s+anth-key \(missing\)\s+x-api-key\s+claude-haiku->claude-3-5-haiku-20241022/,
+        like($anth // '', qr/^anth\s+anthropic\s+\Q$base\E\s+anth-key \(missing\)\s+x-api-key\s+closed\s+\S+\s+\S+\s+claude-haiku->claude-3-5-haiku-20241022/,
              'anth row: key missing');
 
         $r = ctl_ok([@A, 'route', 'list', '--json'], 'route list --json exits 0');

@@ -412,6 +412,33 @@ static const struct bad_case bad_cases[] = {
         { ROUTE "[model:m]\ntarget = r x w=1\n", "b.conf:5: invalid value for 'target'" },
         { ROUTE "[model:m]\ntarget = r x weight=1 extra\n", "b.conf:5: invalid value for 'target'" },
         { ROUTE "[model:m]\ntarget = r x\nfallback = r y weight=2\n", "b.conf:6: invalid value for 'fallback': expected 'ROUTE UPSTREAM_MODEL'" },
+        /* fallback, breakers, canaries */
+        { ROUTE "retry_on = 399\n", "b.conf:4: invalid value for 'retry_on': '399' is not a status from 400 to 599, connect, timeout or none" },
+        { ROUTE "retry_on = 503 600\n", "b.conf:4: invalid value for 'retry_on': '600' is not a status" },
+        { ROUTE "retry_on = 503 connectt\n", "b.conf:4: invalid value for 'retry_on': 'connectt' is not a status" },
+        { ROUTE "retry_on = none 503\n", "b.conf:4: invalid value for 'retry_on': 'none' is not a status" },
+        { ROUTE "retry_on = 5xx\n", "b.conf:4: invalid value for 'retry_on'" },
+        { ROUTE "retry_on = 503\nretry_on = 429\n", "b.conf:5: 'retry_on' given twice, first on line 4" },
+        { ROUTE "breaker_failures = -1\n", "b.conf:4: invalid value for 'breaker_failures': '-1' is not a number from 0 to 1000000" },
+        { ROUTE "breaker_failures = 1000001\n", "b.conf:4: invalid value for 'breaker_failures'" },
+        { ROUTE "breaker_error_ratio = 1.5\n", "b.conf:4: invalid value for 'breaker_error_ratio': '1.5' is not a ratio from 0 to 1 like 0.5" },
+        { ROUTE "breaker_error_ratio = -0.1\n", "b.conf:4: invalid value for 'breaker_error_ratio'" },
+        { ROUTE "breaker_error_ratio = 50%\n", "b.conf:4: invalid value for 'breaker_error_ratio'" },
+        { ROUTE "breaker_window = 0\n", "b.conf:4: invalid value for 'breaker_window': '0' is not a duration" },
+        { ROUTE "breaker_window = forever\n", "b.conf:4: invalid value for 'breaker_window'" },
+        { ROUTE "breaker_min_requests = 0\n", "b.conf:4: invalid value for 'breaker_min_requests': '0' is not a number from 1 to 1000000" },
+        { ROUTE "breaker_cooldown = 0\n", "b.conf:4: invalid value for 'breaker_cooldown'" },
+        { ROUTE "[model:m]\ntarget = r x\nmax_attempts = 0\n", "b.conf:6: invalid value for 'max_attempts': '0' is not a number from 1 to 20" },
+        { ROUTE "[model:m]\ntarget = r x\nmax_attempts = 21\n", "b.conf:6: invalid value for 'max_attempts'" },
+        { ROUTE "[model:m]\ntarget = r x\nretry_after_max = a while\n", "b.conf:6: invalid value for 'retry_after_max'" },
+        { ROUTE "[model:m]\ntarget = r x\nretry_on = 503\n", "b.conf:6: unknown key 'retry_on' in [model:m]" },
+        { ROUTE "[model:m]\ntarget = r x weight=1 rollback_on_error_ratio=2\n", "b.conf:5: invalid value for 'target': 'rollback_on_error_ratio=2' is not rollback_on_error_ratio=R with R from 0 to 1" },
+        { ROUTE "[model:m]\ntarget = r x min_requests=5\n", "b.conf:5: invalid value for 'target': min_requests= needs rollback_on_error_ratio=" },
+        { ROUTE "[model:m]\ntarget = r x rollback_on_error_ratio=0.1 min_requests=0\n", "b.conf:5: invalid value for 'target': 'min_requests=0' is not min_requests=N with N from 1 to 10000" },
+        { ROUTE "[model:m]\ntarget = r x rollback_on_error_ratio=0.1 min_requests=10001\n", "b.conf:5: invalid value for 'target'" },
+        { ROUTE "[model:m]\ntarget = r x weight=1 weight=2\n", "b.conf:5: invalid value for 'target': 'weight=2' is not weight=N, rollback_on_error_ratio=R or min_requests=N (each at most once)" },
+        { ROUTE "[model:m]\ntarget = r x canary=1\n", "b.conf:5: invalid value for 'target': 'canary=1' is not weight=N" },
+        { ROUTE "[model:m]\ntarget = r x\nfallback = r y rollback_on_error_ratio=0.1\n", "b.conf:6: invalid value for 'fallback': expected 'ROUTE UPSTREAM_MODEL'" },
         /* teams */
         { "[team:t]\nowner = x\n", "b.conf:1: team 't' matches nobody: give users, groups or units" },
         { "[team:t]\nmodels = *\n[agent]\n", "b.conf:1: team 't' matches nobody" },
@@ -433,6 +460,74 @@ static void test_bad(void **state) {
                         fail_msg("case %zu: r=%d err='%s', want '%s'", i, r, strempty(err), bad_cases[i].error);
                 assert_null(c);
         }
+}
+
+static void test_routing_keys(void **state) {
+        struct kb_config *c = NULL;
+        _cleanup_free_ char *err = NULL;
+        static const char text[] =
+                "[route:d]\nfamily = openai\nbase_url = https://d\n"
+                "[route:r]\nfamily = openai\nbase_url = https://r\n"
+                "retry_on = 500 connect 599 400\n"
+                "breaker_failures = 0\n"
+                "breaker_error_ratio = 0.25\n"
+                "breaker_window = 1min\n"
+                "breaker_min_requests = 7\n"
+                "breaker_cooldown = 250ms\n"
+                "[route:n]\nfamily = openai\nbase_url = https://n\nretry_on = none\n"
+                "[model:m]\n"
+                "target = d a\n"
+                "target = r b weight=0 rollback_on_error_ratio=0.05 min_requests=50\n"
+                "target = n c rollback_on_error_ratio=1 weight=3\n"
+                "fallback = d z\n"
+                "max_attempts = 20\n"
+                "retry_after_max = 0\n"
+                "[model:x]\ntarget = d a\n";
+
+        if (kb_config_load_string("k.conf", text, false, &c, &err) < 0)
+                fail_msg("%s", strempty(err));
+        const struct kb_route *d = kb_config_find_route(c, "d"), *r = kb_config_find_route(c, "r"),
+                              *n = kb_config_find_route(c, "n");
+        /* defaults: 429 500 502 503 504 529 connect timeout */
+        for (long st = 300; st < 700; st++)
+                assert_int_equal(kb_route_retry_status(d, st),
+                                 st == 429 || st == 500 || st == 502 || st == 503 || st == 504 || st == 529);
+        assert_true(d->retry_connect && d->retry_timeout);
+        assert_int_equal(d->breaker_failures, 5);
+        assert_true(d->breaker_error_ratio == 0.5);
+        assert_int_equal(d->breaker_window_usec, 30 * USEC_PER_SEC);
+        assert_int_equal(d->breaker_min_requests, 20);
+        assert_int_equal(d->breaker_cooldown_usec, 30 * USEC_PER_SEC);
+        /* given */
+        for (long st = 300; st < 700; st++)
+                assert_int_equal(kb_route_retry_status(r, st), st == 400 || st == 500 || st == 599);
+        assert_true(r->retry_connect);
+        assert_false(r->retry_timeout);
+        assert_int_equal(r->breaker_failures, 0);
+        assert_true(r->breaker_error_ratio == 0.25);
+        assert_int_equal(r->breaker_window_usec, 60 * USEC_PER_SEC);
+        assert_int_equal(r->breaker_min_requests, 7);
+        assert_int_equal(r->breaker_cooldown_usec, 250 * USEC_PER_MSEC);
+        for (long st = 400; st < 600; st++)
+                assert_false(kb_route_retry_status(n, st));
+        assert_false(n->retry_connect || n->retry_timeout);
+        assert_false(kb_route_retry_status(NULL, 503));
+
+        const struct kb_model *m = kb_config_find_model(c, "m"), *x = kb_config_find_model(c, "x");
+        assert_int_equal(m->max_attempts, 20);
+        assert_int_equal(m->retry_after_max_usec, 0);
+        assert_int_equal(x->max_attempts, 3);
+        assert_int_equal(x->retry_after_max_usec, 5 * USEC_PER_SEC);
+        assert_true(m->targets[0].rollback_on_error_ratio < 0);
+        assert_int_equal(m->targets[0].weight, 1);
+        assert_int_equal(m->targets[1].weight, 0);
+        assert_true(m->targets[1].rollback_on_error_ratio == 0.05);
+        assert_int_equal(m->targets[1].min_requests, 50);
+        assert_int_equal(m->targets[2].weight, 3);
+        assert_true(m->targets[2].rollback_on_error_ratio == 1.0);
+        assert_int_equal(m->targets[2].min_requests, 20);
+        assert_true(m->fallbacks[0].rollback_on_error_ratio < 0);
+        kb_config_unref(c);
 }
 
 static void test_line_too_long(void **state) {
@@ -612,6 +707,7 @@ int main(void) {
                 cmocka_unit_test(test_defaults),
                 cmocka_unit_test(test_comments),
                 cmocka_unit_test(test_bad),
+                cmocka_unit_test(test_routing_keys),
                 cmocka_unit_test(test_line_too_long),
                 cmocka_unit_test(test_check_keys),
                 cmocka_unit_test(test_load_file),
