@@ -42,10 +42,12 @@ static void help_team_list(void) {
 
 static void help_route(void) {
         printf("Usage: keybrokerctl [OPTIONS] route list\n"
+               "       keybrokerctl [OPTIONS] route check NAME [--model M]\n"
                "\n"
                "Commands:\n"
                "  list    routes: family, base URL, key, auth, circuit, error ratio, p50\n"
-               "          latency, targets and their weights\n");
+               "          latency, targets and their weights\n"
+               "  check   run the preflight checklist against a live route\n");
 }
 
 static void help_route_list(void) {
@@ -342,32 +344,47 @@ static int print_usage(const json_t *teams) {
         return 0;
 }
 
+/* "NOUN list", whose only option is --help: returns an exit code when done
+ * (help, usage error, --json printed, request failed), or -1 with the
+ * daemon's answer in *ret for the caller's table. */
+static int list_command(const struct ctl *ctl, int argc, char **argv, const char *noun, void (*help)(void),
+                        void (*help_list)(void), const char *path, json_t **ret) {
+        char cmd[32];
+        int optind_, r;
+
+        snprintf(cmd, sizeof(cmd), "%s list", noun);
+        if (argc < 2)
+                return ctl_usage_error(noun, "missing command; see keybrokerctl %s --help", noun);
+        if (streq(argv[1], "-h") || streq(argv[1], "--help") || streq(argv[1], "help")) {
+                help();
+                return CTL_EXIT_OK;
+        }
+        if (!streq(argv[1], "list"))
+                return ctl_usage_error(noun, "unknown command '%s'; see keybrokerctl %s --help", argv[1], noun);
+        r = ctl_parse_help_only(argc - 1, argv + 1, cmd, help_list, &optind_);
+        if (r >= 0)
+                return r;
+        if (optind_ < argc - 1)
+                return ctl_extra_argument(cmd);
+
+        if (ctl_request(ctl, "GET", path, NULL, NULL, ret) < 0)
+                return CTL_EXIT_ERROR;
+        if (ctl->json)
+                return ctl_print_json(*ret) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
+        return -1;
+}
+
 int ctl_cmd_team(const struct ctl *ctl, int argc, char **argv) {
         static const char *const headers[] = { "NAME", "MEMBERS", "MODELS", "LIMITS", "OWNER" };
         _cleanup_json_ json_t *j = NULL;
         _cleanup_table_ struct ctl_table *t = NULL;
         const json_t *team;
         size_t i;
-        int optind_, r;
+        int r;
 
-        if (argc < 2)
-                return ctl_usage_error("team", "missing command (list); see keybrokerctl team --help");
-        if (streq(argv[1], "-h") || streq(argv[1], "--help") || streq(argv[1], "help")) {
-                help_team();
-                return CTL_EXIT_OK;
-        }
-        if (!streq(argv[1], "list"))
-                return ctl_usage_error("team", "unknown command '%s'; see keybrokerctl team --help", argv[1]);
-        r = ctl_parse_help_only(argc - 1, argv + 1, "team list", help_team_list, &optind_);
+        r = list_command(ctl, argc, argv, "team", help_team, help_team_list, "/teams", &j);
         if (r >= 0)
                 return r;
-        if (optind_ < argc - 1)
-                return ctl_extra_argument("team list");
-
-        if (ctl_request(ctl, "GET", "/teams", NULL, NULL, &j) < 0)
-                return CTL_EXIT_ERROR;
-        if (ctl->json)
-                return ctl_print_json(j) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
 
         t = ctl_table_new(headers, ELEMENTSOF(headers));
         if (!t)
@@ -455,26 +472,11 @@ int ctl_cmd_route(const struct ctl *ctl, int argc, char **argv) {
         _cleanup_table_ struct ctl_table *t = NULL;
         const json_t *route;
         size_t i;
-        int optind_, r;
+        int r;
 
-        if (argc < 2)
-                return ctl_usage_error("route", "missing command (list); see keybrokerctl route --help");
-        if (streq(argv[1], "-h") || streq(argv[1], "--help") || streq(argv[1], "help")) {
-                help_route();
-                return CTL_EXIT_OK;
-        }
-        if (!streq(argv[1], "list"))
-                return ctl_usage_error("route", "unknown command '%s'; see keybrokerctl route --help", argv[1]);
-        r = ctl_parse_help_only(argc - 1, argv + 1, "route list", help_route_list, &optind_);
+        r = list_command(ctl, argc, argv, "route", help_route, help_route_list, "/routes", &j);
         if (r >= 0)
                 return r;
-        if (optind_ < argc - 1)
-                return ctl_extra_argument("route list");
-
-        if (ctl_request(ctl, "GET", "/routes", NULL, NULL, &j) < 0)
-                return CTL_EXIT_ERROR;
-        if (ctl->json)
-                return ctl_print_json(j) < 0 ? CTL_EXIT_ERROR : CTL_EXIT_OK;
 
         t = ctl_table_new(headers, ELEMENTSOF(headers));
         if (!t)
