@@ -257,7 +257,9 @@ static void identify_process(int fd, struct kb_identity *id) {
          * recycled pid, and a reuse between our reads. SO_PEERCRED's uid is
          * the effective uid at connect, so it is compared with the
          * effective uid. */
-        if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
+        /* ESRCH is "gone"; EPERM only says we may not signal it (the daemon
+         * runs unprivileged, callers are other users) — it is still there. */
+        if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0 && errno != EPERM)
                 return;
         if (proc_starttime(id->pid, &start_after) < 0 || start_after != start_before)
                 return;
