@@ -2,6 +2,7 @@
 /* keybrokerd: arguments, start-up order, signals, drain, sd_notify. */
 
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <sodium.h>
 #include <sys/prctl.h>
@@ -11,6 +12,7 @@
 
 #include "admin.h"
 #include "broker.h"
+#include "metrics.h"
 #include "router.h"
 #include "quota-recovery.h"
 #include "keybroker/keybroker.h"
@@ -22,12 +24,33 @@ struct listener {
         char *path;     /* socket file we created, removed at exit */
 };
 
+/* req/s in STATUS= is the average over this many one-second samples. */
+#define RATE_SAMPLES 6
+#define STATUS_TICK_USEC (1 * USEC_PER_SEC)
+/* After the drain deadline cut the rest, then give their last bytes (an
+ * error event, the end of a chunked body) this long to reach the apps. */
+#define CUT_GRACE_USEC (500 * USEC_PER_MSEC)
+
+struct rate_sample {
+        uint64_t usec;
+        uint64_t n;
+};
+
 struct daemon {
         struct kb_broker b;
         struct listener api, admin;
         bool draining;
+        bool cut_done;
+        bool stopped;                   /* "stopped" journaled, the loop is exiting */
         uint64_t drain_deadline;
+        uint64_t n_cut;
         sd_event_source *drain_timer;
+        sd_event_source *status_timer;
+        sd_event_source *watchdog_timer;
+        uint64_t watchdog_usec;         /* 0: the service manager watches nothing */
+        struct rate_sample rate[RATE_SAMPLES];
+        unsigned rate_pos;
+        char status[160];               /* last STATUS= sent */
         struct kb_quota_saver *saver;
 };
 
@@ -131,30 +154,157 @@ static int find_activated_fd(const char *name) {
         return fd;
 }
 
+/* STATUS= for systemctl status: what the broker is doing right now. Sent
+ * only when the text changed; the tick makes it at most a second late. */
+static void update_status(struct daemon *d, uint64_t now) {
+        struct kb_broker *b = &d->b;
+        char text[sizeof(d->status)];
+
+        if (d->draining) {
+                uint64_t left = d->drain_deadline > now ? d->drain_deadline - now : 0;
+                snprintf(text, sizeof(text), "Stopping: %" PRIu64 " request(s) in flight, cut in %" PRIu64 " s",
+                         b->n_in_flight, (left + USEC_PER_SEC - 1) / USEC_PER_SEC);
+        } else {
+                /* The oldest sample of the window is the next slot. */
+                const struct rate_sample *old = &d->rate[(d->rate_pos + 1) % RATE_SAMPLES];
+                double rate = 0;
+
+                if (old->usec > 0 && now > old->usec)
+                        rate = (double) (b->n_requests - old->n) * USEC_PER_SEC / (double) (now - old->usec);
+                snprintf(text, sizeof(text), "Serving: %" PRIu64 " request(s) in flight, %.1f req/s, %" PRIu64
+                         " served since start", b->n_in_flight, rate, b->n_requests);
+        }
+        if (streq(text, d->status))
+                return;
+        memcpy(d->status, text, sizeof(text));
+        (void) sd_notifyf(false, "STATUS=%s", text);
+}
+
+static int on_status_tick(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct daemon *d = userdata;
+
+        d->rate_pos = (d->rate_pos + 1) % RATE_SAMPLES;
+        d->rate[d->rate_pos] = (struct rate_sample) { .usec = usec, .n = d->b.n_requests };
+        update_status(d, usec);
+        (void) sd_event_source_set_time(s, usec + STATUS_TICK_USEC);
+        return sd_event_source_set_enabled(s, SD_EVENT_ON);
+}
+
+/* Pinged from the loop itself, so a wedged loop is what gets us restarted. */
+static int on_watchdog_tick(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct daemon *d = userdata;
+
+        (void) sd_notify(false, "WATCHDOG=1");
+        (void) sd_event_source_set_time(s, usec + d->watchdog_usec / 2);
+        return sd_event_source_set_enabled(s, SD_EVENT_ON);
+}
+
+static int setup_notify_timers(struct daemon *d) {
+        uint64_t now, wd = 0;
+        int r;
+
+        /* Nobody to tell: no service manager, no timers. */
+        if (!getenv("NOTIFY_SOCKET"))
+                return 0;
+        (void) sd_event_now(d->b.event, CLOCK_MONOTONIC, &now);
+        /* Until the window filled, the rate is over the time since start. */
+        for (size_t i = 0; i < RATE_SAMPLES; i++)
+                d->rate[i] = (struct rate_sample) { .usec = now, .n = d->b.n_requests };
+        r = sd_event_add_time(d->b.event, &d->status_timer, CLOCK_MONOTONIC, now + STATUS_TICK_USEC,
+                              100 * USEC_PER_MSEC, on_status_tick, d);
+        if (r < 0)
+                return r;
+
+        /* WATCHDOG_PID names another process (we were exec'ed by a wrapper
+         * that was watched): then this is not ours to answer. */
+        r = sd_watchdog_enabled(false, &wd);
+        if (r <= 0 || wd == 0)
+                return 0;
+        d->watchdog_usec = wd;
+        return sd_event_add_time(d->b.event, &d->watchdog_timer, CLOCK_MONOTONIC, now + wd / 2, wd / 20,
+                                 on_watchdog_tick, d);
+}
+
+/* An fd passed under another name (a .socket unit without
+ * FileDescriptorName=, or one of ours misspelt) would be silently unused. */
+static void warn_unknown_fds(void) {
+        char **names = NULL;
+        int n = sd_listen_fds_with_names(false, &names);
+
+        for (int i = 0; i < n; i++) {
+                const char *name = names ? names[i] : NULL;
+                if (!streq_ptr(name, KB_FDNAME_API) && !streq_ptr(name, KB_FDNAME_ADMIN))
+                        fprintf(stderr, "<4>ignoring socket-activated fd %d named \"%s\": only \"%s\" and "
+                                "\"%s\" are served (FileDescriptorName=)\n", SD_LISTEN_FDS_START + i,
+                                strempty(name), KB_FDNAME_API, KB_FDNAME_ADMIN);
+                free(names ? names[i] : NULL);
+        }
+        free(names);
+}
+
 static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         struct daemon *d = userdata;
 
+        if (d->draining) { /* the configuration of a broker on its way out no longer matters */
+                fprintf(stderr, "<5>reload ignored: stopping\n");
+                return 0;
+        }
+        /* kb_broker_reload() sends RELOADING=1 and READY=1 around it. */
         (void) kb_broker_reload(&d->b, NULL);
         return 0;
 }
 
+static size_t n_busy(struct daemon *d) {
+        return MAX((size_t) d->b.n_in_flight, kb_http_server_n_busy(d->b.api)) + kb_http_server_n_busy(d->b.admin);
+}
+
+/* End every request still in flight: each gets its answer cut and its
+ * journal record (stream_interrupted, or 503 before the answer began). */
+static void cut_rest(struct daemon *d) {
+        if (d->cut_done)
+                return;
+        d->cut_done = true;
+        d->n_cut = d->b.n_in_flight;
+        if (d->n_cut > 0) {
+                fprintf(stderr, "<4>drain timeout: cutting %" PRIu64 " request(s) still in flight\n", d->n_cut);
+                kb_api_cut_all(&d->b);
+        }
+}
+
+static int stop_now(struct daemon *d) {
+        if (d->stopped) /* a second SIGTERM racing the end of the drain */
+                return 0;
+        d->stopped = true;
+        (void) kb_journal_lifecycle(d->b.journal, "stopped",
+                                    d->n_cut ? "keybrokerd stopped, cutting requests still in flight"
+                                             : "keybrokerd stopped after draining",
+                                    d->n_cut);
+        fprintf(stderr, "<6>stopped: %" PRIu64 " request(s) cut\n", d->n_cut);
+        return sd_event_exit(d->b.event, 0);
+}
+
+/* Draining ends when no request runs and every answer left the socket, or
+ * at drain_timeout, when the rest are cut. */
 static int on_drain_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         struct daemon *d = userdata;
-        size_t busy = kb_http_server_n_busy(d->b.api);
 
-        if (busy == 0 || usec >= d->drain_deadline) {
-                if (busy > 0) {
-                        fprintf(stderr, "<4>drain timeout: cutting %zu request(s) still in flight\n", busy);
-                        kb_api_cut_all(&d->b);
-                }
-                (void) kb_journal_lifecycle(d->b.journal, "stopped",
-                                            busy ? "keybrokerd stopped, cutting requests still in flight"
-                                                 : "keybrokerd stopped after draining",
-                                            busy);
-                return sd_event_exit(d->b.event, 0);
-        }
-        (void) sd_event_source_set_time(s, usec + 100 * USEC_PER_MSEC);
+        if (usec >= d->drain_deadline)
+                cut_rest(d);
+        if (n_busy(d) == 0 && kb_http_server_n_connections(d->b.api) == 0)
+                return stop_now(d);
+        if (d->cut_done && usec >= d->drain_deadline + CUT_GRACE_USEC)
+                return stop_now(d);
+        update_status(d, usec);
+        (void) sd_event_source_set_time(s, usec + 50 * USEC_PER_MSEC);
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static void unlink_own_socket(struct listener *l) {
+        if (!l->path)
+                return;
+        (void) unlink(l->path);
+        free(l->path);
+        l->path = NULL;
 }
 
 static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -162,18 +312,25 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
         uint64_t now;
 
         if (d->draining) { /* a second signal: stop now, still journaling what is cut */
-                kb_api_cut_all(&d->b);
-                return sd_event_exit(d->b.event, 0);
+                cut_rest(d);
+                return stop_now(d);
         }
         d->draining = true;
         (void) sd_notify(false, "STOPPING=1");
-        size_t busy = kb_http_server_n_busy(d->b.api);
-        fprintf(stderr, "<6>stopping: draining %zu request(s) in flight\n", busy);
-        (void) kb_journal_lifecycle(d->b.journal, "stopping", "keybrokerd stopping", busy);
-        kb_http_server_stop_accepting(d->b.api);
-
         (void) sd_event_now(d->b.event, CLOCK_MONOTONIC, &now);
         d->drain_deadline = now + d->b.config->agent.drain_timeout_usec;
+        fprintf(stderr, "<6>stopping: draining %" PRIu64 " request(s) in flight\n", d->b.n_in_flight);
+        (void) kb_journal_lifecycle(d->b.journal, "stopping", "keybrokerd stopping", d->b.n_in_flight);
+        /* With socket activation the service manager keeps its copy of the
+         * listening sockets: connections made from now on wait in the
+         * backlog for the next start instead of being refused. */
+        kb_http_server_stop_accepting(d->b.api);
+        kb_http_server_stop_accepting(d->b.admin);
+        /* A socket we made ourselves goes now, so new apps are refused at
+         * once rather than left waiting in a backlog nobody accepts. */
+        unlink_own_socket(&d->api);
+        unlink_own_socket(&d->admin);
+        update_status(d, now);
         return sd_event_add_time(d->b.event, &d->drain_timer, CLOCK_MONOTONIC, now, 10 * USEC_PER_MSEC,
                                  on_drain_tick, d);
 }
@@ -213,6 +370,14 @@ static int run(struct daemon *d) {
                 fprintf(stderr, "<3>cannot start the journal writer: %s\n", strerror(-r));
                 return r;
         }
+        /* Before any record: a previous run's spool goes out first. */
+        r = kb_journal_set_spool_dir(b->journal, b->config->agent.state_dir);
+        if (r < 0)
+                fprintf(stderr, "<4>no journal spool in %s: records journald refuses will be lost: %s\n",
+                        strempty(b->config->agent.state_dir), strerror(-r));
+        r = kb_metrics_new(&b->metrics);
+        if (r < 0)
+                return r;
         r = kb_quota_saver_new(b->event, b, &d->saver);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot schedule quota snapshots: %s\n", strerror(-r));
@@ -224,6 +389,7 @@ static int run(struct daemon *d) {
                 return r;
         }
 
+        warn_unknown_fds();
         r = serve_socket(b, &d->api, KB_FDNAME_API, b->config->agent.listen, b->config->agent.listen_mode,
                          &kb_api_ops, kb_api_limits(b->config), &b->api);
         if (r < 0)
@@ -244,7 +410,15 @@ static int run(struct daemon *d) {
                 d->admin.activated ? "the socket-activated fd \"admin\"" : b->config->agent.admin);
         (void) kb_journal_config(b->journal, "loaded", d->b.config_path, NULL);
         (void) kb_journal_lifecycle(b->journal, "started", "keybrokerd started", 0);
-        (void) sd_notify(false, "READY=1\nSTATUS=serving");
+        /* Only now: listening, configuration and keys loaded, quotas
+         * recovered. Connections made before were queued by the kernel. */
+        (void) sd_notify(false, "READY=1");
+        r = setup_notify_timers(d);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot schedule status and watchdog timers: %s\n", strerror(-r));
+                return r;
+        }
+        update_status(d, kb_now_usec());
 
         r = sd_event_loop(b->event);
 
@@ -253,13 +427,18 @@ static int run(struct daemon *d) {
         kb_http_server_free(b->admin);
         b->admin = NULL;
         /* Only sockets we created are ours to remove. */
-        if (d->api.path)
-                (void) unlink(d->api.path);
-        if (d->admin.path)
-                (void) unlink(d->admin.path);
+        unlink_own_socket(&d->api);
+        unlink_own_socket(&d->admin);
         /* Every request has settled and queued its record by now. */
         (void) kb_quota_saver_final(d->saver);
         return r;
+}
+
+/* Tell the service manager why start-up failed (systemctl status shows
+ * STATUS=; ERRNO= becomes the unit's error number). Returns the exit code. */
+static int notify_failure(int r, const char *why) {
+        (void) sd_notifyf(false, "STATUS=Failed to start: %s\nERRNO=%i", why ?: strerror(-r), -r);
+        return 1;
 }
 
 int main(int argc, char **argv) {
@@ -281,7 +460,7 @@ int main(int argc, char **argv) {
         r = kb_config_load(d.b.config_path, check, &d.b.config, &error);
         if (r < 0) {
                 fprintf(stderr, "%s\n", error ?: strerror(-r));
-                return 1;
+                return check ? 1 : notify_failure(r, error);
         }
         if (check) {
                 printf("%s: ok\n", d.b.config_path);
@@ -294,7 +473,7 @@ int main(int argc, char **argv) {
         if (r < 0) {
                 fprintf(stderr, "<3>%s\n", error ?: strerror(-r));
                 kb_config_unref(d.b.config);
-                return 1;
+                return notify_failure(r, error);
         }
 
         r = kb_quota_new(&d.b.quota);
@@ -302,33 +481,38 @@ int main(int argc, char **argv) {
                 r = kb_quota_configure(d.b.quota, d.b.config);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot set up quotas: %s\n", strerror(-r));
-                return 1;
+                return notify_failure(r, "cannot set up quotas");
         }
         r = kb_routing_setup(&d.b);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot set up routing: %s\n", strerror(-r));
-                return 1;
+                return notify_failure(r, "cannot set up routing");
         }
         r = kb_broker_instance_id(d.b.config->agent.state_dir, d.b.instance);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot keep the instance id in state_dir %s: %s\n",
                         strempty(d.b.config->agent.state_dir), strerror(-r));
-                return 1;
+                return notify_failure(r, "cannot keep the instance id in state_dir");
         }
         /* Before serving: counters as they were, kill -9 included. */
         r = kb_quota_recover(&d.b.quota, d.b.config, d.b.instance, &d.b.seq);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot recover quota counters: %s\n", strerror(-r));
-                return 1;
+                return notify_failure(r, "cannot recover quota counters");
         }
 
         r = run(&d);
-        if (r < 0)
+        if (r < 0) {
                 fprintf(stderr, "<3>keybrokerd: %s\n", strerror(-r));
+                (void) notify_failure(r, NULL);
+        }
 
         kb_upstream_free(d.b.upstream);
         kb_journal_free(d.b.journal, 5 * USEC_PER_SEC);
+        kb_metrics_free(d.b.metrics);
         sd_event_source_unref(d.drain_timer);
+        sd_event_source_unref(d.status_timer);
+        sd_event_source_unref(d.watchdog_timer);
         kb_quota_saver_free(d.saver);
         sd_event_unref(d.b.event);
         kb_keystore_free(d.b.keys);
