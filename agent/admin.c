@@ -13,6 +13,7 @@
 #include "admin.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
+#include "metrics.h"
 #include "router.h"
 #include "preflight.h"
 
@@ -420,6 +421,9 @@ int kb_admin_parse_target(const char *method, const char *url, struct kb_admin_t
         } else if (IS("/reload")) {
                 t.endpoint = KB_ADMIN_RELOAD;
                 want = "POST";
+        } else if (IS("/metrics")) {
+                t.endpoint = KB_ADMIN_METRICS;
+                want = "GET";
         } else if (plen > 8 && strncmp(p, "/routes/", 8) == 0) {
                 const char *name = p + 8;
                 size_t nlen = strcspn(name, "/?");
@@ -554,6 +558,9 @@ static void admin_on_request(struct kb_conn *c, struct kb_http_request *req, voi
                 break;
         case KB_ADMIN_RELOAD:
                 serve_reload(c, b);
+                break;
+        case KB_ADMIN_METRICS:
+                kb_metrics_serve(c, b);
                 break;
         case KB_ADMIN_ROUTE_CHECK:
                 serve_route_check(c, b, req, &t, ac);

@@ -39,6 +39,7 @@ typedef enum kb_admin_endpoint {
         KB_ADMIN_RELOAD,        /* POST /reload */
         KB_ADMIN_ROUTE_CHECK,   /* POST /routes/NAME/check */
         KB_ADMIN_MODEL_SPLIT,   /* PUT /models/NAME/split */
+        KB_ADMIN_METRICS,       /* GET /metrics (metrics.c) */
 } kb_admin_endpoint;
 
 #define KB_ADMIN_MODEL_NAME_MAX 256

@@ -11,6 +11,7 @@
 #include "body.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
+#include "metrics.h"
 #include "router.h"
 
 struct api_conn {
@@ -193,6 +194,7 @@ void kb_request_finish(struct kb_request *r) {
         int q = kb_journal_request(b->journal, r);
         if (q < 0 && q != -EAGAIN)
                 fprintf(stderr, "<4>request %s: cannot queue journal record: %s\n", r->id, strerror(-q));
+        kb_metrics_request(b->metrics, r);
         kb_proxy_release(r);
         LIST_REMOVE(r, live);
 

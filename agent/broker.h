@@ -34,6 +34,7 @@ struct kb_broker {
         struct kb_http_server *admin;
         struct kb_upstream *upstream;
         struct kb_journal *journal;
+        struct kb_metrics *metrics;     /* GET /metrics counters (metrics.h) */
         struct kb_quota *quota;
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
         char instance[33];              /* this host's broker identity, kept in state_dir */

@@ -430,6 +430,17 @@ static int p_models(struct parser *p, const struct key_def *k, void *base, const
         return 0;
 }
 
+/* systemd's spellings of a boolean. */
+static int p_bool(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        if (streq(v, "yes") || streq(v, "true") || streq(v, "on") || streq(v, "1"))
+                *FIELD(base, k, bool) = true;
+        else if (streq(v, "no") || streq(v, "false") || streq(v, "off") || streq(v, "0"))
+                *FIELD(base, k, bool) = false;
+        else
+                return bad_value(p, k->name, "'%s' is not yes or no", v);
+        return 0;
+}
+
 static int p_unpriced(struct parser *p, const struct key_def *k, void *base, const char *v) {
         if (streq(v, "deny"))
                 ((struct kb_team *) base)->unpriced = 0;
@@ -664,6 +675,7 @@ const struct key_def kb_cfg_agent_keys[] = {
         AK("idle_timeout", idle_timeout_usec, p_duration, .nonzero = true),
         AK("max_connections", max_connections, p_u64, .nonzero = true),
         AK("max_connections_per_uid", max_connections_per_uid, p_u64, .nonzero = true),
+        AK("journal", journal, p_bool),
         {},
 };
 

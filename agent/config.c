@@ -368,6 +368,7 @@ static int config_new(const char *name, struct kb_config **ret) {
                 .idle_timeout_usec = 60 * USEC_PER_SEC,
                 .max_connections = 1024,
                 .max_connections_per_uid = 256,
+                .journal = true,
         };
         if (!(c->path = strdup(name)) || !(c->agent.listen = strdup(KB_DEFAULT_LISTEN)) ||
             !(c->agent.admin = strdup(KB_DEFAULT_ADMIN)) || !(c->agent.keystore = strdup(KB_DEFAULT_KEYSTORE)) ||

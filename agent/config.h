@@ -128,6 +128,7 @@ struct kb_agent_config {
         uint64_t max_connections;       /* default 1024: open app connections */
         uint64_t max_connections_per_uid; /* default 256 */
         uint64_t idle_timeout_usec;     /* default 60s: keep-alive connection with no request */
+        bool journal;                   /* default true: a journal record per request (journal = yes|no) */
 };
 
 struct kb_config {

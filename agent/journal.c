@@ -1,4 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+/* Journal records (kb_record) and the writer thread that hands them to
+ * journald, with the spool for when it cannot take them. The record kinds
+ * are journal-records.c. */
 #include "journal.h"
 
 #include <errno.h>
@@ -14,64 +17,50 @@
 #include <time.h>
 
 #include "keybroker/keybroker.h"
-#include "request.h"
-#include "router.h"
-#include "broker.h"
-#include "usage.h"
+#include "spool.h"
 
-/* Field names of DESIGN's Journal section. Kept here until they move to
- * include/keybroker/keybroker.h. */
-#define F_MESSAGE_ID "MESSAGE_ID"
-#define F_MESSAGE "MESSAGE"
-#define F_PRIORITY "PRIORITY"
-#define F_REQUEST_ID "KEYBROKER_REQUEST_ID"
-#define F_TEAM "KEYBROKER_TEAM"
-#define F_PEER_UID "KEYBROKER_PEER_UID"
-#define F_PEER_GID "KEYBROKER_PEER_GID"
-#define F_PEER_PID "KEYBROKER_PEER_PID"
-#define F_PEER_UNIT "KEYBROKER_PEER_UNIT"
-#define F_PEER_EXE "KEYBROKER_PEER_EXE"
-#define F_ENDPOINT "KEYBROKER_ENDPOINT"
-#define F_MODEL "KEYBROKER_MODEL"
-#define F_UPSTREAM_MODEL "KEYBROKER_UPSTREAM_MODEL"
-#define F_ROUTE "KEYBROKER_ROUTE"
-#define F_FAMILY "KEYBROKER_FAMILY"
-#define F_KEY "KEYBROKER_KEY"
-#define F_STREAM "KEYBROKER_STREAM"
-#define F_STATUS "KEYBROKER_STATUS"
-#define F_UPSTREAM_STATUS "KEYBROKER_UPSTREAM_STATUS"
-#define F_OUTCOME "KEYBROKER_OUTCOME"
-#define F_INPUT_TOKENS "KEYBROKER_INPUT_TOKENS"
-#define F_INSTANCE "KEYBROKER_INSTANCE"
-#define F_SEQ "KEYBROKER_SEQ"
-#define F_OUTPUT_TOKENS "KEYBROKER_OUTPUT_TOKENS"
-#define F_CACHED_TOKENS "KEYBROKER_CACHED_TOKENS"
-#define F_CACHE_WRITE_TOKENS "KEYBROKER_CACHE_WRITE_TOKENS"
-#define F_REASONING_TOKENS "KEYBROKER_REASONING_TOKENS"
-#define F_COST_MICROUSD "KEYBROKER_COST_MICROUSD"
-#define F_LATENCY_MS "KEYBROKER_LATENCY_MS"
-#define F_TTFB_MS "KEYBROKER_TTFB_MS"
-#define F_UPSTREAM_REQUEST_ID "KEYBROKER_UPSTREAM_REQUEST_ID"
-#define F_ATTEMPTS "KEYBROKER_ATTEMPTS"
-#define F_FALLBACK_FROM "KEYBROKER_FALLBACK_FROM"
-#define F_EVENT "KEYBROKER_EVENT"
-#define F_IN_FLIGHT "KEYBROKER_IN_FLIGHT"
-#define F_VERSION "KEYBROKER_VERSION"
-#define F_CONFIG_PATH "KEYBROKER_CONFIG_PATH"
-#define F_ERROR "KEYBROKER_ERROR"
-#define F_KEY_NAME "KEYBROKER_KEY_NAME"
-#define F_KEY_VERSION "KEYBROKER_KEY_VERSION"
-#define F_KEY_FINGERPRINT "KEYBROKER_KEY_FINGERPRINT"
-#define F_KEY_ACTION "KEYBROKER_KEY_ACTION"
-#define F_ADMIN_UID "KEYBROKER_ADMIN_UID"
-
-/* A failed send is retried after these pauses, then dropped. */
+/* Without a spool, a failed send is retried after these pauses, then
+ * dropped. */
 static const unsigned send_backoff_msec[] = { 1, 10 };
+
+/* With a spool (kb_journal_set_spool_dir), nothing is dropped while the
+ * spool has room:
+ *
+ *  - A record journald refuses (sd_journal_sendv fails: journald away,
+ *    restarting, or refusing) goes to the spool, and from then on every newer
+ *    record goes to the spool too, behind it, until the spool is empty again:
+ *    order is kept across the spool.
+ *  - While the spool is not empty the writer alternates: move everything
+ *    queued to the spool (one fdatasync per batch), then, when a retry is
+ *    due, re-send up to REPLAY_BATCH records from the spool's head, removing
+ *    each only after journald took it. A refusal backs off (RETRY_MIN_USEC
+ *    doubling up to RETRY_MAX_USEC).
+ *  - A writer falling behind (journald slow: the queue half full) also
+ *    spills the queue to the spool, so the queue does not fill and the loop
+ *    never has to wait: kb_journal_submit() never blocks and never does I/O.
+ *  - The queue can still fill when one send blocks for long (a journald that
+ *    is alive but stopped reading: sendmsg waits for room on its socket);
+ *    then, and when the spool's bounds are reached, records are dropped and
+ *    counted (n_dropped). A spool write that fails is counted the same way.
+ *  - A spooled record carries KEYBROKER_SPOOLED=1 and
+ *    KEYBROKER_REALTIME_USEC, the time it was made (journald's own timestamp
+ *    is the time it was re-sent).
+ *  - At stop, what is still queued goes to the spool; the next start
+ *    re-sends it before anything new. */
+#define REPLAY_BATCH 256
+#define RETRY_MIN_USEC (50 * USEC_PER_MSEC)
+#define RETRY_MAX_USEC (1 * USEC_PER_SEC)
+/* A spooled record refused this many times for a reason that is not
+ * journald being away (EINVAL, EMSGSIZE…) is dropped: it would block the
+ * spool forever. */
+#define REFUSALS_MAX 3
+#define SPOOL_SUBDIR "journal-spool"
 
 struct kb_record {
         char **items; /* "FIELD=value" */
         size_t n;
         size_t cap;
+        uint64_t realtime_usec; /* when it was submitted */
 };
 
 struct kb_journal {
@@ -92,8 +81,18 @@ struct kb_journal {
         kb_journal_send_t send;
         void *send_userdata;
 
+        /* The spool: set once before traffic, then used by the writer only. */
+        struct kb_spool *spool;
+        struct kb_record **batch;       /* writer scratch: max_queue slots */
+        uint64_t spool_pending;         /* kb_spool_n_pending(), under lock */
+        bool away;                      /* the last send failed (under lock) */
+        uint64_t retry_at;              /* writer only: CLOCK_MONOTONIC µs */
+        uint64_t backoff_usec;          /* writer only */
+        unsigned refusals;              /* writer only: of the spool's head */
+
         _Atomic uint64_t n_dropped;
         _Atomic uint64_t n_written;
+        _Atomic uint64_t n_spooled;
 };
 
 /* ---- records ---- */
@@ -110,11 +109,6 @@ void kb_record_free(struct kb_record *r) {
         free(r->items);
         free(r);
 }
-
-static void kb_record_freep(struct kb_record **r) {
-        kb_record_free(*r);
-}
-#define _cleanup_record_ _cleanup_(kb_record_freep)
 
 /* journald's own rule for what a client may name a field. */
 static bool field_name_valid(const char *f) {
@@ -207,26 +201,167 @@ static void sleep_msec(unsigned msec) {
                 ;
 }
 
-static int write_record(const struct kb_record *rec, kb_journal_send_t send, void *userdata) {
+/* Send items plus SYSLOG_IDENTIFIER. */
+static int send_items(const struct iovec *items, size_t n, kb_journal_send_t send, void *userdata) {
         static const char ident[] = "SYSLOG_IDENTIFIER=" KB_SYSLOG_IDENTIFIER;
-        struct iovec iov[KB_RECORD_MAX_FIELDS + 1];
-        int r = 0;
+        struct iovec iov[KB_SPOOL_MAX_ITEMS + 1];
 
+        if (n > KB_SPOOL_MAX_ITEMS)
+                return -E2BIG;
+        memcpy(iov, items, n * sizeof(struct iovec));
+        iov[n] = (struct iovec) { .iov_base = (char *) ident, .iov_len = sizeof(ident) - 1 };
+        return send(iov, (int) n + 1, userdata);
+}
+
+static size_t record_iov(const struct kb_record *rec, struct iovec *iov) {
         for (size_t i = 0; i < rec->n; i++)
                 iov[i] = (struct iovec) { .iov_base = rec->items[i], .iov_len = strlen(rec->items[i]) };
-        iov[rec->n] = (struct iovec) { .iov_base = (char *) ident, .iov_len = sizeof(ident) - 1 };
+        return rec->n;
+}
 
-        /* TODO: when journald stays away, spool to state_dir and replay once
-         * it is back (DESIGN: "spool when journald is away"). Until then a
-         * record that fails every attempt is counted in n_dropped. */
+/* attempts: 1 with a spool (a failure goes there), else a few. */
+static int write_record(const struct kb_record *rec, kb_journal_send_t send, void *userdata, bool once) {
+        struct iovec iov[KB_RECORD_MAX_FIELDS];
+        size_t n = record_iov(rec, iov);
+        int r;
+
         for (size_t attempt = 0;; attempt++) {
-                r = send(iov, (int) rec->n + 1, userdata);
+                r = send_items(iov, n, send, userdata);
                 if (r >= 0)
                         return 0;
-                if (attempt >= ELEMENTSOF(send_backoff_msec))
+                if (once || attempt >= ELEMENTSOF(send_backoff_msec))
                         return r;
                 sleep_msec(send_backoff_msec[attempt]);
         }
+}
+
+/* Writer thread, lock not held. 0, or -errno: not spooled (dropped). */
+static int spool_record(struct kb_spool *spool, const struct kb_record *rec) {
+        struct iovec iov[KB_RECORD_MAX_FIELDS + 2];
+        char when[64];
+        size_t n = record_iov(rec, iov);
+
+        snprintf(when, sizeof(when), "KEYBROKER_REALTIME_USEC=%" PRIu64, rec->realtime_usec);
+        iov[n++] = (struct iovec) { .iov_base = (char *) "KEYBROKER_SPOOLED=1", .iov_len = 19 };
+        iov[n++] = (struct iovec) { .iov_base = when, .iov_len = strlen(when) };
+        return kb_spool_append(spool, iov, n);
+}
+
+/* Errors that say journald is not there (yet): keep the record and retry
+ * later. Anything else is this record being refused. */
+static bool send_error_transient(int r) {
+        return r != -EINVAL && r != -EMSGSIZE && r != -E2BIG && r != -EBADMSG;
+}
+
+static void note_refusal(struct kb_journal *j) {
+        j->retry_at = kb_now_usec() + j->backoff_usec;
+        j->backoff_usec = MIN(MAX(j->backoff_usec * 2, RETRY_MIN_USEC), RETRY_MAX_USEC);
+}
+
+/* Writer thread, lock not held: re-send from the spool's head. Returns
+ * true when journald took everything it was offered (or the spool is
+ * empty), false when it refused. */
+static bool queue_filling(struct kb_journal *j) {
+        bool full;
+
+        pthread_mutex_lock(&j->lock);
+        full = j->stop || j->n_queued >= MAX(j->max_queue / 4, (size_t) 1);
+        pthread_mutex_unlock(&j->lock);
+        return full;
+}
+
+static bool replay(struct kb_journal *j, kb_journal_send_t send, void *userdata) {
+        for (unsigned i = 0; i < REPLAY_BATCH; i++) {
+                struct kb_spool_entry e = {};
+                int r;
+
+                /* Spooling what is queued comes first: the queue must never
+                 * fill while journald takes its time. */
+                if (i > 0 && queue_filling(j))
+                        return true;
+                r = kb_spool_peek(j->spool, &e);
+
+                if (r == 0)
+                        return true;
+                if (r == -EBADMSG) { /* damaged on disk since it was written */
+                        (void) kb_spool_pop(j->spool);
+                        atomic_fetch_add(&j->n_dropped, 1);
+                        continue;
+                }
+                if (r < 0) {
+                        note_refusal(j);
+                        return false;
+                }
+                r = send_items(e.iov, e.n, send, userdata);
+                kb_spool_entry_clear(&e);
+                if (r < 0) {
+                        if (!send_error_transient(r) && ++j->refusals >= REFUSALS_MAX) {
+                                j->refusals = 0;
+                                (void) kb_spool_pop(j->spool);
+                                atomic_fetch_add(&j->n_dropped, 1);
+                                continue;
+                        }
+                        note_refusal(j);
+                        return false;
+                }
+                (void) kb_spool_pop(j->spool);
+                atomic_fetch_add(&j->n_written, 1);
+                j->refusals = 0;
+                j->backoff_usec = RETRY_MIN_USEC;
+        }
+        return true;
+}
+
+/* Lock held: move every queued record to the writer's batch. */
+static size_t take_queued(struct kb_journal *j) {
+        size_t n = 0;
+
+        for (; j->n_queued > 0; j->n_queued--) {
+                j->batch[n++] = j->queue[j->head];
+                j->queue[j->head] = NULL;
+                j->head = (j->head + 1) % j->max_queue;
+        }
+        return n;
+}
+
+/* Lock not held: append the batch to the spool, in order, then sync. */
+static void spool_batch(struct kb_journal *j, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                if (spool_record(j->spool, j->batch[i]) < 0)
+                        atomic_fetch_add(&j->n_dropped, 1);
+                else
+                        atomic_fetch_add(&j->n_spooled, 1);
+                kb_record_free(j->batch[i]);
+                j->batch[i] = NULL;
+        }
+        if (n > 0)
+                (void) kb_spool_sync(j->spool);
+}
+
+/* Lock held on entry and return: one round of spool mode. */
+static void spool_round(struct kb_journal *j) {
+        kb_journal_send_t send = j->send;
+        void *userdata = j->send_userdata;
+        size_t n = take_queued(j);
+        bool due = kb_now_usec() >= j->retry_at, ok = true;
+
+        j->busy = true;
+        pthread_mutex_unlock(&j->lock);
+        spool_batch(j, n);
+        if (due)
+                ok = replay(j, send, userdata);
+        pthread_mutex_lock(&j->lock);
+        if (due)
+                j->away = !ok;
+        j->spool_pending = kb_spool_n_pending(j->spool);
+        j->busy = false;
+}
+
+static struct timespec deadline_after(uint64_t usec);
+
+/* Lock held: whether the writer has something to do now. */
+static bool writer_has_work(struct kb_journal *j) {
+        return j->stop || j->n_queued > 0 || (j->spool_pending > 0 && kb_now_usec() >= j->retry_at);
 }
 
 static void *writer_main(void *arg) {
@@ -237,14 +372,28 @@ static void *writer_main(void *arg) {
                 struct kb_record *rec;
                 kb_journal_send_t send;
                 void *userdata;
-                int r;
+                bool once;
+                int r, s = -1;
 
-                while (j->n_queued == 0 && !j->stop)
-                        pthread_cond_wait(&j->wake, &j->lock);
-                /* Stopping leaves what is still queued to kb_journal_free(),
-                 * which counts it dropped: free already waited its timeout. */
+                while (!writer_has_work(j)) {
+                        if (j->spool_pending > 0) {
+                                uint64_t now = kb_now_usec();
+                                struct timespec ts = deadline_after(j->retry_at > now ? j->retry_at - now : 0);
+                                (void) pthread_cond_timedwait(&j->wake, &j->lock, &ts);
+                        } else
+                                pthread_cond_wait(&j->wake, &j->lock);
+                }
+                /* Stopping: what is still queued goes to the spool below, or
+                 * without one is left to kb_journal_free(), which counts it
+                 * dropped (free already waited its timeout). */
                 if (j->stop)
                         break;
+
+                if (j->spool && (j->spool_pending > 0 || j->n_queued >= MAX(j->max_queue / 2, (size_t) 32))) {
+                        spool_round(j);
+                        pthread_cond_broadcast(&j->idle);
+                        continue;
+                }
 
                 rec = j->queue[j->head];
                 j->queue[j->head] = NULL;
@@ -253,19 +402,39 @@ static void *writer_main(void *arg) {
                 j->busy = true;
                 send = j->send;
                 userdata = j->send_userdata;
+                once = j->spool != NULL;
                 pthread_mutex_unlock(&j->lock);
 
-                r = write_record(rec, send, userdata);
+                r = write_record(rec, send, userdata, once);
+                if (r < 0 && once) {
+                        s = spool_record(j->spool, rec);
+                        (void) kb_spool_sync(j->spool);
+                        note_refusal(j);
+                }
                 kb_record_free(rec);
 
                 pthread_mutex_lock(&j->lock);
-                if (r < 0)
-                        atomic_fetch_add(&j->n_dropped, 1);
-                else
+                if (r >= 0) {
                         atomic_fetch_add(&j->n_written, 1);
+                        j->away = false;
+                } else if (s >= 0) {
+                        atomic_fetch_add(&j->n_spooled, 1);
+                        j->away = true;
+                } else
+                        atomic_fetch_add(&j->n_dropped, 1);
+                if (j->spool)
+                        j->spool_pending = kb_spool_n_pending(j->spool);
                 j->busy = false;
-                if (j->n_queued == 0)
-                        pthread_cond_broadcast(&j->idle);
+                pthread_cond_broadcast(&j->idle);
+        }
+        if (j->spool && j->n_queued > 0) {
+                size_t n = take_queued(j);
+                j->busy = true;
+                pthread_mutex_unlock(&j->lock);
+                spool_batch(j, n);
+                pthread_mutex_lock(&j->lock);
+                j->spool_pending = kb_spool_n_pending(j->spool);
+                j->busy = false;
         }
         pthread_cond_broadcast(&j->idle);
         pthread_mutex_unlock(&j->lock);
@@ -289,8 +458,15 @@ int kb_journal_new(size_t max_queue, struct kb_journal **ret) {
                 free(j);
                 return -ENOMEM;
         }
+        j->batch = calloc(max_queue, sizeof(struct kb_record *));
+        if (!j->batch) {
+                free(j->queue);
+                free(j);
+                return -ENOMEM;
+        }
         j->max_queue = max_queue;
         j->send = default_send;
+        j->backoff_usec = RETRY_MIN_USEC;
 
         pthread_mutex_init(&j->lock, NULL);
         pthread_condattr_init(&ca);
@@ -324,11 +500,55 @@ void kb_journal_set_sender(struct kb_journal *j, kb_journal_send_t send, void *u
         pthread_mutex_unlock(&j->lock);
 }
 
+int kb_journal_set_spool_dir(struct kb_journal *j, const char *state_dir) {
+        _cleanup_free_ char *dir = NULL;
+        struct kb_spool *spool = NULL;
+        int r;
+
+        if (!j || !state_dir || !*state_dir)
+                return -EINVAL;
+        if (asprintf(&dir, "%s/" SPOOL_SUBDIR, state_dir) < 0) {
+                dir = NULL;
+                return -ENOMEM;
+        }
+        r = kb_spool_open(dir, 0, 0, &spool);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&j->lock);
+        if (j->spool || j->stop) {
+                pthread_mutex_unlock(&j->lock);
+                kb_spool_free(spool);
+                return -EBUSY;
+        }
+        j->spool = spool;
+        /* What a previous run left goes out first. */
+        j->spool_pending = kb_spool_n_pending(spool);
+        pthread_cond_signal(&j->wake);
+        pthread_mutex_unlock(&j->lock);
+        return 0;
+}
+
+uint64_t kb_journal_n_spooled(const struct kb_journal *j) {
+        return j ? atomic_load(&j->n_spooled) : 0;
+}
+
+uint64_t kb_journal_n_spool_pending(struct kb_journal *j) {
+        uint64_t n;
+
+        if (!j)
+                return 0;
+        pthread_mutex_lock(&j->lock);
+        n = j->spool_pending;
+        pthread_mutex_unlock(&j->lock);
+        return n;
+}
+
 int kb_journal_submit(struct kb_journal *j, struct kb_record *r) {
         if (!j || !r) {
                 kb_record_free(r);
                 return -EINVAL;
         }
+        r->realtime_usec = kb_realtime_usec();
         pthread_mutex_lock(&j->lock);
         if (j->stop || j->n_queued >= j->max_queue) {
                 pthread_mutex_unlock(&j->lock);
@@ -373,7 +593,10 @@ void kb_journal_flush(struct kb_journal *j, uint64_t timeout_usec) {
                 return;
         deadline = deadline_after(timeout_usec);
         pthread_mutex_lock(&j->lock);
-        while ((j->n_queued > 0 || j->busy) && j->thread_started && !j->stop)
+        /* Done when everything went to journald, or is safely spooled
+         * while journald is away (the writer re-sends it later). */
+        while ((j->n_queued > 0 || j->busy || (j->spool_pending > 0 && !j->away)) && j->thread_started &&
+               !j->stop)
                 if (pthread_cond_timedwait(&j->idle, &j->lock, &deadline) == ETIMEDOUT)
                         break;
         pthread_mutex_unlock(&j->lock);
@@ -399,348 +622,11 @@ void kb_journal_free(struct kb_journal *j, uint64_t timeout_usec) {
                 j->head = (j->head + 1) % j->max_queue;
                 atomic_fetch_add(&j->n_dropped, 1);
         }
+        kb_spool_free(j->spool);
+        free(j->batch);
         free(j->queue);
         pthread_cond_destroy(&j->wake);
         pthread_cond_destroy(&j->idle);
         pthread_mutex_destroy(&j->lock);
         free(j);
-}
-
-/* ---- record kinds ---- */
-
-#define ADD(rec, f, v)                                  \
-        do {                                            \
-                int _r = kb_record_add(rec, f, v);      \
-                if (_r < 0)                             \
-                        return _r;                      \
-        } while (0)
-#define ADDF(rec, f, ...)                                       \
-        do {                                                    \
-                int _r = kb_record_addf(rec, f, __VA_ARGS__);   \
-                if (_r < 0)                                     \
-                        return _r;                              \
-        } while (0)
-
-/* Values a caller controls (the model as asked, provider ids, the config
- * error) are cut at the value limit rather than losing the whole record. */
-#define ADD_CAPPED(rec, f, v) ADDF(rec, f, "%.*s", (int) KB_RECORD_MAX_VALUE, strempty(v))
-/* In MESSAGE, a short human summary, names are cut much shorter. */
-#define MSG_NAME_MAX 256
-#define MSG_ERROR_MAX 4096
-
-static const char *const outcome_table[_KB_OUTCOME_MAX] = {
-        [KB_OUTCOME_OK] = "ok",
-        [KB_OUTCOME_QUOTA_REJECTED] = "quota_rejected",
-        [KB_OUTCOME_FORBIDDEN] = "forbidden",
-        [KB_OUTCOME_MODEL_NOT_FOUND] = "model_not_found",
-        [KB_OUTCOME_INVALID_REQUEST] = "invalid_request",
-        [KB_OUTCOME_UPSTREAM_ERROR] = "upstream_error",
-        [KB_OUTCOME_UPSTREAM_TIMEOUT] = "upstream_timeout",
-        [KB_OUTCOME_STREAM_INTERRUPTED] = "stream_interrupted",
-        [KB_OUTCOME_CLIENT_ABORT] = "client_abort",
-};
-
-const char *kb_outcome_to_string(kb_outcome o) {
-        if ((unsigned) o >= _KB_OUTCOME_MAX)
-                return NULL;
-        return outcome_table[o];
-}
-
-static const char *dash_if_empty(const char *s) {
-        return s && *s ? s : "-";
-}
-
-static int build_request(const struct kb_request *r, struct kb_record *rec) {
-        const struct kb_identity *id = r->identity;
-        const struct kb_usage *u = r->billed_set ? &r->billed : r->tap ? kb_usage_tap_get(r->tap) : NULL;
-        const char *outcome = strempty(kb_outcome_to_string(r->outcome));
-        const char *team = r->team ? r->team->name : NULL;
-        const char *route = r->route ? r->route->name : NULL;
-        const char *upstream_rid = r->upstream_request_id;
-        uint64_t in = u ? u->input_tokens : 0, out = u ? u->output_tokens : 0;
-        uint64_t cost_mag;
-        bool ok = r->outcome == KB_OUTCOME_OK;
-
-        if (!upstream_rid && u)
-                upstream_rid = u->upstream_request_id;
-        /* Negation through uint64_t so INT64_MIN can't overflow. */
-        cost_mag = r->cost_microusd < 0 ? -(uint64_t) r->cost_microusd : (uint64_t) r->cost_microusd;
-
-        ADD(rec, F_MESSAGE_ID, KB_MID_REQUEST);
-        ADDF(rec, F_MESSAGE, "%.*s %.*s via %.*s: %d%s%s, %" PRIu64 " in / %" PRIu64 " out tokens, %s$%" PRIu64 ".%06u, %" PRIu64 " ms",
-             MSG_NAME_MAX, dash_if_empty(team), MSG_NAME_MAX, dash_if_empty(r->model), MSG_NAME_MAX,
-             dash_if_empty(route), r->status,
-             ok ? "" : " ", ok ? "" : outcome, in, out, r->cost_microusd < 0 ? "-" : "",
-             cost_mag / 1000000, (unsigned) (cost_mag % 1000000), r->latency_usec / USEC_PER_MSEC);
-        ADD(rec, F_PRIORITY, ok ? "6" : "4");
-        ADD(rec, F_REQUEST_ID, r->id);
-        ADD(rec, F_TEAM, strempty(team));
-        if (id) {
-                ADDF(rec, F_PEER_UID, "%u", (unsigned) id->uid);
-                ADDF(rec, F_PEER_GID, "%u", (unsigned) id->gid);
-                ADDF(rec, F_PEER_PID, "%d", (int) id->pid);
-        } else {
-                ADD(rec, F_PEER_UID, "");
-                ADD(rec, F_PEER_GID, "");
-                ADD(rec, F_PEER_PID, "");
-        }
-        ADD(rec, F_PEER_UNIT, strempty(id ? id->unit : NULL));
-        ADD(rec, F_PEER_EXE, strempty(id ? id->exe : NULL));
-        ADD(rec, F_ENDPOINT, strempty(kb_endpoint_to_string(r->endpoint)));
-        ADD_CAPPED(rec, F_MODEL, r->model);
-        ADD_CAPPED(rec, F_UPSTREAM_MODEL, u ? u->upstream_model : NULL);
-        ADD(rec, F_ROUTE, strempty(route));
-        ADD(rec, F_FAMILY, strempty(kb_family_to_string(r->family)));
-        ADD_CAPPED(rec, F_KEY, r->key_label);
-        ADD(rec, F_STREAM, r->stream ? "1" : "0");
-        ADDF(rec, F_STATUS, "%d", r->status);
-        ADDF(rec, F_UPSTREAM_STATUS, "%ld", r->upstream_status);
-        ADD(rec, F_OUTCOME, outcome);
-        ADDF(rec, F_INPUT_TOKENS, "%" PRIu64, in);
-        ADDF(rec, F_OUTPUT_TOKENS, "%" PRIu64, out);
-        ADDF(rec, F_CACHED_TOKENS, "%" PRIu64, u ? u->cached_tokens : 0);
-        ADDF(rec, F_CACHE_WRITE_TOKENS, "%" PRIu64, u ? u->cache_write_tokens : 0);
-        ADDF(rec, F_REASONING_TOKENS, "%" PRIu64, u ? u->reasoning_tokens : 0);
-        ADDF(rec, F_COST_MICROUSD, "%" PRId64, r->cost_microusd);
-        ADDF(rec, F_LATENCY_MS, "%" PRIu64, r->latency_usec / USEC_PER_MSEC);
-        ADDF(rec, F_TTFB_MS, "%" PRIu64, r->ttfb_usec / USEC_PER_MSEC);
-        ADD_CAPPED(rec, F_UPSTREAM_REQUEST_ID, upstream_rid);
-        ADDF(rec, F_ATTEMPTS, "%u", r->attempts);
-        ADD_CAPPED(rec, F_FALLBACK_FROM, r->fallback_from);
-        /* Beyond DESIGN's list: which broker instance settled this call, and
-         * in which order, so quota recovery replays exactly what a crash
-         * lost (README "Journal"). */
-        ADD(rec, F_INSTANCE, r->broker ? r->broker->instance : "");
-        ADDF(rec, F_SEQ, "%" PRIu64, r->seq);
-        return 0;
-}
-
-int kb_journal_request(struct kb_journal *j, const struct kb_request *r) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
-
-        if (!j || !r)
-                return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        k = build_request(r, rec);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
-}
-
-static int build_lifecycle(struct kb_record *rec, const char *event, const char *message, uint64_t in_flight) {
-        ADD(rec, F_MESSAGE_ID, KB_MID_LIFECYCLE);
-        if (message)
-                ADD(rec, F_MESSAGE, message);
-        else
-                ADDF(rec, F_MESSAGE, "keybrokerd %s (%" PRIu64 " requests in flight)", event, in_flight);
-        ADD(rec, F_PRIORITY, streq(event, "stopping") ? "5" : "6");
-        ADD(rec, F_EVENT, event);
-        ADDF(rec, F_IN_FLIGHT, "%" PRIu64, in_flight);
-        ADD(rec, F_VERSION, KB_VERSION);
-        return 0;
-}
-
-int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
-
-        if (!j || !event)
-                return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        k = build_lifecycle(rec, event, message, in_flight);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
-}
-
-static int build_config(struct kb_record *rec, const char *event, const char *path, const char *error) {
-        bool rejected = streq(event, "rejected");
-
-        ADD(rec, F_MESSAGE_ID, KB_MID_CONFIG);
-        if (error)
-                ADDF(rec, F_MESSAGE, "Configuration %s: %.*s", event, MSG_ERROR_MAX, error);
-        else
-                ADDF(rec, F_MESSAGE, "Configuration %s from %s", event, path ? path : "-");
-        ADD(rec, F_PRIORITY, rejected ? "3" : "6");
-        ADD(rec, F_EVENT, event);
-        ADD(rec, F_CONFIG_PATH, strempty(path));
-        if (error)
-                ADD_CAPPED(rec, F_ERROR, error);
-        return 0;
-}
-
-int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
-
-        if (!j || !event)
-                return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        k = build_config(rec, event, path, error);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
-}
-
-static int build_key(struct kb_record *rec, const char *action, const char *name, const char *version,
-                     const char *fingerprint, uid_t admin_uid) {
-        ADD(rec, F_MESSAGE_ID, KB_MID_KEY);
-        if (streq(action, "deleted")) {
-                if (streq(version, "all"))
-                        ADDF(rec, F_MESSAGE, "key %.*s deleted (all versions) by uid %u", MSG_NAME_MAX, name,
-                             (unsigned) admin_uid);
-                else
-                        ADDF(rec, F_MESSAGE, "key %.*s version %s deleted by uid %u", MSG_NAME_MAX, name, version,
-                             (unsigned) admin_uid);
-        } else {
-                const char *verb = streq(action, "rolled_back") ? "rolled back" : action;
-                ADDF(rec, F_MESSAGE, "key %.*s %s to version %s (fingerprint %s) by uid %u", MSG_NAME_MAX, name,
-                     verb, version, fingerprint ? fingerprint : "-", (unsigned) admin_uid);
-        }
-        ADD(rec, F_PRIORITY, "5");
-        ADD_CAPPED(rec, F_KEY_NAME, name);
-        ADD_CAPPED(rec, F_KEY_VERSION, version);
-        if (fingerprint)
-                ADD_CAPPED(rec, F_KEY_FINGERPRINT, fingerprint);
-        ADD_CAPPED(rec, F_KEY_ACTION, action);
-        ADDF(rec, F_ADMIN_UID, "%u", (unsigned) admin_uid);
-        return 0;
-}
-
-int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
-                   const char *fingerprint, uid_t admin_uid) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
-
-        if (!j || !action || !name || !version)
-                return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        k = build_key(rec, action, name, version, fingerprint, admin_uid);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
-}
-
-int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, uint64_t used, uint64_t max,
-                     uint64_t reset_usec) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-
-        if (!j || !team || !limit)
-                return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        ADD(rec, F_MESSAGE_ID, KB_MID_QUOTA);
-        ADDF(rec, F_MESSAGE, "team %.*s hit its %s limit (%" PRIu64 " used of %" PRIu64 ")", MSG_NAME_MAX, team,
-             limit, used, max);
-        ADD(rec, F_PRIORITY, "4");
-        ADD(rec, F_TEAM, team);
-        ADD(rec, "KEYBROKER_LIMIT", limit);
-        ADDF(rec, "KEYBROKER_USED", "%" PRIu64, used);
-        ADDF(rec, "KEYBROKER_LIMIT_VALUE", "%" PRIu64, max);
-        ADDF(rec, "KEYBROKER_RESET_USEC", "%" PRIu64, reset_usec);
-        return kb_journal_submit(j, TAKE_PTR(rec));
-}
-
-int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, bool ok,
-                         const char *detail, uint64_t latency_ms, const char *evidence) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        bool summary;
-
-        if (!j || !route || !check)
-                return -EINVAL;
-        summary = streq(check, "summary");
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        ADD(rec, F_MESSAGE_ID, KB_MID_PREFLIGHT);
-        if (summary)
-                ADDF(rec, F_MESSAGE, "preflight of route %.*s (model %.*s): %s: %.*s, %" PRIu64 " ms", MSG_NAME_MAX,
-                     route, MSG_NAME_MAX, dash_if_empty(model), ok ? "passed" : "FAILED", MSG_ERROR_MAX,
-                     dash_if_empty(detail), latency_ms);
-        else
-                ADDF(rec, F_MESSAGE, "preflight of route %.*s: %.*s %s: %.*s (%" PRIu64 " ms)", MSG_NAME_MAX, route,
-                     MSG_NAME_MAX, check, ok ? "ok" : "FAILED", MSG_ERROR_MAX, dash_if_empty(detail), latency_ms);
-        ADD(rec, F_PRIORITY, ok ? "6" : "4");
-        ADD_CAPPED(rec, F_ROUTE, route);
-        if (model)
-                ADD_CAPPED(rec, F_MODEL, model);
-        ADD_CAPPED(rec, "KEYBROKER_CHECK", check);
-        ADD(rec, "KEYBROKER_CHECK_OK", ok ? "1" : "0");
-        ADD_CAPPED(rec, "KEYBROKER_CHECK_DETAIL", detail);
-        ADDF(rec, F_LATENCY_MS, "%" PRIu64, latency_ms);
-        if (evidence)
-                ADD_CAPPED(rec, "KEYBROKER_EVIDENCE", evidence);
-        return kb_journal_submit(j, TAKE_PTR(rec));
-}
-
-static int build_route(struct kb_record *rec, const struct kb_route_event *ev) {
-        const char *event = kb_route_event_to_string(ev->kind);
-        bool circuit = ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CIRCUIT_HALF_OPEN ||
-                ev->kind == KB_ROUTE_CIRCUIT_CLOSED;
-
-        ADD(rec, F_MESSAGE_ID, KB_MID_ROUTE);
-        switch (ev->kind) {
-        case KB_ROUTE_CIRCUIT_OPENED:
-        case KB_ROUTE_CIRCUIT_HALF_OPEN:
-        case KB_ROUTE_CIRCUIT_CLOSED:
-                ADDF(rec, F_MESSAGE, "route %.*s: circuit %s (%s)", MSG_NAME_MAX, strempty(ev->route),
-                     ev->kind == KB_ROUTE_CIRCUIT_OPENED ? "opened"
-                     : ev->kind == KB_ROUTE_CIRCUIT_CLOSED ? "closed" : "half-open",
-                     strempty(ev->reason));
-                break;
-        case KB_ROUTE_CANARY_ROLLED_BACK:
-                ADDF(rec, F_MESSAGE, "model %.*s: canary route %.*s rolled back to weight 0 (%s); weights now %.*s",
-                     MSG_NAME_MAX, strempty(ev->model), MSG_NAME_MAX, strempty(ev->route), strempty(ev->reason),
-                     MSG_ERROR_MAX, strempty(ev->weights));
-                break;
-        default:
-                ADDF(rec, F_MESSAGE, "model %.*s: split changed to %.*s%s", MSG_NAME_MAX, strempty(ev->model),
-                     MSG_ERROR_MAX, strempty(ev->weights), ev->admin_uid >= 0 ? " by an admin" : "");
-                break;
-        }
-        ADD(rec, F_PRIORITY, ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CANARY_ROLLED_BACK ? "4"
-                             : ev->kind == KB_ROUTE_SPLIT_CHANGED ? "5" : "6");
-        ADD(rec, F_EVENT, strempty(event));
-        if (ev->route)
-                ADD_CAPPED(rec, F_ROUTE, ev->route);
-        if (ev->model)
-                ADD_CAPPED(rec, F_MODEL, ev->model);
-        if (ev->weights)
-                ADD_CAPPED(rec, "KEYBROKER_WEIGHTS", ev->weights);
-        if (ev->reason)
-                ADD_CAPPED(rec, "KEYBROKER_REASON", ev->reason);
-        if (ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CANARY_ROLLED_BACK) {
-                ADDF(rec, "KEYBROKER_ERROR_RATIO", "%.3f", ev->error_ratio);
-                ADDF(rec, "KEYBROKER_REQUESTS", "%" PRIu64, ev->requests);
-        }
-        if (circuit)
-                ADDF(rec, "KEYBROKER_CONSECUTIVE_FAILURES", "%u", ev->consecutive_failures);
-        if (ev->admin_uid >= 0)
-                ADDF(rec, F_ADMIN_UID, "%" PRId64, ev->admin_uid);
-        return 0;
-}
-
-int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
-
-        if (!j || !ev || !kb_route_event_to_string(ev->kind))
-                return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        k = build_route(rec, ev);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
 }

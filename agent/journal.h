@@ -57,10 +57,24 @@ const char *kb_record_item(const struct kb_record *r, size_t i);
 int kb_journal_submit(struct kb_journal *j, struct kb_record *r);
 uint64_t kb_journal_n_dropped(const struct kb_journal *j);
 uint64_t kb_journal_n_written(const struct kb_journal *j);
-/* Block until every record submitted so far was handed to journald (tests, shutdown). */
+/* Block until every record submitted so far was handed to journald, or,
+ * with a spool, is in the spool while journald is away (tests, shutdown). */
 void kb_journal_flush(struct kb_journal *j, uint64_t timeout_usec);
 
-/* The per-request record (MESSAGE_ID KB_MID_REQUEST) with every field of DESIGN. */
+/* Keep what journald cannot take in a spool in STATE_DIR/journal-spool
+ * (spool.h; created 0700), re-sent in order, before newer records, once
+ * journald takes records again; records a previous run spooled go out
+ * first. Call once, at start. Without it, a record journald refuses is
+ * retried briefly, then dropped. -EBUSY when already set; -errno when the
+ * spool cannot be opened (records are then dropped as without one). */
+int kb_journal_set_spool_dir(struct kb_journal *j, const char *state_dir);
+/* Records written to the spool since start (each is also counted in
+ * n_written once re-sent), and records waiting in the spool now. */
+uint64_t kb_journal_n_spooled(const struct kb_journal *j);
+uint64_t kb_journal_n_spool_pending(struct kb_journal *j);
+
+/* The per-request record (MESSAGE_ID KB_MID_REQUEST) with every field of
+ * DESIGN. Nothing (0) when the request's config says [agent] journal = no. */
 int kb_journal_request(struct kb_journal *j, const struct kb_request *r);
 /* Lifecycle (KB_MID_LIFECYCLE): event is "started" or "stopping"; in_flight counts requests cut or pending. */
 int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight);

@@ -278,6 +278,40 @@ hold_rss streams --body "$(body_sse bench)" \
 STREAM_N=$HOLD_N RSS_STREAM=$HOLD_RSS
 kill -0 "$BROKER_PID" 2>/dev/null || log "warning: keybrokerd died during the bench"
 
+# --- journal on vs off -----------------------------------------------------
+# The same broker restarted with [agent] journal = yes, then = no (no
+# per-request records at all), JSON at 1 and 16 connections each: what the
+# journal (record built on the loop, handed to the writer thread, sent to
+# journald) costs a request. journald runs on the same 2 cores either way.
+
+# restart_broker yes|no: a fresh keybrokerd with that journal setting.
+restart_broker() {
+        stop_pid "$BROKER_PID"
+        BROKER_PID=
+        sed "/^\[agent\]/a journal = $1" "$TMP/keybroker.conf" >"$TMP/keybroker-journal-$1.conf"
+        "$KEYBROKERD" --config "$TMP/keybroker-journal-$1.conf" >>"$TMP/keybrokerd.log" 2>&1 &
+        BROKER_PID=$!
+        for _ in $(seq 100); do
+                kill -0 "$BROKER_PID" 2>/dev/null || die "keybrokerd (journal = $1) exited"
+                [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --unix-socket "$API_SOCK" \
+                        http://localhost/v1/models)" = 200 ] && return 0
+                sleep 0.1
+        done
+        die "keybrokerd (journal = $1) did not answer"
+}
+
+JRUNS=()
+for journal in yes no; do
+        restart_broker "$journal"
+        run_load "warm-journal-$journal" broker json 4 -500 || log "warm-up (journal = $journal) failed"
+        for conns in 1 16; do
+                name=journal-$journal-json-$conns
+                log "run $name"
+                run_load "$name" broker json "$conns" "$DURATION" || log "run $name failed (exit $?)"
+                JRUNS+=("$name")
+        done
+done
+
 # --- report ----------------------------------------------------------------
 
 fmt_int() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.0f", v }'; }
@@ -362,6 +396,24 @@ cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 64
         printf '%s\n' "${ROWS[@]}"
         echo
         echo "$TARGETS_MET of $TARGETS_ALL targets met."
+        echo
+        echo "### journal on vs off (JSON, through the broker)"
+        echo
+        echo "| journal | conns | req/s | p50 µs | p99 µs | ok | errors |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for name in "${JRUNS[@]}"; do
+                IFS=- read -r _ journal _ conns <<<"$name"
+                echo "| $journal | $conns | $(fmt_int "$(jget "$name" rps)") | $(jget "$name" p50_us) |" \
+                     "$(jget "$name" p99_us) | $(jget "$name" ok) | $(jget "$name" errors) |"
+        done
+        for conns in 1 16; do
+                y=journal-yes-json-$conns n=journal-no-json-$conns
+                if run_valid "$y" && run_valid "$n"; then
+                        echo
+                        echo "$conns conn(s): journaling adds $(( $(jget "$y" p50_us) - $(jget "$n" p50_us) )) µs at p50," \
+                             "$(( $(jget "$y" p99_us) - $(jget "$n" p99_us) )) µs at p99."
+                fi
+        done
 } | tee "$TMP/results.md"
 # keybrokerctl usage over 1,000,000 journal records (its own table).
 BUILD=$BUILD "$HERE/usage-bench.sh" | tee -a "$TMP/results.md"

@@ -1,0 +1,408 @@
+/* SPDX-License-Identifier: MIT */
+/* One function per journal record kind (journal.h): the fields of DESIGN's
+ * Journal section, built on the loop and handed to the writer (journal.c). */
+#include "journal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keybroker/keybroker.h"
+#include "request.h"
+#include "router.h"
+#include "broker.h"
+#include "usage.h"
+
+/* Field names of DESIGN's Journal section. Kept here until they move to
+ * include/keybroker/keybroker.h. */
+#define F_MESSAGE_ID "MESSAGE_ID"
+#define F_MESSAGE "MESSAGE"
+#define F_PRIORITY "PRIORITY"
+#define F_REQUEST_ID "KEYBROKER_REQUEST_ID"
+#define F_TEAM "KEYBROKER_TEAM"
+#define F_PEER_UID "KEYBROKER_PEER_UID"
+#define F_PEER_GID "KEYBROKER_PEER_GID"
+#define F_PEER_PID "KEYBROKER_PEER_PID"
+#define F_PEER_UNIT "KEYBROKER_PEER_UNIT"
+#define F_PEER_EXE "KEYBROKER_PEER_EXE"
+#define F_ENDPOINT "KEYBROKER_ENDPOINT"
+#define F_MODEL "KEYBROKER_MODEL"
+#define F_UPSTREAM_MODEL "KEYBROKER_UPSTREAM_MODEL"
+#define F_ROUTE "KEYBROKER_ROUTE"
+#define F_FAMILY "KEYBROKER_FAMILY"
+#define F_KEY "KEYBROKER_KEY"
+#define F_STREAM "KEYBROKER_STREAM"
+#define F_STATUS "KEYBROKER_STATUS"
+#define F_UPSTREAM_STATUS "KEYBROKER_UPSTREAM_STATUS"
+#define F_OUTCOME "KEYBROKER_OUTCOME"
+#define F_INPUT_TOKENS "KEYBROKER_INPUT_TOKENS"
+#define F_INSTANCE "KEYBROKER_INSTANCE"
+#define F_SEQ "KEYBROKER_SEQ"
+#define F_OUTPUT_TOKENS "KEYBROKER_OUTPUT_TOKENS"
+#define F_CACHED_TOKENS "KEYBROKER_CACHED_TOKENS"
+#define F_CACHE_WRITE_TOKENS "KEYBROKER_CACHE_WRITE_TOKENS"
+#define F_REASONING_TOKENS "KEYBROKER_REASONING_TOKENS"
+#define F_COST_MICROUSD "KEYBROKER_COST_MICROUSD"
+#define F_LATENCY_MS "KEYBROKER_LATENCY_MS"
+#define F_TTFB_MS "KEYBROKER_TTFB_MS"
+#define F_UPSTREAM_REQUEST_ID "KEYBROKER_UPSTREAM_REQUEST_ID"
+#define F_ATTEMPTS "KEYBROKER_ATTEMPTS"
+#define F_FALLBACK_FROM "KEYBROKER_FALLBACK_FROM"
+#define F_EVENT "KEYBROKER_EVENT"
+#define F_IN_FLIGHT "KEYBROKER_IN_FLIGHT"
+#define F_VERSION "KEYBROKER_VERSION"
+#define F_CONFIG_PATH "KEYBROKER_CONFIG_PATH"
+#define F_ERROR "KEYBROKER_ERROR"
+#define F_KEY_NAME "KEYBROKER_KEY_NAME"
+#define F_KEY_VERSION "KEYBROKER_KEY_VERSION"
+#define F_KEY_FINGERPRINT "KEYBROKER_KEY_FINGERPRINT"
+#define F_KEY_ACTION "KEYBROKER_KEY_ACTION"
+#define F_ADMIN_UID "KEYBROKER_ADMIN_UID"
+
+static void kb_record_freep(struct kb_record **r) {
+        kb_record_free(*r);
+}
+#define _cleanup_record_ _cleanup_(kb_record_freep)
+
+/* ---- record kinds ---- */
+
+#define ADD(rec, f, v)                                  \
+        do {                                            \
+                int _r = kb_record_add(rec, f, v);      \
+                if (_r < 0)                             \
+                        return _r;                      \
+        } while (0)
+#define ADDF(rec, f, ...)                                       \
+        do {                                                    \
+                int _r = kb_record_addf(rec, f, __VA_ARGS__);   \
+                if (_r < 0)                                     \
+                        return _r;                              \
+        } while (0)
+
+/* Values a caller controls (the model as asked, provider ids, the config
+ * error) are cut at the value limit rather than losing the whole record. */
+#define ADD_CAPPED(rec, f, v) ADDF(rec, f, "%.*s", (int) KB_RECORD_MAX_VALUE, strempty(v))
+/* In MESSAGE, a short human summary, names are cut much shorter. */
+#define MSG_NAME_MAX 256
+#define MSG_ERROR_MAX 4096
+
+static const char *const outcome_table[_KB_OUTCOME_MAX] = {
+        [KB_OUTCOME_OK] = "ok",
+        [KB_OUTCOME_QUOTA_REJECTED] = "quota_rejected",
+        [KB_OUTCOME_FORBIDDEN] = "forbidden",
+        [KB_OUTCOME_MODEL_NOT_FOUND] = "model_not_found",
+        [KB_OUTCOME_INVALID_REQUEST] = "invalid_request",
+        [KB_OUTCOME_UPSTREAM_ERROR] = "upstream_error",
+        [KB_OUTCOME_UPSTREAM_TIMEOUT] = "upstream_timeout",
+        [KB_OUTCOME_STREAM_INTERRUPTED] = "stream_interrupted",
+        [KB_OUTCOME_CLIENT_ABORT] = "client_abort",
+};
+
+const char *kb_outcome_to_string(kb_outcome o) {
+        if ((unsigned) o >= _KB_OUTCOME_MAX)
+                return NULL;
+        return outcome_table[o];
+}
+
+static const char *dash_if_empty(const char *s) {
+        return s && *s ? s : "-";
+}
+
+static int build_request(const struct kb_request *r, struct kb_record *rec) {
+        const struct kb_identity *id = r->identity;
+        const struct kb_usage *u = r->billed_set ? &r->billed : r->tap ? kb_usage_tap_get(r->tap) : NULL;
+        const char *outcome = strempty(kb_outcome_to_string(r->outcome));
+        const char *team = r->team ? r->team->name : NULL;
+        const char *route = r->route ? r->route->name : NULL;
+        const char *upstream_rid = r->upstream_request_id;
+        uint64_t in = u ? u->input_tokens : 0, out = u ? u->output_tokens : 0;
+        uint64_t cost_mag;
+        bool ok = r->outcome == KB_OUTCOME_OK;
+
+        if (!upstream_rid && u)
+                upstream_rid = u->upstream_request_id;
+        /* Negation through uint64_t so INT64_MIN can't overflow. */
+        cost_mag = r->cost_microusd < 0 ? -(uint64_t) r->cost_microusd : (uint64_t) r->cost_microusd;
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_REQUEST);
+        ADDF(rec, F_MESSAGE, "%.*s %.*s via %.*s: %d%s%s, %" PRIu64 " in / %" PRIu64 " out tokens, %s$%" PRIu64 ".%06u, %" PRIu64 " ms",
+             MSG_NAME_MAX, dash_if_empty(team), MSG_NAME_MAX, dash_if_empty(r->model), MSG_NAME_MAX,
+             dash_if_empty(route), r->status,
+             ok ? "" : " ", ok ? "" : outcome, in, out, r->cost_microusd < 0 ? "-" : "",
+             cost_mag / 1000000, (unsigned) (cost_mag % 1000000), r->latency_usec / USEC_PER_MSEC);
+        ADD(rec, F_PRIORITY, ok ? "6" : "4");
+        ADD(rec, F_REQUEST_ID, r->id);
+        ADD(rec, F_TEAM, strempty(team));
+        if (id) {
+                ADDF(rec, F_PEER_UID, "%u", (unsigned) id->uid);
+                ADDF(rec, F_PEER_GID, "%u", (unsigned) id->gid);
+                ADDF(rec, F_PEER_PID, "%d", (int) id->pid);
+        } else {
+                ADD(rec, F_PEER_UID, "");
+                ADD(rec, F_PEER_GID, "");
+                ADD(rec, F_PEER_PID, "");
+        }
+        ADD(rec, F_PEER_UNIT, strempty(id ? id->unit : NULL));
+        ADD(rec, F_PEER_EXE, strempty(id ? id->exe : NULL));
+        ADD(rec, F_ENDPOINT, strempty(kb_endpoint_to_string(r->endpoint)));
+        ADD_CAPPED(rec, F_MODEL, r->model);
+        ADD_CAPPED(rec, F_UPSTREAM_MODEL, u ? u->upstream_model : NULL);
+        ADD(rec, F_ROUTE, strempty(route));
+        ADD(rec, F_FAMILY, strempty(kb_family_to_string(r->family)));
+        ADD_CAPPED(rec, F_KEY, r->key_label);
+        ADD(rec, F_STREAM, r->stream ? "1" : "0");
+        ADDF(rec, F_STATUS, "%d", r->status);
+        ADDF(rec, F_UPSTREAM_STATUS, "%ld", r->upstream_status);
+        ADD(rec, F_OUTCOME, outcome);
+        ADDF(rec, F_INPUT_TOKENS, "%" PRIu64, in);
+        ADDF(rec, F_OUTPUT_TOKENS, "%" PRIu64, out);
+        ADDF(rec, F_CACHED_TOKENS, "%" PRIu64, u ? u->cached_tokens : 0);
+        ADDF(rec, F_CACHE_WRITE_TOKENS, "%" PRIu64, u ? u->cache_write_tokens : 0);
+        ADDF(rec, F_REASONING_TOKENS, "%" PRIu64, u ? u->reasoning_tokens : 0);
+        ADDF(rec, F_COST_MICROUSD, "%" PRId64, r->cost_microusd);
+        ADDF(rec, F_LATENCY_MS, "%" PRIu64, r->latency_usec / USEC_PER_MSEC);
+        ADDF(rec, F_TTFB_MS, "%" PRIu64, r->ttfb_usec / USEC_PER_MSEC);
+        ADD_CAPPED(rec, F_UPSTREAM_REQUEST_ID, upstream_rid);
+        ADDF(rec, F_ATTEMPTS, "%u", r->attempts);
+        ADD_CAPPED(rec, F_FALLBACK_FROM, r->fallback_from);
+        /* Beyond DESIGN's list: which broker instance settled this call, and
+         * in which order, so quota recovery replays exactly what a crash
+         * lost (README "Journal"). */
+        ADD(rec, F_INSTANCE, r->broker ? r->broker->instance : "");
+        ADDF(rec, F_SEQ, "%" PRIu64, r->seq);
+        return 0;
+}
+
+int kb_journal_request(struct kb_journal *j, const struct kb_request *r) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !r)
+                return -EINVAL;
+        if (r->config && !r->config->agent.journal)
+                return 0;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_request(r, rec);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_lifecycle(struct kb_record *rec, const char *event, const char *message, uint64_t in_flight) {
+        ADD(rec, F_MESSAGE_ID, KB_MID_LIFECYCLE);
+        if (message)
+                ADD(rec, F_MESSAGE, message);
+        else
+                ADDF(rec, F_MESSAGE, "keybrokerd %s (%" PRIu64 " requests in flight)", event, in_flight);
+        ADD(rec, F_PRIORITY, streq(event, "stopping") ? "5" : "6");
+        ADD(rec, F_EVENT, event);
+        ADDF(rec, F_IN_FLIGHT, "%" PRIu64, in_flight);
+        ADD(rec, F_VERSION, KB_VERSION);
+        return 0;
+}
+
+int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !event)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_lifecycle(rec, event, message, in_flight);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_config(struct kb_record *rec, const char *event, const char *path, const char *error) {
+        bool rejected = streq(event, "rejected");
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_CONFIG);
+        if (error)
+                ADDF(rec, F_MESSAGE, "Configuration %s: %.*s", event, MSG_ERROR_MAX, error);
+        else
+                ADDF(rec, F_MESSAGE, "Configuration %s from %s", event, path ? path : "-");
+        ADD(rec, F_PRIORITY, rejected ? "3" : "6");
+        ADD(rec, F_EVENT, event);
+        ADD(rec, F_CONFIG_PATH, strempty(path));
+        if (error)
+                ADD_CAPPED(rec, F_ERROR, error);
+        return 0;
+}
+
+int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !event)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_config(rec, event, path, error);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_key(struct kb_record *rec, const char *action, const char *name, const char *version,
+                     const char *fingerprint, uid_t admin_uid) {
+        ADD(rec, F_MESSAGE_ID, KB_MID_KEY);
+        if (streq(action, "deleted")) {
+                if (streq(version, "all"))
+                        ADDF(rec, F_MESSAGE, "key %.*s deleted (all versions) by uid %u", MSG_NAME_MAX, name,
+                             (unsigned) admin_uid);
+                else
+                        ADDF(rec, F_MESSAGE, "key %.*s version %s deleted by uid %u", MSG_NAME_MAX, name, version,
+                             (unsigned) admin_uid);
+        } else {
+                const char *verb = streq(action, "rolled_back") ? "rolled back" : action;
+                ADDF(rec, F_MESSAGE, "key %.*s %s to version %s (fingerprint %s) by uid %u", MSG_NAME_MAX, name,
+                     verb, version, fingerprint ? fingerprint : "-", (unsigned) admin_uid);
+        }
+        ADD(rec, F_PRIORITY, "5");
+        ADD_CAPPED(rec, F_KEY_NAME, name);
+        ADD_CAPPED(rec, F_KEY_VERSION, version);
+        if (fingerprint)
+                ADD_CAPPED(rec, F_KEY_FINGERPRINT, fingerprint);
+        ADD_CAPPED(rec, F_KEY_ACTION, action);
+        ADDF(rec, F_ADMIN_UID, "%u", (unsigned) admin_uid);
+        return 0;
+}
+
+int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
+                   const char *fingerprint, uid_t admin_uid) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !action || !name || !version)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_key(rec, action, name, version, fingerprint, admin_uid);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, uint64_t used, uint64_t max,
+                     uint64_t reset_usec) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+
+        if (!j || !team || !limit)
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        ADD(rec, F_MESSAGE_ID, KB_MID_QUOTA);
+        ADDF(rec, F_MESSAGE, "team %.*s hit its %s limit (%" PRIu64 " used of %" PRIu64 ")", MSG_NAME_MAX, team,
+             limit, used, max);
+        ADD(rec, F_PRIORITY, "4");
+        ADD(rec, F_TEAM, team);
+        ADD(rec, "KEYBROKER_LIMIT", limit);
+        ADDF(rec, "KEYBROKER_USED", "%" PRIu64, used);
+        ADDF(rec, "KEYBROKER_LIMIT_VALUE", "%" PRIu64, max);
+        ADDF(rec, "KEYBROKER_RESET_USEC", "%" PRIu64, reset_usec);
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, bool ok,
+                         const char *detail, uint64_t latency_ms, const char *evidence) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        bool summary;
+
+        if (!j || !route || !check)
+                return -EINVAL;
+        summary = streq(check, "summary");
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        ADD(rec, F_MESSAGE_ID, KB_MID_PREFLIGHT);
+        if (summary)
+                ADDF(rec, F_MESSAGE, "preflight of route %.*s (model %.*s): %s: %.*s, %" PRIu64 " ms", MSG_NAME_MAX,
+                     route, MSG_NAME_MAX, dash_if_empty(model), ok ? "passed" : "FAILED", MSG_ERROR_MAX,
+                     dash_if_empty(detail), latency_ms);
+        else
+                ADDF(rec, F_MESSAGE, "preflight of route %.*s: %.*s %s: %.*s (%" PRIu64 " ms)", MSG_NAME_MAX, route,
+                     MSG_NAME_MAX, check, ok ? "ok" : "FAILED", MSG_ERROR_MAX, dash_if_empty(detail), latency_ms);
+        ADD(rec, F_PRIORITY, ok ? "6" : "4");
+        ADD_CAPPED(rec, F_ROUTE, route);
+        if (model)
+                ADD_CAPPED(rec, F_MODEL, model);
+        ADD_CAPPED(rec, "KEYBROKER_CHECK", check);
+        ADD(rec, "KEYBROKER_CHECK_OK", ok ? "1" : "0");
+        ADD_CAPPED(rec, "KEYBROKER_CHECK_DETAIL", detail);
+        ADDF(rec, F_LATENCY_MS, "%" PRIu64, latency_ms);
+        if (evidence)
+                ADD_CAPPED(rec, "KEYBROKER_EVIDENCE", evidence);
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
+
+static int build_route(struct kb_record *rec, const struct kb_route_event *ev) {
+        const char *event = kb_route_event_to_string(ev->kind);
+        bool circuit = ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CIRCUIT_HALF_OPEN ||
+                ev->kind == KB_ROUTE_CIRCUIT_CLOSED;
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_ROUTE);
+        switch (ev->kind) {
+        case KB_ROUTE_CIRCUIT_OPENED:
+        case KB_ROUTE_CIRCUIT_HALF_OPEN:
+        case KB_ROUTE_CIRCUIT_CLOSED:
+                ADDF(rec, F_MESSAGE, "route %.*s: circuit %s (%s)", MSG_NAME_MAX, strempty(ev->route),
+                     ev->kind == KB_ROUTE_CIRCUIT_OPENED ? "opened"
+                     : ev->kind == KB_ROUTE_CIRCUIT_CLOSED ? "closed" : "half-open",
+                     strempty(ev->reason));
+                break;
+        case KB_ROUTE_CANARY_ROLLED_BACK:
+                ADDF(rec, F_MESSAGE, "model %.*s: canary route %.*s rolled back to weight 0 (%s); weights now %.*s",
+                     MSG_NAME_MAX, strempty(ev->model), MSG_NAME_MAX, strempty(ev->route), strempty(ev->reason),
+                     MSG_ERROR_MAX, strempty(ev->weights));
+                break;
+        default:
+                ADDF(rec, F_MESSAGE, "model %.*s: split changed to %.*s%s", MSG_NAME_MAX, strempty(ev->model),
+                     MSG_ERROR_MAX, strempty(ev->weights), ev->admin_uid >= 0 ? " by an admin" : "");
+                break;
+        }
+        ADD(rec, F_PRIORITY, ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CANARY_ROLLED_BACK ? "4"
+                             : ev->kind == KB_ROUTE_SPLIT_CHANGED ? "5" : "6");
+        ADD(rec, F_EVENT, strempty(event));
+        if (ev->route)
+                ADD_CAPPED(rec, F_ROUTE, ev->route);
+        if (ev->model)
+                ADD_CAPPED(rec, F_MODEL, ev->model);
+        if (ev->weights)
+                ADD_CAPPED(rec, "KEYBROKER_WEIGHTS", ev->weights);
+        if (ev->reason)
+                ADD_CAPPED(rec, "KEYBROKER_REASON", ev->reason);
+        if (ev->kind == KB_ROUTE_CIRCUIT_OPENED || ev->kind == KB_ROUTE_CANARY_ROLLED_BACK) {
+                ADDF(rec, "KEYBROKER_ERROR_RATIO", "%.3f", ev->error_ratio);
+                ADDF(rec, "KEYBROKER_REQUESTS", "%" PRIu64, ev->requests);
+        }
+        if (circuit)
+                ADDF(rec, "KEYBROKER_CONSECUTIVE_FAILURES", "%u", ev->consecutive_failures);
+        if (ev->admin_uid >= 0)
+                ADDF(rec, F_ADMIN_UID, "%" PRId64, ev->admin_uid);
+        return 0;
+}
+
+int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev) {
+        _cleanup_record_ struct kb_record *rec = NULL;
+        int k;
+
+        if (!j || !ev || !kb_route_event_to_string(ev->kind))
+                return -EINVAL;
+        rec = kb_record_new();
+        if (!rec)
+                return -ENOMEM;
+        k = build_route(rec, ev);
+        if (k < 0)
+                return k;
+        return kb_journal_submit(j, TAKE_PTR(rec));
+}
