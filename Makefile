@@ -30,14 +30,16 @@ BENCH := $(BUILD)/kb-bench
 CTL := $(BUILD)/keybrokerctl
 DAEMON := $(BUILD)/keybrokerd
 
-.PHONY: all deps test unit integration run bench clean check-asan install uninstall
+.PHONY: all deps test unit integration run bench clean check-asan install uninstall \
+	fuzz fuzz-build fuzz-regress fuzz-smoke check-valgrind
 
 all: $(DAEMON) $(CTL) $(MOCK)
 
 # Debian packages for build, tests and the demo. Quick no-op when present.
 DEB_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp \
 	libjansson-dev libsodium-dev libinih-dev libcmocka-dev systemd curl util-linux \
-	perl libjson-pp-perl socat openssl systemd-journal-remote
+	perl libjson-pp-perl socat openssl systemd-journal-remote \
+	clang libclang-rt-14-dev valgrind
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -96,6 +98,7 @@ test: deps
 	$(MAKE) all $(UNIT_BINS)
 	$(MAKE) unit
 	$(MAKE) integration
+	$(if $(SAN),,$(MAKE) fuzz-smoke)
 
 run: deps all
 	tests/demo/run.sh
@@ -103,9 +106,118 @@ run: deps all
 bench: deps all $(BENCH)
 	tests/bench/run.sh
 
+# Every sanitizer report of every process (daemons stopped by a test that
+# does not look at their exit code included: a leak at a clean stop counts)
+# lands in build-asan/sanitizer-logs; any file there fails the run.
+SAN_LOGS := $(CURDIR)/build-asan/sanitizer-logs
 check-asan: deps
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
-		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	ASAN_OPTIONS=log_path=$(SAN_LOGS)/asan:detect_leaks=1 UBSAN_OPTIONS=log_path=$(SAN_LOGS)/ubsan:print_stacktrace=1 \
+		$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test || { cat $(SAN_LOGS)/* 2>/dev/null; exit 1; }
+	@if [ -n "$$(ls $(SAN_LOGS))" ]; then cat $(SAN_LOGS)/*; echo "check-asan: sanitizer reports above" >&2; exit 1; fi
+	@echo "check-asan: unit and integration suites passed under ASan+UBSan, no sanitizer report"
+
+# ---------------------------------------------------------------- fuzzing
+# libFuzzer targets in tests/fuzz (clang, ASan+UBSan), built in build/fuzz.
+# `make fuzz` runs each for FUZZ_SECONDS (default 300), FUZZ_JOBS at a
+# time; `make fuzz-smoke` (part of `make test`) 30 s each. Both first
+# replay the seed corpora and tests/fuzz/regressions. tests/fuzz/README.md.
+FUZZ_TARGETS := fuzz_http fuzz_usage fuzz_config fuzz_keystore fuzz_admin
+FUZZ_BUILD := build/fuzz
+FUZZ_SECONDS ?= 300
+FUZZ_JOBS ?= 2
+FUZZ_BINS := $(patsubst %,$(FUZZ_BUILD)/fuzzers/%,$(FUZZ_TARGETS))
+
+$(BUILD)/fuzzers/%: tests/fuzz/%.c tests/fuzz/harness.c tests/fuzz/harness.h $(LIBAGENT)
+	@mkdir -p $(dir $@)
+	$(CC) $(KB_CFLAGS) $(CFLAGS) -Itests/fuzz -fsanitize=fuzzer -o $@ $< tests/fuzz/harness.c $(LIBAGENT) $(LIBS)
+
+fuzz-build: deps
+	$(MAKE) -s BUILD=$(FUZZ_BUILD) CC=clang CFLAGS="-O1 -g -fno-omit-frame-pointer -Wno-format-nonliteral" \
+		SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" $(FUZZ_BINS)
+
+fuzz-regress: fuzz-build
+	tests/fuzz/run.sh --replay $(FUZZ_BUILD) $(FUZZ_TARGETS)
+
+fuzz: fuzz-regress
+	tests/fuzz/run.sh --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_BUILD) $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-regress
+	tests/fuzz/run.sh --seconds 30 --jobs 2 $(FUZZ_BUILD) $(FUZZ_TARGETS)
+
+# ---------------------------------------------------------------- valgrind
+# memcheck on a representative integration subset: tests/integration/lib/KB.pm
+# starts keybrokerd under valgrind when KB_VALGRIND=1 (errors and definite
+# leaks exit 99, which the tests see as a failed stop).
+VALGRIND_TESTS ?= tests/integration/10-basic.t tests/integration/20-stream.t tests/integration/40-limits.t \
+	tests/integration/41-quota.t tests/integration/55-preflight.t tests/integration/60-upstream-errors.t \
+	tests/integration/70-secrets.t tests/integration/81-hostile-clients.t tests/integration/82-hostile-upstreams.t \
+	tests/integration/90-admin.t tests/integration/91-rotation.t
+
+check-valgrind: deps all
+	rm -rf $(BUILD)/valgrind && mkdir -p $(BUILD)/valgrind
+	KB_VALGRIND=1 KB_VALGRIND_DIR=$(abspath $(BUILD)/valgrind) prove -v $(VALGRIND_TESTS)
+	@logs=$$(ls $(BUILD)/valgrind/*.log 2>/dev/null); [ -n "$$logs" ] || { echo "check-valgrind: no valgrind report" >&2; exit 1; }; \
+	bad=$$(grep -L "ERROR SUMMARY: 0 errors" $$logs); \
+	if [ -n "$$bad" ]; then cat $$bad; echo "check-valgrind: memcheck errors in: $$bad" >&2; exit 1; fi; \
+	echo "check-valgrind: $$(echo $$logs | wc -w) keybrokerd runs under memcheck, 0 errors, no definite leaks"
 
 clean:
 	rm -rf build build-asan run
+
+# ---------------------------------------------------------------- install
+# make install [PREFIX=/usr/local] [DESTDIR=staging]: binaries, man pages,
+# units, sysusers.d, tmpfiles.d, the journal catalog and an example config.
+# System directories come from systemd's pkg-config file. Without DESTDIR
+# the user, directories and catalog are set up on this host at once.
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+systemd_var = $(or $(shell pkg-config --variable=$(1) systemd 2>/dev/null),$(2))
+UNITDIR ?= $(call systemd_var,systemdsystemunitdir,/usr/lib/systemd/system)
+SYSUSERSDIR ?= $(call systemd_var,sysusersdir,/usr/lib/sysusers.d)
+TMPFILESDIR ?= $(call systemd_var,tmpfilesdir,/usr/lib/tmpfiles.d)
+CATALOGDIR ?= $(call systemd_var,catalogdir,/usr/lib/systemd/catalog)
+
+UNITS := keybrokerd.service keybrokerd.socket keybrokerd-admin.socket
+INSTALLED = $(SBINDIR)/keybrokerd $(BINDIR)/keybrokerctl \
+	$(MANDIR)/man8/keybrokerd.8 $(MANDIR)/man1/keybrokerctl.1 \
+	$(addprefix $(UNITDIR)/,$(UNITS)) \
+	$(SYSUSERSDIR)/keybroker.conf $(TMPFILESDIR)/keybroker.conf \
+	$(CATALOGDIR)/keybroker.catalog $(SYSCONFDIR)/keybroker/keybroker.conf.example
+
+install: $(DAEMON) $(CTL)
+	install -Dm755 $(DAEMON) $(DESTDIR)$(SBINDIR)/keybrokerd
+	install -Dm755 $(CTL) $(DESTDIR)$(BINDIR)/keybrokerctl
+	install -Dm644 man/keybrokerd.8 $(DESTDIR)$(MANDIR)/man8/keybrokerd.8
+	install -Dm644 man/keybrokerctl.1 $(DESTDIR)$(MANDIR)/man1/keybrokerctl.1
+	install -d $(DESTDIR)$(UNITDIR)
+	@# the units name /usr/local/{s,}bin: point them at where the binaries went
+	for u in $(UNITS); do \
+		sed -e 's|=/usr/local/sbin/|=$(SBINDIR)/|' -e 's|=/usr/local/bin/|=$(BINDIR)/|' \
+			systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	install -Dm644 systemd/sysusers.d-keybroker.conf $(DESTDIR)$(SYSUSERSDIR)/keybroker.conf
+	install -Dm644 systemd/tmpfiles.d-keybroker.conf $(DESTDIR)$(TMPFILESDIR)/keybroker.conf
+	install -Dm644 systemd/keybroker.catalog $(DESTDIR)$(CATALOGDIR)/keybroker.catalog
+	install -Dm644 systemd/keybroker.conf.example $(DESTDIR)$(SYSCONFDIR)/keybroker/keybroker.conf.example
+	@if [ -z "$(DESTDIR)" ]; then \
+		set -x; \
+		systemd-sysusers $(SYSUSERSDIR)/keybroker.conf; \
+		systemd-tmpfiles --create $(TMPFILESDIR)/keybroker.conf; \
+		journalctl --update-catalog; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi
+
+# Removes exactly what install put; the user, /etc/keybroker's own files
+# (config, master key) and /var/lib/keybroker (the keystore) stay.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	rmdir $(DESTDIR)$(SYSCONFDIR)/keybroker 2>/dev/null || true
+	@if [ -z "$(DESTDIR)" ]; then \
+		set -x; \
+		journalctl --update-catalog; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi

@@ -95,6 +95,8 @@ int kb_preflight_parse_body(const char *body, size_t len, char **ret_model, cons
         *ret_model = model;
         return 0;
 fail:
+        /* a "model" may come before the member that is wrong */
+        free(model);
         json_decref(j);
         if (ret_why)
                 *ret_why = why;

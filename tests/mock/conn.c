@@ -304,7 +304,12 @@ void *mock_conn_thread(void *fd_as_ptr) {
                 }
         }
 
-        (void) shutdown(c.fd, SHUT_WR);
+        /* A FIN first, unless x-mock-reset asked for an RST (SO_LINGER 0):
+         * then close() alone resets. */
+        struct linger l = {};
+        socklen_t ll = sizeof(l);
+        if (getsockopt(c.fd, SOL_SOCKET, SO_LINGER, &l, &ll) < 0 || !l.l_onoff || l.l_linger != 0)
+                (void) shutdown(c.fd, SHUT_WR);
         close(c.fd);
         json_decref(c.headers);
         kb_buf_free(&c.url);

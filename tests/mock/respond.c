@@ -31,6 +31,9 @@ struct reply {
         uint64_t event_delay_ms;
         int64_t cut_after; /* -1: never */
         const char *retry_after;
+        bool reset;             /* x-mock-reset: end with an RST, not a FIN */
+        const char *bad_usage;  /* x-mock-bad-usage: raw JSON put in place of usage numbers */
+        uint64_t long_line;     /* x-mock-long-line-bytes: one SSE data line this long first */
         struct mock_script script;
 };
 
@@ -140,6 +143,88 @@ static int cut_connection(int fd) {
         return MOCK_CLOSE;
 }
 
+/* x-mock-reset: SO_LINGER 0 makes the caller's close() send an RST and
+ * drop whatever is still queued: a provider (or a middlebox) that resets
+ * the connection rather than closing it. */
+static int reset_connection(int fd) {
+        struct linger l = { .l_onoff = 1, .l_linger = 0 };
+        (void) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        return MOCK_CLOSE;
+}
+
+static int end_connection(const struct reply *r) {
+        return r->reset ? reset_connection(r->fd) : cut_connection(r->fd);
+}
+
+/* Values x-mock-bad-usage may put where usage numbers go. */
+static const char *bad_usage_value(const char *kind) {
+        static const struct {
+                const char *kind, *json;
+        } table[] = {
+                { "negative", "-5" },
+                { "float", "3.5" },
+                { "string", "\"7\"" },
+                { "null", "null" },
+                { "huge", "99999999999999999999999" },
+                { "exp", "1e999999" },
+                { "object", "{}" },
+        };
+        for (size_t i = 0; kind && i < ELEMENTSOF(table); i++)
+                if (streq(kind, table[i].kind))
+                        return table[i].json;
+        return NULL;
+}
+
+/* Every number inside every "usage" object of text (nested objects too)
+ * replaced by value. Returns a new string, or NULL on OOM. */
+static char *spoil_usage(const char *text, const char *value) {
+        _cleanup_(kb_buf_free) struct kb_buf out = {};
+        const char *p = text;
+        for (;;) {
+                const char *u = strstr(p, "\"usage\":{");
+                if (!u) {
+                        if (kb_buf_append(&out, p, strlen(p)) < 0)
+                                return NULL;
+                        break;
+                }
+                u += strlen("\"usage\":{");
+                if (kb_buf_append(&out, p, (size_t) (u - p)) < 0)
+                        return NULL;
+                int depth = 1;
+                bool in_string = false;
+                for (p = u; *p && depth > 0;) {
+                        if (in_string) {
+                                if (*p == '\\' && p[1]) {
+                                        if (kb_buf_append(&out, p, 2) < 0)
+                                                return NULL;
+                                        p += 2;
+                                        continue;
+                                }
+                                if (*p == '"')
+                                        in_string = false;
+                        } else if (*p == '"')
+                                in_string = true;
+                        else if (*p == '{')
+                                depth++;
+                        else if (*p == '}')
+                                depth--;
+                        else if (*p == '-' || (*p >= '0' && *p <= '9')) {
+                                const char *e = p + 1;
+                                while (*e && strchr("0123456789.eE+-", *e))
+                                        e++;
+                                if (kb_buf_append(&out, value, strlen(value)) < 0)
+                                        return NULL;
+                                p = e;
+                                continue;
+                        }
+                        if (kb_buf_append(&out, p, 1) < 0)
+                                return NULL;
+                        p++;
+                }
+        }
+        return TAKE_PTR(out.data);
+}
+
 /* Takes ownership of body. */
 static int send_json(struct reply *r, int status, json_t *body) {
         if (!body)
@@ -148,6 +233,13 @@ static int send_json(struct reply *r, int status, json_t *body) {
         json_decref(body);
         if (!text)
                 return -ENOMEM;
+        if (r->bad_usage) {
+                char *spoiled = spoil_usage(text, r->bad_usage);
+                if (!spoiled)
+                        return -ENOMEM;
+                free(text);
+                text = spoiled;
+        }
         size_t len = strlen(text);
 
         _cleanup_(kb_buf_free) struct kb_buf out = {};
@@ -170,7 +262,7 @@ static int send_json(struct reply *r, int status, json_t *body) {
         if (k < 0)
                 return k;
         if (r->cut_after >= 0)
-                return cut_connection(r->fd);
+                return end_connection(r);
         if (first < len) {
                 sleep_ms(r->event_delay_ms);
                 k = mock_send_all(r->fd, text + first, len - first);
@@ -202,13 +294,48 @@ struct sse {
         struct kb_buf buf;
 };
 
+/* x-mock-long-line-bytes: N: one event whose single data line is N bytes
+ * ("data: {"pad":"xxx…"}", no newline inside), sent in 64 KiB HTTP chunks
+ * so the mock never holds it whole. It is not counted as an event. */
+static int sse_long_line(struct reply *r) {
+        static const char head[] = "data: {\"pad\":\"", tail[] = "\"}";
+        uint64_t n = MAX(r->long_line, (uint64_t) (sizeof(head) + sizeof(tail)));
+        uint64_t pad = n - (sizeof(head) - 1) - (sizeof(tail) - 1);
+        _cleanup_free_ char *block = malloc(65536);
+        char size[32];
+        int k;
+
+        if (!block)
+                return -ENOMEM;
+        memset(block, 'x', 65536);
+        snprintf(size, sizeof(size), "%zx\r\n", sizeof(head) - 1);
+        if ((k = mock_send_all(r->fd, size, strlen(size))) < 0 || (k = mock_send_all(r->fd, head, sizeof(head) - 1)) < 0 ||
+            (k = mock_send_all(r->fd, "\r\n", 2)) < 0)
+                return k;
+        while (pad > 0) {
+                size_t m = (size_t) MIN(pad, (uint64_t) 65536);
+                snprintf(size, sizeof(size), "%zx\r\n", m);
+                if ((k = mock_send_all(r->fd, size, strlen(size))) < 0 || (k = mock_send_all(r->fd, block, m)) < 0 ||
+                    (k = mock_send_all(r->fd, "\r\n", 2)) < 0)
+                        return k;
+                pad -= m;
+        }
+        snprintf(size, sizeof(size), "%zx\r\n", sizeof(tail) - 1 + 2);
+        if ((k = mock_send_all(r->fd, size, strlen(size))) < 0 || (k = mock_send_all(r->fd, tail, sizeof(tail) - 1)) < 0)
+                return k;
+        return mock_send_all(r->fd, "\n\n\r\n", 4);
+}
+
 static int sse_begin(struct sse *s) {
         _cleanup_(kb_buf_free) struct kb_buf out = {};
         int k = append_head(&out, s->r->anthropic, s->r->req->n, 200, "text/event-stream", -1,
                             !s->r->req->keep_alive, NULL);
         if (k < 0)
                 return k;
-        return mock_send_all(s->r->fd, out.data, out.len);
+        k = mock_send_all(s->r->fd, out.data, out.len);
+        if (k < 0 || s->r->long_line == 0)
+                return k;
+        return sse_long_line(s->r);
 }
 
 /* One SSE event per HTTP chunk, one send() per chunk, so a delay between
@@ -225,9 +352,16 @@ static int sse_event(struct sse *s, const char *event, json_t *data, const char 
         }
         if (!raw)
                 return -ENOMEM;
+        if (s->r->bad_usage && strstr(raw, "\"usage\":{")) {
+                char *spoiled = spoil_usage(raw, s->r->bad_usage);
+                if (!spoiled)
+                        return -ENOMEM;
+                free(text);
+                raw = text = spoiled;
+        }
 
         if (s->r->cut_after >= 0 && s->sent >= (uint64_t) s->r->cut_after)
-                return cut_connection(s->r->fd);
+                return end_connection(s->r);
         if (s->sent > 0 && s->r->event_delay_ms > 0)
                 sleep_ms(s->r->event_delay_ms);
 
@@ -250,7 +384,7 @@ static int sse_event(struct sse *s, const char *event, json_t *data, const char 
 static int sse_end(struct sse *s) {
         /* Even a cut after the last event leaves the chunked body open. */
         if (s->r->cut_after >= 0)
-                return cut_connection(s->r->fd);
+                return end_connection(s->r);
         int k = mock_send_all(s->r->fd, "0\r\n\r\n", 5);
         if (k < 0)
                 return k;
@@ -471,9 +605,17 @@ int mock_respond(int fd, const struct mock_request *req) {
                 },
         };
 
+        const char *reset = header(req, "x-mock-reset");
+        r.reset = reset && !streq(reset, "0");
+        r.bad_usage = bad_usage_value(header(req, "x-mock-bad-usage"));
+        r.long_line = knob(req, "x-mock-long-line-bytes", 0, MOCK_MAX_BODY_BYTES);
+
         uint64_t delay = knob(req, "x-mock-delay-ms", 0, MOCK_MAX_DELAY_MS);
         if (delay > 0)
                 sleep_ms(delay);
+        /* A reset with no cut point: before any byte of the response. */
+        if (r.reset && r.cut_after < 0)
+                return reset_connection(fd);
 
         if (!authorized(req))
                 return send_error(&r, 401, NULL);

@@ -15,6 +15,9 @@
 #   KEYBROKERD=PATH, KB_MOCK=PATH  override one binary
 #   KB_KEEP_TMP=1       keep temp dirs (config, logs, mock log) for post-mortems
 #   KB_VERBOSE=1        diag every curl command line
+#   KB_VALGRIND=1       run keybrokerd under valgrind memcheck (make check-valgrind):
+#                       errors or leaks exit 99; the report goes to
+#                       $KB_VALGRIND_DIR/keybrokerd.PID.log (default: the broker's dir)
 package KB;
 
 use v5.36;
@@ -644,9 +647,12 @@ sub start_broker(%o) {
         my @wrap = map { s/\@DIR\@/$dir/gr } @{$o{wrap} // []};
 
         $s->{started_at} = time;
-        $s->{cmd} = [@wrap, $KEYBROKERD, '--config', $s->{conf}, @{$o{args} // []}];
+        my @vg = $ENV{KB_VALGRIND} ? ('valgrind', '--error-exitcode=99', '--leak-check=full',
+                                      '--errors-for-leak-kinds=definite', '--track-fds=no',
+                                      '--log-file=' . ($ENV{KB_VALGRIND_DIR} // $dir) . '/keybrokerd.%p.log') : ();
+        $s->{cmd} = [@wrap, @vg, $KEYBROKERD, '--config', $s->{conf}, @{$o{args} // []}];
         $s->{pid} = spawn(cmd => $s->{cmd}, output => $s->{logfile}, name => 'keybrokerd');
-        my $up = wait_until(10, sub {
+        my $up = wait_until(@vg ? 60 : 10, sub {
                 if (defined(my $st = wait_pid($s->{pid}, 0))) {
                         $s->{status} = $st;
                         return -1;
