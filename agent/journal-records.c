@@ -110,6 +110,15 @@ static const char *dash_if_empty(const char *s) {
         return s && *s ? s : "-";
 }
 
+/* Queue rec once its builder succeeded; rec is the journal's or freed either way. */
+static int submit_built(struct kb_journal *j, struct kb_record *rec, int built) {
+        if (built < 0) {
+                kb_record_free(rec);
+                return built;
+        }
+        return kb_journal_submit(j, rec);
+}
+
 static int build_request(const struct kb_request *r, struct kb_record *rec) {
         const struct kb_identity *id = r->identity;
         const struct kb_usage *u = r->billed_set ? &r->billed : r->tap ? kb_usage_tap_get(r->tap) : NULL;
@@ -176,8 +185,7 @@ static int build_request(const struct kb_request *r, struct kb_record *rec) {
 }
 
 int kb_journal_request(struct kb_journal *j, const struct kb_request *r) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
+        struct kb_record *rec;
 
         if (!j || !r)
                 return -EINVAL;
@@ -186,10 +194,7 @@ int kb_journal_request(struct kb_journal *j, const struct kb_request *r) {
         rec = kb_record_new();
         if (!rec)
                 return -ENOMEM;
-        k = build_request(r, rec);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
+        return submit_built(j, rec, build_request(r, rec));
 }
 
 static int build_lifecycle(struct kb_record *rec, const char *event, const char *message, uint64_t in_flight) {
@@ -206,18 +211,14 @@ static int build_lifecycle(struct kb_record *rec, const char *event, const char 
 }
 
 int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
+        struct kb_record *rec;
 
         if (!j || !event)
                 return -EINVAL;
         rec = kb_record_new();
         if (!rec)
                 return -ENOMEM;
-        k = build_lifecycle(rec, event, message, in_flight);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
+        return submit_built(j, rec, build_lifecycle(rec, event, message, in_flight));
 }
 
 static int build_config(struct kb_record *rec, const char *event, const char *path, const char *error) {
@@ -237,18 +238,14 @@ static int build_config(struct kb_record *rec, const char *event, const char *pa
 }
 
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
+        struct kb_record *rec;
 
         if (!j || !event)
                 return -EINVAL;
         rec = kb_record_new();
         if (!rec)
                 return -ENOMEM;
-        k = build_config(rec, event, path, error);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
+        return submit_built(j, rec, build_config(rec, event, path, error));
 }
 
 static int build_key(struct kb_record *rec, const char *action, const char *name, const char *version,
@@ -278,18 +275,14 @@ static int build_key(struct kb_record *rec, const char *action, const char *name
 
 int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
                    const char *fingerprint, uid_t admin_uid) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
+        struct kb_record *rec;
 
         if (!j || !action || !name || !version)
                 return -EINVAL;
         rec = kb_record_new();
         if (!rec)
                 return -ENOMEM;
-        k = build_key(rec, action, name, version, fingerprint, admin_uid);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
+        return submit_built(j, rec, build_key(rec, action, name, version, fingerprint, admin_uid));
 }
 
 int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, uint64_t used, uint64_t max,
@@ -393,16 +386,12 @@ static int build_route(struct kb_record *rec, const struct kb_route_event *ev) {
 }
 
 int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev) {
-        _cleanup_record_ struct kb_record *rec = NULL;
-        int k;
+        struct kb_record *rec;
 
         if (!j || !ev || !kb_route_event_to_string(ev->kind))
                 return -EINVAL;
         rec = kb_record_new();
         if (!rec)
                 return -ENOMEM;
-        k = build_route(rec, ev);
-        if (k < 0)
-                return k;
-        return kb_journal_submit(j, TAKE_PTR(rec));
+        return submit_built(j, rec, build_route(rec, ev));
 }
