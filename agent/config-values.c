@@ -330,36 +330,55 @@ static int lookup_id(bool group, const char *s, uint32_t *ret) {
         }
 }
 
-static int p_ids(struct parser *p, const struct key_def *k, void *base, const char *v, bool group) {
+typedef int (*word_fn)(struct parser *p, const struct key_def *k, void *base, const char *w);
+
+/* Each space-separated word of v (1 to 64 per line) through fn. */
+static int each_word(struct parser *p, const struct key_def *k, void *base, const char *v, const char *what,
+                     word_fn fn) {
         _cleanup_free_ char *buf = strdup(v);
         char *words[64];
         if (!buf)
                 return kb_cfg_oom(p);
         size_t n = split_words(buf, words, ELEMENTSOF(words));
         if (n == 0 || n > ELEMENTSOF(words))
-                return bad_value(p, k->name, "expected 1 to %zu names or ids per line", ELEMENTSOF(words));
+                return bad_value(p, k->name, "expected 1 to %zu %s per line", ELEMENTSOF(words), what);
         for (size_t i = 0; i < n; i++) {
-                uint32_t id;
-                int r = lookup_id(group, words[i], &id);
-                if (r == -ENOMEM)
-                        return kb_cfg_oom(p);
+                int r = fn(p, k, base, words[i]);
                 if (r < 0)
-                        return bad_value(p, k->name, "unknown %s '%s'", group ? "group" : "user", words[i]);
-                uint32_t **arr = FIELD(base, k, uint32_t *);
-                uint32_t *e = ARRAY_ADD(*arr, *COUNT(base, k));
-                if (!e)
-                        return kb_cfg_oom(p);
-                *e = id;
+                        return r;
         }
         return 0;
 }
 
+static int add_id(struct parser *p, const struct key_def *k, void *base, const char *w, bool group) {
+        uint32_t id;
+        int r = lookup_id(group, w, &id);
+        if (r == -ENOMEM)
+                return kb_cfg_oom(p);
+        if (r < 0)
+                return bad_value(p, k->name, "unknown %s '%s'", group ? "group" : "user", w);
+        uint32_t **arr = FIELD(base, k, uint32_t *);
+        uint32_t *e = ARRAY_ADD(*arr, *COUNT(base, k));
+        if (!e)
+                return kb_cfg_oom(p);
+        *e = id;
+        return 0;
+}
+
+static int add_uid(struct parser *p, const struct key_def *k, void *base, const char *w) {
+        return add_id(p, k, base, w, false);
+}
+
+static int add_gid(struct parser *p, const struct key_def *k, void *base, const char *w) {
+        return add_id(p, k, base, w, true);
+}
+
 static int p_uids(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        return p_ids(p, k, base, v, false);
+        return each_word(p, k, base, v, "names or ids", add_uid);
 }
 
 static int p_gids(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        return p_ids(p, k, base, v, true);
+        return each_word(p, k, base, v, "names or ids", add_gid);
 }
 
 static int add_word(struct parser *p, const struct key_def *k, void *base, const char *w) {
@@ -376,22 +395,14 @@ static int add_word(struct parser *p, const struct key_def *k, void *base, const
         return 0;
 }
 
+static int add_unit(struct parser *p, const struct key_def *k, void *base, const char *w) {
+        if (!valid_unit(w))
+                return bad_value(p, k->name, "'%s' is not a unit name", w);
+        return add_word(p, k, base, w);
+}
+
 static int p_units(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        _cleanup_free_ char *buf = strdup(v);
-        char *words[64];
-        if (!buf)
-                return kb_cfg_oom(p);
-        size_t n = split_words(buf, words, ELEMENTSOF(words));
-        if (n == 0 || n > ELEMENTSOF(words))
-                return bad_value(p, k->name, "expected 1 to %zu unit names per line", ELEMENTSOF(words));
-        for (size_t i = 0; i < n; i++) {
-                if (!valid_unit(words[i]))
-                        return bad_value(p, k->name, "'%s' is not a unit name", words[i]);
-                int r = add_word(p, k, base, words[i]);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return each_word(p, k, base, v, "unit names", add_unit);
 }
 
 static int add_ref(struct parser *p, enum ref_kind kind, size_t owner, size_t item, const char *name) {
