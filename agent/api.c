@@ -260,11 +260,20 @@ static void serve_models(struct kb_request *r) {
                         names[n++] = c->models[i].name;
         qsort(names, n, sizeof(char *), cmp_model_name);
 
+        /* Anthropic's SDK pages by has_more/first_id/last_id and expects its
+         * own item shape; it always sends anthropic-version. There is no
+         * real creation date to give, so both shapes say the epoch. */
+        bool anthropic = r->family == KB_FAMILY_ANTHROPIC;
         json_t *data = json_array();
         for (size_t i = 0; data && i < n; i++)
-                json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", names[i], "object", "model",
-                                                      "created", 0, "owned_by", "keybroker"));
-        json_t *j = json_pack("{s:s, s:o}", "object", "list", "data", data);
+                json_array_append_new(data, anthropic ? json_pack("{s:s, s:s, s:s, s:s}", "type", "model", "id",
+                                                                  names[i], "display_name", names[i], "created_at",
+                                                                  "1970-01-01T00:00:00Z")
+                                                      : json_pack("{s:s, s:s, s:i, s:s}", "id", names[i], "object",
+                                                                  "model", "created", 0, "owned_by", "keybroker"));
+        json_t *j = anthropic ? json_pack("{s:o, s:b, s:s?, s:s?}", "data", data, "has_more", 0, "first_id",
+                                          n ? names[0] : NULL, "last_id", n ? names[n - 1] : NULL)
+                              : json_pack("{s:s, s:o}", "object", "list", "data", data);
         answer_json(r, j);
 }
 
@@ -343,6 +352,8 @@ static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void
         }
         r->endpoint = ep->endpoint;
         r->family = ep->family;
+        if (ep->endpoint == KB_ENDPOINT_MODELS && kb_http_request_header(http, "anthropic-version"))
+                r->family = KB_FAMILY_ANTHROPIC;
 
         const char *want = kb_http_request_header(http, KB_HDR_TEAM);
         int q = kb_identity_pick_team(r->config, r->identity, want, &r->team);

@@ -341,6 +341,19 @@ subtest 'GET /v1/models lists exactly the caller team\'s models' => sub {
         }, 'journal');
 };
 
+subtest 'GET /v1/models with anthropic-version: Anthropic\'s list shape' => sub {
+        my $res = req($broker, path => '/v1/models', uid => 1001, headers => ['anthropic-version' => '2023-06-01']);
+        is($res->{status}, 200, 'status 200') or diag(KB::show_res($res));
+        is_deeply($res->{json}, {
+                data => [map { { type => 'model', id => $_, display_name => $_, created_at => '1970-01-01T00:00:00Z' } }
+                         qw(claude-haiku gpt-mini)],
+                has_more => JSON::PP::false, first_id => 'claude-haiku', last_id => 'gpt-mini',
+        }, 'Anthropic page: items, has_more false, first/last ids') or diag(KB::show_res($res));
+
+        my $bad = req($broker, path => '/v1/models', uid => 1009, headers => ['anthropic-version' => '2023-06-01']);
+        check_anthropic_error($bad, 403, 'unknown_team', 'no team: the error is in Anthropic\'s shape too');
+};
+
 subtest 'whoami' => sub {
         my $res = req($broker, path => '/v1/keybroker/whoami');
         is($res->{status}, 200, 'status 200') or diag(KB::show_res($res));
