@@ -11,6 +11,7 @@ use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
 use FindBin;
+use MIME::Base64 ();
 
 my $root = "$FindBin::Bin/../..";
 my $mock = $ENV{KB_MOCK} // "$root/" . ($ENV{BUILD} // 'build') . "/kb-mock";
@@ -120,6 +121,7 @@ sub log_lines {
 }
 
 # --- OpenAI chat, JSON ---------------------------------------------------
+my $t;
 my $r = curl('/v1/chat/completions', body => '{"model":"gpt-x","messages":[]}');
 is($r->{status}, 200, 'chat: 200');
 is($r->{headers}{'content-type'}, 'application/json', 'chat: content-type');
@@ -169,24 +171,98 @@ is($ev[-1]{data}, '[DONE]', 'chat sse: [DONE]');
 # --- Responses API -------------------------------------------------------
 $r = curl('/v1/responses', body => '{"model":"r1"}', headers => ['x-mock-cached-tokens: 5']);
 $j = $json->decode($r->{body});
-is($j->{object}, 'response', 'responses: object');
-is($j->{status}, 'completed', 'responses: status');
-is($j->{output}[0]{content}[0]{type}, 'output_text', 'responses: output_text');
+my $n_resp = $r->{headers}{'x-mock-n'};
+is_deeply([@$j{qw(id object created_at model status)}], ["resp_mock$n_resp", 'response', 1700000000, 'r1', 'completed'],
+          'responses: id, object, created_at, model, status');
+is_deeply($j->{output}, [{ id => "msg_mock$n_resp", type => 'message', status => 'completed', role => 'assistant',
+                           content => [{ type => 'output_text', text => join('', map { "tok$_ " } 0 .. 6),
+                                         annotations => [] }] }], 'responses: the message item');
 is_deeply($j->{usage}, { input_tokens => 11, input_tokens_details => { cached_tokens => 5 }, output_tokens => 7,
                          output_tokens_details => { reasoning_tokens => 0 }, total_tokens => 18 }, 'responses: usage');
+my $resp_json = $j;
+
 $r = curl('/v1/responses', body => '{"model":"r1","stream":true}', headers => ['x-mock-output-tokens: 2']);
+is($r->{rc}, 0, 'responses sse: terminated');
+is($r->{headers}{'content-type'}, 'text/event-stream', 'responses sse: content-type');
+like($r->{body}, qr/\A(event: [a-z_.]+\ndata: [^\n]+\n\n)+\z/, 'responses sse: every event is "event: NAME\ndata: ...\n\n"');
 @ev = sse_events($r->{body});
-is_deeply([map { $_->{event} } @ev],
-          [qw(response.created response.output_text.delta response.output_text.delta response.completed)],
-          'responses sse: event sequence');
-is($ev[0]{json}{response}{status}, 'in_progress', 'responses sse: created is in_progress');
-is($ev[-1]{json}{response}{usage}{output_tokens}, 2, 'responses sse: completed carries usage');
+my @resp_names = (qw(response.created response.in_progress response.output_item.added response.content_part.added),
+                  ('response.output_text.delta') x 2,
+                  qw(response.output_text.done response.content_part.done response.output_item.done response.completed));
+is_deeply([map { $_->{event} } @ev], \@resp_names, 'responses sse: event sequence');
+is_deeply([map { $_->{json}{type} } @ev], \@resp_names, 'responses sse: each data "type" is its event name');
+is_deeply([map { $_->{json}{sequence_number} } @ev], [0 .. $#ev], 'responses sse: sequence_number 0, 1, 2, ...');
+{
+        my $n = $r->{headers}{'x-mock-n'};
+        my ($mid, $full) = ("msg_mock$n", 'tok0 tok1 ');
+        my $part = sub { { type => 'output_text', text => $_[0], annotations => [] } };
+        my $in_progress = { id => "resp_mock$n", object => 'response', created_at => 1700000000, model => 'r1',
+                            status => 'in_progress', output => [], usage => undef };
+        my $strip = sub { my %h = %{ $_[0] // {} }; delete @h{qw(type sequence_number)}; \%h };
+        my $at = { item_id => $mid, output_index => 0, content_index => 0 };
+        my @want = (
+                { response => $in_progress },
+                { response => $in_progress },
+                { output_index => 0, item => { id => $mid, type => 'message', status => 'in_progress',
+                                               role => 'assistant', content => [] } },
+                { %$at, part => $part->('') },
+                { %$at, delta => 'tok0 ' },
+                { %$at, delta => 'tok1 ' },
+                { %$at, text => $full },
+                { %$at, part => $part->($full) },
+                { output_index => 0, item => { id => $mid, type => 'message', status => 'completed',
+                                               role => 'assistant', content => [$part->($full)] } },
+        );
+        for my $i (0 .. $#want) {
+                is_deeply($strip->($ev[$i]{json}), $want[$i], "responses sse: $resp_names[$i] (#$i) shape");
+        }
+        my $done = $ev[-1]{json}{response};
+        is_deeply([@$done{qw(id status created_at)}], ["resp_mock$n", 'completed', 1700000000],
+                  'responses sse: completed response');
+        is_deeply($done->{output}, [$want[8]{item}], 'responses sse: completed output = the done item');
+        is_deeply($done->{usage}, { input_tokens => 11, input_tokens_details => { cached_tokens => 0 }, output_tokens => 2,
+                                    output_tokens_details => { reasoning_tokens => 0 }, total_tokens => 13 },
+                  'responses sse: completed carries usage');
+        is_deeply([sort keys %$done], [sort keys %$resp_json], 'responses sse: completed response has the JSON answer\'s fields');
+}
+$r = curl('/v1/responses', body => '{"stream":true}', headers => ['x-mock-output-tokens: 0']);
+@ev = sse_events($r->{body});
+is(scalar @ev, 8, 'responses sse, 0 tokens: no delta, the 8 other events');
+is($ev[-1]{json}{response}{output}[0]{content}[0]{text}, '', 'responses sse, 0 tokens: empty text');
+
+# The transport scripts on the Responses stream.
+$r = curl('/v1/responses', body => '{"stream":true}', headers => ['x-mock-cut-after: 5']);
+is($r->{rc}, 18, 'responses sse cut-after: unterminated');
+@ev = sse_events($r->{body});
+is_deeply([map { $_->{event} } @ev], [@resp_names[0 .. 4]], 'responses sse cut-after 5: exactly the first 5 events');
+$r = curl('/v1/responses', body => '{"stream":true}', headers => ['x-mock-long-line-bytes: 100000',
+                                                                 'x-mock-output-tokens: 1']);
+@ev = sse_events($r->{body});
+is(length((split /\n/, $r->{body})[0]), 100000, 'responses sse long-line: the first line is 100000 bytes');
+is_deeply([map { $_->{event} // '' } @ev[1 .. $#ev]], [@resp_names[0 .. 4], @resp_names[6 .. 9]],
+          'responses sse long-line: then the usual events');
+$r = curl('/v1/responses', body => '{"stream":true}', headers => ['x-mock-bad-usage: string']);
+@ev = sse_events($r->{body});
+is($ev[-1]{json}{response}{usage}{output_tokens}, '7', 'responses sse bad-usage: a string in response.completed');
+ok(!ref($ev[-1]{json}{response}{usage}{output_tokens}) && $r->{body} =~ /"output_tokens":"7"/,
+   'responses sse bad-usage: really a JSON string');
+is($ev[0]{json}{response}{usage}, undef, 'responses sse bad-usage: usage:null left alone');
+$t = time;
+$r = curl('/v1/responses', body => '{"stream":true}', headers => ['x-mock-event-delay-ms: 40',
+                                                                 'x-mock-output-tokens: 1']);
+ok(time - $t >= 0.31 && $r->{rc} == 0, 'responses sse event-delay: 9 events, 8 gaps');
 
 # --- Embeddings, models ---------------------------------------------------
 $r = curl('/v1/embeddings', body => '{"model":"e1","input":"x"}');
 $j = $json->decode($r->{body});
 is_deeply([$j->{object}, $j->{model}, $j->{usage}], ['list', 'e1', { prompt_tokens => 11, total_tokens => 11 }],
           'embeddings: shape');
+is_deeply($j->{data}[0]{embedding}, [0.1, 0.2, 0.3], 'embeddings: floats by default');
+$r = curl('/v1/embeddings', body => '{"model":"e1","input":"x","encoding_format":"base64"}');
+$j = $json->decode($r->{body});
+is($j->{data}[0]{embedding}, 'zczMPc3MTD6amZk+', 'embeddings: encoding_format base64 (as the OpenAI SDK asks)');
+is_deeply([map { sprintf('%.6f', $_) } unpack('f<3', MIME::Base64::decode_base64($j->{data}[0]{embedding}))],
+          ['0.100000', '0.200000', '0.300000'], 'embeddings: base64 of little-endian float32 0.1, 0.2, 0.3');
 $r = curl('/v1/models');
 $j = $json->decode($r->{body});
 is($j->{object}, 'list', 'models: OpenAI list');
@@ -216,6 +292,109 @@ is($ev[6]{json}{usage}{output_tokens}, 2, 'messages sse: message_delta usage');
 is($r->{rc}, 0, 'messages sse: terminated');
 $r = curl('/v1/messages/count_tokens', body => '{"model":"c"}', headers => ['x-mock-input-tokens: 42']);
 is($r->{body}, '{"input_tokens":42}', 'count_tokens');
+
+# --- Tool calls -----------------------------------------------------------
+my $WEATHER = '{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}';
+my $chat_usage = { prompt_tokens => 11, completion_tokens => 7, total_tokens => 18,
+                   prompt_tokens_details => { cached_tokens => 0 },
+                   completion_tokens_details => { reasoning_tokens => 0 } };
+$r = curl('/v1/chat/completions', body => qq({"model":"m","tools":[$WEATHER],"messages":[{"role":"user","content":"hi"}]}));
+$j = $json->decode($r->{body});
+my $n_tool = $r->{headers}{'x-mock-n'};
+is_deeply($j->{choices}, [{ index => 0, finish_reason => 'tool_calls',
+                            message => { role => 'assistant', content => undef,
+                                         tool_calls => [{ id => "call_mock$n_tool", type => 'function',
+                                                          function => { name => 'get_weather',
+                                                                        arguments => '{"location":"Paris"}' } }] } }],
+          'chat tools: the assistant calls tools[0] with the default arguments');
+is_deeply($j->{usage}, $chat_usage, 'chat tools: usual usage');
+$r = curl('/v1/chat/completions', body => qq({"tools":[$WEATHER],"messages":[{"role":"user","content":"hi"}]}),
+          headers => [qq(x-mock-tool-arguments: {"city": "Z\x{c3}\x{bc}rich", "days": 3})]);
+is($json->decode($r->{body})->{choices}[0]{message}{tool_calls}[0]{function}{arguments}, qq({"city": "Z\x{c3}\x{bc}rich", "days": 3}),
+   'chat tools: x-mock-tool-arguments verbatim');
+for my $bad ('[1,2]', '{"a":', 'Paris') {
+        $r = curl('/v1/chat/completions', body => qq({"tools":[$WEATHER],"messages":[]}),
+                  headers => ["x-mock-tool-arguments: $bad"]);
+        is($json->decode($r->{body})->{choices}[0]{message}{tool_calls}[0]{function}{arguments}, '{"location":"Paris"}',
+           "chat tools: x-mock-tool-arguments '$bad' (not a JSON object) ignored");
+}
+$r = curl('/v1/chat/completions', body => '{"tools":[{"type":"function"}],"messages":[]}');
+is($json->decode($r->{body})->{choices}[0]{message}{tool_calls}[0]{function}{name}, 'tool', 'chat tools: no name: "tool"');
+$r = curl('/v1/chat/completions', body => '{"tools":[],"messages":[{"role":"user","content":"hi"}]}');
+is($json->decode($r->{body})->{choices}[0]{message}{content}, join('', map { "tok$_ " } 0 .. 6), 'chat tools: empty tools: text');
+$r = curl('/v1/chat/completions', body => qq({"tools":[$WEATHER],"messages":[{"role":"user","content":"hi"},
+          {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{}"}}]},
+          {"role":"tool","tool_call_id":"call_1","content":"sunny, 21C"}]}));
+$j = $json->decode($r->{body});
+is_deeply($j->{choices}[0], { index => 0, finish_reason => 'stop',
+                              message => { role => 'assistant', content => 'tool result: sunny, 21C' } },
+          'chat tools: a tool message last: the assistant answers with its content');
+is_deeply($j->{usage}, $chat_usage, 'chat tools: usage after the tool result');
+
+$r = curl('/v1/chat/completions', body => qq({"stream":true,"stream_options":{"include_usage":true},"tools":[$WEATHER],"messages":[]}),
+          headers => ['x-mock-tool-arguments: {"q":"abcdef"}']);
+is($r->{rc}, 0, 'chat tools sse: terminated');
+@ev = sse_events($r->{body});
+$n_tool = $r->{headers}{'x-mock-n'};
+is(scalar @ev, 7, 'chat tools sse: role, call, 2 fragments, finish, usage, [DONE]');
+is($ev[0]{json}{choices}[0]{delta}{role}, 'assistant', 'chat tools sse: role chunk');
+is_deeply($ev[1]{json}{choices}[0]{delta}, { tool_calls => [{ index => 0, id => "call_mock$n_tool", type => 'function',
+                                                               function => { name => 'get_weather', arguments => '' } }] },
+          'chat tools sse: the call chunk');
+my @frags = map { $_->{json}{choices}[0]{delta}{tool_calls}[0]{function}{arguments} } @ev[2, 3];
+is(join('', @frags), '{"q":"abcdef"}', 'chat tools sse: the fragments make the arguments');
+ok(length $frags[0] && length $frags[1], 'chat tools sse: two non-empty fragments');
+is_deeply([sort keys %{ $ev[2]{json}{choices}[0]{delta}{tool_calls}[0] }], ['function', 'index'],
+          'chat tools sse: fragments carry only index and function');
+is_deeply([$ev[4]{json}{choices}[0]{finish_reason}, $ev[4]{json}{choices}[0]{delta}], ['tool_calls', {}],
+          'chat tools sse: finish_reason tool_calls');
+is_deeply($ev[5]{json}{usage}, $chat_usage, 'chat tools sse: usage chunk');
+is($ev[6]{data}, '[DONE]', 'chat tools sse: [DONE]');
+$r = curl('/v1/chat/completions', body => '{"stream":true,"messages":[{"role":"tool","tool_call_id":"c","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}');
+@ev = sse_events($r->{body});
+is(join('', map { $_->{json}{choices}[0]{delta}{content} // '' } grep { $_->{json} } @ev), 'tool result: ab',
+   'chat tools sse: the tool result echoed (content parts joined)');
+is($ev[-2]{json}{choices}[0]{finish_reason}, 'stop', 'chat tools sse: tool result ends with stop');
+
+my $ATOOL = '{"name":"get_weather","input_schema":{"type":"object"}}';
+$r = curl('/v1/messages', body => qq({"model":"c","max_tokens":9,"tools":[$ATOOL],"messages":[{"role":"user","content":"hi"}]}),
+          headers => ['x-mock-tool-arguments: {"city":"Oslo"}']);
+$j = $json->decode($r->{body});
+$n_tool = $r->{headers}{'x-mock-n'};
+is_deeply([$j->{content}, $j->{stop_reason}],
+          [[{ type => 'tool_use', id => "toolu_mock$n_tool", name => 'get_weather', input => { city => 'Oslo' } }], 'tool_use'],
+          'messages tools: a tool_use block with the arguments as an object');
+is($j->{usage}{output_tokens}, 7, 'messages tools: usual usage');
+$r = curl('/v1/messages', body => qq({"tools":[$ATOOL],"messages":[]}));
+is_deeply($json->decode($r->{body})->{content}[0]{input}, { location => 'Paris' }, 'messages tools: default input');
+for my $c (['"sunny"', 'a string'], ['[{"type":"text","text":"sun"},{"type":"text","text":"ny"}]', 'text blocks joined']) {
+        $r = curl('/v1/messages', body => qq({"tools":[$ATOOL],"messages":[{"role":"user","content":"hi"},
+                  {"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}]},
+                  {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":$c->[0]}]}]}));
+        $j = $json->decode($r->{body});
+        is_deeply([$j->{content}, $j->{stop_reason}], [[{ type => 'text', text => 'tool result: sunny' }], 'end_turn'],
+                  "messages tools: a tool_result last ($c->[1]): the assistant answers with it");
+}
+$r = curl('/v1/messages', body => qq({"stream":true,"tools":[$ATOOL],"messages":[]}));
+is($r->{rc}, 0, 'messages tools sse: terminated');
+@ev = sse_events($r->{body});
+$n_tool = $r->{headers}{'x-mock-n'};
+is_deeply([map { $_->{event} } @ev],
+          [qw(message_start content_block_start content_block_delta content_block_delta content_block_stop
+              message_delta message_stop)], 'messages tools sse: event sequence');
+is_deeply($ev[1]{json}, { type => 'content_block_start', index => 0,
+                          content_block => { type => 'tool_use', id => "toolu_mock$n_tool", name => 'get_weather', input => {} } },
+          'messages tools sse: content_block_start with an empty input');
+is_deeply([map { $_->{json}{delta}{type} } @ev[2, 3]], ['input_json_delta', 'input_json_delta'],
+          'messages tools sse: input_json_delta');
+is(join('', map { $_->{json}{delta}{partial_json} } @ev[2, 3]), '{"location":"Paris"}', 'messages tools sse: the fragments make the input');
+is_deeply([$ev[5]{json}{delta}{stop_reason}, $ev[5]{json}{usage}{output_tokens}], ['tool_use', 7],
+          'messages tools sse: message_delta tool_use with usage');
+$r = curl('/v1/messages', body => qq({"stream":true,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":"42"}]}]}));
+@ev = sse_events($r->{body});
+is(join('', map { $_->{json}{delta}{text} // '' } grep { ($_->{event} // '') eq 'content_block_delta' } @ev), 'tool result: 42',
+   'messages tools sse: the tool result echoed');
+is($ev[-2]{json}{delta}{stop_reason}, 'end_turn', 'messages tools sse: tool result ends with end_turn');
 
 # --- Errors ---------------------------------------------------------------
 $r = curl('/v1/nope', body => '{}');
@@ -273,7 +452,7 @@ $r = curl('/v1/chat/completions', body => '{}', headers => ['x-mock-cut-after: 2
 is($r->{rc}, 18, 'cut-after (json): curl sees a short body (18)');
 is(length $r->{body}, 25, 'cut-after (json): exactly 25 bytes');
 
-my $t = time;
+$t = time;
 $r = curl('/v1/chat/completions', body => '{}', headers => ['x-mock-delay-ms: 300']);
 ok(time - $t >= 0.29 && $r->{status} == 200, 'delay-ms delays the response');
 $t = time;

@@ -93,9 +93,11 @@ subtest 'responses stream' => sub {
         stream_ok($res, 'responses');
         my @ev = sse_events($res->{body});
         is_deeply([map { $_->{event} // '' } @ev],
-                  ['response.created', ('response.output_text.delta') x 3, 'response.completed'],
+                  [qw(response.created response.in_progress response.output_item.added response.content_part.added),
+                   ('response.output_text.delta') x 3,
+                   qw(response.output_text.done response.content_part.done response.output_item.done response.completed)],
                   'event sequence');
-        is(join('', map { $_->{json}{delta} // '' } @ev[1 .. 3]), 'tok0 tok1 tok2 ', 'deltas in order');
+        is(join('', map { $_->{json}{delta} // '' } @ev[4 .. 6]), 'tok0 tok1 tok2 ', 'deltas in order');
         is($ev[-1]{json}{response}{usage}{output_tokens}, 3, 'completed carries usage');
         check_fields(journal_request($res->{headers}{'x-keybroker-request-id'}), {
                 KEYBROKER_STREAM => '1', KEYBROKER_ENDPOINT => 'responses', KEYBROKER_OUTCOME => 'ok',

@@ -17,26 +17,6 @@
 
 #include "util.h"
 
-/* Hard limits on what a script header may ask for. */
-#define MOCK_MAX_TOKENS UINT64_C(1000000000)
-#define MOCK_MAX_EVENTS UINT64_C(10000000)
-#define MOCK_MAX_DELAY_MS UINT64_C(600000)
-#define MOCK_MAX_BODY_BYTES UINT64_C(268435456)
-#define MOCK_DEFAULT_MODEL "mock-model"
-
-struct reply {
-        int fd;
-        const struct mock_request *req;
-        bool anthropic;
-        uint64_t event_delay_ms;
-        int64_t cut_after; /* -1: never */
-        const char *retry_after;
-        bool reset;             /* x-mock-reset: end with an RST, not a FIN */
-        const char *bad_usage;  /* x-mock-bad-usage: raw JSON put in place of usage numbers */
-        uint64_t long_line;     /* x-mock-long-line-bytes: one SSE data line this long first */
-        struct mock_script script;
-};
-
 int mock_send_all(int fd, const void *p, size_t n) {
         const char *c = p;
         while (n > 0) {
@@ -58,14 +38,14 @@ static void sleep_ms(uint64_t ms) {
                 ;
 }
 
-static const char *header(const struct mock_request *req, const char *name) {
+const char *mock_header(const struct mock_request *req, const char *name) {
         return json_string_value(json_object_get(req->headers, name));
 }
 
 /* A missing or malformed knob falls back to its default; a too large one is
  * clamped, so a typo in a test cannot make the mock allocate gigabytes. */
-static uint64_t knob(const struct mock_request *req, const char *name, uint64_t def, uint64_t max) {
-        const char *v = header(req, name);
+uint64_t mock_knob(const struct mock_request *req, const char *name, uint64_t def, uint64_t max) {
+        const char *v = mock_header(req, name);
         if (!v || *v < '0' || *v > '9')
                 return def;
         char *end;
@@ -152,7 +132,7 @@ static int reset_connection(int fd) {
         return MOCK_CLOSE;
 }
 
-static int end_connection(const struct reply *r) {
+static int end_connection(const struct mock_reply *r) {
         return r->reset ? reset_connection(r->fd) : cut_connection(r->fd);
 }
 
@@ -226,7 +206,7 @@ static char *spoil_usage(const char *text, const char *value) {
 }
 
 /* Takes ownership of body. */
-static int send_json(struct reply *r, int status, json_t *body) {
+int mock_send_json(struct mock_reply *r, int status, json_t *body) {
         if (!body)
                 return -ENOMEM;
         _cleanup_free_ char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
@@ -272,32 +252,26 @@ static int send_json(struct reply *r, int status, json_t *body) {
         return close_after ? MOCK_CLOSE : MOCK_KEEP;
 }
 
-static int send_error(struct reply *r, int status, const char *message) {
-        return send_json(r, status, mock_error_json(r->anthropic, status, r->script.model, message));
+static int send_error(struct mock_reply *r, int status, const char *message) {
+        return mock_send_json(r, status, mock_error_json(r->anthropic, status, r->script.model, message));
 }
 
 int mock_send_error(int fd, bool anthropic, int status, const char *message, bool close_after) {
         struct mock_request req = { .keep_alive = !close_after };
-        struct reply r = {
+        struct mock_reply r = {
                 .fd = fd,
                 .req = &req,
                 .anthropic = anthropic,
                 .cut_after = -1,
                 .script.model = MOCK_DEFAULT_MODEL,
         };
-        return send_json(&r, status, mock_error_json(anthropic, status, MOCK_DEFAULT_MODEL, message));
+        return mock_send_json(&r, status, mock_error_json(anthropic, status, MOCK_DEFAULT_MODEL, message));
 }
-
-struct sse {
-        struct reply *r;
-        uint64_t sent;
-        struct kb_buf buf;
-};
 
 /* x-mock-long-line-bytes: N: one event whose single data line is N bytes
  * ("data: {"pad":"xxx…"}", no newline inside), sent in 64 KiB HTTP chunks
  * so the mock never holds it whole. It is not counted as an event. */
-static int sse_long_line(struct reply *r) {
+static int sse_long_line(struct mock_reply *r) {
         static const char head[] = "data: {\"pad\":\"", tail[] = "\"}";
         uint64_t n = MAX(r->long_line, (uint64_t) (sizeof(head) + sizeof(tail)));
         uint64_t pad = n - (sizeof(head) - 1) - (sizeof(tail) - 1);
@@ -326,7 +300,7 @@ static int sse_long_line(struct reply *r) {
         return mock_send_all(r->fd, "\n\n\r\n", 4);
 }
 
-static int sse_begin(struct sse *s) {
+int mock_sse_begin(struct mock_sse *s) {
         _cleanup_(kb_buf_free) struct kb_buf out = {};
         int k = append_head(&out, s->r->anthropic, s->r->req->n, 200, "text/event-stream", -1,
                             !s->r->req->keep_alive, NULL);
@@ -341,7 +315,7 @@ static int sse_begin(struct sse *s) {
 /* One SSE event per HTTP chunk, one send() per chunk, so a delay between
  * events is visible to the broker. data is consumed; raw is used when data
  * is NULL. Returns 0, MOCK_CLOSE (cut) or -errno. */
-static int sse_event(struct sse *s, const char *event, json_t *data, const char *raw) {
+int mock_sse_event(struct mock_sse *s, const char *event, json_t *data, const char *raw) {
         _cleanup_free_ char *text = NULL;
         if (data) {
                 text = json_dumps(data, JSON_COMPACT);
@@ -381,7 +355,7 @@ static int sse_event(struct sse *s, const char *event, json_t *data, const char 
         return 0;
 }
 
-static int sse_end(struct sse *s) {
+int mock_sse_end(struct mock_sse *s) {
         /* Even a cut after the last event leaves the chunked body open. */
         if (s->r->cut_after >= 0)
                 return end_connection(s->r);
@@ -389,156 +363,6 @@ static int sse_end(struct sse *s) {
         if (k < 0)
                 return k;
         return s->r->req->keep_alive ? MOCK_KEEP : MOCK_CLOSE;
-}
-
-static char *token(uint64_t i) {
-        char *t = NULL;
-        if (asprintf(&t, "tok%" PRIu64 " ", i) < 0)
-                return NULL;
-        return t;
-}
-
-static int build_text(uint64_t out, struct kb_buf *ret) {
-        for (uint64_t i = 0; i < out; i++) {
-                int k = kb_buf_appendf(ret, "tok%" PRIu64 " ", i);
-                if (k < 0)
-                        return k;
-        }
-        return kb_buf_append(ret, "", 0); /* text is "" even when out == 0 */
-}
-
-enum kind { CHAT, RESPONSES, MESSAGES };
-
-static json_t *build_body(struct reply *r, enum kind kind, const char *text) {
-        switch (kind) {
-        case CHAT: return mock_chat_json(&r->script, text);
-        case RESPONSES: return mock_responses_json(&r->script, text, true);
-        case MESSAGES: return mock_messages_json(&r->script, text);
-        }
-        return NULL;
-}
-
-static int send_completion(struct reply *r, enum kind kind) {
-        _cleanup_(kb_buf_free) struct kb_buf text = {};
-        int k = build_text(r->script.out, &text);
-        if (k < 0)
-                return k;
-        json_t *body = build_body(r, kind, text.data);
-        if (!body)
-                return -ENOMEM;
-
-        uint64_t want = knob(r->req, "x-mock-body-bytes", 0, MOCK_MAX_BODY_BYTES);
-        if (want > 0) {
-                _cleanup_free_ char *dump = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
-                size_t have = dump ? strlen(dump) : 0;
-                if (dump && have < want) {
-                        /* Each ASCII letter adds exactly one byte to the dump. */
-                        size_t pad = (size_t) (want - have);
-                        k = kb_buf_reserve(&text, pad);
-                        if (k < 0) {
-                                json_decref(body);
-                                return k;
-                        }
-                        memset(text.data + text.len, 'x', pad);
-                        text.len += pad;
-                        text.data[text.len] = 0;
-                        json_decref(body);
-                        body = build_body(r, kind, text.data);
-                }
-        }
-        return send_json(r, 200, body);
-}
-
-static int stream_chat(struct reply *r) {
-        struct sse s = { .r = r };
-        int k = sse_begin(&s);
-        if (k < 0)
-                return k;
-
-        k = sse_event(&s, NULL, mock_chat_chunk(&r->script, json_pack("{ss ss}", "role", "assistant", "content", ""), NULL), NULL);
-        for (uint64_t i = 0; k == 0 && i < r->script.out; i++) {
-                _cleanup_free_ char *t = token(i);
-                k = sse_event(&s, NULL, mock_chat_chunk(&r->script, t ? json_pack("{ss}", "content", t) : NULL, NULL), NULL);
-        }
-        if (k == 0)
-                k = sse_event(&s, NULL, mock_chat_chunk(&r->script, json_object(), "stop"), NULL);
-        if (k == 0 && r->script.include_usage) {
-                json_t *u = mock_chat_chunk(&r->script, json_object(), NULL);
-                /* the usage chunk has an empty choices array */
-                if (u && (json_object_set_new(u, "choices", json_array()) < 0 ||
-                          json_object_set_new(u, "usage", mock_chat_usage(&r->script)) < 0)) {
-                        json_decref(u);
-                        u = NULL;
-                }
-                k = sse_event(&s, NULL, u, NULL);
-        }
-        if (k == 0)
-                k = sse_event(&s, NULL, NULL, "[DONE]");
-        if (k == 0)
-                k = sse_end(&s);
-        kb_buf_free(&s.buf);
-        return k;
-}
-
-static int stream_responses(struct reply *r) {
-        struct sse s = { .r = r };
-        int k = sse_begin(&s);
-        if (k < 0)
-                return k;
-
-        json_t *resp = mock_responses_json(&r->script, "", false);
-        k = sse_event(&s, "response.created",
-                      resp ? json_pack("{ss so}", "type", "response.created", "response", resp) : NULL, NULL);
-        for (uint64_t i = 0; k == 0 && i < r->script.out; i++) {
-                _cleanup_free_ char *t = token(i);
-                k = sse_event(&s, "response.output_text.delta",
-                              t ? json_pack("{ss ss}", "type", "response.output_text.delta", "delta", t) : NULL, NULL);
-        }
-        if (k == 0) {
-                _cleanup_(kb_buf_free) struct kb_buf text = {};
-                k = build_text(r->script.out, &text);
-                resp = k < 0 ? NULL : mock_responses_json(&r->script, text.data, true);
-                k = sse_event(&s, "response.completed",
-                              resp ? json_pack("{ss so}", "type", "response.completed", "response", resp) : NULL, NULL);
-        }
-        if (k == 0)
-                k = sse_end(&s);
-        kb_buf_free(&s.buf);
-        return k;
-}
-
-static int stream_messages(struct reply *r) {
-        struct sse s = { .r = r };
-        int k = sse_begin(&s);
-        if (k < 0)
-                return k;
-
-        k = sse_event(&s, "message_start", mock_messages_start(&r->script), NULL);
-        if (k == 0)
-                k = sse_event(&s, "content_block_start",
-                              json_pack("{ss si s{ss ss}}", "type", "content_block_start", "index", 0,
-                                        "content_block", "type", "text", "text", ""), NULL);
-        if (k == 0)
-                k = sse_event(&s, "ping", json_pack("{ss}", "type", "ping"), NULL);
-        for (uint64_t i = 0; k == 0 && i < r->script.out; i++) {
-                _cleanup_free_ char *t = token(i);
-                k = sse_event(&s, "content_block_delta",
-                              t ? json_pack("{ss si s{ss ss}}", "type", "content_block_delta", "index", 0,
-                                            "delta", "type", "text_delta", "text", t) : NULL, NULL);
-        }
-        if (k == 0)
-                k = sse_event(&s, "content_block_stop", json_pack("{ss si}", "type", "content_block_stop", "index", 0), NULL);
-        if (k == 0)
-                k = sse_event(&s, "message_delta",
-                              json_pack("{ss s{ss sn} s{sI}}", "type", "message_delta",
-                                        "delta", "stop_reason", "end_turn", "stop_sequence",
-                                        "usage", "output_tokens", (json_int_t) r->script.out), NULL);
-        if (k == 0)
-                k = sse_event(&s, "message_stop", json_pack("{ss}", "type", "message_stop"), NULL);
-        if (k == 0)
-                k = sse_end(&s);
-        kb_buf_free(&s.buf);
-        return k;
 }
 
 /* Read and drop whatever the client sends until it goes away. */
@@ -562,8 +386,8 @@ static int hang(int fd) {
 static bool authorized(const struct mock_request *req) {
         if (mock_cfg->n_keys == 0)
                 return true;
-        const char *auth = header(req, "authorization");
-        const char *xkey = header(req, "x-api-key");
+        const char *auth = mock_header(req, "authorization");
+        const char *xkey = mock_header(req, "x-api-key");
         if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
                 auth += 7;
         else
@@ -577,40 +401,40 @@ static bool authorized(const struct mock_request *req) {
 static bool is_anthropic(const struct mock_request *req) {
         if (streq(req->path, "/v1/messages") || streq(req->path, "/v1/messages/count_tokens"))
                 return true;
-        return streq(req->path, "/v1/models") && header(req, "anthropic-version");
+        return streq(req->path, "/v1/models") && mock_header(req, "anthropic-version");
 }
 
 int mock_respond(int fd, const struct mock_request *req) {
-        const char *h = header(req, "x-mock-hang");
+        const char *h = mock_header(req, "x-mock-hang");
         if (h && !streq(h, "0"))
                 return hang(fd);
 
         _cleanup_(json_decrefp) json_t *root = json_loadb(req->body, req->body_len, JSON_DECODE_ANY, NULL);
-        uint64_t cut = knob(req, "x-mock-cut-after", UINT64_MAX, MOCK_MAX_BODY_BYTES);
+        uint64_t cut = mock_knob(req, "x-mock-cut-after", UINT64_MAX, MOCK_MAX_BODY_BYTES);
         const char *model = json_string_value(json_object_get(root, "model"));
-        struct reply r = {
+        struct mock_reply r = {
                 .fd = fd,
                 .req = req,
                 .anthropic = is_anthropic(req),
-                .event_delay_ms = knob(req, "x-mock-event-delay-ms", 0, MOCK_MAX_DELAY_MS),
+                .event_delay_ms = mock_knob(req, "x-mock-event-delay-ms", 0, MOCK_MAX_DELAY_MS),
                 .cut_after = cut == UINT64_MAX ? -1 : (int64_t) cut,
                 .script = {
                         .n = req->n,
                         .model = model ?: MOCK_DEFAULT_MODEL,
-                        .in = knob(req, "x-mock-input-tokens", 11, MOCK_MAX_TOKENS),
-                        .out = knob(req, "x-mock-output-tokens", 7, MOCK_MAX_EVENTS),
-                        .cached = knob(req, "x-mock-cached-tokens", 0, MOCK_MAX_TOKENS),
-                        .cache_write = knob(req, "x-mock-cache-write-tokens", 0, MOCK_MAX_TOKENS),
-                        .reasoning = knob(req, "x-mock-reasoning-tokens", 0, MOCK_MAX_TOKENS),
+                        .in = mock_knob(req, "x-mock-input-tokens", 11, MOCK_MAX_TOKENS),
+                        .out = mock_knob(req, "x-mock-output-tokens", 7, MOCK_MAX_EVENTS),
+                        .cached = mock_knob(req, "x-mock-cached-tokens", 0, MOCK_MAX_TOKENS),
+                        .cache_write = mock_knob(req, "x-mock-cache-write-tokens", 0, MOCK_MAX_TOKENS),
+                        .reasoning = mock_knob(req, "x-mock-reasoning-tokens", 0, MOCK_MAX_TOKENS),
                 },
         };
 
-        const char *reset = header(req, "x-mock-reset");
+        const char *reset = mock_header(req, "x-mock-reset");
         r.reset = reset && !streq(reset, "0");
-        r.bad_usage = bad_usage_value(header(req, "x-mock-bad-usage"));
-        r.long_line = knob(req, "x-mock-long-line-bytes", 0, MOCK_MAX_BODY_BYTES);
+        r.bad_usage = bad_usage_value(mock_header(req, "x-mock-bad-usage"));
+        r.long_line = mock_knob(req, "x-mock-long-line-bytes", 0, MOCK_MAX_BODY_BYTES);
 
-        uint64_t delay = knob(req, "x-mock-delay-ms", 0, MOCK_MAX_DELAY_MS);
+        uint64_t delay = mock_knob(req, "x-mock-delay-ms", 0, MOCK_MAX_DELAY_MS);
         if (delay > 0)
                 sleep_ms(delay);
         /* A reset with no cut point: before any byte of the response. */
@@ -620,11 +444,11 @@ int mock_respond(int fd, const struct mock_request *req) {
         if (!authorized(req))
                 return send_error(&r, 401, NULL);
 
-        uint64_t status = knob(req, "x-mock-status", 0, 999);
+        uint64_t status = mock_knob(req, "x-mock-status", 0, 999);
         if (status >= 400 && status <= 599) {
                 /* 429 always says when to come back; other statuses only
                  * when the test asks. */
-                r.retry_after = header(req, "x-mock-retry-after");
+                r.retry_after = mock_header(req, "x-mock-retry-after");
                 if (status == 429 && !r.retry_after)
                         r.retry_after = "1";
                 if (r.retry_after && strpbrk(r.retry_after, "\r\n"))
@@ -658,7 +482,7 @@ int mock_respond(int fd, const struct mock_request *req) {
                 return send_error(&r, 404, msg);
         }
         if (ep == MODELS_EP)
-                return send_json(&r, 200, mock_models_json(r.anthropic));
+                return mock_send_json(&r, 200, mock_models_json(r.anthropic));
 
         if (!json_is_object(root))
                 return send_error(&r, 400, r.anthropic ?
@@ -673,15 +497,20 @@ int mock_respond(int fd, const struct mock_request *req) {
 
         switch (ep) {
         case CHAT_EP:
-                return stream ? stream_chat(&r) : send_completion(&r, CHAT);
+        case MESSAGES_EP: {
+                int k = mock_tool_plan(&r.script, root, r.anthropic, mock_header(req, "x-mock-tool-arguments"));
+                if (k >= 0)
+                        k = mock_answer(&r, ep == CHAT_EP ? MOCK_CHAT : MOCK_MESSAGES, stream);
+                free(r.script.tool_result);
+                return k;
+        }
         case RESPONSES_EP:
-                return stream ? stream_responses(&r) : send_completion(&r, RESPONSES);
-        case MESSAGES_EP:
-                return stream ? stream_messages(&r) : send_completion(&r, MESSAGES);
+                return mock_answer(&r, MOCK_RESPONSES, stream);
         case EMBEDDINGS_EP:
-                return send_json(&r, 200, mock_embeddings_json(&r.script));
+                r.script.base64 = streq_ptr(json_string_value(json_object_get(root, "encoding_format")), "base64");
+                return mock_send_json(&r, 200, mock_embeddings_json(&r.script));
         case COUNT_EP:
-                return send_json(&r, 200, json_pack("{sI}", "input_tokens", (json_int_t) r.script.in));
+                return mock_send_json(&r, 200, json_pack("{sI}", "input_tokens", (json_int_t) r.script.in));
         default:
                 return -EINVAL;
         }

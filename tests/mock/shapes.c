@@ -30,7 +30,7 @@ json_t *mock_json_string(const char *s, size_t n) {
         return json_stringn(copy, n);
 }
 
-static char *mock_id(const char *prefix, uint64_t n) {
+char *mock_id(const char *prefix, uint64_t n) {
         char *s = NULL;
         if (asprintf(&s, "%s%" PRIu64, prefix, n) < 0)
                 return NULL;
@@ -84,26 +84,8 @@ json_t *mock_chat_chunk(const struct mock_script *s, json_t *delta, const char *
         return j;
 }
 
-json_t *mock_responses_json(const struct mock_script *s, const char *text, bool completed) {
-        _cleanup_free_ char *id = mock_id("resp_mock", s->n);
-        if (!id)
-                return NULL;
-        if (!completed)
-                return json_pack("{ss ss ss ss s[] sn}",
-                                 "id", id,
-                                 "object", "response",
-                                 "model", s->model,
-                                 "status", "in_progress",
-                                 "output",
-                                 "usage");
-        return json_pack("{ss ss ss ss s[{ss ss s[{ss ss}]}] s{sI s{sI} sI s{sI} sI}}",
-                         "id", id,
-                         "object", "response",
-                         "model", s->model,
-                         "status", "completed",
-                         "output", "type", "message", "role", "assistant",
-                         "content", "type", "output_text", "text", text,
-                         "usage",
+json_t *mock_responses_usage(const struct mock_script *s) {
+        return json_pack("{sI s{sI} sI s{sI} sI}",
                          "input_tokens", (json_int_t) s->in,
                          "input_tokens_details", "cached_tokens", (json_int_t) s->cached,
                          "output_tokens", (json_int_t) s->out,
@@ -111,10 +93,58 @@ json_t *mock_responses_json(const struct mock_script *s, const char *text, bool 
                          "total_tokens", (json_int_t) (s->in + s->out));
 }
 
+json_t *mock_output_text(const char *text) {
+        return json_pack("{ss ss s[]}", "type", "output_text", "text", text, "annotations");
+}
+
+/* The output item: in_progress (content still empty, as in
+ * response.output_item.added) or completed with the text. */
+json_t *mock_responses_message(const struct mock_script *s, const char *text, bool completed) {
+        _cleanup_free_ char *id = mock_id("msg_mock", s->n);
+        if (!id)
+                return NULL;
+        json_t *content = completed ? json_pack("[o]", mock_output_text(text)) : json_array();
+        return json_pack("{ss ss ss ss so}",
+                         "id", id,
+                         "type", "message",
+                         "status", completed ? "completed" : "in_progress",
+                         "role", "assistant",
+                         "content", content);
+}
+
+json_t *mock_responses_json(const struct mock_script *s, const char *text, bool completed) {
+        _cleanup_free_ char *id = mock_id("resp_mock", s->n);
+        if (!id)
+                return NULL;
+        if (!completed)
+                return json_pack("{ss ss si ss ss s[] sn}",
+                                 "id", id,
+                                 "object", "response",
+                                 "created_at", MOCK_CREATED,
+                                 "model", s->model,
+                                 "status", "in_progress",
+                                 "output",
+                                 "usage");
+        return json_pack("{ss ss si ss ss s[o] so}",
+                         "id", id,
+                         "object", "response",
+                         "created_at", MOCK_CREATED,
+                         "model", s->model,
+                         "status", "completed",
+                         "output", mock_responses_message(s, text, true),
+                         "usage", mock_responses_usage(s));
+}
+
+/* [0.1, 0.2, 0.3] as little-endian float32, base64: what OpenAI sends for
+ * "encoding_format": "base64", which its SDK asks for (and decodes) unless
+ * the app chose a format. */
+#define MOCK_EMBEDDING_BASE64 "zczMPc3MTD6amZk+"
+
 json_t *mock_embeddings_json(const struct mock_script *s) {
-        return json_pack("{ss s[{ss si s[fff]}] ss s{sI sI}}",
+        json_t *embedding = s->base64 ? json_string(MOCK_EMBEDDING_BASE64) : json_pack("[fff]", 0.1, 0.2, 0.3);
+        return json_pack("{ss s[{ss si so}] ss s{sI sI}}",
                          "object", "list",
-                         "data", "object", "embedding", "index", 0, "embedding", 0.1, 0.2, 0.3,
+                         "data", "object", "embedding", "index", 0, "embedding", embedding,
                          "model", s->model,
                          "usage", "prompt_tokens", (json_int_t) s->in,
                          "total_tokens", (json_int_t) s->in);
