@@ -88,6 +88,41 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         return 0;
 }
 
+#define RESEAL_USEC (1 * USEC_PER_SEC)
+
+static int on_reseal(sd_event_source *s, uint64_t usec, void *userdata) {
+        if (kb_keys_reseal_idle() == 0)
+                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        (void) sd_event_source_set_time(s, usec + RESEAL_USEC);
+        return 0;
+}
+
+void kb_broker_release_key(struct kb_broker *b, struct kb_key *k) {
+        int enabled = SD_EVENT_OFF;
+        uint64_t now;
+
+        if (!k)
+                return;
+        kb_key_release(k);
+        /* Armed already: nothing to do (reprogramming the timer per request
+         * is what this avoids). */
+        if (b->reseal_timer && sd_event_source_get_enabled(b->reseal_timer, &enabled) >= 0 &&
+            enabled != SD_EVENT_OFF)
+                return;
+        if (sd_event_now(b->event, CLOCK_MONOTONIC, &now) < 0)
+                now = kb_now_usec();
+        if (!b->reseal_timer) {
+                if (sd_event_add_time(b->event, &b->reseal_timer, CLOCK_MONOTONIC, now + RESEAL_USEC,
+                                      100 * USEC_PER_MSEC, on_reseal, b) < 0) {
+                        (void) kb_keys_reseal_idle(); /* no timer: reseal now, as kb_key_close() would */
+                        return;
+                }
+                (void) sd_event_source_set_description(b->reseal_timer, "key-reseal");
+        } else
+                (void) sd_event_source_set_time(b->reseal_timer, now + RESEAL_USEC);
+        (void) sd_event_source_set_enabled(b->reseal_timer, SD_EVENT_ON);
+}
+
 int kb_broker_instance_id(const char *state_dir, char ret[33]) {
         _cleanup_free_ char *path = NULL;
         char buf[64];

@@ -37,6 +37,7 @@ struct kb_broker {
         struct kb_metrics *metrics;     /* GET /metrics counters (metrics.h) */
         struct kb_quota *quota;
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
+        sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
         char instance[33];              /* this host's broker identity, kept in state_dir */
         uint64_t seq;                   /* last settle sequence number */
 
@@ -55,6 +56,10 @@ int kb_broker_load_keys(const struct kb_config *c, struct kb_keystore **ret, cha
  * config or keystore is rejected (journaled with its reason, returned in
  * *ret_error when non-NULL) and the running one stays. */
 int kb_broker_reload(struct kb_broker *b, char **ret_error);
+
+/* broker.c: done with a key opened for a request: kb_key_release() it and
+ * make sure it is resealed within about a second once nothing uses it. */
+void kb_broker_release_key(struct kb_broker *b, struct kb_key *k);
 
 /* broker.c: this broker's identity in state_dir/instance (created on first
  * start): request records carry it so quota recovery replays only its own. */

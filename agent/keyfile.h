@@ -28,7 +28,11 @@ struct kb_key {
         char *name;
         unsigned version;               /* 0: a plain credential file */
         size_t len;
-        char *secret;                   /* sodium_malloc'd, noaccess unless n_open > 0 */
+        char *secret;                   /* sodium_malloc'd, noaccess unless readable */
+        /* Readable: opened, or released and not yet resealed (keystore.c's
+         * list of such keys, swept by kb_keys_reseal_idle()). */
+        bool readable;
+        struct kb_key *readable_prev, *readable_next;
         uint64_t created_usec;
         uint64_t last_used_usec;
         uint64_t uses;

@@ -37,6 +37,38 @@ static unsigned char *fp_key(const struct kb_keystore *ks) {
 
 /* ---------------------------------------------------------------- keys */
 
+/* Keys whose secret is readable now. Only the loop thread opens keys, so
+ * a plain list does. */
+static struct kb_key *readable_keys;
+static size_t n_readable_keys;
+
+static void make_readable(struct kb_key *k) {
+        if (k->readable)
+                return;
+        sodium_mprotect_readonly(k->secret);
+        k->readable = true;
+        k->readable_prev = NULL;
+        k->readable_next = readable_keys;
+        if (readable_keys)
+                readable_keys->readable_prev = k;
+        readable_keys = k;
+        n_readable_keys++;
+}
+
+static void forget_readable(struct kb_key *k) {
+        if (!k->readable)
+                return;
+        if (k->readable_prev)
+                k->readable_prev->readable_next = k->readable_next;
+        else
+                readable_keys = k->readable_next;
+        if (k->readable_next)
+                k->readable_next->readable_prev = k->readable_prev;
+        k->readable_prev = k->readable_next = NULL;
+        k->readable = false;
+        n_readable_keys--;
+}
+
 struct kb_key *kb_key_ref(struct kb_key *k) {
         if (k)
                 k->n_ref++;
@@ -46,6 +78,7 @@ struct kb_key *kb_key_ref(struct kb_key *k) {
 struct kb_key *kb_key_unref(struct kb_key *k) {
         if (!k || --k->n_ref > 0)
                 return NULL;
+        forget_readable(k);
         sodium_free(k->secret); /* zeroes before unmapping */
         free(k->name);
         free(k->nonce_hex);
@@ -62,16 +95,39 @@ unsigned kb_key_version(const struct kb_key *k) {
         return k->version;
 }
 
+static void reseal(struct kb_key *k) {
+        forget_readable(k);
+        sodium_mprotect_noaccess(k->secret);
+}
+
 const char *kb_key_open(struct kb_key *k, size_t *ret_len) {
-        if (k->n_open++ == 0)
-                sodium_mprotect_readonly(k->secret);
+        make_readable(k);
+        k->n_open++;
         *ret_len = k->len;
         return k->secret;
 }
 
 void kb_key_close(struct kb_key *k) {
         if (k->n_open > 0 && --k->n_open == 0)
-                sodium_mprotect_noaccess(k->secret);
+                reseal(k);
+}
+
+void kb_key_release(struct kb_key *k) {
+        if (k->n_open > 0)
+                k->n_open--;
+}
+
+size_t kb_keys_reseal_idle(void) {
+        for (struct kb_key *k = readable_keys, *next; k; k = next) {
+                next = k->readable_next;
+                if (k->n_open == 0)
+                        reseal(k);
+        }
+        return n_readable_keys;
+}
+
+size_t kb_keys_n_readable(void) {
+        return n_readable_keys;
 }
 
 void kb_key_mark_used(struct kb_key *k, uint64_t now_usec) {

@@ -96,9 +96,20 @@ const char *kb_key_name(const struct kb_key *k);
 unsigned kb_key_version(const struct kb_key *k);
 
 /* Make the secret readable and return it; kb_key_close() makes it
- * inaccessible again. Calls nest. */
+ * inaccessible again at once. Calls nest. */
 const char *kb_key_open(struct kb_key *k, size_t *ret_len);
 void kb_key_close(struct kb_key *k);
+/* Like kb_key_close(), but the secret stays readable until the next
+ * kb_keys_reseal_idle(): the request path uses this, so that a busy broker
+ * pays two mprotect() calls (and the TLB shootdowns they cause on every
+ * CPU) per sweep rather than per request. */
+void kb_key_release(struct kb_key *k);
+/* Make every released key that nobody has open inaccessible again.
+ * Returns how many keys are still readable (open right now). The loop
+ * calls it about once a second while any key is readable. */
+size_t kb_keys_reseal_idle(void);
+/* How many keys are readable now (tests). */
+size_t kb_keys_n_readable(void);
 /* Count a use (a request was sent with it), at realtime now_usec. */
 void kb_key_mark_used(struct kb_key *k, uint64_t now_usec);
 

@@ -228,8 +228,7 @@ static int start_call(struct kb_preflight *p, unsigned which) {
         kb_proxy_set_auth(&req, route, p->key);
         p->calls[which].start_usec = now;
         r = kb_upstream_start(p->broker->upstream, &req, &upstream_ops, p, &p->call);
-        if (p->key)
-                kb_key_close(p->key);
+        kb_broker_release_key(p->broker, p->key);
         return r;
 }
 

@@ -493,8 +493,7 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
         kb_proxy_set_auth(&req, route, r->key);
         r->attempts++;
         q = kb_upstream_start(r->broker->upstream, &req, &upstream_ops, r, &r->call);
-        if (r->key)
-                kb_key_close(r->key);
+        kb_broker_release_key(r->broker, r->key);
         if (q < 0) {
                 r->call = NULL;
                 r->last_error = -EBADR;

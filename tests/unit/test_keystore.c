@@ -11,7 +11,10 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <sodium.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "keyfile.h"
 #include "keystore.h"
@@ -631,6 +634,75 @@ static void test_refcount(void **state) {
         assert_null(kb_key_unref(NULL));
 }
 
+/* Reading s in a child: true when the read faulted (the page is PROT_NONE). */
+static bool read_faults(const char *s) {
+        pid_t pid = fork();
+        int status;
+
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                /* cmocka catches SIGSEGV to report a failed test: the child
+                 * must die of it instead. */
+                signal(SIGSEGV, SIG_DFL);
+                signal(SIGBUS, SIG_DFL);
+                volatile char c = s[0];
+                (void) c;
+                _exit(0);
+        }
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        return WIFSIGNALED(status) && (WTERMSIG(status) == SIGSEGV || WTERMSIG(status) == SIGBUS);
+}
+
+/* The request path releases keys instead of closing them: readable until
+ * the next sweep, and only while nobody holds them open after it. */
+static void test_release_and_reseal(void **state) {
+        struct fx *f = *state;
+        struct kb_keystore *ks = open_ok(f);
+        struct kb_key *k = NULL, *k2 = NULL;
+        size_t len;
+
+        set_ok(ks, "a", "a-secret", 1);
+        set_ok(ks, "b", "b-secret", 1);
+        assert_int_equal(kb_keystore_get(ks, "a", &k), 0);
+        assert_int_equal(kb_keystore_get(ks, "b", &k2), 0);
+        assert_int_equal(kb_keys_n_readable(), 0);
+
+        const char *s = kb_key_open(k, &len);
+        assert_false(read_faults(s));
+        assert_int_equal(kb_keys_n_readable(), 1);
+        kb_key_release(k);
+        /* Released: still readable until swept. */
+        assert_int_equal(kb_keys_n_readable(), 1);
+        assert_memory_equal(s, "a-secret", 8);
+
+        /* Open again while readable: no change; a sweep while open keeps it. */
+        s = kb_key_open(k, &len);
+        const char *s2 = kb_key_open(k2, &len);
+        kb_key_release(k2);
+        assert_int_equal(kb_keys_reseal_idle(), 1);
+        assert_false(read_faults(s));
+        assert_true(read_faults(s2));
+        kb_key_release(k);
+        assert_int_equal(kb_keys_reseal_idle(), 0);
+        assert_true(read_faults(s));
+
+        /* Close is still immediate. */
+        s = kb_key_open(k, &len);
+        kb_key_close(k);
+        assert_int_equal(kb_keys_n_readable(), 0);
+        assert_true(read_faults(s));
+
+        /* A released key freed before the sweep leaves the list. */
+        (void) kb_key_open(k2, &len);
+        kb_key_release(k2);
+        assert_int_equal(kb_keys_n_readable(), 1);
+        kb_keystore_free(ks);
+        assert_null(kb_key_unref(k2));
+        assert_int_equal(kb_keys_n_readable(), 0);
+        assert_int_equal(kb_keys_reseal_idle(), 0);
+        assert_null(kb_key_unref(k));
+}
+
 static void test_secret_validation(void **state) {
         struct fx *f = *state;
         char big[4100];
@@ -957,6 +1029,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_master_formats, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_failed_write_leaves_memory, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refcount, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_release_and_reseal, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_secret_validation, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fingerprint, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_credentials, setup, teardown),
