@@ -15,7 +15,9 @@
 #include <string.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "journal-native.h"
 #include "keybroker/keybroker.h"
 #include "spool.h"
 
@@ -89,6 +91,13 @@ struct kb_journal {
         uint64_t retry_at;              /* writer only: CLOCK_MONOTONIC µs */
         uint64_t backoff_usec;          /* writer only */
         unsigned refusals;              /* writer only: of the spool's head */
+
+        /* The loop's direct path (journal-native.h): used while nothing is
+         * queued, the writer is idle and journald took the last record, so
+         * order is kept; submitting is single-threaded (the loop). */
+        int direct_fd;
+        const char *direct_path;        /* NULL: the direct path is off */
+        struct kb_buf direct_buf;
 
         _Atomic uint64_t n_dropped;
         _Atomic uint64_t n_written;
@@ -453,6 +462,7 @@ int kb_journal_new(size_t max_queue, struct kb_journal **ret) {
         j = calloc(1, sizeof(*j));
         if (!j)
                 return -ENOMEM;
+        j->direct_fd = -1;
         j->queue = calloc(max_queue, sizeof(struct kb_record *));
         if (!j->queue) {
                 free(j);
@@ -467,6 +477,9 @@ int kb_journal_new(size_t max_queue, struct kb_journal **ret) {
         j->max_queue = max_queue;
         j->send = default_send;
         j->backoff_usec = RETRY_MIN_USEC;
+        j->direct_fd = kb_journal_native_open();
+        if (j->direct_fd >= 0)
+                j->direct_path = KB_JOURNAL_SOCKET;
 
         pthread_mutex_init(&j->lock, NULL);
         pthread_condattr_init(&ca);
@@ -491,12 +504,22 @@ int kb_journal_new(size_t max_queue, struct kb_journal **ret) {
         return 0;
 }
 
+void kb_journal_set_native_socket(struct kb_journal *j, const char *path) {
+        if (!j)
+                return;
+        pthread_mutex_lock(&j->lock);
+        j->direct_path = j->direct_fd >= 0 ? path : NULL;
+        pthread_mutex_unlock(&j->lock);
+}
+
 void kb_journal_set_sender(struct kb_journal *j, kb_journal_send_t send, void *userdata) {
         if (!j)
                 return;
         pthread_mutex_lock(&j->lock);
         j->send = send ?: default_send;
         j->send_userdata = send ? userdata : NULL;
+        /* The direct path would bypass the replacement. */
+        j->direct_path = send || j->direct_fd < 0 ? NULL : KB_JOURNAL_SOCKET;
         pthread_mutex_unlock(&j->lock);
 }
 
@@ -543,6 +566,27 @@ uint64_t kb_journal_n_spool_pending(struct kb_journal *j) {
         return n;
 }
 
+/* Lock held (it is not contended: the writer is idle). Any failure leaves
+ * the record to the writer, which retries, waits or spools as usual. */
+static int send_direct(struct kb_journal *j, const struct kb_record *rec) {
+        static const struct iovec ident = { .iov_base = (char *) "SYSLOG_IDENTIFIER=" KB_SYSLOG_IDENTIFIER,
+                                             .iov_len = sizeof("SYSLOG_IDENTIFIER=" KB_SYSLOG_IDENTIFIER) - 1 };
+        struct iovec iov[KB_RECORD_MAX_FIELDS];
+        size_t n = record_iov(rec, iov);
+        int r;
+
+        kb_buf_clear(&j->direct_buf);
+        r = kb_journal_native_format(iov, n, &j->direct_buf);
+        if (r >= 0)
+                r = kb_journal_native_format(&ident, 1, &j->direct_buf);
+        if (r >= 0)
+                r = kb_journal_native_send(j->direct_fd, j->direct_path, j->direct_buf.data, j->direct_buf.len);
+        /* A big record's buffer is not kept for the next small one. */
+        if (j->direct_buf.cap > 64 * 1024)
+                kb_buf_free(&j->direct_buf);
+        return r;
+}
+
 int kb_journal_submit(struct kb_journal *j, struct kb_record *r) {
         if (!j || !r) {
                 kb_record_free(r);
@@ -550,6 +594,13 @@ int kb_journal_submit(struct kb_journal *j, struct kb_record *r) {
         }
         r->realtime_usec = kb_realtime_usec();
         pthread_mutex_lock(&j->lock);
+        if (j->direct_path && !j->stop && j->n_queued == 0 && !j->busy && j->spool_pending == 0 && !j->away &&
+            send_direct(j, r) >= 0) {
+                pthread_mutex_unlock(&j->lock);
+                atomic_fetch_add(&j->n_written, 1);
+                kb_record_free(r);
+                return 0;
+        }
         if (j->stop || j->n_queued >= j->max_queue) {
                 pthread_mutex_unlock(&j->lock);
                 atomic_fetch_add(&j->n_dropped, 1);
@@ -623,6 +674,9 @@ void kb_journal_free(struct kb_journal *j, uint64_t timeout_usec) {
                 atomic_fetch_add(&j->n_dropped, 1);
         }
         kb_spool_free(j->spool);
+        if (j->direct_fd >= 0)
+                close(j->direct_fd);
+        kb_buf_free(&j->direct_buf);
         free(j->batch);
         free(j->queue);
         pthread_cond_destroy(&j->wake);

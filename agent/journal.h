@@ -37,6 +37,12 @@ void kb_journal_free(struct kb_journal *j, uint64_t timeout_usec);
  * It runs on the writer thread. NULL restores the default. */
 typedef int (*kb_journal_send_t)(const struct iovec *iov, int n, void *userdata);
 void kb_journal_set_sender(struct kb_journal *j, kb_journal_send_t send, void *userdata);
+/* While nothing is queued, kb_journal_submit() sends the record itself, in
+ * journald's native protocol without blocking, to KB_JOURNAL_SOCKET; what
+ * it cannot send at once goes to the writer as above. For tests: send the
+ * direct path to path instead (NULL: off); call after set_sender, which
+ * turns the direct path off when it installs a sender. */
+void kb_journal_set_native_socket(struct kb_journal *j, const char *path);
 
 /* A record under construction: "FIELD=value" items. SYSLOG_IDENTIFIER is
  * added by the writer. Values may hold any bytes but NUL. */

@@ -9,8 +9,13 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "journal-native.h"
 #include "journal.h"
 #include "keybroker/keybroker.h"
 #include "request.h"
@@ -235,6 +240,102 @@ static void test_record_limits(void **state) {
         assert_int_equal(cap.n_records, 1);
         assert_int_equal(cap.n_items[0], KB_RECORD_MAX_FIELDS + 1);
         kb_journal_free(j, USEC_PER_SEC);
+}
+
+/* ---- the loop's direct path (native protocol) ---- */
+
+static void test_native_format(void **state) {
+        struct kb_buf b = {};
+        struct iovec items[] = {
+                { .iov_base = (char *) "MESSAGE=hello", .iov_len = 13 },
+                { .iov_base = (char *) "MULTI=a\nb", .iov_len = 9 },
+                { .iov_base = (char *) "EMPTY=", .iov_len = 6 },
+        };
+        static const char want[] = "MESSAGE=hello\nMULTI\n\x03\0\0\0\0\0\0\0a\nb\nEMPTY=\n";
+
+        assert_int_equal(kb_journal_native_format(items, ELEMENTSOF(items), &b), 0);
+        assert_int_equal(b.len, sizeof(want) - 1);
+        assert_memory_equal(b.data, want, sizeof(want) - 1);
+
+        struct iovec bad[] = { { .iov_base = (char *) "NOEQUALS", .iov_len = 8 } };
+        struct iovec bad2[] = { { .iov_base = (char *) "=value", .iov_len = 6 } };
+        assert_int_equal(kb_journal_native_format(bad, 1, &b), -EINVAL);
+        assert_int_equal(kb_journal_native_format(bad2, 1, &b), -EINVAL);
+        kb_buf_free(&b);
+
+        int fd = kb_journal_native_open();
+        assert_true(fd >= 0);
+        /* Nobody listening there: an error, not a hang. */
+        assert_true(kb_journal_native_send(fd, "/nonexistent/kb-journal-test.sock", "A=b\n", 4) < 0);
+        close(fd);
+}
+
+static unsigned dgram_qlen(void) {
+        unsigned q = 10;
+        FILE *f = fopen("/proc/sys/net/unix/max_dgram_qlen", "re");
+
+        if (f) {
+                if (fscanf(f, "%u", &q) != 1)
+                        q = 10;
+                fclose(f);
+        }
+        return q;
+}
+
+/* Records go straight to the socket while it takes them; once journald's
+ * queue is full the rest go through the writer (here the test sender), and
+ * together they are every record once, in order. */
+static void test_direct_path_falls_back_in_order(void **state) {
+        char dir[] = "/tmp/kb-test-journal-XXXXXX", path[128];
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        unsigned n_fallback = 8, n = dgram_qlen() + 1 + n_fallback;
+        char buf[4096];
+
+        assert_true(n - (dgram_qlen() + 1) <= CAP_MAX_RECORDS);
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/socket", dir);
+        int srv = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        assert_true(srv >= 0);
+        strcpy(sa.sun_path, path);
+        assert_int_equal(bind(srv, (struct sockaddr *) &sa, sizeof(sa)), 0);
+
+        struct kb_journal *j = new_journal(64);
+        kb_journal_set_native_socket(j, path);
+        for (unsigned i = 0; i < n; i++) {
+                struct kb_record *r = kb_record_new();
+                assert_int_equal(kb_record_addf(r, "MESSAGE", "record %u", i), 0);
+                assert_int_equal(kb_record_add(r, "MULTI", "x\ny"), 0);
+                assert_int_equal(kb_journal_submit(j, r), 0);
+        }
+        kb_journal_flush(j, 10 * USEC_PER_SEC);
+
+        unsigned got = 0;
+        for (;;) {
+                ssize_t k = recv(srv, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+                if (k < 0)
+                        break;
+                buf[k] = 0;
+                char want[256];
+                int w = snprintf(want, sizeof(want), "MESSAGE=record %u\nMULTI\n\x03", got);
+                assert_true(k > w);
+                assert_memory_equal(buf, want, (size_t) w);
+                assert_non_null(strstr(buf + w + 7, "\nSYSLOG_IDENTIFIER=" KB_SYSLOG_IDENTIFIER "\n"));
+                got++;
+        }
+        assert_true(got >= 1);
+        assert_int_equal(got + cap.n_records, n);
+        for (size_t i = 0; i < cap.n_records; i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "record %zu", got + i);
+                assert_string_equal(cap_field(i, "MESSAGE"), want);
+        }
+        assert_true(cap.n_records >= 1);
+        assert_int_equal(kb_journal_n_written(j), n);
+        assert_int_equal(kb_journal_n_dropped(j), 0);
+        kb_journal_free(j, USEC_PER_SEC);
+        close(srv);
+        unlink(path);
+        rmdir(dir);
 }
 
 /* ---- the queue ---- */
@@ -702,6 +803,8 @@ int main(void) {
                 cmocka_unit_test(test_outcome_strings),
                 cmocka_unit_test(test_lifecycle),
                 cmocka_unit_test(test_config_record),
+                cmocka_unit_test(test_native_format),
+                cmocka_unit_test(test_direct_path_falls_back_in_order),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);

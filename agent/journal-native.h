@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* journald's native protocol (systemd.journal-fields(7), "Native
+ * Protocol"), spoken by the loop itself so that a record costs one
+ * non-blocking sendto() instead of a hand-off to the writer thread. Anything
+ * this path cannot send at once (journald's queue full, journald away, a
+ * record too big for one datagram) is left to the writer, which uses
+ * sd_journal_sendv() and the spool. Library-like: never logs. */
+
+#include <stddef.h>
+#include <sys/uio.h>
+
+#include "util.h"
+
+#define KB_JOURNAL_SOCKET "/run/systemd/journal/socket"
+
+/* A datagram socket for sending to journald: non-blocking, close-on-exec,
+ * with a send buffer as large as the kernel allows us (as sd-journal does).
+ * An fd, or -errno. */
+int kb_journal_native_open(void);
+
+/* Append the datagram for these "FIELD=value" items to buf: "FIELD=value\n",
+ * or, for a value holding a newline, "FIELD\n" + 64-bit little-endian length
+ * + value + "\n". -EINVAL for an item without '='. */
+int kb_journal_native_format(const struct iovec *items, size_t n, struct kb_buf *buf);
+
+/* Send one datagram to path without waiting: 0, -EAGAIN when journald's
+ * queue is full, -EMSGSIZE when it is too big for a datagram, other
+ * -errno when journald is not there. */
+int kb_journal_native_send(int fd, const char *path, const void *data, size_t len);
