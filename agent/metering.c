@@ -53,7 +53,22 @@ static void refuse(struct kb_request *r, const struct kb_quota_denial *d, uint64
         if (d->first_in_window)
                 (void) kb_journal_quota(r->broker->journal, r->team->name, limit, d->used, d->max, d->reset_usec);
 
-        struct kb_http_header h[] = { { "retry-after", retry } };
+        /* The SDKs retry a 429 after retry-after however long it is (the
+         * OpenAI one without a cap): an app would hang until midnight on a
+         * spent daily budget. x-should-retry: false (honoured by both) makes
+         * them fail at once where waiting cannot help soon: day and month
+         * windows, and a request bigger than the limit itself. */
+        bool never_fits = d->requested > d->max;
+        bool retry_soon = d->rate && !never_fits;
+        struct kb_http_header h[] = { { "retry-after", retry }, { "x-should-retry", retry_soon ? "true" : "false" } };
+        if (never_fits) {
+                format_amount(d->limit, d->requested, reset, sizeof(reset));
+                kb_api_fail_full(r, 429, "quota_exceeded", kb_quota_limit_error_type(d->limit),
+                                 KB_OUTCOME_QUOTA_REJECTED, h, ELEMENTSOF(h),
+                                 "team '%s': this request alone (%s, estimated) is more than its whole %s limit of %s",
+                                 r->team->name, reset, limit, max);
+                return;
+        }
         kb_api_fail_full(r, 429, "quota_exceeded", kb_quota_limit_error_type(d->limit), KB_OUTCOME_QUOTA_REJECTED,
                           h, ELEMENTSOF(h),
                           "team '%s' is over its %s limit: %s used of %s; resets at %s", r->team->name, limit,

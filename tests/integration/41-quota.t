@@ -162,6 +162,10 @@ sub check_quota_error($res, %o) {
                 my ($lo, $hi) = @{$o{retry}};
                 ok(defined $ra && $ra >= $lo && $ra <= $hi, "retry-after $lo..$hi") or diag('retry-after: ' . ($ra // 'absent'));
                 is($res->{headers}{'x-keybroker-team'}, $o{team}, 'x-keybroker-team');
+                # The SDKs would otherwise sleep retry-after (until midnight)
+                # before failing; minute windows and concurrency free up soon.
+                is($res->{headers}{'x-should-retry'}, $rate ? 'true' : 'false',
+                   'x-should-retry ' . ($rate ? 'true' : 'false'));
         };
 }
 
@@ -361,6 +365,19 @@ subtest 'budget_usd_per_day' => sub { budget_case('usdday', 'budget_usd_per_day'
 subtest 'budget_usd_per_month' => sub { budget_case('usdmonth', 'budget_usd_per_month', next_month()) };
 
 # ------------------------------------------------------------ models and prices
+
+subtest 'a request bigger than the whole limit: told it never fits, not to retry' => sub {
+        # tpm allows 1500 tokens a minute; ~8000 bytes of prompt alone is ~2000.
+        my $before = $mock->count;
+        my $res = chat('tpm', json => { messages => [{ role => 'user', content => 'x' x 8000 }] });
+        check_openai_error($res, 429, 'quota_exceeded');
+        like($res->{json}{error}{message} // '', qr/team 'tpm': this request alone \(\d+, estimated\) is more than its whole tokens_per_minute limit of 1500/,
+             'message says the request alone exceeds the limit') or diag(KB::show_res($res));
+        is($res->{headers}{'x-should-retry'}, 'false', 'x-should-retry: false (waiting cannot help)');
+        like($res->{headers}{'retry-after'} // '', qr/^\d+$/, 'retry-after still present');
+        is($mock->count, $before, 'provider not called');
+        check_rejected_record($res, 'tpm');
+};
 
 subtest 'models allowlist: 403 model_not_allowed, both shapes' => sub {
         my $before = $mock->count;
