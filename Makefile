@@ -30,8 +30,8 @@ BENCH := $(BUILD)/kb-bench
 CTL := $(BUILD)/keybrokerctl
 DAEMON := $(BUILD)/keybrokerd
 
-.PHONY: all deps test unit integration run bench clean check-asan install uninstall \
-	fuzz fuzz-build fuzz-regress fuzz-smoke check-valgrind
+.PHONY: all deps test unit integration sdk run bench clean check-asan install uninstall \
+	fuzz fuzz-build fuzz-regress fuzz-smoke check-valgrind FORCE
 
 all: $(DAEMON) $(CTL) $(MOCK)
 
@@ -50,6 +50,31 @@ deps:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@$(MAKE) -s --no-print-directory $(SDK_STAMP)
+
+# The official SDKs for tests/sdk, pinned by tests/sdk/package-lock.json.
+# npm ci runs only when the lock file changed or node_modules is gone, so a
+# second `make deps` stays off the network. Debian's nodejs only when there
+# is no node at all; undici 7 needs Node >= 20.18.1 (Debian 12 ships 18).
+SDK_DIR := tests/sdk
+SDK_STAMP := build/sdk-deps.stamp
+SDK_NODE_MIN := 20.18.1
+$(SDK_STAMP): $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json \
+		$(if $(wildcard $(SDK_DIR)/node_modules/.package-lock.json),,FORCE)
+	@if ! command -v node >/dev/null 2>&1; then \
+		echo "make deps: installing nodejs npm"; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to apt-get install nodejs npm" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm || exit 1; \
+	fi; \
+	v=$$(node -p process.versions.node) && \
+	[ "$$(printf '%s\n' $(SDK_NODE_MIN) $$v | sort -V | head -n1)" = $(SDK_NODE_MIN) ] || { \
+		echo "make deps: tests/sdk needs Node >= $(SDK_NODE_MIN), this is $$(node --version)" >&2; exit 1; }
+	@echo "make deps: npm ci in $(SDK_DIR)"
+	cd $(SDK_DIR) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+	@mkdir -p $(dir $@) && touch $@
+
+FORCE:
 
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
@@ -94,10 +119,15 @@ unit: $(UNIT_BINS)
 integration: all
 	prove -v tests/integration/
 
+# The official OpenAI and Anthropic SDKs through the broker (tests/sdk/README.md).
+sdk: all
+	prove -v tests/sdk/
+
 test: deps
 	$(MAKE) all $(UNIT_BINS)
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) sdk
 	$(if $(SAN),,$(MAKE) fuzz-smoke)
 
 run: deps all
