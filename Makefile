@@ -38,7 +38,7 @@ all: $(DAEMON) $(CTL) $(MOCK)
 # Debian packages for build, tests and the demo. Quick no-op when present.
 DEB_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp \
 	libjansson-dev libsodium-dev libinih-dev libcmocka-dev systemd curl util-linux \
-	perl libjson-pp-perl socat openssl systemd-journal-remote \
+	perl libjson-pp-perl socat openssl systemd-journal-remote python3-httpx \
 	clang libclang-rt-14-dev valgrind
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
