@@ -164,7 +164,7 @@ static struct kb_request *request_new(struct kb_broker *b, struct kb_conn *c, st
                 return NULL;
 
         unsigned char raw[16];
-        randombytes_buf(raw, sizeof(raw));
+        kb_random_bytes(raw, sizeof(raw));
         sodium_bin2hex(r->id, sizeof(r->id), raw, sizeof(raw));
         r->broker = b;
         r->conn = c;
@@ -447,7 +447,7 @@ static void api_write_error(struct kb_conn *c, const char *path, int status, con
         unsigned char raw[16];
         char id[33];
 
-        randombytes_buf(raw, sizeof(raw));
+        kb_random_bytes(raw, sizeof(raw));
         sodium_bin2hex(id, sizeof(id), raw, sizeof(raw));
         struct kb_http_header h[] = {
                 { "content-type", "application/json" },

@@ -567,7 +567,7 @@ static void next_attempt(struct kb_request *r) {
 
 bool kb_proxy_plan(struct kb_request *r) {
         struct kb_candidate c[KB_ROUTER_MAX_CANDIDATES];
-        int n = kb_router_plan(r->broker->router, r->model_cfg, r->family, randombytes_random(), kb_now_usec(), c,
+        int n = kb_router_plan(r->broker->router, r->model_cfg, r->family, kb_random_u32(), kb_now_usec(), c,
                                ELEMENTSOF(c));
         if (n == -ENOENT) {
                 kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,

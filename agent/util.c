@@ -160,3 +160,37 @@ uint64_t kb_realtime_usec(void) {
 bool kb_header_name_eq(const char *a, size_t alen, const char *b) {
         return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
 }
+
+#define RANDOM_POOL 512
+
+void kb_random_bytes(void *buf, size_t n) {
+        static __thread unsigned char pool[RANDOM_POOL];
+        static __thread size_t left;
+        unsigned char *out = buf;
+
+        if (n > RANDOM_POOL / 4) {
+                randombytes_buf(buf, n);
+                return;
+        }
+        while (n > 0) {
+                if (left == 0) {
+                        randombytes_buf(pool, sizeof(pool));
+                        left = sizeof(pool);
+                }
+                size_t k = MIN(n, left);
+                /* Hand out from the end and wipe what was handed out: the
+                 * pool never holds bytes that were already used. */
+                memcpy(out, pool + left - k, k);
+                sodium_memzero(pool + left - k, k);
+                left -= k;
+                out += k;
+                n -= k;
+        }
+}
+
+uint32_t kb_random_u32(void) {
+        uint32_t v;
+
+        kb_random_bytes(&v, sizeof(v));
+        return v;
+}

@@ -91,6 +91,11 @@ int kb_parse_size(const char *s, uint64_t *ret);
 /* Parse "10s", "250ms", "5min", "2h", "1d", "30" (seconds) into µs. */
 int kb_parse_duration(const char *s, uint64_t *ret_usec);
 
+/* Random bytes from libsodium, drawn from a small per-thread pool so that a
+ * request id or a routing pick does not cost a getrandom() call each. */
+void kb_random_bytes(void *buf, size_t n);
+uint32_t kb_random_u32(void);
+
 uint64_t kb_now_usec(void); /* CLOCK_MONOTONIC */
 uint64_t kb_realtime_usec(void);
 
