@@ -30,7 +30,7 @@ BENCH := $(BUILD)/kb-bench
 CTL := $(BUILD)/keybrokerctl
 DAEMON := $(BUILD)/keybrokerd
 
-.PHONY: all deps test unit integration sdk run bench clean check-asan install uninstall \
+.PHONY: all deps test unit integration sdk run bench bench-deps clean check-asan install uninstall \
 	fuzz fuzz-build fuzz-regress fuzz-smoke check-valgrind FORCE
 
 all: $(DAEMON) $(CTL) $(MOCK)
@@ -133,7 +133,17 @@ test: deps
 run: deps all
 	tests/demo/run.sh
 
-bench: deps all $(BENCH)
+# nginx for the side-by-side in make bench (tests/bench/vs-nginx.sh); the
+# bench skips that part when it is not installed.
+BENCH_PKGS := nginx-light
+bench-deps: deps
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+		echo "make bench-deps: installing $(BENCH_PKGS)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PKGS) || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PKGS); }; }
+
+bench: bench-deps all $(BENCH)
 	tests/bench/run.sh
 
 # Every sanitizer report of every process (daemons stopped by a test that

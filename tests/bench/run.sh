@@ -4,14 +4,17 @@
 # Starts kb-mock and keybrokerd with a throw-away config, then measures, on
 # loopback and Unix sockets only: req/s and latency direct-to-mock vs.
 # through the broker (JSON and SSE, 1 and 16 connections), and the broker's
-# RSS with 1000 idle keep-alive connections and with 1000 open SSE streams.
-# Prints a markdown table of targets. Exit 0 whatever the figures; non-zero
-# only when the bench could not run (missing binaries, a process that would
-# not start, a broker that answers nothing but errors).
+# RSS with 1000 idle keep-alive connections and with 1000 open SSE streams;
+# then (vs-nginx.sh) keybrokerd side by side with nginx as a key-injecting
+# reverse proxy to the same mock. Prints markdown tables. Exit 0 whatever
+# the figures; non-zero only when the bench could not run (missing binaries,
+# a process that would not start, a broker that answers nothing but errors,
+# an nginx that does not inject the key or buffers SSE).
 #
 # Env: BENCH_QUICK=1 (2 s per run), BENCH_DURATION=S (seconds per run),
 #      BENCH_HOLD_CONNECTIONS=N (default 1000), BENCH_OUT=FILE (also write the
-#      tables there), BENCH_KEEP=1 (keep the temp dir with logs), BUILD=DIR.
+#      tables there), BENCH_KEEP=1 (keep the temp dir with logs), BUILD=DIR,
+#      BENCH_NGINX=0 (no nginx comparison), BENCH_ROUNDS=N (its rounds, 3).
 set -u
 set -o pipefail
 
@@ -44,7 +47,7 @@ perl -MJSON::PP -e1 2>/dev/null || die "perl JSON::PP is missing (make deps)"
 # --- processes and cleanup -------------------------------------------------
 
 TMP=$(mktemp -d /tmp/kb-bench.XXXXXX) || die "mktemp failed"
-MOCK_PID= BROKER_PID= JOURNALD_PID= HOLD_PID=
+MOCK_PID= BROKER_PID= JOURNALD_PID= HOLD_PID= NGINX_PID=
 
 stop_pid() {
         local pid=$1 i
@@ -63,12 +66,13 @@ cleanup() {
         local rc=$?
         trap - EXIT INT TERM
         stop_pid "$HOLD_PID"
+        stop_pid "$NGINX_PID"
         stop_pid "$BROKER_PID"
         stop_pid "$MOCK_PID"
         stop_pid "$JOURNALD_PID"
         # rc 1 is die(): show why; 130/143 are an interrupt: just clean up.
         if [ "$rc" = 1 ]; then
-                for f in keybrokerd.log mock.err; do
+                for f in keybrokerd.log mock.err nginx-error.log; do
                         [ -s "$TMP/$f" ] && { log "last lines of $f:"; tail -n 20 "$TMP/$f" >&2; }
                 done
         fi
@@ -104,7 +108,9 @@ fi
 
 # --- mock provider ---------------------------------------------------------
 
-"$KB_MOCK" --port 0 --port-file "$TMP/mock.port" >"$TMP/mock.out" 2>"$TMP/mock.err" &
+# --require-key: a request that reaches the mock without the fixture key
+# fails, so every run proves the broker (or nginx) injected it.
+"$KB_MOCK" --port 0 --require-key "$KEY_SECRET" --port-file "$TMP/mock.port" >"$TMP/mock.out" 2>"$TMP/mock.err" &
 MOCK_PID=$!
 for _ in $(seq 100); do
         [ -s "$TMP/mock.port" ] && break
@@ -172,13 +178,16 @@ body_json() { printf '{"model":"%s",%s}' "$1" "$MSG"; }
 # include_usage on both sides, so the mock does the same work either way.
 body_sse() { printf '{"model":"%s","stream":true,"stream_options":{"include_usage":true},%s}' "$1" "$MSG"; }
 
-# run_load NAME TARGET(direct|broker) KIND(json|sse) CONNS DURATION|-REQUESTS
+# run_load NAME TARGET(direct|broker|nginx) KIND(json|sse) CONNS DURATION|-REQUESTS
 run_load() {
         local name=$1 target=$2 kind=$3 conns=$4 amount=$5 model=mock-model
         local args=(--connections "$conns" --json --timeout 30)
         if [ "$target" = broker ]; then
                 model=bench
                 args+=(--url "$BROKER_URL" --unix-socket "$API_SOCK")
+        elif [ "$target" = nginx ]; then
+                # nginx adds the key; it maps no model names.
+                args+=(--url "$BROKER_URL" --unix-socket "$NGINX_SOCK")
         else
                 # What the broker would inject: the same header bytes upstream.
                 args+=(--url "$DIRECT_URL" --header "Authorization: Bearer $KEY_SECRET")
@@ -417,5 +426,7 @@ cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 64
 } | tee "$TMP/results.md"
 # keybrokerctl usage over 1,000,000 journal records (its own table).
 BUILD=$BUILD "$HERE/usage-bench.sh" | tee -a "$TMP/results.md"
+# keybrokerd vs nginx as a key-injecting reverse proxy (its own section).
+. "$HERE/vs-nginx.sh"
 [ -n "${BENCH_OUT:-}" ] && cp "$TMP/results.md" "$BENCH_OUT"
 exit 0
