@@ -20,6 +20,10 @@
 #define KB_HTTP_MAX_HEADERS 1024u               /* header lines per request */
 #define KB_HTTP_OUT_KEEP (64u * 1024u)          /* output buffer capacity kept after it drains */
 #define KB_HTTP_EMFILE_RETRY_USEC (100 * USEC_PER_MSEC)
+/* A response's writes are gathered and sent once per loop iteration (or at
+ * its end), so a JSON answer is one send() rather than head, chunk and
+ * terminator apart; beyond this much pending it is sent at once. */
+#define KB_HTTP_FLUSH_NOW (16u * 1024u)
 /* Connection timeouts are seconds long: a wide coalescing window lets
  * sd-event keep its timerfd programmed while connections re-arm on every
  * request (reprogramming it per request cost a fifth of the loop's time). */
@@ -86,6 +90,9 @@ struct kb_conn {
 
         struct kb_buf out;
         size_t out_off;
+        /* On the server's list of connections with output to send before
+         * the loop sleeps (kb_conn_schedule_flush); holds a reference. */
+        struct kb_conn *dirty_prev, *dirty_next;
 
         uint64_t last_activity; /* last read, or last write progress */
         uint64_t deadline;      /* CONN_CLOSING / CONN_LINGER */
@@ -120,6 +127,11 @@ struct kb_conn {
         bool chunked:1;
         bool head:1;
         bool killed:1;          /* kb_conn_kill(): no terminating chunk, close after flush */
+        bool dirty:1;
+        /* EPOLLIN fired while a request was with the handler: only then is
+         * reading switched off (usually the app waits for its answer, and
+         * the two epoll_ctl() calls per request are saved). */
+        bool busy_in_hit:1;
 };
 
 struct kb_http_server {
@@ -131,6 +143,8 @@ struct kb_http_server {
         const struct kb_http_ops *ops;
         void *userdata;
         struct kb_conn *conns;
+        struct kb_conn *dirty;          /* kb_conn_schedule_flush() */
+        sd_event_source *flush_defer;
         size_t n_connections;
         size_t n_lingering;
         size_t n_busy;
@@ -167,3 +181,7 @@ void kb_conn_close(struct kb_conn *c);
 void kb_conn_response_ended(struct kb_conn *c);
 void kb_conn_reject(struct kb_conn *c, int status, const char *code, const char *message);
 void kb_conn_after_flush(struct kb_conn *c);
+/* http.c: send c's output before the loop next sleeps (now, when there is
+ * no loop); kb_conn_flush() takes c off that list again. */
+void kb_conn_schedule_flush(struct kb_conn *c);
+void kb_conn_undirty(struct kb_conn *c);

@@ -86,6 +86,7 @@ int kb_conn_out_append(struct kb_conn *c, const void *p, size_t n) {
 int kb_conn_flush(struct kb_conn *c) {
         bool progress = false;
 
+        kb_conn_undirty(c);
         while (c->fd >= 0 && kb_conn_out_pending(c) > 0) {
                 ssize_t n = send(c->fd, c->out.data + c->out_off, kb_conn_out_pending(c), MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (n < 0) {
@@ -124,6 +125,14 @@ int kb_conn_flush(struct kb_conn *c) {
         if (kb_conn_out_pending(c) == 0)
                 kb_conn_after_flush(c);
         return 0;
+}
+
+/* Send now what is big enough to, else before the loop sleeps. */
+static void gather(struct kb_conn *c) {
+        if (kb_conn_out_pending(c) >= KB_HTTP_FLUSH_NOW)
+                kb_conn_flush(c);
+        else
+                kb_conn_schedule_flush(c);
 }
 
 /* Callers' headers must not smuggle a line break (response splitting) nor
@@ -251,7 +260,7 @@ int kb_conn_begin(struct kb_conn *c, int status, const struct kb_http_header *he
         c->responded = true;
 
         kb_conn_ref(c);
-        kb_conn_flush(c);
+        gather(c);
         r = c->aborted ? -EPIPE : 0;
         kb_conn_update(c);
         kb_conn_unref(c);
@@ -288,7 +297,7 @@ int kb_conn_write(struct kb_conn *c, const void *buf, size_t len) {
         }
 
         kb_conn_ref(c);
-        kb_conn_flush(c);
+        gather(c);
         r = c->aborted ? -EPIPE : 0;
         kb_conn_update(c);
         kb_conn_unref(c);

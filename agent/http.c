@@ -415,7 +415,10 @@ static int conn_on_io(sd_event_source *src, int fd, uint32_t revents, void *user
                 if (c->finalized || c->aborted)
                         goto out;
         }
-        if ((revents & EPOLLIN) && (c->io_events & EPOLLIN))
+        if ((revents & EPOLLIN) && (c->io_events & EPOLLIN) && c->state == CONN_BUSY &&
+            !(revents & (EPOLLHUP | EPOLLRDHUP)))
+                c->busy_in_hit = true; /* kb_conn_update() stops reading now */
+        else if ((revents & EPOLLIN) && (c->io_events & EPOLLIN) && c->state != CONN_BUSY)
                 conn_read(c);
         else if (revents & EPOLLHUP)
                 conn_peer_gone(c);
@@ -504,11 +507,19 @@ void kb_conn_update(struct kb_conn *c) {
                 uint32_t ev = 0;
                 if (readable_state && !c->stash && !c->req_ready && !c->peer_eof && pending <= KB_CONN_HIGH_WATER)
                         ev |= EPOLLIN;
+                /* Busy: leave EPOLLIN as it was until it fires. */
+                if (c->state == CONN_BUSY && (c->io_events & EPOLLIN) && !c->busy_in_hit && !c->stash &&
+                    !c->peer_eof && pending <= KB_CONN_HIGH_WATER)
+                        ev |= EPOLLIN;
+                if (c->state != CONN_BUSY)
+                        c->busy_in_hit = false;
                 if ((readable_state || c->state == CONN_BUSY) && !c->peer_eof)
                         ev |= EPOLLRDHUP;
                 if (c->state == CONN_LINGER)
                         ev |= EPOLLIN | EPOLLRDHUP;
-                if (pending > 0 && c->state != CONN_LINGER)
+                /* Gathered output is sent before the loop sleeps; EPOLLOUT
+                 * only for what a send() left over. */
+                if (pending > 0 && c->state != CONN_LINGER && !c->dirty)
                         ev |= EPOLLOUT;
                 if (ev != c->io_events && sd_event_source_set_io_events(c->io, ev) >= 0)
                         c->io_events = ev;
@@ -673,6 +684,8 @@ static void limits_fill(struct kb_http_limits *dst, const struct kb_http_limits 
                 dst->max_connections = KB_HTTP_DEFAULT_MAX_CONNECTIONS;
 }
 
+static int server_on_flush(sd_event_source *src, void *userdata);
+
 int kb_http_server_new(sd_event *e, int listen_fd, const struct kb_http_limits *limits,
                        const struct kb_http_ops *ops, void *userdata, struct kb_http_server **ret) {
         int domain = 0;
@@ -702,12 +715,71 @@ int kb_http_server_new(sd_event *e, int listen_fd, const struct kb_http_limits *
         limits_fill(&s->limits, limits);
 
         r = sd_event_add_io(e, &s->listen_source, listen_fd, EPOLLIN, server_on_listen, s);
+        if (r >= 0)
+                r = sd_event_add_defer(e, &s->flush_defer, server_on_flush, s);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s->flush_defer, SD_EVENT_OFF);
         if (r < 0) {
                 s->listen_fd = -1; /* still the caller's on failure */
                 kb_http_server_free(s);
                 return r;
         }
         *ret = s;
+        return 0;
+}
+
+/* ---- gathered output ---- */
+
+void kb_conn_undirty(struct kb_conn *c) {
+        struct kb_http_server *s = c->server;
+
+        if (!c->dirty)
+                return;
+        if (c->dirty_prev)
+                c->dirty_prev->dirty_next = c->dirty_next;
+        else if (s)
+                s->dirty = c->dirty_next;
+        if (c->dirty_next)
+                c->dirty_next->dirty_prev = c->dirty_prev;
+        c->dirty_prev = c->dirty_next = NULL;
+        c->dirty = false;
+        if (s && !s->dirty && s->flush_defer)
+                (void) sd_event_source_set_enabled(s->flush_defer, SD_EVENT_OFF);
+        kb_conn_unref(c);
+}
+
+void kb_conn_schedule_flush(struct kb_conn *c) {
+        struct kb_http_server *s = c->server;
+
+        if (!s || !s->flush_defer ||
+            sd_event_source_set_enabled(s->flush_defer, SD_EVENT_ONESHOT) < 0) {
+                kb_conn_flush(c);
+                return;
+        }
+        if (c->dirty)
+                return;
+        kb_conn_ref(c);
+        c->dirty = true;
+        c->dirty_prev = NULL;
+        c->dirty_next = s->dirty;
+        if (s->dirty)
+                s->dirty->dirty_prev = c;
+        s->dirty = c;
+}
+
+static int server_on_flush(sd_event_source *src, void *userdata) {
+        struct kb_http_server *s = userdata;
+
+        while (s->dirty) {
+                struct kb_conn *c = s->dirty;
+                kb_conn_ref(c);
+                kb_conn_undirty(c);
+                if (!c->finalized) {
+                        kb_conn_flush(c);
+                        kb_conn_update(c);
+                }
+                kb_conn_unref(c);
+        }
         return 0;
 }
 
@@ -725,6 +797,9 @@ struct kb_http_server *kb_http_server_free(struct kb_http_server *s) {
                 }
                 kb_conn_close(c);
         }
+        while (s->dirty)
+                kb_conn_undirty(s->dirty);
+        s->flush_defer = sd_event_source_disable_unref(s->flush_defer);
         if (s->listen_fd >= 0)
                 close(s->listen_fd);
         sd_event_unref(s->event);
