@@ -190,6 +190,13 @@ void kb_request_finish(struct kb_request *r) {
 
         kb_metering_settle(r);
 
+        /* The answer goes out first; the record and the counters are the
+         * broker's own business. Ending frees the HTTP request (r->http),
+         * not the connection nor the identity it owns: those are closed
+         * from the loop, after this returns. */
+        kb_conn_end(r->conn);
+        r->http = NULL;
+
         /* The record reads the usage tap: write it before releasing. */
         int q = kb_journal_request(b->journal, r);
         if (q < 0 && q != -EAGAIN)
@@ -197,8 +204,6 @@ void kb_request_finish(struct kb_request *r) {
         kb_metrics_request(b->metrics, r);
         kb_proxy_release(r);
         LIST_REMOVE(r, live);
-
-        kb_conn_end(r->conn);
         b->n_in_flight--;
         b->n_requests++;
 
