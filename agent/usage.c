@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "usage.h"
+#include "json-scan.h"
 
 #include <assert.h>
 #include <jansson.h>
@@ -245,6 +246,40 @@ static int json_body_usage(struct kb_usage_tap *t, json_t *root) {
         }
 
         return take_model_id(u, root);
+}
+
+/* The members json_body_usage() reads, each parsed on its own: a whole
+ * answer (its text, choices, tool calls) costs several times more to parse
+ * than the request itself. A member it reads that does not parse makes the
+ * answer malformed, as a full parse would; what the other members hold is
+ * not judged (an answer whose text is not valid UTF-8 still has its usage
+ * counted). Last one wins for a repeated key, as with jansson. */
+static int pick_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
+        static const char *const wanted[] = { "usage", "model", "id", "input_tokens" };
+        json_t *root = userdata;
+
+        for (size_t i = 0; i < ELEMENTSOF(wanted); i++) {
+                if (key_len != strlen(wanted[i]) || memcmp(key, wanted[i], key_len) != 0)
+                        continue;
+                json_t *v = json_loadb(value, value_len, JSON_DECODE_ANY, NULL);
+                if (!v)
+                        return -EINVAL;
+                return json_object_set_new_nocheck(root, wanted[i], v) < 0 ? -ENOMEM : 0;
+        }
+        return 0;
+}
+
+static json_t *body_members(const char *s, size_t n) {
+        json_t *root = json_object();
+
+        if (!root)
+                return NULL;
+        int r = kb_json_scan_object(s, n, pick_member, root);
+        if (r >= 0)
+                return root;
+        json_decref(root);
+        /* A key spelt with escapes is matched after all by a real parse. */
+        return r == -EILSEQ ? json_loadb(s, n, 0, NULL) : NULL;
 }
 
 /* ---- SSE events ---- */
@@ -617,7 +652,7 @@ int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out) {
                 _cleanup_json_ json_t *root = NULL;
 
                 if (!t->body_skip && t->body.len > 0)
-                        root = json_loadb(t->body.data, t->body.len, 0, NULL);
+                        root = body_members(t->body.data, t->body.len);
                 kb_buf_free(&t->body);
                 return root ? json_body_usage(t, root) : 0;
         }

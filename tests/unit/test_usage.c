@@ -519,6 +519,18 @@ static void test_bad_numbers(_unused_ void **state) {
                 run_all(&c, bad[k], bad[k], &em);
         }
 
+        /* Only the members usage is read from are judged: an answer whose
+         * text is not valid UTF-8 (jansson would refuse the whole document)
+         * is still counted, as the provider billed it. A key spelt with
+         * escapes still matches. */
+        const char *b6 = "{\"model\":\"m\",\"choices\":[{\"message\":{\"content\":\"\xff\xfe\"}}],"
+                         "\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}";
+        const struct expect e6 = { .in = 2, .out = 1, .model = "m", .seen = true };
+        run_all(&c, b6, b6, &e6);
+        const char *b7 = "{\"mod\\u0065l\":\"m\",\"usage\":{\"prompt_tokens\":4}}";
+        const struct expect e7 = { .in = 4, .model = "m", .seen = true };
+        run_all(&c, b7, b7, &e7);
+
         /* overlong or empty model/id are not recorded */
         char *longmodel = NULL;
         assert_true(asprintf(&longmodel, "{\"id\":\"\",\"model\":\"%0300d\",\"usage\":{\"prompt_tokens\":1}}", 0) > 0);

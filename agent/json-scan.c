@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: MIT */
+#include "json-scan.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+static size_t skip_ws(const char *s, size_t n, size_t i) {
+        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+                i++;
+        return i;
+}
+
+/* s[i] is the opening quote: the index just past the closing one, or 0. */
+static size_t skip_string(const char *s, size_t n, size_t i, bool *ret_escaped) {
+        bool escaped = false;
+
+        for (i++; i < n; i++) {
+                unsigned char c = (unsigned char) s[i];
+                if (c == '"') {
+                        if (ret_escaped)
+                                *ret_escaped = escaped;
+                        return i + 1;
+                }
+                if (c < 0x20)
+                        return 0;
+                if (c == '\\') {
+                        escaped = true;
+                        if (++i >= n)
+                                return 0;
+                }
+        }
+        return 0;
+}
+
+/* A scalar (number, true, false, null): up to the next delimiter. */
+static size_t skip_scalar(const char *s, size_t n, size_t i) {
+        size_t start = i;
+
+        while (i < n && !strchr(",}] \t\r\n", s[i]) && s[i] != 0)
+                i++;
+        return i > start ? i : 0;
+}
+
+/* Any value starting at s[i]: the index just past it, or 0. Containers
+ * are checked for balance and for strings being closed; their members'
+ * grammar is left to whoever parses the value. */
+static size_t skip_value(const char *s, size_t n, size_t i) {
+        if (i >= n)
+                return 0;
+        if (s[i] == '"')
+                return skip_string(s, n, i, NULL);
+        if (s[i] != '{' && s[i] != '[')
+                return skip_scalar(s, n, i);
+
+        char stack[KB_JSON_SCAN_MAX_DEPTH];
+        size_t depth = 0;
+        for (; i < n; i++) {
+                char c = s[i];
+                if (c == '"') {
+                        i = skip_string(s, n, i, NULL);
+                        if (i == 0)
+                                return 0;
+                        i--;
+                } else if (c == '{' || c == '[') {
+                        if (depth >= KB_JSON_SCAN_MAX_DEPTH)
+                                return 0;
+                        stack[depth++] = c == '{' ? '}' : ']';
+                } else if (c == '}' || c == ']') {
+                        if (depth == 0 || stack[depth - 1] != c)
+                                return 0;
+                        if (--depth == 0)
+                                return i + 1;
+                }
+        }
+        return 0;
+}
+
+int kb_json_scan_object(const char *s, size_t n, kb_json_member_t member, void *userdata) {
+        size_t i = skip_ws(s, n, 0);
+
+        if (!s || i >= n || s[i] != '{')
+                return -EINVAL;
+        i = skip_ws(s, n, i + 1);
+        if (i < n && s[i] == '}')
+                return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
+
+        for (;;) {
+                bool escaped = false;
+                if (i >= n || s[i] != '"')
+                        return -EINVAL;
+                size_t key = i + 1, end = skip_string(s, n, i, &escaped);
+                if (end == 0)
+                        return -EINVAL;
+                if (escaped)
+                        return -EILSEQ;
+                size_t key_len = end - 1 - key;
+                i = skip_ws(s, n, end);
+                if (i >= n || s[i] != ':')
+                        return -EINVAL;
+                i = skip_ws(s, n, i + 1);
+                size_t value = i;
+                i = skip_value(s, n, i);
+                if (i == 0)
+                        return -EINVAL;
+                int r = member(s + key, key_len, s + value, i - value, userdata);
+                if (r < 0)
+                        return r;
+                i = skip_ws(s, n, i);
+                if (i < n && s[i] == ',') {
+                        i = skip_ws(s, n, i + 1);
+                        continue;
+                }
+                if (i < n && s[i] == '}')
+                        return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
+                return -EINVAL;
+        }
+}

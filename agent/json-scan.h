@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The top-level members of a JSON object, found without building the
+ * document: for reading a few fields (the usage object, the model) out of a
+ * provider's answer, where a full parse costs far more than the fields.
+ * Only the structure is checked (strings closed, brackets balanced, commas
+ * and colons where they belong, nothing after the object but whitespace);
+ * member values are handed out as text for the caller to parse. Library-
+ * like: never logs. */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define KB_JSON_SCAN_MAX_DEPTH 128
+
+/* Called for each top-level member, in order (a repeated key is called
+ * again: JSON parsers keep the last). key is the raw text between the
+ * quotes. A negative return stops the scan and is returned. */
+typedef int (*kb_json_member_t)(const char *key, size_t key_len, const char *value, size_t value_len,
+                                void *userdata);
+
+/* 0 when s is one object and every member was handed out; -EINVAL when it
+ * is not a well-formed object (or nests deeper than KB_JSON_SCAN_MAX_DEPTH);
+ * -EILSEQ when a key holds an escape (the caller should parse the document
+ * instead of matching raw key text). */
+int kb_json_scan_object(const char *s, size_t n, kb_json_member_t member, void *userdata);
