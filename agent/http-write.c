@@ -178,9 +178,20 @@ static int build_head(struct kb_conn *c, int status, const struct kb_http_header
         bool chunked = !content_length && !closing;
 
         r = kb_buf_appendf(&h, "HTTP/1.1 %d %s\r\n", status, kb_http_status_reason(status));
-        for (size_t i = 0; r >= 0 && i < n_headers; i++)
-                if (header_ok(&headers[i]))
-                        r = kb_buf_appendf(&h, "%s: %s\r\n", headers[i].name, headers[i].value);
+        /* Appended piece by piece: printf per header was a tenth of a
+         * relayed answer's CPU. */
+        for (size_t i = 0; r >= 0 && i < n_headers; i++) {
+                if (!header_ok(&headers[i]))
+                        continue;
+                size_t nl = strlen(headers[i].name), vl = strlen(headers[i].value);
+                r = kb_buf_reserve(&h, nl + vl + 4);
+                if (r < 0)
+                        break;
+                (void) kb_buf_append(&h, headers[i].name, nl);
+                (void) kb_buf_append(&h, ": ", 2);
+                (void) kb_buf_append(&h, headers[i].value, vl);
+                (void) kb_buf_append(&h, "\r\n", 2);
+        }
         if (r >= 0 && content_length)
                 r = kb_buf_appendf(&h, "Content-Length: %" PRIu64 "\r\n", *content_length);
         if (r >= 0 && chunked)

@@ -83,7 +83,24 @@ static void kb_record_freep(struct kb_record **r) {
 
 /* Values a caller controls (the model as asked, provider ids, the config
  * error) are cut at the value limit rather than losing the whole record. */
-#define ADD_CAPPED(rec, f, v) ADDF(rec, f, "%.*s", (int) KB_RECORD_MAX_VALUE, strempty(v))
+#define ADD_CAPPED(rec, f, v)                                   \
+        do {                                                    \
+                int _r = kb_record_add_capped(rec, f, v);       \
+                if (_r < 0)                                     \
+                        return _r;                              \
+        } while (0)
+#define ADD_U64(rec, f, v)                                      \
+        do {                                                    \
+                int _r = kb_record_add_u64(rec, f, v);          \
+                if (_r < 0)                                     \
+                        return _r;                              \
+        } while (0)
+#define ADD_I64(rec, f, v)                                      \
+        do {                                                    \
+                int _r = kb_record_add_i64(rec, f, v);          \
+                if (_r < 0)                                     \
+                        return _r;                              \
+        } while (0)
 /* In MESSAGE, a short human summary, names are cut much shorter. */
 #define MSG_NAME_MAX 256
 #define MSG_ERROR_MAX 4096
@@ -145,9 +162,9 @@ static int build_request(const struct kb_request *r, struct kb_record *rec) {
         ADD(rec, F_REQUEST_ID, r->id);
         ADD(rec, F_TEAM, strempty(team));
         if (id) {
-                ADDF(rec, F_PEER_UID, "%u", (unsigned) id->uid);
-                ADDF(rec, F_PEER_GID, "%u", (unsigned) id->gid);
-                ADDF(rec, F_PEER_PID, "%d", (int) id->pid);
+                ADD_U64(rec, F_PEER_UID, id->uid);
+                ADD_U64(rec, F_PEER_GID, id->gid);
+                ADD_I64(rec, F_PEER_PID, id->pid);
         } else {
                 ADD(rec, F_PEER_UID, "");
                 ADD(rec, F_PEER_GID, "");
@@ -162,25 +179,25 @@ static int build_request(const struct kb_request *r, struct kb_record *rec) {
         ADD(rec, F_FAMILY, strempty(kb_family_to_string(r->family)));
         ADD_CAPPED(rec, F_KEY, r->key_label);
         ADD(rec, F_STREAM, r->stream ? "1" : "0");
-        ADDF(rec, F_STATUS, "%d", r->status);
-        ADDF(rec, F_UPSTREAM_STATUS, "%ld", r->upstream_status);
+        ADD_I64(rec, F_STATUS, r->status);
+        ADD_I64(rec, F_UPSTREAM_STATUS, r->upstream_status);
         ADD(rec, F_OUTCOME, outcome);
-        ADDF(rec, F_INPUT_TOKENS, "%" PRIu64, in);
-        ADDF(rec, F_OUTPUT_TOKENS, "%" PRIu64, out);
-        ADDF(rec, F_CACHED_TOKENS, "%" PRIu64, u ? u->cached_tokens : 0);
-        ADDF(rec, F_CACHE_WRITE_TOKENS, "%" PRIu64, u ? u->cache_write_tokens : 0);
-        ADDF(rec, F_REASONING_TOKENS, "%" PRIu64, u ? u->reasoning_tokens : 0);
-        ADDF(rec, F_COST_MICROUSD, "%" PRId64, r->cost_microusd);
-        ADDF(rec, F_LATENCY_MS, "%" PRIu64, r->latency_usec / USEC_PER_MSEC);
-        ADDF(rec, F_TTFB_MS, "%" PRIu64, r->ttfb_usec / USEC_PER_MSEC);
+        ADD_U64(rec, F_INPUT_TOKENS, in);
+        ADD_U64(rec, F_OUTPUT_TOKENS, out);
+        ADD_U64(rec, F_CACHED_TOKENS, u ? u->cached_tokens : 0);
+        ADD_U64(rec, F_CACHE_WRITE_TOKENS, u ? u->cache_write_tokens : 0);
+        ADD_U64(rec, F_REASONING_TOKENS, u ? u->reasoning_tokens : 0);
+        ADD_I64(rec, F_COST_MICROUSD, r->cost_microusd);
+        ADD_U64(rec, F_LATENCY_MS, r->latency_usec / USEC_PER_MSEC);
+        ADD_U64(rec, F_TTFB_MS, r->ttfb_usec / USEC_PER_MSEC);
         ADD_CAPPED(rec, F_UPSTREAM_REQUEST_ID, upstream_rid);
-        ADDF(rec, F_ATTEMPTS, "%u", r->attempts);
+        ADD_U64(rec, F_ATTEMPTS, r->attempts);
         ADD_CAPPED(rec, F_FALLBACK_FROM, r->fallback_from);
         /* Beyond DESIGN's list: which broker instance settled this call, and
          * in which order, so quota recovery replays exactly what a crash
          * lost (README "Journal"). */
         ADD(rec, F_INSTANCE, r->broker ? r->broker->instance : "");
-        ADDF(rec, F_SEQ, "%" PRIu64, r->seq);
+        ADD_U64(rec, F_SEQ, r->seq);
         return 0;
 }
 

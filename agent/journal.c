@@ -138,16 +138,51 @@ static bool field_name_valid(const char *f) {
 }
 
 int kb_record_add(struct kb_record *r, const char *field, const char *value) {
-        size_t flen, vlen;
+        if (!value)
+                return -EINVAL;
+        return kb_record_add_n(r, field, value, strnlen(value, KB_RECORD_MAX_VALUE + 1));
+}
+
+int kb_record_add_capped(struct kb_record *r, const char *field, const char *value) {
+        value = value ?: "";
+        return kb_record_add_n(r, field, value, strnlen(value, KB_RECORD_MAX_VALUE));
+}
+
+int kb_record_add_u64(struct kb_record *r, const char *field, uint64_t value) {
+        char buf[21];
+        size_t i = sizeof(buf);
+
+        do
+                buf[--i] = (char) ('0' + value % 10);
+        while ((value /= 10) > 0);
+        return kb_record_add_n(r, field, buf + i, sizeof(buf) - i);
+}
+
+int kb_record_add_i64(struct kb_record *r, const char *field, int64_t value) {
+        char buf[22];
+
+        if (value >= 0)
+                return kb_record_add_u64(r, field, (uint64_t) value);
+        /* Negation through uint64_t so INT64_MIN can't overflow. */
+        uint64_t mag = -(uint64_t) value;
+        size_t i = sizeof(buf);
+        do
+                buf[--i] = (char) ('0' + mag % 10);
+        while ((mag /= 10) > 0);
+        buf[--i] = '-';
+        return kb_record_add_n(r, field, buf + i, sizeof(buf) - i);
+}
+
+int kb_record_add_n(struct kb_record *r, const char *field, const char *value, size_t vlen) {
+        size_t flen;
         char *item;
 
         if (!r || !value)
                 return -EINVAL;
         if (!field_name_valid(field))
                 return -EINVAL;
-        vlen = strnlen(value, KB_RECORD_MAX_VALUE + 1);
-        if (vlen > KB_RECORD_MAX_VALUE)
-                return -E2BIG;
+        if (vlen > KB_RECORD_MAX_VALUE || memchr(value, 0, vlen))
+                return vlen > KB_RECORD_MAX_VALUE ? -E2BIG : -EINVAL;
         if (r->n >= KB_RECORD_MAX_FIELDS)
                 return -E2BIG;
         if (r->n == r->cap) {

@@ -54,6 +54,13 @@ void kb_record_free(struct kb_record *r);
  * KB_RECORD_MAX_FIELDS items: -E2BIG. */
 int kb_record_add(struct kb_record *r, const char *field, const char *value);
 int kb_record_addf(struct kb_record *r, const char *field, const char *fmt, ...) _printf_(3, 4);
+/* The same without printf (the request record is built on every call):
+ * value of length vlen (no NUL inside: -EINVAL), a value cut at
+ * KB_RECORD_MAX_VALUE (NULL: empty), and integers in decimal. */
+int kb_record_add_n(struct kb_record *r, const char *field, const char *value, size_t vlen);
+int kb_record_add_capped(struct kb_record *r, const char *field, const char *value);
+int kb_record_add_u64(struct kb_record *r, const char *field, uint64_t value);
+int kb_record_add_i64(struct kb_record *r, const char *field, int64_t value);
 /* For tests: how many items, and the i-th as "FIELD=value" (NULL past the end). */
 size_t kb_record_n_fields(const struct kb_record *r);
 const char *kb_record_item(const struct kb_record *r, size_t i);

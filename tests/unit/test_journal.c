@@ -221,6 +221,36 @@ static void test_record_limits(void **state) {
         assert_int_equal(strlen(kb_record_item(r, 0)), strlen("BIG=") + KB_RECORD_MAX_VALUE);
         free(big);
 
+        /* The printf-free adders. */
+        {
+                struct kb_record *n = kb_record_new();
+                assert_int_equal(kb_record_add_u64(n, "A", 0), 0);
+                assert_int_equal(kb_record_add_u64(n, "B", UINT64_MAX), 0);
+                assert_int_equal(kb_record_add_i64(n, "C", INT64_MIN), 0);
+                assert_int_equal(kb_record_add_i64(n, "D", -7), 0);
+                assert_int_equal(kb_record_add_i64(n, "E", 42), 0);
+                assert_int_equal(kb_record_add_capped(n, "F", NULL), 0);
+                assert_int_equal(kb_record_add_n(n, "G", "abc", 2), 0);
+                assert_int_equal(kb_record_add_n(n, "H", "a\0c", 3), -EINVAL);
+                assert_int_equal(kb_record_add_u64(n, "bad", 1), -EINVAL);
+                assert_string_equal(kb_record_item(n, 0), "A=0");
+                assert_string_equal(kb_record_item(n, 1), "B=18446744073709551615");
+                assert_string_equal(kb_record_item(n, 2), "C=-9223372036854775808");
+                assert_string_equal(kb_record_item(n, 3), "D=-7");
+                assert_string_equal(kb_record_item(n, 4), "E=42");
+                assert_string_equal(kb_record_item(n, 5), "F=");
+                assert_string_equal(kb_record_item(n, 6), "G=ab");
+                assert_int_equal(kb_record_n_fields(n), 7);
+                char *huge = malloc(KB_RECORD_MAX_VALUE + 10);
+                assert_non_null(huge);
+                memset(huge, 'c', KB_RECORD_MAX_VALUE + 9);
+                huge[KB_RECORD_MAX_VALUE + 9] = 0;
+                assert_int_equal(kb_record_add_capped(n, "CAP", huge), 0);
+                assert_int_equal(strlen(kb_record_item(n, 7)), strlen("CAP=") + KB_RECORD_MAX_VALUE);
+                free(huge);
+                kb_record_free(n);
+        }
+
         /* Newlines and other bytes are kept as they are. */
         assert_int_equal(kb_record_add(r, "MULTI", "line one\nline two\t\x01"), 0);
         assert_string_equal(kb_record_item(r, 1), "MULTI=line one\nline two\t\x01");
