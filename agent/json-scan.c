@@ -33,18 +33,60 @@ static size_t skip_string(const char *s, size_t n, size_t i, bool *ret_escaped) 
         return 0;
 }
 
-/* A scalar (number, true, false, null): up to the next delimiter. */
+static bool is_digit(char c) {
+        return c >= '0' && c <= '9';
+}
+
+/* RFC 8259 number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool is_number(const char *s, size_t n) {
+        size_t i = 0;
+
+        if (i < n && s[i] == '-')
+                i++;
+        if (i < n && s[i] == '0')
+                i++;
+        else if (i < n && is_digit(s[i]))
+                while (i < n && is_digit(s[i]))
+                        i++;
+        else
+                return false;
+        if (i < n && s[i] == '.') {
+                if (++i >= n || !is_digit(s[i]))
+                        return false;
+                while (i < n && is_digit(s[i]))
+                        i++;
+        }
+        if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+                i++;
+                if (i < n && (s[i] == '+' || s[i] == '-'))
+                        i++;
+                if (i >= n || !is_digit(s[i]))
+                        return false;
+                while (i < n && is_digit(s[i]))
+                        i++;
+        }
+        return i == n;
+}
+
+/* A scalar (number, true, false, null): up to the next delimiter, and
+ * only if it is one. */
 static size_t skip_scalar(const char *s, size_t n, size_t i) {
         size_t start = i;
 
-        while (i < n && !strchr(",}] \t\r\n", s[i]) && s[i] != 0)
+        while (i < n && s[i] != 0 && !strchr(",}] \t\r\n", s[i]))
                 i++;
-        return i > start ? i : 0;
+        size_t len = i - start;
+        if (len == 0)
+                return 0;
+        if ((len == 4 && (memcmp(s + start, "true", 4) == 0 || memcmp(s + start, "null", 4) == 0)) ||
+            (len == 5 && memcmp(s + start, "false", 5) == 0) || is_number(s + start, len))
+                return i;
+        return 0;
 }
 
-/* Any value starting at s[i]: the index just past it, or 0. Containers
- * are checked for balance and for strings being closed; their members'
- * grammar is left to whoever parses the value. */
+/* Any value starting at s[i]: the index just past it, or 0. Scalars are
+ * checked; containers only for balance and for strings being closed: their
+ * members' grammar is left to whoever parses the value. */
 static size_t skip_value(const char *s, size_t n, size_t i) {
         if (i >= n)
                 return 0;

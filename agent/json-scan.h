@@ -4,8 +4,9 @@
 /* The top-level members of a JSON object, found without building the
  * document: for reading a few fields (the usage object, the model) out of a
  * provider's answer, where a full parse costs far more than the fields.
- * Only the structure is checked (strings closed, brackets balanced, commas
- * and colons where they belong, nothing after the object but whitespace);
+ * Only the top level is checked in full (strings closed, scalars spelt
+ * right, commas and colons where they belong, nothing after the object but
+ * whitespace); nested containers only for balance and closed strings;
  * member values are handed out as text for the caller to parse. Library-
  * like: never logs. */
 

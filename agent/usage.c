@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "usage.h"
-#include "json-scan.h"
+#include "usage-internal.h"
 
 #include <assert.h>
 #include <jansson.h>
@@ -187,46 +187,67 @@ static int take_model_id(struct kb_usage *u, json_t *obj) {
         return take_string(obj, "id", &u->upstream_request_id);
 }
 
-static void usage_openai_chat(struct kb_usage *u, json_t *usage) {
-        if (!json_is_object(usage))
-                return;
-        u->seen = true;
-        (void) get_count(usage, "prompt_tokens", &u->input_tokens);
-        (void) get_count(usage, "completion_tokens", &u->output_tokens);
-        get_nested_count(usage, "prompt_tokens_details", "cached_tokens", &u->cached_tokens);
-        get_nested_count(usage, "completion_tokens_details", "reasoning_tokens", &u->reasoning_tokens);
-}
-
-static void usage_openai_responses(struct kb_usage *u, json_t *usage) {
-        if (!json_is_object(usage))
-                return;
-        u->seen = true;
-        (void) get_count(usage, "input_tokens", &u->input_tokens);
-        (void) get_count(usage, "output_tokens", &u->output_tokens);
-        get_nested_count(usage, "input_tokens_details", "cached_tokens", &u->cached_tokens);
-        get_nested_count(usage, "output_tokens_details", "reasoning_tokens", &u->reasoning_tokens);
-}
-
+/* Which counts each shape reports, where (outer: the *_details object they
+ * sit in, or NULL), and which kb_usage field they go to. One table for both
+ * readers: jansson's (SSE events) and the text one (JSON answers,
+ * usage-answer.c). */
+#define COUNT(o, k, f) { o, k, offsetof(struct kb_usage, f) }
+const struct kb_usage_count kb_usage_counts_openai_chat[] = {
+        COUNT(NULL, "prompt_tokens", input_tokens),
+        COUNT(NULL, "completion_tokens", output_tokens),
+        COUNT("prompt_tokens_details", "cached_tokens", cached_tokens),
+        COUNT("completion_tokens_details", "reasoning_tokens", reasoning_tokens),
+        {},
+};
+const struct kb_usage_count kb_usage_counts_openai_responses[] = {
+        COUNT(NULL, "input_tokens", input_tokens),
+        COUNT(NULL, "output_tokens", output_tokens),
+        COUNT("input_tokens_details", "cached_tokens", cached_tokens),
+        COUNT("output_tokens_details", "reasoning_tokens", reasoning_tokens),
+        {},
+};
 /* Fields present replace what message_start said: message_delta's
  * output_tokens is cumulative, and newer API versions repeat the input and
  * cache counts there too. */
-static void usage_anthropic(struct kb_usage *u, json_t *usage) {
+const struct kb_usage_count kb_usage_counts_anthropic[] = {
+        COUNT(NULL, "input_tokens", input_tokens),
+        COUNT(NULL, "output_tokens", output_tokens),
+        COUNT(NULL, "cache_read_input_tokens", cached_tokens),
+        COUNT(NULL, "cache_creation_input_tokens", cache_write_tokens),
+        {},
+};
+#undef COUNT
+
+static void usage_counts(struct kb_usage *u, json_t *usage, const struct kb_usage_count *c) {
         if (!json_is_object(usage))
                 return;
         u->seen = true;
-        (void) get_count(usage, "input_tokens", &u->input_tokens);
-        (void) get_count(usage, "output_tokens", &u->output_tokens);
-        (void) get_count(usage, "cache_read_input_tokens", &u->cached_tokens);
-        (void) get_count(usage, "cache_creation_input_tokens", &u->cache_write_tokens);
+        for (; c->key; c++) {
+                uint64_t *field = (uint64_t *) ((char *) u + c->offset);
+                if (c->outer)
+                        get_nested_count(usage, c->outer, c->key, field);
+                else
+                        (void) get_count(usage, c->key, field);
+        }
 }
 
-static int json_body_usage(struct kb_usage_tap *t, json_t *root) {
-        struct kb_usage *u = &t->usage;
+static void usage_openai_chat(struct kb_usage *u, json_t *usage) {
+        usage_counts(u, usage, kb_usage_counts_openai_chat);
+}
 
+static void usage_openai_responses(struct kb_usage *u, json_t *usage) {
+        usage_counts(u, usage, kb_usage_counts_openai_responses);
+}
+
+static void usage_anthropic(struct kb_usage *u, json_t *usage) {
+        usage_counts(u, usage, kb_usage_counts_anthropic);
+}
+
+int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root) {
         if (!json_is_object(root))
                 return 0;
 
-        switch (t->endpoint) {
+        switch (endpoint) {
         case KB_ENDPOINT_CHAT:
         case KB_ENDPOINT_EMBEDDINGS:
                 usage_openai_chat(u, json_object_get(root, "usage"));
@@ -246,40 +267,6 @@ static int json_body_usage(struct kb_usage_tap *t, json_t *root) {
         }
 
         return take_model_id(u, root);
-}
-
-/* The members json_body_usage() reads, each parsed on its own: a whole
- * answer (its text, choices, tool calls) costs several times more to parse
- * than the request itself. A member it reads that does not parse makes the
- * answer malformed, as a full parse would; what the other members hold is
- * not judged (an answer whose text is not valid UTF-8 still has its usage
- * counted). Last one wins for a repeated key, as with jansson. */
-static int pick_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
-        static const char *const wanted[] = { "usage", "model", "id", "input_tokens" };
-        json_t *root = userdata;
-
-        for (size_t i = 0; i < ELEMENTSOF(wanted); i++) {
-                if (key_len != strlen(wanted[i]) || memcmp(key, wanted[i], key_len) != 0)
-                        continue;
-                json_t *v = json_loadb(value, value_len, JSON_DECODE_ANY, NULL);
-                if (!v)
-                        return -EINVAL;
-                return json_object_set_new_nocheck(root, wanted[i], v) < 0 ? -ENOMEM : 0;
-        }
-        return 0;
-}
-
-static json_t *body_members(const char *s, size_t n) {
-        json_t *root = json_object();
-
-        if (!root)
-                return NULL;
-        int r = kb_json_scan_object(s, n, pick_member, root);
-        if (r >= 0)
-                return root;
-        json_decref(root);
-        /* A key spelt with escapes is matched after all by a real parse. */
-        return r == -EILSEQ ? json_loadb(s, n, 0, NULL) : NULL;
 }
 
 /* ---- SSE events ---- */
@@ -649,12 +636,11 @@ int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out) {
         }
 
         if (!t->stream) {
-                _cleanup_json_ json_t *root = NULL;
-
+                r = 0;
                 if (!t->body_skip && t->body.len > 0)
-                        root = body_members(t->body.data, t->body.len);
+                        r = kb_usage_answer(&t->usage, t->endpoint, t->body.data, t->body.len);
                 kb_buf_free(&t->body);
-                return root ? json_body_usage(t, root) : 0;
+                return r;
         }
 
         /* A body that ends inside an event: the spec has clients drop it, but

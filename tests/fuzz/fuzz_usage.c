@@ -5,13 +5,18 @@
  * sanitizers: a tap that neither hides nor gates forwards exactly its
  * input; the split feed forwards the same bytes and counts the same usage
  * as the whole feed (a number or an event split at any byte is counted
- * exactly once); what the tap holds stays bounded by its size limit.
+ * exactly once); what the tap holds stays bounded by its size limit; and
+ * a JSON answer read from its text (usage-answer.c) gives what jansson's
+ * reading of the whole document gives, whenever jansson accepts it.
  *
  * Input: [family/endpoint] [flags] [split seed] [gate/limit] body... */
 
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "usage-internal.h"
 #include "usage.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -117,6 +122,36 @@ static bool same_usage(const struct run *a, const struct run *b) {
                streq_ptr(a->id, b->id) && a->stopped == b->stopped && a->overflowed == b->overflowed;
 }
 
+static bool same_counts(const struct kb_usage *a, const struct kb_usage *b) {
+        return a->input_tokens == b->input_tokens && a->output_tokens == b->output_tokens &&
+               a->cached_tokens == b->cached_tokens && a->cache_write_tokens == b->cache_write_tokens &&
+               a->reasoning_tokens == b->reasoning_tokens && a->seen == b->seen &&
+               streq_ptr(a->upstream_model, b->upstream_model) &&
+               streq_ptr(a->upstream_request_id, b->upstream_request_id);
+}
+
+static void usage_clear(struct kb_usage *u) {
+        free(u->upstream_model);
+        free(u->upstream_request_id);
+}
+
+/* The text reader against jansson's, on documents jansson takes whole. */
+static void check_answer_reader(const uint8_t *hdr, const char *body, size_t len) {
+        kb_endpoint endpoint = (kb_endpoint) ((hdr[0] >> 1) % _KB_ENDPOINT_MAX);
+        json_t *root = json_loadb(body, len, 0, NULL);
+        struct kb_usage a = {}, b = {};
+
+        if (!root)
+                return;
+        int ra = kb_usage_from_json(&a, endpoint, root);
+        int rb = kb_usage_answer(&b, endpoint, body, len);
+        json_decref(root);
+        if (ra != -ENOMEM && rb != -ENOMEM && !same_counts(&a, &b))
+                abort();
+        usage_clear(&a);
+        usage_clear(&b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (size < HDR)
                 return -1;
@@ -125,6 +160,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         bool stream = data[1] & 1, holds = stream && (data[1] & 6);
         struct run whole, split;
 
+        if (!stream)
+                check_answer_reader(data, body, len);
         run_tap(data, body, len, false, &whole);
         run_tap(data, body, len, true, &split);
         if (whole.rc == -ENOMEM || split.rc == -ENOMEM)

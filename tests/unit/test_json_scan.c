@@ -43,6 +43,8 @@ static void test_members(void **state) {
         assert_int_equal(scan(" \n{ } \t", &s), 0);
         assert_int_equal(scan("{\"a\":1}", &s), 0);
         assert_string_equal(s.text, "a=1;");
+        assert_int_equal(scan("{\"a\":0,\"b\":-0.5,\"c\":1E+9,\"d\":2e-3,\"e\":-12.25e10,\"f\":null}", &s), 0);
+        assert_string_equal(s.text, "a=0;b=-0.5;c=1E+9;d=2e-3;e=-12.25e10;f=null;");
         assert_int_equal(scan("{ \"id\" : \"x\\\"}{\" , \"usage\":{\"p\":[1,{\"q\":\"]\"}],\"c\":null},"
                               "\"z\":-1.5e3,\"t\":true,\"f\":false,\"e\":[],\"o\":{}}", &s), 0);
         assert_string_equal(s.text, "id=\"x\\\"}{\";usage={\"p\":[1,{\"q\":\"]\"}],\"c\":null};z=-1.5e3;t=true;"
@@ -69,7 +71,9 @@ static void test_malformed(void **state) {
                 "", " ", "[]", "\"s\"", "1", "null", "{", "}", "{\"a\"}", "{\"a\":}", "{\"a\" 1}", "{a:1}",
                 "{\"a\":1,}", "{,}", "{\"a\":1 \"b\":2}", "{\"a\":1}x", "{\"a\":1}{}", "{\"a\":[1,2}",
                 "{\"a\":{\"b\":1]}", "{\"a\":\"unterminated}", "{\"a\":\"ctl\x01\"}", "{\"a\":[1,2]]}",
-                "{\"a\":\"x\\", "{\"a\":1", "{\"a\":[",
+                "{\"a\":\"x\\", "{\"a\":1", "{\"a\":[", "{\"a\":tru}", "{\"a\":nul}", "{\"a\":abc}",
+                "{\"a\":01}", "{\"a\":1.}", "{\"a\":.5}", "{\"a\":1e}", "{\"a\":+1}", "{\"a\":-}", "{\"a\":1e+}",
+                "{\"a\":truex}", "{\"a\":0x10}",
         };
         struct seen s;
 

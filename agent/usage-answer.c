@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: MIT */
+/* Usage from a JSON answer's text. A whole answer (its text, its choices,
+ * tool calls) costs several times more to parse into a document than the
+ * request did; only the usage counts, the model and the id are needed. The
+ * answer's top-level members are found with json-scan; the counts are read
+ * straight from the usage object's text; model and id (short) are parsed
+ * by jansson. What is read follows jansson's reading exactly (integers in
+ * [0, INT64_MAX] count, other values are ignored, an integer beyond int64 or
+ * a real that overflows makes the answer malformed, the last of a repeated
+ * key wins); what the other members hold is not judged, so an answer whose
+ * text is not valid UTF-8 still has its usage counted. */
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json-scan.h"
+#include "usage-internal.h"
+#include "util.h"
+
+#define MAX_COUNTS 8
+
+static bool key_is(const char *key, size_t len, const char *want) {
+        return want && strlen(want) == len && memcmp(key, want, len) == 0;
+}
+
+/* A count's text: 1 and *ret set when it is an integer in [0, INT64_MAX];
+ * 0 when it is anything else jansson accepts (ignored, as get_count does);
+ * -EINVAL when jansson would refuse the document over it. */
+static int count_value(const char *v, size_t n, uint64_t *ret) {
+        if (n == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9')))
+                return 0; /* string, object, array, true, false, null */
+        bool negative = v[0] == '-', real = false;
+        for (size_t i = 0; i < n; i++)
+                if (v[i] == '.' || v[i] == 'e' || v[i] == 'E')
+                        real = true;
+        if (real) {
+                _cleanup_free_ char *buf = strndup(v, n);
+                if (!buf)
+                        return -ENOMEM;
+                errno = 0;
+                double d = strtod(buf, NULL);
+                /* jansson: "real number overflow" refuses the document */
+                return isinf(d) || (errno == ERANGE && d != 0) ? -EINVAL : 0;
+        }
+        uint64_t x = 0;
+        for (size_t i = negative; i < n; i++) {
+                unsigned digit = (unsigned) (v[i] - '0');
+                /* jansson refuses integers beyond json_int_t (int64) */
+                if (x > (UINT64_C(9223372036854775808) - digit) / 10)
+                        return -EINVAL;
+                x = x * 10 + digit;
+        }
+        if (negative)
+                return 0;
+        if (x > INT64_MAX)
+                return -EINVAL;
+        *ret = x;
+        return 1;
+}
+
+struct spans {
+        const struct kb_usage_count *counts;
+        const char *outer;              /* scanning usage[outer], or NULL: usage itself */
+        const char *value[MAX_COUNTS];  /* last text of each count */
+        size_t len[MAX_COUNTS];
+        const char *outer_value[MAX_COUNTS];
+        size_t outer_len[MAX_COUNTS];
+};
+
+static int on_usage_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
+        struct spans *s = userdata;
+
+        for (size_t i = 0; s->counts[i].key; i++) {
+                const struct kb_usage_count *c = &s->counts[i];
+                if (!s->outer && !c->outer && key_is(key, key_len, c->key)) {
+                        s->value[i] = value;
+                        s->len[i] = value_len;
+                } else if (!s->outer && c->outer && key_is(key, key_len, c->outer)) {
+                        s->outer_value[i] = value;
+                        s->outer_len[i] = value_len;
+                } else if (s->outer && streq_ptr(c->outer, s->outer) && key_is(key, key_len, c->key)) {
+                        s->value[i] = value;
+                        s->len[i] = value_len;
+                }
+        }
+        return 0;
+}
+
+/* Reads the counts of the usage object text into a copy of *u, committed
+ * only when the whole of it reads as jansson would read it. */
+static int usage_text(struct kb_usage *u, const char *v, size_t n, const struct kb_usage_count *counts) {
+        struct spans s = { .counts = counts };
+        struct kb_usage next = *u;
+
+        if (n == 0 || v[0] != '{')
+                return 0; /* not an object: ignored, the answer still reads */
+        int r = kb_json_scan_object(v, n, on_usage_member, &s);
+        if (r < 0)
+                return r;
+        /* Nested *_details objects: each read once, for all its counts. */
+        for (size_t i = 0; counts[i].key; i++) {
+                if (!counts[i].outer || !s.outer_value[i] || s.outer_len[i] == 0 || s.outer_value[i][0] != '{')
+                        continue;
+                bool done = false;
+                for (size_t k = 0; k < i; k++)
+                        if (streq_ptr(counts[k].outer, counts[i].outer))
+                                done = true;
+                if (done)
+                        continue;
+                struct spans inner = { .counts = counts, .outer = counts[i].outer };
+                r = kb_json_scan_object(s.outer_value[i], s.outer_len[i], on_usage_member, &inner);
+                if (r < 0)
+                        return r;
+                for (size_t k = 0; counts[k].key; k++)
+                        if (streq_ptr(counts[k].outer, counts[i].outer)) {
+                                s.value[k] = inner.value[k];
+                                s.len[k] = inner.len[k];
+                        }
+        }
+        for (size_t i = 0; counts[i].key; i++) {
+                if (!s.value[i])
+                        continue;
+                r = count_value(s.value[i], s.len[i], (uint64_t *) ((char *) &next + counts[i].offset));
+                if (r < 0)
+                        return r;
+        }
+        next.seen = true;
+        *u = next;
+        return 0;
+}
+
+struct answer {
+        json_t *root;           /* model, id, input_tokens as jansson reads them */
+        const char *usage;
+        size_t usage_len;
+};
+
+static int on_answer_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
+        static const char *const parsed[] = { "model", "id", "input_tokens" };
+        struct answer *a = userdata;
+
+        if (key_is(key, key_len, "usage")) {
+                a->usage = value;
+                a->usage_len = value_len;
+                return 0;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(parsed); i++) {
+                if (!key_is(key, key_len, parsed[i]))
+                        continue;
+                json_t *v = json_loadb(value, value_len, JSON_DECODE_ANY, NULL);
+                if (!v)
+                        return -EINVAL;
+                return json_object_set_new_nocheck(a->root, parsed[i], v) < 0 ? -ENOMEM : 0;
+        }
+        return 0;
+}
+
+static const struct kb_usage_count *counts_of(kb_endpoint endpoint) {
+        switch (endpoint) {
+        case KB_ENDPOINT_CHAT:
+        case KB_ENDPOINT_EMBEDDINGS:
+                return kb_usage_counts_openai_chat;
+        case KB_ENDPOINT_RESPONSES:
+                return kb_usage_counts_openai_responses;
+        case KB_ENDPOINT_MESSAGES:
+                return kb_usage_counts_anthropic;
+        default:
+                return NULL;
+        }
+}
+
+/* A key spelt with escapes (anywhere this reader matches keys): jansson
+ * reads the whole answer instead. */
+static int answer_parsed(struct kb_usage *u, kb_endpoint endpoint, const char *s, size_t n) {
+        json_t *root = json_loadb(s, n, 0, NULL);
+        int r = root ? kb_usage_from_json(u, endpoint, root) : 0;
+
+        json_decref(root);
+        return r;
+}
+
+int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, size_t n) {
+        struct answer a = { .root = json_object() };
+        const struct kb_usage_count *counts = counts_of(endpoint);
+        struct kb_usage before = *u;
+        int r;
+
+        if (!a.root)
+                return -ENOMEM;
+        /* jansson has its own ideas about NUL bytes: it decides. */
+        if (memchr(s, 0, n)) {
+                json_decref(a.root);
+                return answer_parsed(u, endpoint, s, n);
+        }
+        r = kb_json_scan_object(s, n, on_answer_member, &a);
+        if (r >= 0 && counts && a.usage)
+                r = usage_text(u, a.usage, a.usage_len, counts);
+        if (r == -EILSEQ) {
+                *u = before;
+                json_decref(a.root);
+                return answer_parsed(u, endpoint, s, n);
+        }
+        if (r < 0)
+                *u = before;
+        if (r == -ENOMEM) {
+                json_decref(a.root);
+                return r;
+        }
+        if (r >= 0)
+                /* With the usage read above, this takes model and id (and
+                 * count_tokens' input_tokens): root holds no "usage". */
+                r = kb_usage_from_json(u, endpoint, a.root);
+        json_decref(a.root);
+        return r == -ENOMEM ? r : 0;
+}

@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Shared by usage.c (the tap, SSE events, jansson) and usage-answer.c (JSON
+ * answers read from their text). Not for other modules. */
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "usage.h"
+
+/* One count a usage object reports: usage[outer][key] (outer NULL:
+ * usage[key]) goes to the uint64_t at offset in struct kb_usage. Tables end
+ * with an entry whose key is NULL. */
+struct kb_usage_count {
+        const char *outer;
+        const char *key;
+        size_t offset;
+};
+
+extern const struct kb_usage_count kb_usage_counts_openai_chat[];
+extern const struct kb_usage_count kb_usage_counts_openai_responses[];
+extern const struct kb_usage_count kb_usage_counts_anthropic[];
+
+/* usage.c: usage, model and id from a parsed JSON answer. 0 or -ENOMEM. */
+int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root);
+
+/* usage-answer.c: the same from the answer's text. An answer that is not
+ * well-formed (or whose counts jansson would refuse) yields nothing, as a
+ * failed parse would. 0 or -ENOMEM. */
+int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, size_t n);
