@@ -167,3 +167,45 @@ oom:
         kb_upstream_slist_wipe_free(list);
         return -ENOMEM;
 }
+
+static long usec_to_ms(uint64_t usec) {
+        uint64_t ms = usec / USEC_PER_MSEC + (usec % USEC_PER_MSEC != 0);
+        return ms > (uint64_t) LONG_MAX ? LONG_MAX : (long) ms;
+}
+
+int kb_upstream_easy_options(CURL *e, const struct kb_upstream_request *req) {
+        bool ok = curl_easy_setopt(e, CURLOPT_URL, req->url) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L) == CURLE_OK;
+        if (!ok)
+                return -EIO;
+
+        /* redirects are never followed anyway; curl refuses an empty list */
+        (void) curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+
+        if (req->timeout_usec > 0 &&
+            curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, usec_to_ms(req->timeout_usec)) != CURLE_OK)
+                return -EIO;
+        if (req->connect_timeout_usec > 0 &&
+            curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, usec_to_ms(req->connect_timeout_usec)) != CURLE_OK)
+                return -EIO;
+        if (req->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file) != CURLE_OK)
+                return -EIO;
+
+        if (streq(req->method, "POST")) {
+                /* size first: POSTFIELDS alone would strlen() the body */
+                if (curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len) != CURLE_OK ||
+                    curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_len > 0 ? req->body : "") != CURLE_OK)
+                        return -EIO;
+        } else if (curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK)
+                return -EIO;
+        return 0;
+}

@@ -64,6 +64,8 @@ struct kb_upstream_call {
         char errbuf[CURL_ERROR_SIZE];
 };
 
+#define EASY_POOL 64
+
 struct kb_upstream {
         sd_event *event;
         CURLM *multi;
@@ -74,6 +76,10 @@ struct kb_upstream {
         unsigned busy;          /* nesting depth of calls into curl that may run our callbacks */
         size_t n_calls;         /* calls the caller still owns (not cancelled, not done) */
         bool need_kick;         /* run curl_multi_socket_action(TIMEOUT) from the defer source */
+        /* Easy handles of finished calls, reset, for the next ones: a fresh
+         * curl_easy_init() per call was a tenth of curl's share of a call. */
+        CURL *pool[EASY_POOL];
+        size_t n_pool;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -150,6 +156,20 @@ static int curlcode_to_errno(CURLcode code) {
 
 /* ---- call teardown ---- */
 
+/* A handle no longer in the multi, back to the pool (reset: no option of
+ * the last call, its header list included, survives) or freed. */
+static void easy_put(struct kb_upstream *u, CURL *e) {
+        if (u->n_pool < EASY_POOL) {
+                curl_easy_reset(e);
+                u->pool[u->n_pool++] = e;
+        } else
+                curl_easy_cleanup(e);
+}
+
+static CURL *easy_get(struct kb_upstream *u) {
+        return u->n_pool > 0 ? u->pool[--u->n_pool] : curl_easy_init();
+}
+
 /* Only outside curl (u->busy == 0). */
 static void call_destroy(struct kb_upstream_call *c) {
         struct kb_upstream *u = c->u;
@@ -161,7 +181,7 @@ static void call_destroy(struct kb_upstream_call *c) {
         if (c->easy) {
                 if (c->added)
                         (void) curl_multi_remove_handle(u->multi, c->easy);
-                curl_easy_cleanup(c->easy);
+                easy_put(u, c->easy);
         }
         /* after the easy handle: curl may still point at the list until then */
         c->slist = kb_upstream_slist_wipe_free(c->slist);
@@ -668,6 +688,8 @@ struct kb_upstream *kb_upstream_free(struct kb_upstream *u) {
                 call_destroy(u->calls);
         }
         u->n_calls = 0;
+        while (u->n_pool > 0)
+                curl_easy_cleanup(u->pool[--u->n_pool]);
 
         /* may call back into on_curl_socket/on_curl_timer: keep u whole until then */
         if (u->multi)
@@ -682,57 +704,18 @@ struct kb_upstream *kb_upstream_free(struct kb_upstream *u) {
         return NULL;
 }
 
-static long usec_to_ms(uint64_t usec) {
-        uint64_t ms = usec / USEC_PER_MSEC + (usec % USEC_PER_MSEC != 0);
-        return ms > (uint64_t) LONG_MAX ? LONG_MAX : (long) ms;
-}
-
 static int call_setup_easy(struct kb_upstream_call *c, const struct kb_upstream_request *req) {
         CURL *e = c->easy;
         bool ok;
 
         ok = curl_easy_setopt(e, CURLOPT_PRIVATE, c) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_URL, req->url) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->slist) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_curl_header) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_HEADERDATA, c) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_curl_write) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_WRITEDATA, c) == CURLE_OK;
-        if (!ok)
-                return -EIO;
-
-        /* redirects are never followed anyway; curl refuses an empty list */
-        (void) curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-
-        if (req->timeout_usec > 0 &&
-            curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, usec_to_ms(req->timeout_usec)) != CURLE_OK)
-                return -EIO;
-        if (req->connect_timeout_usec > 0 &&
-            curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, usec_to_ms(req->connect_timeout_usec)) != CURLE_OK)
-                return -EIO;
-        if (req->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file) != CURLE_OK)
-                return -EIO;
-
-        if (streq(req->method, "POST")) {
-                /* size first: POSTFIELDS alone would strlen() the body */
-                if (curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len) != CURLE_OK ||
-                    curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_len > 0 ? req->body : "") != CURLE_OK)
-                        return -EIO;
-        } else if (curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK)
-                return -EIO;
-
-        return 0;
+        return ok ? kb_upstream_easy_options(e, req) : -EIO;
 }
 
 int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *req,
@@ -754,7 +737,7 @@ int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *r
         c->userdata = userdata;
         c->start_usec = kb_now_usec();
 
-        c->easy = curl_easy_init();
+        c->easy = easy_get(u);
         if (!c->easy) {
                 r = -ENOMEM;
                 goto fail;
@@ -785,7 +768,7 @@ int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *r
 
 fail:
         if (c->easy)
-                curl_easy_cleanup(c->easy);
+                easy_put(u, c->easy);
         c->slist = kb_upstream_slist_wipe_free(c->slist);
         free(c);
         return r;

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <curl/curl.h>
 #include <systemd/sd-event.h>
 
 #include "http.h"
@@ -95,3 +96,8 @@ int kb_upstream_request_validate(const struct kb_upstream_request *req);
 int kb_upstream_request_headers(const struct kb_upstream_request *req, struct curl_slist **ret);
 /* Zero every string of the list, then free it. Returns NULL. */
 struct curl_slist *kb_upstream_slist_wipe_free(struct curl_slist *l);
+/* upstream-req.c: the options of a call's easy handle that follow from req
+ * (URL, protocols, TLS verification always on, HTTP/2 where offered,
+ * timeouts, CA file, the body); upstream.c adds its own callbacks and the
+ * header list. 0 or -EIO. */
+int kb_upstream_easy_options(CURL *e, const struct kb_upstream_request *req);
