@@ -12,13 +12,8 @@ use Test::More;
 use KB;
 use SDK;
 
-my $why = sdk_ready();
-BAIL_OUT("SDK tests cannot run: $why") if $why;
-
-ensure_journald();
-my %keys = ('oai-key' => fixture_secret('oai'), 'anth-key' => fixture_secret('anth'));
-my $mock = start_mock(require_key => [values %keys]);
-my $broker = start_broker(config => standard_config(mock => $mock), keys => \%keys);
+my ($mock, $broker, $keys) = sdk_setup();
+my %keys = %$keys;
 
 my $UP = 'gpt-4o-mini-2024-07-18';
 my $TEXT7 = join('', map { "tok$_ " } 0 .. 6);         # the mock's text for 7 output tokens

@@ -12,18 +12,13 @@ use Test::More;
 use KB;
 use SDK;
 
-my $why = sdk_ready();
-BAIL_OUT("SDK tests cannot run: $why") if $why;
-
-ensure_journald();
-my %keys = ('oai-key' => fixture_secret('oai'), 'anth-key' => fixture_secret('anth'));
-my $mock = start_mock(require_key => [values %keys]);
-my $cfg = standard_config(mock => $mock);
-# Named after "ops" so ops stays the default team of uid 0.
-$cfg->{"team:$_"} = { users => '0', models => '*', requests_per_minute => 1 } for qw(rl rlanth);
-$cfg->{"team:$_"} = { users => '0', models => '*', max_concurrent => 1 } for qw(single singleanth);
-$cfg->{"team:$_"} = { users => '0', models => '*', tokens_per_day => 120 } for qw(tpd tpdanth);
-my $broker = start_broker(config => $cfg, keys => \%keys);
+my ($mock, $broker, $keys) = sdk_setup(config => sub ($cfg) {
+        # Named after "ops" so ops stays the default team of uid 0.
+        $cfg->{"team:$_"} = { users => '0', models => '*', requests_per_minute => 1 } for qw(rl rlanth);
+        $cfg->{"team:$_"} = { users => '0', models => '*', max_concurrent => 1 } for qw(single singleanth);
+        $cfg->{"team:$_"} = { users => '0', models => '*', tokens_per_day => 120 } for qw(tpd tpdanth);
+});
+my %keys = %$keys;
 
 my %SDK = (
         openai => { family => 'openai', model => 'gpt-mini', up => 'gpt-4o-mini-2024-07-18', route => 'oai',

@@ -15,8 +15,6 @@ use Time::HiRes qw(time sleep);
 use KB;
 use SDK;
 
-my $why = sdk_ready();
-BAIL_OUT("SDK tests cannot run: $why") if $why;
 
 my $README = KB::slurp("$KB::ROOT/README.md") // BAIL_OUT('README.md unreadable');
 my %snippet;
@@ -27,15 +25,13 @@ for my $name (qw(curl node python-sdk python-httpx bridge)) {
         ok(defined $snippet{$name}, "README has the '$name' snippet") or BAIL_OUT("README lost the '$name' snippet");
 }
 
-ensure_journald();
-my %keys = ('oai-key' => fixture_secret('oai'), 'anth-key' => fixture_secret('anth'));
-my $mock = start_mock(require_key => [values %keys]);
-my $cfg = standard_config(mock => $mock);
-# The demo config's model names, which README uses.
-$cfg->{'model:chat-default'} = { target => 'oai gpt-4o-mini-2024-07-18' };
-$cfg->{'model:claude'} = { target => 'anth claude-3-5-haiku-20241022' };
-$cfg->{'team:search'}{models} .= ' chat-default';
-my $broker = start_broker(config => $cfg, keys => \%keys);
+my ($mock, $broker, $keys) = sdk_setup(config => sub ($cfg) {
+        # The demo config's model names, which README uses.
+        $cfg->{'model:chat-default'} = { target => 'oai gpt-4o-mini-2024-07-18' };
+        $cfg->{'model:claude'} = { target => 'anth claude-3-5-haiku-20241022' };
+        $cfg->{'team:search'}{models} .= ' chat-default';
+});
+my %keys = %$keys;
 my $SOCK = $broker->socket;
 my $TEXT7 = join('', map { "tok$_ " } 0 .. 6);
 my $dir = tmpdir('readme');

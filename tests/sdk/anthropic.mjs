@@ -5,7 +5,7 @@
 // optionally KB_TEAM, KB_HEADERS, KB_MODEL); prints one JSON line (see
 // lib/broker.mjs). The drivers (*.t) judge the result.
 import Anthropic from '@anthropic-ai/sdk';
-import { main, anthropicOptions, describeError, elapsed, calls } from './lib/broker.mjs';
+import { main, anthropicOptions, describeError, elapsed, calls, callUntilRefused } from './lib/broker.mjs';
 
 const MODEL = process.env.KB_MODEL ?? 'claude-haiku';
 const client = new Anthropic(anthropicOptions({ maxRetries: 0 }));
@@ -106,26 +106,7 @@ const cases = {
         // budget that resets hours later should fail fast, not sleep.
         async quota_exhausted() {
                 const client = new Anthropic(anthropicOptions({}));
-                const watch = Number(process.env.KB_WATCH_MS ?? 5000);
-                let oks = 0;
-                for (let i = 0; i < 50; i++) {
-                        const t = elapsed();
-                        let timer;
-                        const r = await Promise.race([
-                                client.messages.create({ model: MODEL, max_tokens: 5, messages }).then(() => null, (e) => e),
-                                new Promise((res) => { timer = setTimeout(res, watch, 'hung'); }),
-                        ]);
-                        clearTimeout(timer);
-                        if (r === null) {
-                                oks++;
-                                continue;
-                        }
-                        if (r === 'hung')
-                                return { oks, hung: true, waited_ms: elapsed() - t };
-                        return { oks, error: describeError(r), waited_ms: elapsed() - t,
-                                 is_rate_limit_error: r instanceof Anthropic.RateLimitError };
-                }
-                throw new Error('50 calls and none refused');
+                return callUntilRefused(() => client.messages.create({ model: MODEL, max_tokens: 5, messages }), Anthropic.RateLimitError);
         },
 
         async not_found() {

@@ -5,7 +5,7 @@
 // KB_TEAM, KB_HEADERS, KB_MODEL) in the environment; prints one JSON line
 // (see lib/broker.mjs). The drivers (*.t) judge the result.
 import OpenAI from 'openai';
-import { main, openaiOptions, describeError, elapsed, calls } from './lib/broker.mjs';
+import { main, openaiOptions, describeError, elapsed, calls, callUntilRefused } from './lib/broker.mjs';
 
 const MODEL = process.env.KB_MODEL ?? 'gpt-mini';
 const client = new OpenAI(openaiOptions({ maxRetries: 0 }));
@@ -174,26 +174,7 @@ const cases = {
         // budget that resets hours later should fail fast, not sleep.
         async quota_exhausted() {
                 const client = new OpenAI(openaiOptions({}));
-                const watch = Number(process.env.KB_WATCH_MS ?? 5000);
-                let oks = 0;
-                for (let i = 0; i < 50; i++) {
-                        const t = elapsed();
-                        let timer;
-                        const r = await Promise.race([
-                                client.chat.completions.create({ model: MODEL, messages, max_tokens: 5 }).then(() => null, (e) => e),
-                                new Promise((res) => { timer = setTimeout(res, watch, 'hung'); }),
-                        ]);
-                        clearTimeout(timer);
-                        if (r === null) {
-                                oks++;
-                                continue;
-                        }
-                        if (r === 'hung')
-                                return { oks, hung: true, waited_ms: elapsed() - t };
-                        return { oks, error: describeError(r), waited_ms: elapsed() - t,
-                                 is_rate_limit_error: r instanceof OpenAI.RateLimitError };
-                }
-                throw new Error('50 calls and none refused');
+                return callUntilRefused(() => client.chat.completions.create({ model: MODEL, messages, max_tokens: 5 }), OpenAI.RateLimitError);
         },
 
         async not_found() {

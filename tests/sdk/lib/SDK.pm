@@ -14,7 +14,7 @@ use Test::More ();
 use KB;
 
 use Exporter 'import';
-our @EXPORT = qw(sdk_run sdk_ok call_to_provider check_provider check_call_record sdk_ready
+our @EXPORT = qw(sdk_run sdk_ok call_to_provider check_provider check_call_record sdk_ready sdk_setup
                  $SDK_DIR $DUMMY_KEY);
 
 our $SDK_DIR = abs_path(dirname(__FILE__) . '/..');
@@ -30,6 +30,22 @@ sub sdk_ready() {
                         unless -f "$SDK_DIR/node_modules/$m/package.json";
         }
         return '';
+}
+
+# What every SDK test starts with: node and the SDKs there (else BAIL_OUT),
+# a journald, the mock requiring the routes' keys, and a broker on the
+# standard config, which $o{config}->($cfg) may change first.
+# Returns ($mock, $broker, \%keys).
+sub sdk_setup(%o) {
+        my $why = sdk_ready();
+        Test::More::BAIL_OUT("SDK tests cannot run: $why") if $why;
+        KB::ensure_journald();
+        my %keys = ('oai-key' => KB::fixture_secret('oai'), 'anth-key' => KB::fixture_secret('anth'));
+        my $mock = KB::start_mock(require_key => [values %keys]);
+        my $cfg = KB::standard_config(mock => $mock);
+        $o{config}->($cfg) if $o{config};
+        my $broker = KB::start_broker(config => $cfg, keys => \%keys);
+        return ($mock, $broker, \%keys);
 }
 
 # sdk_run($broker, 'openai', 'chat', team => T, headers => {...}, env => {...},

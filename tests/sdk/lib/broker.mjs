@@ -109,6 +109,32 @@ export function describeError(e) {
 
 export const elapsed = ms;
 
+// Calls call() until one is refused, each watched for KB_WATCH_MS (an SDK
+// sleeping on a long retry-after shows up as "hung"). Returns how many
+// succeeded first and what the refused one looked like.
+export async function callUntilRefused(call, RateLimitError) {
+        const watch = Number(process.env.KB_WATCH_MS ?? 5000);
+        let oks = 0;
+        for (let i = 0; i < 50; i++) {
+                const t = ms();
+                let timer;
+                const r = await Promise.race([
+                        call().then(() => null, (e) => e),
+                        new Promise((res) => { timer = setTimeout(res, watch, 'hung'); }),
+                ]);
+                clearTimeout(timer);
+                if (r === null) {
+                        oks++;
+                        continue;
+                }
+                if (r === 'hung')
+                        return { oks, hung: true, waited_ms: ms() - t };
+                return { oks, error: describeError(r), waited_ms: ms() - t,
+                         is_rate_limit_error: r instanceof RateLimitError };
+        }
+        throw new Error('50 calls and none refused');
+}
+
 // Runs cases[process.argv[2]] and prints one JSON line on stdout:
 // {case, pid, result | error, calls}. Exit 0 when the case ran (even if it
 // threw: the driver judges the error), 2 for an unknown case.
