@@ -132,30 +132,72 @@ static int usage_text(struct kb_usage *u, const char *v, size_t n, const struct 
         return 0;
 }
 
-struct answer {
-        json_t *root;           /* model, id, input_tokens as jansson reads them */
+struct pick {
+        json_t *root;                   /* the picked members, as jansson reads them */
+        const char *const *keys;
+        size_t n_keys;
+        bool usage_as_text;             /* "usage" is not parsed: its text goes to usage/usage_len */
         const char *usage;
         size_t usage_len;
 };
 
-static int on_answer_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
-        static const char *const parsed[] = { "model", "id", "input_tokens" };
-        struct answer *a = userdata;
+static int on_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
+        struct pick *p = userdata;
 
-        if (key_is(key, key_len, "usage")) {
-                a->usage = value;
-                a->usage_len = value_len;
+        if (p->usage_as_text && key_is(key, key_len, "usage")) {
+                p->usage = value;
+                p->usage_len = value_len;
                 return 0;
         }
-        for (size_t i = 0; i < ELEMENTSOF(parsed); i++) {
-                if (!key_is(key, key_len, parsed[i]))
+        for (size_t i = 0; i < p->n_keys; i++) {
+                if (!key_is(key, key_len, p->keys[i]))
                         continue;
                 json_t *v = json_loadb(value, value_len, JSON_DECODE_ANY, NULL);
                 if (!v)
                         return -EINVAL;
-                return json_object_set_new_nocheck(a->root, parsed[i], v) < 0 ? -ENOMEM : 0;
+                return json_object_set_new_nocheck(p->root, p->keys[i], v) < 0 ? -ENOMEM : 0;
         }
         return 0;
+}
+
+/* 0, or -EINVAL (not a well-formed object, or a picked member does not
+ * parse), -EILSEQ (escapes in a key, a NUL byte: the caller parses it
+ * whole), -ENOMEM. */
+static int pick_scan(const char *s, size_t n, struct pick *p) {
+        /* jansson has its own ideas about NUL bytes: it decides. */
+        if (memchr(s, 0, n))
+                return -EILSEQ;
+        p->root = json_object();
+        if (!p->root)
+                return -ENOMEM;
+        return kb_json_scan_object(s, n, on_member, p);
+}
+
+json_t *kb_usage_pick(const char *s, size_t n, const char *const *keys, size_t n_keys) {
+        struct pick p = { .keys = keys, .n_keys = n_keys };
+        int r = pick_scan(s, n, &p);
+
+        if (r >= 0)
+                return p.root;
+        json_decref(p.root);
+        if (r != -EILSEQ)
+                return NULL;
+        /* The whole document, then, as jansson reads it. */
+        json_t *all = json_loadb(s, n, 0, NULL);
+        if (!json_is_object(all)) {
+                json_decref(all);
+                return NULL;
+        }
+        json_t *root = json_object();
+        for (size_t i = 0; root && i < n_keys; i++) {
+                json_t *v = json_object_get(all, keys[i]);
+                if (v && json_object_set_nocheck(root, keys[i], v) < 0) {
+                        json_decref(root);
+                        root = NULL;
+                }
+        }
+        json_decref(all);
+        return root;
 }
 
 static const struct kb_usage_count *counts_of(kb_endpoint endpoint) {
@@ -183,36 +225,26 @@ static int answer_parsed(struct kb_usage *u, kb_endpoint endpoint, const char *s
 }
 
 int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, size_t n) {
-        struct answer a = { .root = json_object() };
+        static const char *const keys[] = { "model", "id", "input_tokens" };
+        struct pick p = { .keys = keys, .n_keys = ELEMENTSOF(keys), .usage_as_text = true };
         const struct kb_usage_count *counts = counts_of(endpoint);
         struct kb_usage before = *u;
         int r;
 
-        if (!a.root)
-                return -ENOMEM;
-        /* jansson has its own ideas about NUL bytes: it decides. */
-        if (memchr(s, 0, n)) {
-                json_decref(a.root);
-                return answer_parsed(u, endpoint, s, n);
-        }
-        r = kb_json_scan_object(s, n, on_answer_member, &a);
-        if (r >= 0 && counts && a.usage)
-                r = usage_text(u, a.usage, a.usage_len, counts);
+        r = pick_scan(s, n, &p);
+        if (r >= 0 && counts && p.usage)
+                r = usage_text(u, p.usage, p.usage_len, counts);
         if (r == -EILSEQ) {
                 *u = before;
-                json_decref(a.root);
+                json_decref(p.root);
                 return answer_parsed(u, endpoint, s, n);
         }
         if (r < 0)
                 *u = before;
-        if (r == -ENOMEM) {
-                json_decref(a.root);
-                return r;
-        }
         if (r >= 0)
                 /* With the usage read above, this takes model and id (and
                  * count_tokens' input_tokens): root holds no "usage". */
-                r = kb_usage_from_json(u, endpoint, a.root);
-        json_decref(a.root);
+                r = kb_usage_from_json(u, endpoint, p.root);
+        json_decref(p.root);
         return r == -ENOMEM ? r : 0;
 }

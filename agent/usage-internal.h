@@ -25,6 +25,12 @@ extern const struct kb_usage_count kb_usage_counts_anthropic[];
 /* usage.c: usage, model and id from a parsed JSON answer. 0 or -ENOMEM. */
 int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root);
 
+/* usage-answer.c: an object holding only the members keys[] of the JSON
+ * object text s, each as jansson reads it (the last of a repeated key);
+ * NULL when s is not a well-formed object or a picked member does not
+ * parse (or on OOM). What the other members hold is not judged. */
+json_t *kb_usage_pick(const char *s, size_t n, const char *const *keys, size_t n_keys);
+
 /* usage-answer.c: the same from the answer's text. An answer that is not
  * well-formed (or whose counts jansson would refuse) yields nothing, as a
  * failed parse would. 0 or -ENOMEM. */

@@ -327,8 +327,12 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
         }
 
         /* Malformed events (a provider bug, a truncated stream) carry no usage
-         * we could trust; they still pass to the app untouched. */
-        root = json_loadb(data, len, 0, NULL);
+         * we could trust; they still pass to the app untouched. Only the
+         * members read below are parsed (kb_usage_pick): most of a chunk is
+         * ids and timestamps, and model and id are taken once. */
+        static const char *const keys[] = { "type", "usage", "choices", "response", "message", "model", "id" };
+        bool have_ids = u->upstream_model && u->upstream_request_id;
+        root = kb_usage_pick(data, len, keys, ELEMENTSOF(keys) - (have_ids ? 2 : 0));
         if (!json_is_object(root))
                 return 0;
 

@@ -143,6 +143,18 @@ static void check_answer_reader(const uint8_t *hdr, const char *body, size_t len
 
         if (!root)
                 return;
+        /* The member picker (SSE events) gives jansson's members. */
+        static const char *const keys[] = { "type", "usage", "choices", "response", "message", "model", "id" };
+        json_t *picked = kb_usage_pick(body, len, keys, ELEMENTSOF(keys));
+        if (json_is_object(root) && picked) {
+                for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                        json_t *want = json_object_get(root, keys[i]), *got = json_object_get(picked, keys[i]);
+                        if ((want == NULL) != (got == NULL) || (want && !json_equal(want, got)))
+                                abort();
+                }
+        } else if (json_is_object(root) && !picked)
+                abort(); /* jansson took it: so must the picker (OOM aside, which ASan does not fake) */
+        json_decref(picked);
         int ra = kb_usage_from_json(&a, endpoint, root);
         int rb = kb_usage_answer(&b, endpoint, body, len);
         json_decref(root);
