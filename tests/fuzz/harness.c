@@ -458,6 +458,7 @@ static void fuzz_broker_cleanup(void) {
         kb_router_free(b->router);
         kb_config_unref(b->config);
         free(b->uid_conns);
+        sd_event_source_disable_unref(b->reseal_timer);
         sd_event_unref(b->event);
         char cmd[128];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fb->dir);
