@@ -68,39 +68,21 @@ static void kb_record_freep(struct kb_record **r) {
 
 /* ---- record kinds ---- */
 
-#define ADD(rec, f, v)                                  \
-        do {                                            \
-                int _r = kb_record_add(rec, f, v);      \
-                if (_r < 0)                             \
-                        return _r;                      \
+/* Every adder returns 0 or -errno; a record that cannot be built whole is
+ * not sent. */
+#define TRY(expr)                               \
+        do {                                    \
+                int _r = (expr);                \
+                if (_r < 0)                     \
+                        return _r;              \
         } while (0)
-#define ADDF(rec, f, ...)                                       \
-        do {                                                    \
-                int _r = kb_record_addf(rec, f, __VA_ARGS__);   \
-                if (_r < 0)                                     \
-                        return _r;                              \
-        } while (0)
-
+#define ADD(rec, f, v) TRY(kb_record_add(rec, f, v))
+#define ADDF(rec, f, ...) TRY(kb_record_addf(rec, f, __VA_ARGS__))
 /* Values a caller controls (the model as asked, provider ids, the config
  * error) are cut at the value limit rather than losing the whole record. */
-#define ADD_CAPPED(rec, f, v)                                   \
-        do {                                                    \
-                int _r = kb_record_add_capped(rec, f, v);       \
-                if (_r < 0)                                     \
-                        return _r;                              \
-        } while (0)
-#define ADD_U64(rec, f, v)                                      \
-        do {                                                    \
-                int _r = kb_record_add_u64(rec, f, v);          \
-                if (_r < 0)                                     \
-                        return _r;                              \
-        } while (0)
-#define ADD_I64(rec, f, v)                                      \
-        do {                                                    \
-                int _r = kb_record_add_i64(rec, f, v);          \
-                if (_r < 0)                                     \
-                        return _r;                              \
-        } while (0)
+#define ADD_CAPPED(rec, f, v) TRY(kb_record_add_capped(rec, f, v))
+#define ADD_U64(rec, f, v) TRY(kb_record_add_u64(rec, f, v))
+#define ADD_I64(rec, f, v) TRY(kb_record_add_i64(rec, f, v))
 /* In MESSAGE, a short human summary, names are cut much shorter. */
 #define MSG_NAME_MAX 256
 #define MSG_ERROR_MAX 4096
