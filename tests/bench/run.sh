@@ -293,20 +293,26 @@ kill -0 "$BROKER_PID" 2>/dev/null || log "warning: keybrokerd died during the be
 # journal (record built on the loop, handed to the writer thread, sent to
 # journald) costs a request. journald runs on the same 2 cores either way.
 
-# restart_broker yes|no: a fresh keybrokerd with that journal setting.
+# restart_broker [yes|no]: a fresh keybrokerd with that journal setting
+# (none: the bench's config as written).
 restart_broker() {
+        local conf=$TMP/keybroker.conf what=keybrokerd
         stop_pid "$BROKER_PID"
         BROKER_PID=
-        sed "/^\[agent\]/a journal = $1" "$TMP/keybroker.conf" >"$TMP/keybroker-journal-$1.conf"
-        "$KEYBROKERD" --config "$TMP/keybroker-journal-$1.conf" >>"$TMP/keybrokerd.log" 2>&1 &
+        if [ -n "${1:-}" ]; then
+                conf=$TMP/keybroker-journal-$1.conf
+                what="keybrokerd (journal = $1)"
+                sed "/^\[agent\]/a journal = $1" "$TMP/keybroker.conf" >"$conf"
+        fi
+        "$KEYBROKERD" --config "$conf" >>"$TMP/keybrokerd.log" 2>&1 &
         BROKER_PID=$!
         for _ in $(seq 100); do
-                kill -0 "$BROKER_PID" 2>/dev/null || die "keybrokerd (journal = $1) exited"
+                kill -0 "$BROKER_PID" 2>/dev/null || die "$what exited"
                 [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --unix-socket "$API_SOCK" \
                         http://localhost/v1/models)" = 200 ] && return 0
                 sleep 0.1
         done
-        die "keybrokerd (journal = $1) did not answer"
+        die "$what did not answer"
 }
 
 JRUNS=()

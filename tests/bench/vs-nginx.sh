@@ -201,20 +201,6 @@ check_nginx_sse() {
         log "nginx: SSE arrives event by event ($((bursts + 1)) bursts ≥ 150 ms apart)"
 }
 
-restart_broker_default() {
-        stop_pid "$BROKER_PID"
-        BROKER_PID=
-        "$KEYBROKERD" --config "$TMP/keybroker.conf" >>"$TMP/keybrokerd.log" 2>&1 &
-        BROKER_PID=$!
-        for _ in $(seq 100); do
-                kill -0 "$BROKER_PID" 2>/dev/null || die "keybrokerd exited"
-                [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --unix-socket "$API_SOCK" \
-                        http://localhost/v1/models)" = 200 ] && return 0
-                sleep 0.1
-        done
-        die "keybrokerd did not answer after restart"
-}
-
 vsn_report() {
         local s n k nv kv rounds_n rounds_k r jk jn ck cn
         echo
@@ -300,7 +286,7 @@ vs_nginx() {
         check_nginx_sse
         # keybrokerd exactly as run.sh first started it (journal on), fresh,
         # so neither server carries memory from earlier runs into the RSS.
-        restart_broker_default
+        restart_broker
         run_load vsn-warm-nginx nginx json 4 -500 || die "kb-bench could not load nginx"
         run_valid vsn-warm-nginx || die "nginx answers with errors (first status $(jget vsn-warm-nginx first_bad_status))"
         run_load vsn-warm-nginx-sse nginx sse 4 -100 || die "kb-bench could not stream through nginx"
