@@ -53,16 +53,6 @@ struct kb_spool {
 
 /* ---- little helpers ---- */
 
-static uint64_t fnv1a64(const void *p, size_t n) {
-        const unsigned char *b = p;
-        uint64_t h = UINT64_C(0xcbf29ce484222325);
-
-        for (size_t i = 0; i < n; i++) {
-                h ^= b[i];
-                h *= UINT64_C(0x100000001b3);
-        }
-        return h;
-}
 
 static void put_u32(unsigned char *p, uint32_t v) {
         for (int i = 0; i < 4; i++)
@@ -216,7 +206,7 @@ static int read_record(int fd, uint64_t off, uint64_t size, uint64_t *ret_len, u
                 r = pread_all(fd, p, len, off + KB_SPOOL_RECORD_HEADER);
                 if (r < 0)
                         return r == -ENODATA ? -EBADMSG : r;
-                if (fnv1a64(p, len) != sum)
+                if (kb_fnv1a64(p, len) != sum)
                         return -EBADMSG;
                 *payload = TAKE_PTR(p);
         }
@@ -519,7 +509,7 @@ int kb_spool_append(struct kb_spool *s, const struct iovec *items, size_t n) {
                         memcpy(buf + pos + 4, items[i].iov_base, items[i].iov_len);
                 pos += 4 + items[i].iov_len;
         }
-        put_u64(buf + 8, fnv1a64(buf + KB_SPOOL_RECORD_HEADER, payload));
+        put_u64(buf + 8, kb_fnv1a64(buf + KB_SPOOL_RECORD_HEADER, payload));
 
         if (need_seg) {
                 r = new_segment(s);

@@ -194,3 +194,14 @@ uint32_t kb_random_u32(void) {
         kb_random_bytes(&v, sizeof(v));
         return v;
 }
+
+uint64_t kb_fnv1a64(const void *p, size_t n) {
+        const unsigned char *b = p;
+        uint64_t h = UINT64_C(0xcbf29ce484222325);
+
+        for (size_t i = 0; i < n; i++) {
+                h ^= b[i];
+                h *= UINT64_C(0x100000001b3);
+        }
+        return h;
+}

@@ -96,6 +96,10 @@ int kb_parse_duration(const char *s, uint64_t *ret_usec);
 void kb_random_bytes(void *buf, size_t n);
 uint32_t kb_random_u32(void);
 
+/* FNV-1a, 64 bit: the spool's record checksum and the usage report's hash
+ * table. Not for anything an attacker may choose to collide. */
+uint64_t kb_fnv1a64(const void *p, size_t n);
+
 uint64_t kb_now_usec(void); /* CLOCK_MONOTONIC */
 uint64_t kb_realtime_usec(void);
 

@@ -273,16 +273,6 @@ const struct usage_totals *usage_report_total(const struct usage_report *r) {
         return r ? &r->total : NULL;
 }
 
-static uint64_t fnv1a(const void *p, size_t n) {
-        const unsigned char *b = p;
-        uint64_t h = UINT64_C(14695981039346656037);
-
-        for (size_t i = 0; i < n; i++) {
-                h ^= b[i];
-                h *= UINT64_C(1099511628211);
-        }
-        return h;
-}
 
 static int table_grow(struct usage_report *r) {
         size_t size = r->table_size ? r->table_size * 2 : 64;
@@ -407,7 +397,7 @@ int usage_report_add(struct usage_report *r, const struct usage_record *rec) {
                 memcpy(key + key_len, v, l);
                 key_len += l;
         }
-        hash = fnv1a(key, key_len);
+        hash = kb_fnv1a64(key, key_len);
         if (r->table_size > 0)
                 for (size_t j = hash & (r->table_size - 1); r->table[j]; j = (j + 1) & (r->table_size - 1))
                         if (r->table[j]->hash == hash && r->table[j]->key_len == key_len &&
