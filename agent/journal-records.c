@@ -109,6 +109,13 @@ static const char *dash_if_empty(const char *s) {
         return s && *s ? s : "-";
 }
 
+/* A new record built by build(rec, ...) and queued; -ENOMEM without one. */
+#define SUBMIT_NEW(j, build, ...)                                                       \
+        ({                                                                              \
+                struct kb_record *_rec = kb_record_new();                               \
+                _rec ? submit_built(j, _rec, build(_rec, __VA_ARGS__)) : -ENOMEM;       \
+        })
+
 /* Queue rec once its builder succeeded; rec is the journal's or freed either way. */
 static int submit_built(struct kb_journal *j, struct kb_record *rec, int built) {
         if (built < 0) {
@@ -118,7 +125,7 @@ static int submit_built(struct kb_journal *j, struct kb_record *rec, int built) 
         return kb_journal_submit(j, rec);
 }
 
-static int build_request(const struct kb_request *r, struct kb_record *rec) {
+static int build_request(struct kb_record *rec, const struct kb_request *r) {
         const struct kb_identity *id = r->identity;
         const struct kb_usage *u = r->billed_set ? &r->billed : r->tap ? kb_usage_tap_get(r->tap) : NULL;
         const char *outcome = strempty(kb_outcome_to_string(r->outcome));
@@ -184,16 +191,11 @@ static int build_request(const struct kb_request *r, struct kb_record *rec) {
 }
 
 int kb_journal_request(struct kb_journal *j, const struct kb_request *r) {
-        struct kb_record *rec;
-
         if (!j || !r)
                 return -EINVAL;
         if (r->config && !r->config->agent.journal)
                 return 0;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        return submit_built(j, rec, build_request(r, rec));
+        return SUBMIT_NEW(j, build_request, r);
 }
 
 static int build_lifecycle(struct kb_record *rec, const char *event, const char *message, uint64_t in_flight) {
@@ -210,14 +212,9 @@ static int build_lifecycle(struct kb_record *rec, const char *event, const char 
 }
 
 int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *message, uint64_t in_flight) {
-        struct kb_record *rec;
-
         if (!j || !event)
                 return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        return submit_built(j, rec, build_lifecycle(rec, event, message, in_flight));
+        return SUBMIT_NEW(j, build_lifecycle, event, message, in_flight);
 }
 
 static int build_config(struct kb_record *rec, const char *event, const char *path, const char *error) {
@@ -237,14 +234,9 @@ static int build_config(struct kb_record *rec, const char *event, const char *pa
 }
 
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error) {
-        struct kb_record *rec;
-
         if (!j || !event)
                 return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        return submit_built(j, rec, build_config(rec, event, path, error));
+        return SUBMIT_NEW(j, build_config, event, path, error);
 }
 
 static int build_key(struct kb_record *rec, const char *action, const char *name, const char *version,
@@ -274,14 +266,9 @@ static int build_key(struct kb_record *rec, const char *action, const char *name
 
 int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
                    const char *fingerprint, uid_t admin_uid) {
-        struct kb_record *rec;
-
         if (!j || !action || !name || !version)
                 return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        return submit_built(j, rec, build_key(rec, action, name, version, fingerprint, admin_uid));
+        return SUBMIT_NEW(j, build_key, action, name, version, fingerprint, admin_uid);
 }
 
 int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, uint64_t used, uint64_t max,
@@ -385,12 +372,7 @@ static int build_route(struct kb_record *rec, const struct kb_route_event *ev) {
 }
 
 int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev) {
-        struct kb_record *rec;
-
         if (!j || !ev || !kb_route_event_to_string(ev->kind))
                 return -EINVAL;
-        rec = kb_record_new();
-        if (!rec)
-                return -ENOMEM;
-        return submit_built(j, rec, build_route(rec, ev));
+        return SUBMIT_NEW(j, build_route, ev);
 }
