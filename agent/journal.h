@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* Journal records, written off the request path: the loop builds a record
- * and hands it to a writer thread through a bounded queue, so a slow or
- * absent journald never stalls a request. One function per record kind. */
+/* Journal records, never stalling a request: the loop builds a record and
+ * sends it itself without blocking while journald keeps up (journal-native.h);
+ * whatever journald cannot take at once goes to a writer thread through a
+ * bounded queue (and the spool). One function per record kind. */
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -3,7 +3,8 @@
 
 /* Provider keys: a sealed, versioned store on disk (keystore =) and plain
  * credential files (credentials_dir =), both held in sodium_malloc'd memory
- * kept PROT_NONE except while a request's credential header is being built.
+ * kept PROT_NONE except while requests use them (kb_key_release() and
+ * kb_keys_reseal_idle(): resealed about a second after the last use).
  *
  * The sealed store holds one record per key version, each sealed with
  * XChaCha20-Poly1305-IETF under a subkey derived with crypto_kdf from the
