@@ -64,8 +64,6 @@ struct kb_upstream_call {
         char errbuf[CURL_ERROR_SIZE];
 };
 
-#define EASY_POOL 64
-
 struct kb_upstream {
         sd_event *event;
         CURLM *multi;
@@ -76,10 +74,6 @@ struct kb_upstream {
         unsigned busy;          /* nesting depth of calls into curl that may run our callbacks */
         size_t n_calls;         /* calls the caller still owns (not cancelled, not done) */
         bool need_kick;         /* run curl_multi_socket_action(TIMEOUT) from the defer source */
-        /* Easy handles of finished calls, reset, for the next ones: a fresh
-         * curl_easy_init() per call was a tenth of curl's share of a call. */
-        CURL *pool[EASY_POOL];
-        size_t n_pool;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -156,20 +150,6 @@ static int curlcode_to_errno(CURLcode code) {
 
 /* ---- call teardown ---- */
 
-/* A handle no longer in the multi, back to the pool (reset: no option of
- * the last call, its header list included, survives) or freed. */
-static void easy_put(struct kb_upstream *u, CURL *e) {
-        if (u->n_pool < EASY_POOL) {
-                curl_easy_reset(e);
-                u->pool[u->n_pool++] = e;
-        } else
-                curl_easy_cleanup(e);
-}
-
-static CURL *easy_get(struct kb_upstream *u) {
-        return u->n_pool > 0 ? u->pool[--u->n_pool] : curl_easy_init();
-}
-
 /* Only outside curl (u->busy == 0). */
 static void call_destroy(struct kb_upstream_call *c) {
         struct kb_upstream *u = c->u;
@@ -181,7 +161,7 @@ static void call_destroy(struct kb_upstream_call *c) {
         if (c->easy) {
                 if (c->added)
                         (void) curl_multi_remove_handle(u->multi, c->easy);
-                easy_put(u, c->easy);
+                curl_easy_cleanup(c->easy);
         }
         /* after the easy handle: curl may still point at the list until then */
         c->slist = kb_upstream_slist_wipe_free(c->slist);
@@ -688,8 +668,6 @@ struct kb_upstream *kb_upstream_free(struct kb_upstream *u) {
                 call_destroy(u->calls);
         }
         u->n_calls = 0;
-        while (u->n_pool > 0)
-                curl_easy_cleanup(u->pool[--u->n_pool]);
 
         /* may call back into on_curl_socket/on_curl_timer: keep u whole until then */
         if (u->multi)
@@ -737,7 +715,7 @@ int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *r
         c->userdata = userdata;
         c->start_usec = kb_now_usec();
 
-        c->easy = easy_get(u);
+        c->easy = curl_easy_init();
         if (!c->easy) {
                 r = -ENOMEM;
                 goto fail;
@@ -768,7 +746,7 @@ int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *r
 
 fail:
         if (c->easy)
-                easy_put(u, c->easy);
+                curl_easy_cleanup(c->easy);
         c->slist = kb_upstream_slist_wipe_free(c->slist);
         free(c);
         return r;
