@@ -97,6 +97,7 @@ static const char *const outcome_table[_KB_OUTCOME_MAX] = {
         [KB_OUTCOME_UPSTREAM_TIMEOUT] = "upstream_timeout",
         [KB_OUTCOME_STREAM_INTERRUPTED] = "stream_interrupted",
         [KB_OUTCOME_CLIENT_ABORT] = "client_abort",
+        [KB_OUTCOME_BROKER_OVERLOADED] = "broker_overloaded",
 };
 
 const char *kb_outcome_to_string(kb_outcome o) {

@@ -280,7 +280,12 @@ static void conclude(struct kb_request *r, int error, const char *message) {
         }
 
         if (!r->response_started) {
-                if (error == -ETIMEDOUT)
+                if (error == -EMFILE || error == -ENFILE)
+                        kb_api_error(r, 503, "broker_overloaded", KB_OUTCOME_BROKER_OVERLOADED,
+                                     "keybrokerd is out of file descriptors (%s); route '%s' was not reached",
+                                     error == -EMFILE ? "its RLIMIT_NOFILE" : "the system's limit",
+                                     r->route->name);
+                else if (error == -ETIMEDOUT)
                         kb_api_error(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
                                      "route '%s' did not answer within %" PRIu64 " s", r->route->name,
                                      r->route->timeout_usec / USEC_PER_SEC);
@@ -370,8 +375,8 @@ static void on_done(void *userdata, int error, const char *message) {
         }
 
         kb_verdict v = KB_VERDICT_SUCCESS;
-        if (error == -ECANCELED && kb_conn_aborted(r->conn))
-                v = KB_VERDICT_NONE;
+        if ((error == -ECANCELED && kb_conn_aborted(r->conn)) || error == -EMFILE || error == -ENFILE)
+                v = KB_VERDICT_NONE;    /* not the route's fault */
         else if ((error != 0 && !r->quota_cut) || kb_route_retry_status(r->route, r->upstream_status))
                 v = KB_VERDICT_FAILURE;
         attempt_feedback(r, v);

@@ -24,6 +24,7 @@ typedef enum kb_outcome {
         KB_OUTCOME_UPSTREAM_TIMEOUT,
         KB_OUTCOME_STREAM_INTERRUPTED,
         KB_OUTCOME_CLIENT_ABORT,
+        KB_OUTCOME_BROKER_OVERLOADED,   /* our own shortage (fds), not the provider's */
         _KB_OUTCOME_MAX,
 } kb_outcome;
 

@@ -181,7 +181,13 @@ int kb_upstream_easy_options(CURL *e, const struct kb_upstream_request *req) {
                 curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L) == CURLE_OK &&
+                /* Never park a call behind another's connection whose
+                 * multiplexing is still unknown: libcurl 7.88 wakes such
+                 * parked calls one finished transfer at a time, so behind
+                 * an HTTP/1.1 stream they wait for it to end. A call opens
+                 * its own connection instead; established HTTP/2
+                 * connections are still shared. */
+                curl_easy_setopt(e, CURLOPT_PIPEWAIT, 0L) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L) == CURLE_OK;

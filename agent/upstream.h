@@ -59,7 +59,9 @@ struct kb_upstream_ops {
         int (*on_data)(void *userdata, const char *buf, size_t len);
         /* The transfer ended: error 0 = complete, else -ETIMEDOUT (timeout),
          * -ECONNREFUSED / -EHOSTUNREACH (connect failed), -ECONNRESET (cut),
-         * -EPROTO (TLS/protocol), -ECANCELED (a callback aborted), -EIO other.
+         * -EPROTO (TLS/protocol), -ECANCELED (a callback aborted), -EIO other;
+         * -EMFILE / -ENFILE when, before any answer, this process (or the
+         * system) had no file descriptor left: the provider is not at fault.
          * message is curl's text, or NULL. The call is freed after this
          * returns. Never called from inside kb_upstream_start(). */
         void (*on_done)(void *userdata, int error, const char *message);
@@ -82,6 +84,15 @@ void kb_upstream_call_cancel(struct kb_upstream_call *c);
 /* Timing of the call: time to first response byte, from start, in µs (0 before). */
 uint64_t kb_upstream_call_ttfb_usec(const struct kb_upstream_call *c);
 size_t kb_upstream_n_calls(const struct kb_upstream *u);
+
+struct kb_upstream_stats {
+        size_t calls;           /* running, as kb_upstream_n_calls() */
+        size_t connections;     /* connection sockets open: in use or kept idle for reuse */
+        size_t connecting;      /* calls whose own connection is being set up */
+        size_t waiting;         /* calls inside curl with no connection yet and none being made for them */
+        uint64_t fd_failures;   /* calls ended with -EMFILE/-ENFILE since start */
+};
+void kb_upstream_get_stats(const struct kb_upstream *u, struct kb_upstream_stats *ret);
 
 /* Helpers of kb_upstream_start(), in upstream-req.c. */
 struct curl_slist;

@@ -742,6 +742,7 @@ static void test_outcome_strings(void **state) {
                 [KB_OUTCOME_UPSTREAM_TIMEOUT] = "upstream_timeout",
                 [KB_OUTCOME_STREAM_INTERRUPTED] = "stream_interrupted",
                 [KB_OUTCOME_CLIENT_ABORT] = "client_abort",
+                [KB_OUTCOME_BROKER_OVERLOADED] = "broker_overloaded",
         };
         assert_int_equal(ELEMENTSOF(want), _KB_OUTCOME_MAX);
         for (int o = 0; o < _KB_OUTCOME_MAX; o++)
