@@ -116,7 +116,7 @@ $(BUILD)/tests/test_usage_report: tests/unit/test_usage_report.c $(USAGE_REPORT_
 unit: $(UNIT_BINS)
 	@rc=0; for t in $(UNIT_BINS); do echo "# $$t"; $$t || rc=1; done; exit $$rc
 
-integration: all
+integration: all $(BENCH)
 	prove -v tests/integration/
 
 # The official OpenAI and Anthropic SDKs through the broker (tests/sdk/README.md).

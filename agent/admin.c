@@ -98,6 +98,27 @@ bool kb_admin_peer_allowed(const struct kb_agent_config *a, const struct kb_iden
 
 /* ---- read-only endpoints ---- */
 
+static json_t *capacity_json(const struct kb_broker *b) {
+        struct kb_broker_capacity cap;
+
+        kb_broker_capacity(b, &cap);
+        return json_pack("{s:I, s:{s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I, s:I}, s:{s:I, s:o}}",
+                         "refusing", (json_int_t) cap.refusing,
+                         "refused",
+                         "max_connections", (json_int_t) cap.refused_cap,
+                         "max_connections_per_uid", (json_int_t) cap.refused_per_uid,
+                         "out_of_fds", (json_int_t) cap.refused_fds,
+                         "identity", (json_int_t) cap.refused_identity,
+                         "upstream",
+                         "calls", (json_int_t) cap.upstream.calls,
+                         "connections", (json_int_t) cap.upstream.connections,
+                         "connecting", (json_int_t) cap.upstream.connecting,
+                         "pending", (json_int_t) cap.upstream.waiting,
+                         "fds",
+                         "open", (json_int_t) cap.fds_open,
+                         "limit", cap.fds_limit == UINT64_MAX ? json_null() : json_integer((json_int_t) cap.fds_limit));
+}
+
 static void serve_status(struct kb_conn *c, struct kb_broker *b) {
         uint64_t now = kb_realtime_usec();
         struct rlimit rl = {};
@@ -120,6 +141,10 @@ static void serve_status(struct kb_conn *c, struct kb_broker *b) {
                               "dropped", (json_int_t) kb_journal_n_dropped(b->journal),
                               "dumpable", dumpable > 0,
                               "core_limit", core);
+        json_t *cap = capacity_json(b);
+        if (j && cap)
+                json_object_update(j, cap);
+        json_decref(cap);
         kb_admin_respond(c, 200, j);
 }
 

@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <sodium.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <strings.h>
 
@@ -405,12 +406,33 @@ static int api_on_accept(struct kb_conn *c, void *userdata) {
         struct kb_broker *b = userdata;
         struct kb_identity *id;
 
+        char msg[128];
+
         int r = kb_identity_from_socket(kb_conn_fd(c), &id);
-        if (r < 0)
+        if (r == -EMFILE || r == -ENFILE) {
+                /* pinning the caller takes a pidfd */
+                b->n_refused_fds++;
+                kb_conn_set_refusal(c, "broker_overloaded",
+                                    r == -EMFILE ? "keybrokerd is out of file descriptors"
+                                                 : "the system is out of file descriptors");
                 return r;
+        }
+        if (r < 0) {
+                b->n_refused_identity++;
+                snprintf(msg, sizeof(msg), "cannot identify the caller: %s", strerror(-r));
+                kb_conn_set_refusal(c, "identity_unavailable", msg);
+                return r;
+        }
 
         struct kb_uid_count *slot = uid_slot(b, id->uid, true);
         if (!slot || slot->n >= b->config->agent.max_connections_per_uid) {
+                if (slot) {
+                        b->n_refused_per_uid++;
+                        snprintf(msg, sizeof(msg),
+                                 "too many connections from uid %u: max_connections_per_uid = %" PRIu64 " reached",
+                                 (unsigned) id->uid, (uint64_t) b->config->agent.max_connections_per_uid);
+                        kb_conn_set_refusal(c, "too_many_connections", msg);
+                }
                 kb_identity_free(id);
                 return slot ? -EUSERS : -ENOMEM;
         }

@@ -43,6 +43,8 @@ struct kb_broker {
 
         struct kb_uid_count *uid_conns; /* open app connections per uid */
         size_t n_uid_conns;
+        /* app connections refused by api.c's on_accept, by why */
+        uint64_t n_refused_per_uid, n_refused_identity, n_refused_fds;
 
         LIST_HEAD(, kb_request) requests; /* alive, for the drain */
         uint64_t n_in_flight;           /* kb_requests alive */
@@ -64,6 +66,22 @@ void kb_broker_release_key(struct kb_broker *b, struct kb_key *k);
 /* broker.c: this broker's identity in state_dir/instance (created on first
  * start): request records carry it so quota recovery replays only its own. */
 int kb_broker_instance_id(const char *state_dir, char ret[33]);
+
+/* What the broker's connections and upstream calls use and what it
+ * refused, for /status and /metrics. */
+struct kb_broker_capacity {
+        size_t connections;             /* app connections being served */
+        size_t refusing;                /* refused ones still being answered or drained */
+        uint64_t refused_cap;           /* max_connections */
+        uint64_t refused_per_uid;       /* max_connections_per_uid */
+        uint64_t refused_fds;           /* out of file descriptors at accept */
+        uint64_t refused_identity;      /* the caller could not be identified */
+        struct kb_upstream_stats upstream;
+        uint64_t fds_open;              /* this process's, counted in /proc/self/fd */
+        uint64_t fds_limit;             /* RLIMIT_NOFILE soft limit */
+};
+/* broker.c */
+void kb_broker_capacity(const struct kb_broker *b, struct kb_broker_capacity *ret);
 
 /* The app socket's callbacks (api.c). */
 extern const struct kb_http_ops kb_api_ops;

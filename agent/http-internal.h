@@ -14,7 +14,12 @@
 
 #define KB_HTTP_READ_BUF (16u * 1024u)         /* one read; also bounds the pipelining stash */
 #define KB_HTTP_ACCEPT_BATCH 64                 /* accepts per wakeup, for fairness */
-#define KB_HTTP_MAX_LINGERING 64                /* connections draining input before close */
+/* Refused connections waiting for their request line or draining input
+ * before close; beyond this many a refusal is answered and closed at once. */
+#define KB_HTTP_MAX_LINGERING 1024
+/* How long a refused connection may take to send its request line (its
+ * path picks the error's shape) before it is answered anyway. */
+#define KB_HTTP_REFUSE_WAIT_USEC (1 * USEC_PER_SEC)
 #define KB_HTTP_LINGER_USEC (2 * USEC_PER_SEC)
 #define KB_HTTP_LINGER_BYTES (1024u * 1024u)
 #define KB_HTTP_MAX_HEADERS 1024u               /* header lines per request */
@@ -101,6 +106,10 @@ struct kb_conn {
         int reject_status;      /* set by a parser callback that hit a limit */
         const char *reject_code;
         char reject_msg[96];
+        /* A refused connection: answered 503 with this as soon as its path
+         * is known (or KB_HTTP_REFUSE_WAIT_USEC passed). */
+        const char *refuse_code;
+        char refuse_msg[128];
 
         const struct kb_conn_handler *handler;
         void *handler_userdata;
@@ -122,6 +131,7 @@ struct kb_conn {
         bool close_after:1;
         bool peer_eof:1;
         bool rejected:1;
+        bool refusing:1;        /* refused; waiting for the request line until deadline */
         bool in_write_error:1;
         bool responded:1;
         bool chunked:1;
@@ -147,6 +157,8 @@ struct kb_http_server {
         sd_event_source *flush_defer;
         size_t n_connections;
         size_t n_lingering;
+        int reserve_fd;         /* given up to accept and answer one connection when out of fds */
+        uint64_t n_refused[_KB_HTTP_REFUSED_MAX];
         size_t n_busy;
         bool stopping;
         bool rdhup_is_abort;    /* half-close means gone (TCP); on AF_UNIX only HUP does */
@@ -172,7 +184,22 @@ int kb_conn_flush(struct kb_conn *c);
 size_t kb_conn_out_pending(const struct kb_conn *c);
 void kb_conn_write_fallback_error(struct kb_conn *c, int status, const char *code, const char *message);
 
+/* http-refuse.c */
+/* A connection the server or its owner refused: answered 503 in the shape
+ * its path asks for, now if its request line is already here, else once it
+ * arrives or KB_HTTP_REFUSE_WAIT_USEC passed; at once (and closed) when
+ * KB_HTTP_MAX_LINGERING refusals are already pending. */
+void kb_conn_refuse(struct kb_conn *c, kb_http_refusal why);
+/* accept4() failed with EMFILE/ENFILE: give up the reserve fd to accept
+ * one connection, answer it 503 broker_overloaded, close it, take the
+ * reserve back. false when nothing could be accepted that way. */
+bool kb_http_server_shed(struct kb_http_server *s, int error);
+/* The refused connection's request line is here, or its wait is over. */
+void kb_conn_refusal_due(struct kb_conn *c);
+
 /* http.c */
+void kb_conn_reject_path(struct kb_conn *c, const char *path, int status, const char *code, const char *message);
+int kb_conn_new(struct kb_http_server *s, int fd, struct kb_conn **ret);
 void kb_conn_ref(struct kb_conn *c);
 void kb_conn_unref(struct kb_conn *c);
 void kb_conn_update(struct kb_conn *c);

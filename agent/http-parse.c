@@ -105,6 +105,11 @@ static int on_url_complete(llhttp_t *p) {
         kb_buf_append(&r->strs, r->strs.data, path_len);
         kb_buf_append(&r->strs, "", 1);
         r->url_done = true;
+        if (c->refusing) {
+                /* the path is all a refused connection was waited on for */
+                llhttp_set_error_reason(p, "refused");
+                return HPE_USER;
+        }
         return 0;
 }
 
@@ -312,7 +317,9 @@ size_t kb_conn_parse(struct kb_conn *c, const char *data, size_t len, uint64_t n
                 return pos && pos >= data && pos <= data + len ? (size_t) (pos - data) : len;
         }
 
-        if (c->reject_status != 0) {
+        if (c->refusing) {
+                kb_conn_refusal_due(c);
+        } else if (c->reject_status != 0) {
                 kb_conn_reject(c, c->reject_status, c->reject_code, c->reject_msg);
         } else {
                 char msg[160];

@@ -216,15 +216,20 @@ static void conn_enter_closing(struct kb_conn *c, uint64_t flush_usec) {
 }
 
 void kb_conn_reject(struct kb_conn *c, int status, const char *code, const char *message) {
+        kb_conn_reject_path(c, c->req && c->req->url_done ? c->req->strs.data + c->req->path_off : NULL, status,
+                            code, message);
+}
+
+void kb_conn_reject_path(struct kb_conn *c, const char *path, int status, const char *code, const char *message) {
         struct kb_http_server *s = c->server;
 
         if (c->finalized || c->aborted || c->state == CONN_BUSY || c->state == CONN_CLOSING ||
             c->state == CONN_LINGER)
                 return;
 
-        const char *path = c->req && c->req->url_done ? c->req->strs.data + c->req->path_off : NULL;
         conn_enter_closing(c, KB_HTTP_LINGER_USEC);
         c->rejected = true;
+        c->refusing = false;
         c->req_ready = false;
         c->responded = false;
         c->head = false;
@@ -464,6 +469,11 @@ static int conn_on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
 
         const struct kb_http_limits *lim = &c->server->limits;
         uint64_t now = kb_now_usec();
+        if (c->refusing && (c->state == CONN_IDLE || c->state == CONN_READING)) {
+                if (now >= c->deadline)
+                        kb_conn_refusal_due(c);
+                goto out;
+        }
         switch (c->state) {
         case CONN_IDLE:
                 if (!c->stash && lim->idle_timeout_usec > 0 && now >= c->last_activity + lim->idle_timeout_usec)
@@ -530,6 +540,8 @@ void kb_conn_update(struct kb_conn *c) {
             (c->state == CONN_CLOSING && pending == 0) ||
             (c->state == CONN_IDLE && c->stash && pending <= KB_CONN_HIGH_WATER && !c->processing))
                 when = 1;
+        else if (c->refusing && readable_state)
+                when = c->deadline;
         else
                 switch (c->state) {
                 case CONN_IDLE:
@@ -557,7 +569,7 @@ void kb_conn_update(struct kb_conn *c) {
                 (void) sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT);
 }
 
-static int conn_new(struct kb_http_server *s, int fd, struct kb_conn **ret) {
+int kb_conn_new(struct kb_http_server *s, int fd, struct kb_conn **ret) {
         struct kb_conn *c = calloc(1, sizeof(*c));
         int r;
 
@@ -596,36 +608,33 @@ static int conn_new(struct kb_http_server *s, int fd, struct kb_conn **ret) {
 
 static void server_add_conn(struct kb_http_server *s, int fd) {
         struct kb_conn *c;
-        bool refuse = s->n_connections >= s->limits.max_connections;
-        const char *why = "too many connections";
 
-        /* refusing costs a conn while the 503 drains: bound those too */
-        if (refuse && s->n_lingering >= KB_HTTP_MAX_LINGERING) {
-                close(fd);
-                return;
-        }
-        if (conn_new(s, fd, &c) < 0) {
+        if (kb_conn_new(s, fd, &c) < 0) {
                 close(fd);
                 return;
         }
         kb_conn_ref(c);
-        if (!refuse) {
+        if (s->n_connections >= s->limits.max_connections) {
+                snprintf(c->refuse_msg, sizeof(c->refuse_msg),
+                         "too many connections: max_connections = %zu reached", s->limits.max_connections);
+                c->refuse_code = "too_many_connections";
+                kb_conn_refuse(c, KB_HTTP_REFUSED_CAP);
+        } else {
                 c->counted = true;
                 s->n_connections++;
                 if (s->ops->on_accept && s->ops->on_accept(c, s->userdata) < 0) {
-                        refuse = true;
-                        why = "connection refused";
                         if (c->counted) {
                                 c->counted = false;
                                 s->n_connections--;
                         }
+                        if (!c->refuse_code) {
+                                c->refuse_code = "too_many_connections";
+                                snprintf(c->refuse_msg, sizeof(c->refuse_msg), "connection refused");
+                        }
+                        if (!c->finalized)
+                                kb_conn_refuse(c, KB_HTTP_REFUSED_OWNER);
                 } else
                         c->accepted = true;
-        }
-        if (refuse && !c->finalized) {
-                c->lingering = true;
-                s->n_lingering++;
-                kb_conn_reject(c, 503, "too_many_connections", why);
         }
         kb_conn_update(c);
         kb_conn_unref(c);
@@ -660,6 +669,8 @@ static int server_on_listen(sd_event_source *src, int fd, uint32_t revents, void
                 int cfd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (cfd < 0) {
                         if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                                continue;
+                        if ((errno == EMFILE || errno == ENFILE) && kb_http_server_shed(s, errno))
                                 continue;
                         if (errno != EAGAIN)
                                 server_pause_accept(s);
@@ -709,6 +720,7 @@ int kb_http_server_new(sd_event *e, int listen_fd, const struct kb_http_limits *
                 return -ENOMEM;
         s->event = sd_event_ref(e);
         s->listen_fd = listen_fd;
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         s->ops = ops;
         s->userdata = userdata;
         s->rdhup_is_abort = domain != AF_UNIX;
@@ -802,6 +814,8 @@ struct kb_http_server *kb_http_server_free(struct kb_http_server *s) {
         s->flush_defer = sd_event_source_disable_unref(s->flush_defer);
         if (s->listen_fd >= 0)
                 close(s->listen_fd);
+        if (s->reserve_fd >= 0)
+                close(s->reserve_fd);
         sd_event_unref(s->event);
         free(s);
         return NULL;
@@ -839,6 +853,22 @@ void kb_http_server_stop_accepting(struct kb_http_server *s) {
 
 size_t kb_http_server_n_connections(const struct kb_http_server *s) {
         return s ? s->n_connections : 0;
+}
+
+void kb_http_server_get_stats(const struct kb_http_server *s, struct kb_http_server_stats *ret) {
+        *ret = (struct kb_http_server_stats) {};
+        if (!s)
+                return;
+        ret->connections = s->n_connections;
+        ret->refusing = s->n_lingering;
+        memcpy(ret->refused, s->n_refused, sizeof(ret->refused));
+}
+
+void kb_conn_set_refusal(struct kb_conn *c, const char *code, const char *message) {
+        if (!c)
+                return;
+        c->refuse_code = code;
+        snprintf(c->refuse_msg, sizeof(c->refuse_msg), "%s", strempty(message));
 }
 
 size_t kb_http_server_n_busy(const struct kb_http_server *s) {

@@ -46,9 +46,18 @@ struct kb_http_limits {
         size_t max_connections;         /* beyond: 503 + close */
 };
 
+/* Why a connection was answered 503 and closed instead of being served. */
+typedef enum kb_http_refusal {
+        KB_HTTP_REFUSED_CAP,    /* max_connections reached */
+        KB_HTTP_REFUSED_OWNER,  /* on_accept said no */
+        KB_HTTP_REFUSED_FDS,    /* accept4() found no free fd (answered through the reserve fd) */
+        _KB_HTTP_REFUSED_MAX,
+} kb_http_refusal;
+
 struct kb_http_ops {
         /* A new connection. Return 0 to serve it, or a negative errno to
-         * refuse it: the server then answers 503 (via write_error, code
+         * refuse it: the server then answers 503 (via write_error; code and
+         * message as set with kb_conn_set_refusal(), else
          * "too_many_connections") and closes. May call kb_conn_set_userdata. */
         int (*on_accept)(struct kb_conn *c, void *userdata);
         /* A complete request (headers and body). The handler must answer with
@@ -97,6 +106,14 @@ void kb_http_server_set_limits(struct kb_http_server *s, const struct kb_http_li
  * connections are closed, busy ones finish their current response. */
 void kb_http_server_stop_accepting(struct kb_http_server *s);
 size_t kb_http_server_n_connections(const struct kb_http_server *s);
+struct kb_http_server_stats {
+        size_t connections;     /* served, under max_connections */
+        size_t refusing;        /* refused, being answered or drained */
+        uint64_t refused[_KB_HTTP_REFUSED_MAX]; /* since start */
+};
+void kb_http_server_get_stats(const struct kb_http_server *s, struct kb_http_server_stats *ret);
+/* From on_accept, before refusing: the 503's code and message. */
+void kb_conn_set_refusal(struct kb_conn *c, const char *code, const char *message);
 size_t kb_http_server_n_busy(const struct kb_http_server *s); /* connections with a request being answered */
 
 int kb_conn_fd(const struct kb_conn *c);

@@ -114,6 +114,36 @@ static void harden_process(void) {
         (void) setrlimit(RLIMIT_CORE, &rl);
 }
 
+/* A streaming request holds two fds (the app's connection and the
+ * provider's); the rest is the loop, sockets, journal and state files. */
+#define FDS_PER_CONNECTION 2u
+#define FDS_BASE 64u
+
+/* The soft limit is often 1024 while the hard one is far higher: take all
+ * of it (we use epoll and poll, never select), and say whether it fits. */
+static void raise_nofile(const struct kb_config *c) {
+        struct rlimit rl;
+        uint64_t was, want = c->agent.max_connections * FDS_PER_CONNECTION + FDS_BASE;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return;
+        was = rl.rlim_cur;
+        if (rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        rl.rlim_cur = was;
+        }
+        if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+                fprintf(stderr, "<6>file descriptor limit %" PRIu64 " (soft limit was %" PRIu64 ")\n",
+                        (uint64_t) rl.rlim_cur, was);
+        else
+                fprintf(stderr,
+                        "<4>file descriptor limit %" PRIu64 " is below the %" PRIu64
+                        " that max_connections = %" PRIu64 " can use; past it, calls get 503 broker_overloaded "
+                        "(raise LimitNOFILE=)\n",
+                        (uint64_t) rl.rlim_cur, want, c->agent.max_connections);
+}
+
 static int find_activated_fd(const char *name);
 
 /* Serve one socket: the activated fd called fdname if the service manager
@@ -390,6 +420,7 @@ static int run(struct daemon *d) {
         }
 
         warn_unknown_fds();
+        raise_nofile(b->config);
         r = serve_socket(b, &d->api, KB_FDNAME_API, b->config->agent.listen, b->config->agent.listen_mode,
                          &kb_api_ops, kb_api_limits(b->config), &b->api);
         if (r < 0)

@@ -467,12 +467,52 @@ static int circuit_value(kb_circuit c) {
         return c == KB_CIRCUIT_OPEN ? 2 : c == KB_CIRCUIT_HALF_OPEN ? 1 : 0;
 }
 
+static int format_capacity(struct kb_broker *b, struct kb_buf *out) {
+        struct kb_broker_capacity cap;
+
+        kb_broker_capacity(b, &cap);
+        CHECK(family(out, "keybroker_connections", "gauge", "App connections being served (under max_connections)."));
+        CHECK(sample_u64(out, "keybroker_connections", NULL, 0, cap.connections));
+        CHECK(family(out, "keybroker_connections_refusing", "gauge",
+                     "Refused app connections still being answered 503 or drained."));
+        CHECK(sample_u64(out, "keybroker_connections_refusing", NULL, 0, cap.refusing));
+        CHECK(family(out, "keybroker_connections_refused_total", "counter",
+                     "App connections answered 503 and closed instead of served, by reason."));
+        const struct {
+                const char *reason;
+                uint64_t n;
+        } refused[] = {
+                { "max_connections", cap.refused_cap },
+                { "max_connections_per_uid", cap.refused_per_uid },
+                { "out_of_fds", cap.refused_fds },
+                { "identity", cap.refused_identity },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(refused); i++) {
+                const char *kv[] = { "reason", refused[i].reason };
+                CHECK(sample_u64(out, "keybroker_connections_refused_total", kv, 1, refused[i].n));
+        }
+        CHECK(family(out, "keybroker_upstream_connections", "gauge",
+                     "Connections to providers open: carrying calls or kept idle for reuse."));
+        CHECK(sample_u64(out, "keybroker_upstream_connections", NULL, 0, cap.upstream.connections));
+        CHECK(family(out, "keybroker_upstream_calls_connecting", "gauge",
+                     "Provider calls whose own connection is being set up."));
+        CHECK(sample_u64(out, "keybroker_upstream_calls_connecting", NULL, 0, cap.upstream.connecting));
+        CHECK(family(out, "keybroker_upstream_calls_pending", "gauge",
+                     "Provider calls inside libcurl with no connection and none being made for them (should be 0)."));
+        CHECK(sample_u64(out, "keybroker_upstream_calls_pending", NULL, 0, cap.upstream.waiting));
+        CHECK(family(out, "keybroker_open_fds", "gauge", "File descriptors keybrokerd has open."));
+        CHECK(sample_u64(out, "keybroker_open_fds", NULL, 0, cap.fds_open));
+        CHECK(family(out, "keybroker_max_fds", "gauge", "keybrokerd's RLIMIT_NOFILE (soft, as raised at start)."));
+        return sample_u64(out, "keybroker_max_fds", NULL, 0, cap.fds_limit);
+}
+
 static int format_gauges(struct kb_broker *b, struct kb_buf *out) {
         const struct kb_config *c = b->config;
         uint64_t now_mono = kb_now_usec(), now_real = kb_realtime_usec();
 
         CHECK(family(out, "keybroker_requests_in_flight", "gauge", "App requests being served."));
         CHECK(sample_u64(out, "keybroker_requests_in_flight", NULL, 0, b->n_in_flight));
+        CHECK(format_capacity(b, out));
         CHECK(format_quota(b, out, false));
         CHECK(format_quota(b, out, true));
 

@@ -16,8 +16,11 @@ static void help_status(void) {
         printf("Usage: keybrokerctl [--admin-socket PATH] [--json] status\n"
                "\n"
                "keybrokerd's version, pid, start time and uptime, config file, requests\n"
-               "served and in flight, open connections, journal records written and\n"
-               "dropped, and whether the process is dumpable / may write a core.\n");
+               "served and in flight, open connections, connections refused (by reason:\n"
+               "max_connections, max_connections_per_uid, out_of_fds, identity) and those\n"
+               "still being refused, upstream calls and connections (pending should be 0),\n"
+               "file descriptors open and the limit, journal records written and dropped,\n"
+               "and whether the process is dumpable / may write a core.\n");
 }
 
 static void help_team(void) {
@@ -71,6 +74,26 @@ static void help_reload(void) {
 }
 
 /* "3d 4h 5m 6s", leading zero units dropped. */
+/* "what=N, what=N, …" for the members of a JSON object of counts, in
+ * the order the daemon sent them; "-" when absent. */
+static void format_counts(const json_t *o, char *buf, size_t size) {
+        const char *k;
+        json_t *v;
+        size_t n = 0;
+
+        buf[0] = 0;
+        json_object_foreach((json_t *) o, k, v) {
+                char val[32];
+                ctl_json_scalar(v, val, sizeof(val));
+                int w = snprintf(buf + n, size - n, "%s%s %s", n ? ", " : "", k, val);
+                if (w < 0 || (size_t) w >= size - n)
+                        break;
+                n += (size_t) w;
+        }
+        if (n == 0)
+                snprintf(buf, size, "-");
+}
+
 static void format_uptime(json_int_t s, char *buf, size_t size) {
         if (s < 0) {
                 snprintf(buf, size, "-");
@@ -124,13 +147,21 @@ int ctl_cmd_status(const struct ctl *ctl, int argc, char **argv) {
         ctl_json_scalar(json_object_get(j, "dumpable"), dumpable, sizeof(dumpable));
         ctl_json_scalar(json_object_get(j, "core_limit"), core, sizeof(core));
 
+        char refusing[32], refused[256], upstream[256], fds[128];
+        ctl_json_scalar(json_object_get(j, "refusing"), refusing, sizeof(refusing));
+        format_counts(json_object_get(j, "refused"), refused, sizeof(refused));
+        format_counts(json_object_get(j, "upstream"), upstream, sizeof(upstream));
+        format_counts(json_object_get(j, "fds"), fds, sizeof(fds));
+
         const char *const keys[] = {
                 "version", "pid", "started", "uptime", "config", "requests served", "in flight",
-                "connections", "journal written", "journal dropped", "dumpable", "core limit",
+                "connections", "refusing now", "refused", "upstream", "file descriptors",
+                "journal written", "journal dropped", "dumpable", "core limit",
         };
         const char *const values[] = {
                 version, pid, started, uptime, config, served, in_flight,
-                conns, written, dropped, dumpable, core,
+                conns, refusing, refused, upstream, fds,
+                written, dropped, dumpable, core,
         };
         ctl_print_kv(stdout, keys, values, ELEMENTSOF(keys));
         return CTL_EXIT_OK;

@@ -745,6 +745,39 @@ static void test_connection_cap(void **state) {
         client_close(&d);
 }
 
+/* A refused connection whose request line comes after the accept is
+ * answered once its path is known, in that path's shape; the message names
+ * the cap. */
+static void test_refusal_waits_for_path(void **state) {
+        struct fx *f = *state;
+        struct kb_http_limits l = test_limits();
+        struct client a, c;
+        struct resp r;
+
+        l.max_connections = 1;
+        start(f, &l);
+        client_open(f, &a);
+        wait_for(f, kb_http_server_n_connections(f->s) == 1);
+        client_open(f, &c);
+        wait_for(f, f->s->n_lingering == 1);
+        for (int i = 0; i < 5; i++)
+                sd_event_run(f->e, 2 * USEC_PER_MSEC);
+        assert_int_equal(f->n_error, 0); /* not answered yet: no path */
+        client_send(f, &c, "POST /v1/messages?beta=true HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}");
+        read_resp(f, &c, &r);
+        assert_int_equal(r.status, 503);
+        assert_string_equal(f->err_code, "too_many_connections");
+        assert_string_equal(f->err_path, "/v1/messages");
+        assert_string_equal(f->err_msg, "too many connections: max_connections = 1 reached");
+        assert_true(wait_eof(f, &c, 3000));
+        struct kb_http_server_stats st;
+        kb_http_server_get_stats(f->s, &st);
+        assert_int_equal(st.refused[KB_HTTP_REFUSED_CAP], 1);
+        assert_int_equal(st.connections, 1);
+        client_close(&c);
+        client_close(&a);
+}
+
 static void test_refused_by_on_accept(void **state) {
         struct fx *f = *state;
         struct client cl;
@@ -964,10 +997,12 @@ static void test_stop_accepting(void **state) {
         wait_for(f, f->s->conns == NULL);
 }
 
-/* Out of fds: accept must back off, not spin on a readable listener. */
-static void test_emfile_backoff(void **state) {
+/* Out of fds: the waiting connection is accepted through the reserve fd,
+ * answered 503 broker_overloaded in its path's shape and closed; nothing
+ * spins on a readable listener, and once fds are back, service resumes. */
+static void test_emfile_shed(void **state) {
         struct fx *f = *state;
-        struct client a, b;
+        struct client a, b, c;
         struct resp r;
         struct rlimit old, low;
 
@@ -984,6 +1019,7 @@ static void test_emfile_backoff(void **state) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", f->path);
         /* the client end needs an fd too: make it before the squeeze */
+        b = (struct client) {};
         b.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         assert_true(b.fd >= 0);
         /* the next fd the kernel would hand out is then over the limit */
@@ -995,6 +1031,8 @@ static void test_emfile_backoff(void **state) {
         low.rlim_cur = (rlim_t) lowest;
         assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
         assert_int_equal(connect(b.fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        fcntl(b.fd, F_SETFL, O_NONBLOCK);
+        client_send(f, &b, "GET /late HTTP/1.1\r\n\r\n");
 
         unsigned iterations = 0;
         uint64_t end = kb_now_usec() + 150 * USEC_PER_MSEC;
@@ -1002,19 +1040,26 @@ static void test_emfile_backoff(void **state) {
                 assert_true(sd_event_run(f->e, 10 * USEC_PER_MSEC) >= 0);
                 iterations++;
         }
-        assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
-        assert_int_equal(f->n_accept, 2);
-        assert_true(iterations < 60); /* a spinning loop does thousands */
-
-        wait_for(f, f->n_accept == 3);
-        fcntl(b.fd, F_SETFL, O_NONBLOCK);
-        b.in = (struct kb_buf) {};
-        b.eof = b.reset = false;
-        client_send(f, &b, "GET /late HTTP/1.1\r\n\r\n");
+        assert_int_equal(f->n_accept, 2); /* on_accept never saw it */
+        assert_true(iterations < 60);      /* a spinning loop does thousands */
         read_resp(f, &b, &r);
-        assert_string_equal(r.body, "GET /late ");
+        assert_int_equal(r.status, 503);
+        assert_string_equal(f->err_code, "broker_overloaded");
+        assert_true(strstr(f->err_msg, "out of file descriptors") != NULL);
+        assert_string_equal(f->err_path, "/late");
+        assert_true(wait_eof(f, &b, 3000));
+        struct kb_http_server_stats st;
+        kb_http_server_get_stats(f->s, &st);
+        assert_int_equal(st.refused[KB_HTTP_REFUSED_FDS], 1);
+
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+        client_open(f, &c);
+        client_send(f, &c, "GET /again HTTP/1.1\r\n\r\n");
+        read_resp(f, &c, &r);
+        assert_string_equal(r.body, "GET /again ");
         client_close(&a);
         client_close(&b);
+        client_close(&c);
 }
 
 static void test_listen_unix(void **state) {
@@ -1103,7 +1148,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_response_header_hygiene, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fallback_error_and_continue, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stop_accepting, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_emfile_backoff, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_emfile_shed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_refusal_waits_for_path, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_listen_unix, setup, teardown),
                 cmocka_unit_test(test_misc),
         };
