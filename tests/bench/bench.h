@@ -47,9 +47,12 @@ struct bench_hold_opts {
         double hold_sec;        /* how long to hold once established */
         double setup_sec;       /* give up establishing after this long */
         bool stream;            /* false: idle keep-alive; true: open SSE streams */
+        bool burst;             /* kb-bench burst: read every answer to its end, timed */
+        const char *dump;       /* burst: one JSON line per connection to this file */
 };
 
 int bench_hold(const struct bench_hold_opts *o);
+int bench_burst(const struct bench_hold_opts *o);
 
 /* Set by SIGINT/SIGTERM: end the run early, still reporting. */
 bool bench_stop_requested(void);

@@ -3,7 +3,9 @@
  * while the driver samples the broker's RSS. Plain sockets rather than curl
  * so the client's own footprint and behaviour are obvious: exactly one
  * request per connection, then silence (idle) or a slow stream being read
- * (streams). */
+ * (streams). "burst" opens them the same way, all at once, and reads every
+ * answer to its end, timing each: when its head, first body byte and end
+ * came, so that a test can tell whether any waited behind another. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,8 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "bench.h"
 #include "util.h"
@@ -48,6 +52,9 @@ struct hconn {
         bool got_body;
         bool counted;           /* already in established or failed */
         bool closed;
+        uint64_t t_head, t_first, t_end; /* µs since the burst began; 0 = not yet */
+        char body_head[256];    /* the body's first bytes (an error's code) */
+        size_t body_head_len;
 };
 
 struct hold {
@@ -62,6 +69,7 @@ struct hold {
         uint64_t bytes;
         int first_status;
         int first_errno;
+        uint64_t t0;            /* burst: when the first connection was opened */
 };
 
 static uint64_t parse_head(struct hconn *c, size_t head_end, bool *ret_chunked, bool *ret_has_length) {
@@ -158,6 +166,11 @@ static void feed(struct hconn *c, const char *p, size_t n) {
                 case PH_CHUNK_DATA:
                         take = (size_t) MIN((uint64_t) n, c->remaining);
                         c->got_body = true;
+                        if (c->body_head_len < sizeof(c->body_head) - 1) {
+                                size_t k = MIN(take, sizeof(c->body_head) - 1 - c->body_head_len);
+                                memcpy(c->body_head + c->body_head_len, p, k);
+                                c->body_head_len += k;
+                        }
                         c->remaining -= take;
                         p += take;
                         n -= take;
@@ -291,6 +304,17 @@ static void on_readable(struct hold *h, struct hconn *c, uint32_t events) {
                         h->closed++;
                 break;
         }
+        if (h->o->burst) {
+                uint64_t now = MAX(kb_now_usec() - h->t0, UINT64_C(1));
+                if (c->status && !c->t_head)
+                        c->t_head = now;
+                if (c->got_body && !c->t_first)
+                        c->t_first = now;
+                if ((c->phase == PH_DONE || c->phase == PH_BROKEN || c->closed) && !c->t_end) {
+                        c->t_end = now;
+                        close_conn(c); /* as a client does once it has its answer */
+                }
+        }
         update_counts(h, c);
         if (!was_done && c->phase == PH_DONE && h->o->stream && c->status >= 200 && c->status <= 299)
                 h->ended++;
@@ -333,46 +357,157 @@ static void wait_events(struct hold *h, uint64_t until) {
         }
 }
 
-int bench_hold(const struct bench_hold_opts *o) {
-        const char *what = o->stream ? "streams" : "idle";
-        struct hold h = { .o = o, .epfd = -1 };
-        _cleanup_free_ char *req = NULL;
-        size_t req_len = 0;
-        uint64_t t0, setup_until, hold_until, t_ready;
-        unsigned open_failed = 0;
-        int r = 0;
-
+/* Both modes: the request, the connection table, the epoll set. */
+static int hold_init(struct hold *h, const struct bench_hold_opts *o, char **ret_req, size_t *ret_len) {
+        *h = (struct hold) { .o = o, .epfd = -1 };
         bench_raise_nofile(o->connections);
-        req = build_request(o, &req_len);
-        h.conns = calloc(o->connections, sizeof(*h.conns));
-        h.epfd = epoll_create1(EPOLL_CLOEXEC);
-        if (!req || !h.conns || h.epfd < 0) {
-                r = -ENOMEM;
-                goto out;
-        }
+        *ret_req = build_request(o, ret_len);
+        h->conns = calloc(o->connections, sizeof(*h->conns));
+        h->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (!*ret_req || !h->conns || h->epfd < 0)
+                return -ENOMEM;
         for (unsigned i = 0; i < o->connections; i++)
-                h.conns[i].fd = -1;
+                h->conns[i].fd = -1;
+        return 0;
+}
 
-        t0 = kb_now_usec();
-        setup_until = t0 + (uint64_t) (o->setup_sec * 1e6);
-        for (unsigned i = 0; i < o->connections && !bench_stop_requested(); i++) {
-                struct hconn *c = &h.conns[i];
-                int k = open_one(&h, c, req, req_len);
+/* Opens every connection, draining answers as it goes so that neither
+ * side's buffers pile up; stops opening once until has passed. */
+static unsigned open_all(struct hold *h, const char *req, size_t req_len, uint64_t until) {
+        unsigned failed = 0;
+
+        for (unsigned i = 0; i < h->o->connections && !bench_stop_requested(); i++) {
+                struct hconn *c = &h->conns[i];
+                int k = open_one(h, c, req, req_len);
 
                 if (k < 0) {
-                        c->counted = true;
-                        h.failed++;
-                        open_failed++;
-                        if (!h.first_errno)
-                                h.first_errno = -k;
-                        if (kb_now_usec() > setup_until)
+                        c->counted = c->closed = true;
+                        h->failed++;
+                        failed++;
+                        if (!h->first_errno)
+                                h->first_errno = -k;
+                        if (kb_now_usec() > until)
                                 break;
                         continue;
                 }
-                /* Drain answers as we go so neither side's buffers pile up. */
                 if (i % 64 == 63)
-                        wait_events(&h, 0);
+                        wait_events(h, 0);
         }
+        return failed;
+}
+
+static void hold_done(struct hold *h) {
+        if (h->conns)
+                for (unsigned i = 0; i < h->o->connections; i++)
+                        close_conn(&h->conns[i]);
+        free(h->conns);
+        if (h->epfd >= 0)
+                close(h->epfd);
+}
+
+static double ms(uint64_t usec) {
+        return (double) usec / 1000.0;
+}
+
+static int dump_conns(const struct hold *h, const char *path) {
+        _cleanup_fclose_ FILE *f = fopen(path, "we");
+
+        if (!f)
+                return -errno;
+        for (unsigned i = 0; i < h->o->connections; i++) {
+                const struct hconn *c = &h->conns[i];
+                json_t *j = json_pack("{s:I, s:I, s:f, s:f, s:f, s:b, s:s%}", "i", (json_int_t) i,
+                                      "status", (json_int_t) c->status, "head_ms", ms(c->t_head),
+                                      "first_ms", ms(c->t_first), "end_ms", ms(c->t_end), "closed", c->closed,
+                                      "body", c->body_head, c->body_head_len);
+                char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+                json_decref(j);
+                if (!s)
+                        return -ENOMEM;
+                fprintf(f, "%s\n", s);
+                free(s);
+        }
+        return fflush(f) == 0 ? 0 : -errno;
+}
+
+/* Every connection opened at once, each answer read to its end (or until
+ * --setup-timeout), then one line: how many got a status line, by status,
+ * and whether every successful answer's first body byte came before the
+ * first successful answer ended (nobody waited behind a running stream). */
+int bench_burst(const struct bench_hold_opts *o) {
+        struct hold h;
+        _cleanup_free_ char *req = NULL;
+        size_t req_len = 0;
+        unsigned n_status[6] = {}, no_status = 0, incomplete = 0, open_failed;
+        uint64_t head_max = 0, first_max = 0, end_min = UINT64_MAX, end_max = 0, deadline;
+        int r = hold_init(&h, o, &req, &req_len);
+
+        if (r < 0)
+                goto out;
+        h.t0 = kb_now_usec();
+        deadline = h.t0 + (uint64_t) (o->setup_sec * 1e6);
+        open_failed = open_all(&h, req, req_len, UINT64_MAX);
+        for (;;) {
+                bool open = false;
+                for (unsigned i = 0; i < o->connections && !open; i++)
+                        open = h.conns[i].fd >= 0;
+                if (!open || kb_now_usec() >= deadline || bench_stop_requested())
+                        break;
+                wait_events(&h, deadline);
+        }
+
+        for (unsigned i = 0; i < o->connections; i++) {
+                const struct hconn *c = &h.conns[i];
+                bool ok = c->status >= 200 && c->status <= 299;
+
+                if (c->status <= 0) {
+                        no_status++;
+                        continue;
+                }
+                n_status[MIN((unsigned) c->status / 100, 5u)]++;
+                head_max = MAX(head_max, c->t_head);
+                if (c->phase != PH_DONE)
+                        incomplete++;
+                if (!ok)
+                        continue;
+                first_max = MAX(first_max, c->t_first);
+                if (c->t_end) {
+                        end_min = MIN(end_min, c->t_end);
+                        end_max = MAX(end_max, c->t_end);
+                }
+        }
+        if (end_min == UINT64_MAX)
+                end_min = 0;
+        printf("BURST connections=%u open_failed=%u no_status=%u incomplete=%u 2xx=%u 4xx=%u 5xx=%u "
+               "head_max_ms=%.1f first_max_ms=%.1f end_min_ms=%.1f end_max_ms=%.1f all_first_before_any_end=%d\n",
+               o->connections, open_failed, no_status, incomplete, n_status[2], n_status[4], n_status[5],
+               ms(head_max), ms(first_max), ms(end_min), ms(end_max),
+               n_status[2] > 0 && first_max < end_min);
+        fflush(stdout);
+        if (h.first_errno)
+                fprintf(stderr, "kb-bench burst: %u connections failed to open: %s\n", open_failed,
+                        strerror(h.first_errno));
+        if (o->dump)
+                r = dump_conns(&h, o->dump);
+out:
+        hold_done(&h);
+        return r;
+}
+
+int bench_hold(const struct bench_hold_opts *o) {
+        const char *what = o->stream ? "streams" : "idle";
+        struct hold h;
+        _cleanup_free_ char *req = NULL;
+        size_t req_len = 0;
+        uint64_t t0, setup_until, hold_until, t_ready;
+        unsigned open_failed;
+        int r = hold_init(&h, o, &req, &req_len);
+
+        if (r < 0)
+                goto out;
+        t0 = kb_now_usec();
+        setup_until = t0 + (uint64_t) (o->setup_sec * 1e6);
+        open_failed = open_all(&h, req, req_len, setup_until);
         while (h.established + h.failed < o->connections && kb_now_usec() < setup_until &&
                !bench_stop_requested())
                 wait_events(&h, setup_until);
@@ -405,11 +540,6 @@ int bench_hold(const struct bench_hold_opts *o) {
         if (h.established == 0)
                 r = -EIO;
 out:
-        if (h.conns)
-                for (unsigned i = 0; i < o->connections; i++)
-                        close_conn(&h.conns[i]);
-        free(h.conns);
-        if (h.epfd >= 0)
-                close(h.epfd);
+        hold_done(&h);
         return r;
 }

@@ -7,6 +7,8 @@
  *   kb-bench idle    --unix-socket PATH --connections N --hold SECONDS [--path P]
  *   kb-bench streams --unix-socket PATH --connections N --hold SECONDS --body JSON
  *                    [--header H]... [--path P]
+ *   kb-bench burst   --unix-socket PATH --connections N [--body JSON] [--header H]...
+ *                    [--path P] [--setup-timeout SECONDS] [--dump FILE]
  *
  * The load mode drives N keep-alive connections from one thread with curl's
  * multi interface: each connection sends its next POST as soon as the
@@ -387,6 +389,8 @@ static void usage(FILE *f) {
               "                [--path PATH] [--setup-timeout SECONDS]\n"
               "       kb-bench streams --unix-socket PATH --connections N --hold SECONDS\n"
               "                --body JSON [--header H]... [--path PATH] [--setup-timeout SECONDS]\n"
+              "       kb-bench burst --unix-socket PATH --connections N [--body JSON]\n"
+              "                [--header H]... [--path PATH] [--setup-timeout SECONDS] [--dump FILE]\n"
               "       kb-bench selftest\n",
               f);
 }
@@ -447,7 +451,7 @@ static int selftest(void) {
 
 enum {
         OPT_URL = 0x100, OPT_UNIX, OPT_CONNS, OPT_DURATION, OPT_REQUESTS, OPT_STREAM, OPT_BODY,
-        OPT_HEADER, OPT_JSON, OPT_TIMEOUT, OPT_HOLD, OPT_PATH, OPT_SETUP, OPT_HELP,
+        OPT_HEADER, OPT_JSON, OPT_TIMEOUT, OPT_HOLD, OPT_PATH, OPT_SETUP, OPT_DUMP, OPT_HELP,
 };
 
 int main(int argc, char *argv[]) {
@@ -465,6 +469,7 @@ int main(int argc, char *argv[]) {
                 { "hold", required_argument, NULL, OPT_HOLD },
                 { "path", required_argument, NULL, OPT_PATH },
                 { "setup-timeout", required_argument, NULL, OPT_SETUP },
+                { "dump", required_argument, NULL, OPT_DUMP },
                 { "help", no_argument, NULL, OPT_HELP },
                 {}
         };
@@ -482,7 +487,7 @@ int main(int argc, char *argv[]) {
         }
         if (streq(mode, "selftest"))
                 return selftest();
-        if (!streq(mode, "load") && !streq(mode, "idle") && !streq(mode, "streams")) {
+        if (!streq(mode, "load") && !streq(mode, "idle") && !streq(mode, "streams") && !streq(mode, "burst")) {
                 fprintf(stderr, "kb-bench: unknown mode '%s'\n", mode);
                 usage(stderr);
                 return 2;
@@ -558,6 +563,9 @@ int main(int argc, char *argv[]) {
                                 return 2;
                         }
                         break;
+                case OPT_DUMP:
+                        ho.dump = optarg;
+                        break;
                 case OPT_HELP:
                         usage(stdout);
                         return 0;
@@ -577,6 +585,18 @@ int main(int argc, char *argv[]) {
         sigaction(SIGTERM, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
 
+        if (streq(mode, "burst")) {
+                ho.burst = true;
+                ho.stream = ho.body != NULL;
+                if (!ho.unix_socket) {
+                        fprintf(stderr, "kb-bench burst: needs --unix-socket\n");
+                        return 2;
+                }
+                r = bench_burst(&ho);
+                if (r < 0)
+                        fprintf(stderr, "kb-bench burst: %s\n", strerror(-r));
+                return r < 0 ? 1 : 0;
+        }
         if (!streq(mode, "load")) {
                 ho.stream = streq(mode, "streams");
                 if (!ho.unix_socket || !have_hold || (ho.stream && !ho.body)) {

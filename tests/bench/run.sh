@@ -327,6 +327,20 @@ for journal in yes no; do
         done
 done
 
+# --- concurrent streams on a cold broker -----------------------------------
+# HOLD_CONNS streams opened at once on a freshly started broker, which has no
+# provider connection yet: each 5 s long. None may wait behind another: every
+# first event must come before the first stream ends. Reported: the time
+# until the last first event arrived.
+restart_broker
+log "burst: $HOLD_CONNS concurrent streams on a cold broker"
+"$KB_BENCH" burst --unix-socket "$API_SOCK" --connections "$HOLD_CONNS" --setup-timeout 60 \
+        --body "$(body_sse bench)" --header "x-mock-event-delay-ms: 100" --header "x-mock-output-tokens: 50" \
+        >"$TMP/burst.out" 2>&1 || log "burst failed (exit $?)"
+sed 's/^/  /' "$TMP/burst.out" >&2
+BURST_LINE=$(grep '^BURST' "$TMP/burst.out")
+burst_get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$BURST_LINE"; }
+
 # --- report ----------------------------------------------------------------
 
 fmt_int() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.0f", v }'; }
@@ -388,6 +402,11 @@ cmp_latency json "JSON"
 cmp_latency sse "SSE ($SSE_EVENTS events, full stream)"
 cmp_rss "idle keep-alive connection" "$IDLE_N" "$RSS_IDLE" "$RSS_BASE_IDLE" 16
 cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 64
+burst_ok=0
+[ "$(burst_get all_first_before_any_end)" = 1 ] && [ "$(burst_get 2xx)" = "$HOLD_CONNS" ] && burst_ok=1
+add_row "$HOLD_CONNS concurrent 5 s streams on a cold broker" "all flow: every first event before any end" \
+        "$(burst_get 2xx) of $HOLD_CONNS answered 200; last first event at $(burst_get first_max_ms) ms, first end at $(burst_get end_min_ms) ms" \
+        $burst_ok
 
 {
         echo

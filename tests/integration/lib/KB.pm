@@ -57,6 +57,7 @@ our $BUILD = do {
 };
 our $KEYBROKERD = $ENV{KEYBROKERD} // "$BUILD/keybrokerd";
 our $KB_MOCK = $ENV{KB_MOCK} // "$BUILD/kb-mock";
+our $KB_BENCH = $ENV{KB_BENCH} // "$BUILD/kb-bench";
 
 our $MID_REQUEST = '65ab453e95ed4c0e99aea91870cea75c';
 our $MID_LIFECYCLE = 'e43fe4197ddd4b8a9f47d92e5be5ccce';
@@ -472,7 +473,7 @@ sub start_mock(%o) {
                 dir => $dir, port_file => "$dir/port", log => "$dir/requests.jsonl",
                 out => "$dir/mock.out", owner => $$,
         }, 'KB::Mock';
-        my @cmd = ($KB_MOCK, '--port', 0, '--port-file', $s->{port_file}, '--log', $s->{log},
+        my @cmd = ($KB_MOCK, '--port', $o{port} // 0, '--port-file', $s->{port_file}, '--log', $s->{log},
                    map { ('--require-key', $_) } @{$o{require_key} // []});
         push @cmd, '--models', join(',', @{$o{models}}) if $o{models};
         $s->{pid} = spawn(cmd => \@cmd, output => $s->{out}, name => 'kb-mock');
