@@ -115,7 +115,11 @@ subtest 'flood: 2,000 connections against max_connections = 100, every one answe
         is(scalar(@shaped), scalar(@refused),
            '... every 503 is too_many_connections in the OpenAI shape, naming max_connections = 100')
                 or diag(explain([ map { $_->{body} } @refused[0 .. 2] ]));
-        cmp_ok($rss1 - $rss0, '<', 32 * 1024, "RSS bounded under the flood ($rss0 -> $rss1 KiB)");
+        SKIP: {
+                skip("RSS not meaningful under ASan or valgrind ($rss0 -> $rss1 KiB)", 1)
+                        if KB::under_memory_tool($b->pid);
+                cmp_ok($rss1 - $rss0, '<', 16 * 1024, "RSS bounded under the flood ($rss0 -> $rss1 KiB)");
+        }
         is(metric($b, 'keybroker_connections_refused_total', 'reason="max_connections"'), scalar(@refused),
            '/metrics counts each refusal under reason max_connections');
         ok(wait_until(10, sub { (metric($b, 'keybroker_connections_refusing') // -1) == 0 }),

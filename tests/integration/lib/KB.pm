@@ -244,6 +244,13 @@ sub proc_rss_kb($pid) {
 }
 
 # utime+stime of a process, in clock ticks (USER_HZ, 100/s on Linux).
+# Whether pid runs under ASan (its quarantine keeps up to 256 MiB of freed
+# buffers out of reuse) or valgrind (its shadow memory): RSS then measures
+# the tool, not what the process holds.
+sub under_memory_tool($pid) {
+        return (slurp("/proc/$pid/maps") // '') =~ /libasan|vgpreload/ ? 1 : 0;
+}
+
 sub proc_cpu_ticks($pid) {
         my $s = slurp("/proc/$pid/stat") // return undef;
         $s =~ s/^.*\)\s+//s;    # comm may hold spaces
