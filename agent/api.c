@@ -471,6 +471,17 @@ static void api_write_error(struct kb_conn *c, const char *path, int status, con
         struct kb_broker *b = userdata;
         kb_family family = family_of_path(path);
         _cleanup_free_ char *body = error_body(family, status, code, NULL, message);
+        uint64_t now = kb_now_usec();
+
+        /* No request record exists for a connection refused at accept: the
+         * shortage is said in the log instead, at most every 10 s. */
+        if (code && streq(code, "broker_overloaded") && now >= b->fd_warning_usec + 10 * USEC_PER_SEC) {
+                struct kb_broker_capacity cap;
+                kb_broker_capacity(b, &cap);
+                b->fd_warning_usec = now;
+                fprintf(stderr, "<4>%s: connections are answered 503 broker_overloaded (%" PRIu64 " so far, %" PRIu64
+                        " fds open)\n", strempty(message), cap.refused_fds, cap.fds_open);
+        }
         unsigned char raw[16];
         char id[33];
 

@@ -45,6 +45,7 @@ struct kb_broker {
         size_t n_uid_conns;
         /* app connections refused by api.c's on_accept, by why */
         uint64_t n_refused_per_uid, n_refused_identity, n_refused_fds;
+        uint64_t fd_warning_usec;       /* last "out of file descriptors" log line */
 
         LIST_HEAD(, kb_request) requests; /* alive, for the drain */
         uint64_t n_in_flight;           /* kb_requests alive */

@@ -204,6 +204,8 @@ subtest 'out of file descriptors: 503 broker_overloaded, the route not blamed' =
         cmp_ok($st->{refused}{out_of_fds} // 0, '>', 0,
                "connections accepted only to be told so are counted ($st->{refused}{out_of_fds})");
         is($st->{fds}{limit}, 48, '/status shows the fd limit');
+        like($b->log, qr/out of file descriptors.*: connections are answered 503 broker_overloaded/,
+             'the shortage is logged (no request record exists for a connection refused at accept)');
         is(metric($b, 'keybroker_circuit_state', 'route="oai"'), 0, "the route's circuit stayed closed");
 
         my $res = req($b, path => '/v1/chat/completions', json => { model => 'gpt-mini', messages => [] });
