@@ -34,10 +34,13 @@ static void help(void) {
                "  whoami [--socket PATH]         who the broker thinks you are (app socket)\n"
                "\n"
                "Options (before or after the command):\n"
-               "      --admin-socket PATH   admin socket (default %s)\n"
+               "      --admin-socket PATH   admin socket (default $KEYBROKER_ADMIN_SOCKET, else %s)\n"
                "      --json                print the daemon's JSON answer\n"
                "  -h, --help                show this help; 'COMMAND --help' for one command\n"
                "      --version             show the version\n"
+               "\n"
+               "Environment: KEYBROKER_ADMIN_SOCKET and KEYBROKER_SOCKET (whoami's app\n"
+               "socket) name the sockets when no flag does.\n"
                "\n"
                "Secrets are read from stdin only (a no-echo prompt on a terminal), never\n"
                "from the command line or the environment.\n"
@@ -84,12 +87,19 @@ int ctl_parse_help_only(int argc, char **argv, const char *cmd, void (*help_fn)(
         return -1;
 }
 
+/* A socket path from the environment (set and not empty), else the default;
+ * a flag still wins over both. */
+static const char *env_or(const char *name, const char *def) {
+        const char *v = getenv(name);
+        return v && *v ? v : def;
+}
+
 static void help_whoami(void) {
         printf("Usage: keybrokerctl [--json] whoami [--socket PATH]\n"
                "\n"
-               "Ask the broker on the app socket (default %s) who you are: uid, gid,\n"
-               "pid, groups, systemd unit, executable, and the team your calls are\n"
-               "charged to.\n"
+               "Ask the broker on the app socket ($KEYBROKER_SOCKET, else %s)\n"
+               "who you are: uid, gid, pid, groups, systemd unit, executable, and the\n"
+               "team your calls are charged to.\n"
                "\n"
                "Options:\n"
                "  -s, --socket PATH   the app socket\n"
@@ -104,7 +114,7 @@ static int cmd_whoami(const struct ctl *ctl, int argc, char **argv) {
                 {},
         };
         _cleanup_json_ json_t *j = NULL;
-        const char *sock = KB_DEFAULT_LISTEN;
+        const char *sock = env_or("KEYBROKER_SOCKET", KB_DEFAULT_LISTEN);
         int c;
 
         optind = 0;
@@ -185,7 +195,7 @@ static int extract_global_options(int argc, char **argv, struct ctl *ctl) {
 }
 
 int main(int argc, char **argv) {
-        struct ctl ctl = { .admin = KB_DEFAULT_ADMIN };
+        struct ctl ctl = { .admin = env_or("KEYBROKER_ADMIN_SOCKET", KB_DEFAULT_ADMIN) };
         int i = 1, r;
 
         argc = extract_global_options(argc, argv, &ctl);
