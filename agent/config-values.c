@@ -687,6 +687,7 @@ const struct key_def kb_cfg_agent_keys[] = {
         AK("max_connections", max_connections, p_u64, .nonzero = true),
         AK("max_connections_per_uid", max_connections_per_uid, p_u64, .nonzero = true),
         AK("journal", journal, p_bool),
+        AK("test_traffic", test_traffic, p_bool),
         {},
 };
 

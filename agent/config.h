@@ -129,6 +129,7 @@ struct kb_agent_config {
         uint64_t max_connections_per_uid; /* default 256 */
         uint64_t idle_timeout_usec;     /* default 60s: keep-alive connection with no request */
         bool journal;                   /* default true: a journal record per request (journal = yes|no) */
+        bool test_traffic;              /* request records carry KEYBROKER_TEST=1 (tests, benchmarks) */
 };
 
 struct kb_config {

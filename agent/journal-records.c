@@ -39,6 +39,7 @@
 #define F_OUTCOME "KEYBROKER_OUTCOME"
 #define F_INPUT_TOKENS "KEYBROKER_INPUT_TOKENS"
 #define F_INSTANCE "KEYBROKER_INSTANCE"
+#define F_TEST_TRAFFIC "KEYBROKER_TEST"
 #define F_SEQ "KEYBROKER_SEQ"
 #define F_OUTPUT_TOKENS "KEYBROKER_OUTPUT_TOKENS"
 #define F_CACHED_TOKENS "KEYBROKER_CACHED_TOKENS"
@@ -187,6 +188,8 @@ static int build_request(struct kb_record *rec, const struct kb_request *r) {
          * in which order, so quota recovery replays exactly what a crash
          * lost (README "Journal"). */
         ADD(rec, F_INSTANCE, r->broker ? r->broker->instance : "");
+        if (r->config && r->config->agent.test_traffic)
+                ADD(rec, F_TEST_TRAFFIC, "1");
         ADD_U64(rec, F_SEQ, r->seq);
         return 0;
 }

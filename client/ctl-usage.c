@@ -34,6 +34,8 @@ static void help_usage(void) {
                "      --json            JSON: {\"by\",\"groups\":[…],\"total\"}\n"
                "      --csv             CSV with a header row, one row per group\n"
                "  -D, --directory DIR   read the journal files in DIR instead of the system's\n"
+               "      --include-tests   also count test brokers' records (KEYBROKER_TEST=1,\n"
+               "                        [agent] test_traffic = yes, as make test sets)\n"
                "  -h, --help            show this help\n"
                "\n"
                "TIME is as for journalctl: \"now\", \"today\", \"yesterday\", \"-1h\", \"-30min\",\n"
@@ -67,6 +69,7 @@ struct usage_args {
         const char *team;
         const char *directory;
         bool csv;
+        bool include_tests;
 };
 
 static int parse_args(int argc, char **argv, struct usage_args *a) {
@@ -77,6 +80,7 @@ static int parse_args(int argc, char **argv, struct usage_args *a) {
                 { "team", required_argument, NULL, 't' },
                 { "csv", no_argument, NULL, 'c' },
                 { "directory", required_argument, NULL, 'D' },
+                { "include-tests", no_argument, NULL, 'T' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -110,6 +114,9 @@ static int parse_args(int argc, char **argv, struct usage_args *a) {
                         break;
                 case 'c':
                         a->csv = true;
+                        break;
+                case 'T':
+                        a->include_tests = true;
                         break;
                 case 'D':
                         if (!optarg[0])
@@ -199,6 +206,8 @@ static int read_records(sd_journal *j, const struct usage_args *a, struct usage_
                  * sd_journal_get_data() per field. */
                 while (sd_journal_enumerate_available_data(j, &d, &l) > 0)
                         (void) usage_record_parse_item(rec, d, l);
+                if (rec->test && !a->include_tests)
+                        continue;
                 k = usage_report_add(r, rec);
                 if (k < 0) {
                         *ret_what = k == -E2BIG    ? "too many groups; narrow --by, --team or the time range"

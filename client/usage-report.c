@@ -105,7 +105,9 @@ int usage_record_parse_item(struct usage_record *rec, const void *data, size_t l
         } else if (FIELD_IS("LATENCY_MS")) {
                 if (parse_u64(v, vlen, &rec->latency_ms))
                         rec->has_latency = true;
-        } else
+        } else if (FIELD_IS("TEST"))
+                rec->test = vlen == 1 && v[0] == '1';
+        else
                 return 0;
         return 1;
 }

@@ -62,6 +62,7 @@ struct usage_record {
         unsigned upstream_status;
         uint64_t latency_ms;
         bool has_latency;
+        bool test;              /* KEYBROKER_TEST=1: a test broker's record ([agent] test_traffic) */
 };
 
 /* Zero a record before its items are parsed into it. */

@@ -138,6 +138,8 @@ state_dir = $TMP/state
 max_connections = 4096
 max_connections_per_uid = 4096
 idle_timeout = 5min
+# keybrokerctl usage leaves these records out unless --include-tests
+test_traffic = yes
 
 [team:bench]
 users = 0

@@ -30,6 +30,9 @@ $cfg->{"team:$TB"} = { users => '0', models => '*', requests_per_minute => 4 };
 $cfg->{'route:slow'} = { family => 'openai', base_url => $mock->base_url, key => 'oai-key', timeout => '1s',
                          price => 'gpt-slow input=3 output=5' };
 $cfg->{'model:slow'} = { target => 'slow gpt-slow' };
+# This broker stands for real traffic; the one in "test traffic" below does
+# not (test brokers mark their records by default).
+$cfg->{agent} = { test_traffic => 'no' };
 my $broker = start_broker(config => $cfg, keys => \%keys);
 
 sub chat($team, %o) {
@@ -233,6 +236,30 @@ subtest 'time range' => sub {
         is($j->{total}{requests}, scalar(@{$recs{$TA}}), 'yesterday..now holds it all');
         ($j) = report_json('--team', $TA, '--since', '@' . int($broker->started_at - 1));
         is($j->{total}{requests}, scalar(@{$recs{$TA}}), '--since @EPOCH');
+};
+
+subtest 'test traffic is left out unless --include-tests' => sub {
+        my $TC = "u95c-$tag";
+        my $tcfg = standard_config(mock => $mock);
+        $tcfg->{"team:$TC"} = { users => '0', models => '*' };
+        delete $tcfg->{'team:ops'};
+        my $tb = start_broker(config => $tcfg, keys => \%keys);
+        for (1 .. 3) {
+                my $res = req($tb, path => '/v1/chat/completions', headers => ['X-Keybroker-Team' => $TC],
+                              json => { model => 'gpt-mini', messages => [] });
+                is($res->{status}, 200, 'a call through a test broker');
+        }
+        my @t = KB::journal_wait({ _PID => $tb->pid, MESSAGE_ID => $MID_REQUEST, KEYBROKER_TEAM => $TC }, 10,
+                                 count => 3, since => $tb->started_at - 2);
+        is(scalar(grep { ($_->{KEYBROKER_TEST} // '') eq '1' } @t), 3, "its records carry KEYBROKER_TEST=1");
+        is(scalar(grep { exists $_->{KEYBROKER_TEST} } @all), 0, 'the real broker\'s records carry no KEYBROKER_TEST');
+        my ($j) = report_json('--since', '-5min', '--team', $TC);
+        is($j->{total}{requests}, 0, 'usage leaves test records out by default');
+        ($j) = report_json('--since', '-5min', '--team', $TC, '--include-tests');
+        is($j->{total}{requests}, 3, '... and counts them with --include-tests');
+        ($j) = report_json('--since', '-5min', '--team', $TA, '--include-tests');
+        is($j->{total}{requests}, scalar(@{$recs{$TA}}), 'real records are counted either way');
+        is($tb->stop, 0, 'test broker exits 0');
 };
 
 subtest 'usage errors exit 2, a missing directory 1' => sub {

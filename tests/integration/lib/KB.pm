@@ -580,8 +580,12 @@ sub render_config($cfg) {
         } keys %$cfg;
         for my $sec (@secs) {
                 $t .= "[$sec]\n";
-                for my $k (sort keys %{$cfg->{$sec}}) {
-                        my $v = $cfg->{$sec}{$k};
+                # A test broker's records are marked, so keybrokerctl usage
+                # on the machine leaves them out of real usage.
+                my %keys = %{$cfg->{$sec}};
+                $keys{test_traffic} //= 'yes' if $sec eq 'agent';
+                for my $k (sort keys %keys) {
+                        my $v = $keys{$k};
                         $t .= "$k = $_\n" for ref $v eq 'ARRAY' ? @$v : ($v);
                 }
                 $t .= "\n";
