@@ -67,7 +67,7 @@ static void help(void) {
                "\n"
                "Signals: SIGTERM/SIGINT drain in-flight requests (drain_timeout) and exit;\n"
                "SIGHUP reloads the configuration and keys.\n"
-               "See keybrokerd(8) and README.md.\n",
+               "Every configuration key: keybroker.conf(5). See also keybrokerd(8).\n",
                KB_DEFAULT_CONFIG);
 }
 

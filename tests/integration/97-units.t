@@ -58,6 +58,7 @@ my %EXPECT = (
         '/usr/local/bin/keybrokerctl' => 0755,
         '/usr/local/share/man/man8/keybrokerd.8' => 0644,
         '/usr/local/share/man/man1/keybrokerctl.1' => 0644,
+        '/usr/local/share/man/man5/keybroker.conf.5' => 0644,
         (map { ("$UNITDIR/$_" => 0644) } @UNITS),
         "$SYSUSERSDIR/keybroker.conf" => 0644,
         "$TMPFILESDIR/keybroker.conf" => 0644,
