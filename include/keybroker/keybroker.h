@@ -3,7 +3,7 @@
 
 /* What keybrokerd and keybrokerctl share, and what other tools may build
  * against: default paths, admin API paths, journal MESSAGE_IDs and field
- * names. Names here are the public contract of ../shared/DESIGN.md. */
+ * names. Names here are the public contract of docs/design.md. */
 
 #define KB_VERSION "0.1.0"
 
