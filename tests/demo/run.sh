@@ -3,7 +3,7 @@
 # config whose routes point at the mock provider (no real keys needed).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-run="$top/run"
+run="${KB_DEMO_DIR:-$top/run}"     # KB_DEMO_DIR: tests/integration/86-demo.t's own
 mkdir -p "$run/credentials" "$run/state"
 chmod 0755 "$run"
 # Demo keys: obviously fake; the mock accepts exactly these.
@@ -19,8 +19,11 @@ if [ ! -S /run/systemd/journal/socket ]; then
 fi
 
 rm -f "$run/mock.port"
+# The mock lists (and serves) exactly the demo's upstream models, so
+# `keybrokerctl route check` finds them listed and a bogus one refused.
 "$top/build/kb-mock" --port 0 --port-file "$run/mock.port" \
         --require-key demo-openai-key-not-a-secret --require-key demo-anthropic-key-not-a-secret \
+        --models mock-gpt,mock-claude,mock-embed \
         >"$run/mock.log" 2>&1 &
 mock=$!
 trap 'kill $mock 2>/dev/null || true' EXIT
@@ -29,7 +32,20 @@ port=$(cat "$run/mock.port")
 
 sed -e "s|@RUN@|$run|g" -e "s|@PORT@|$port|g" -e "s|@UID@|$(id -u)|g" \
         "$top/etc/demo.conf.in" >"$run/keybroker.conf"
+# 86-demo.t's runs are tests: keybrokerctl usage leaves them out.
+if [ -n "${KB_DEMO_TEST_TRAFFIC:-}" ]; then
+        sed -i '/^\[agent\]/a test_traffic = yes' "$run/keybroker.conf"
+fi
 
+# journalctl -x explains records from the system's catalog, which only
+# `make install-catalog` (or make install) adds to; a private copy here
+# previews any entry without touching the system.
+catroot="$run/catalog-root"
+mkdir -p "$catroot/usr/lib/systemd/catalog"
+cp "$top/systemd/keybroker.catalog" "$catroot/usr/lib/systemd/catalog/"
+journalctl --root="$catroot" --update-catalog 2>/dev/null || true
+
+ctl="$top/build/keybrokerctl"
 cat <<MSG
 
 keybrokerd demo: the routes point at the mock provider on 127.0.0.1:$port.
@@ -38,9 +54,19 @@ Try, from another terminal:
   curl --unix-socket $run/api.sock http://localhost/v1/chat/completions \\
        -H 'content-type: application/json' \\
        -d '{"model":"chat-default","messages":[{"role":"user","content":"hi"}]}'
+  journalctl -o verbose MESSAGE_ID=65ab453e95ed4c0e99aea91870cea75c KEYBROKER_ENDPOINT=chat -n 1
 
-  curl --unix-socket $run/api.sock http://localhost/v1/keybroker/whoami
-  journalctl -o verbose SYSLOG_IDENTIFIER=keybrokerd -n 1
+  export KEYBROKER_ADMIN_SOCKET=$run/admin.sock KEYBROKER_SOCKET=$run/api.sock
+  $ctl status
+  $ctl team list
+  $ctl route check mock-openai
+  $ctl route check mock-anthropic
+  $ctl whoami
+  $ctl usage --since today
+
+What a record means (journalctl -x needs 'make install-catalog' first):
+
+  journalctl --root=$catroot --dump-catalog 65ab453e95ed4c0e99aea91870cea75c
 
 Ctrl-C stops it.
 
