@@ -98,7 +98,9 @@ subtest 'Node: openai + @anthropic-ai/sdk over undici' => sub {
         journal_ok('node', $t, { KEYBROKER_MODEL => 'claude', KEYBROKER_FAMILY => 'anthropic' });
 };
 
-my $PY = -x '/usr/bin/python3' ? '/usr/bin/python3' : 'python3';
+# The interpreter README names for these snippets: Debian's, which has
+# python3-httpx (make deps); not whatever python3 is first on PATH.
+my $PY = '/usr/bin/python3';
 
 subtest 'Python: httpx over the Unix socket (Debian python3-httpx)' => sub {
         my $have = run_cmd([$PY, '-c', 'import httpx']);
