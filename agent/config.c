@@ -567,6 +567,14 @@ bool kb_team_allows_model(const struct kb_team *t, const char *model) {
         return false;
 }
 
+bool kb_team_denies_unpriced(const struct kb_team *t) {
+        if (!t)
+                return false;
+        if (t->unpriced >= 0)
+                return t->unpriced == 0;
+        return t->budget_microusd_per_day > 0 || t->budget_microusd_per_month > 0;
+}
+
 bool kb_route_retry_status(const struct kb_route *r, long status) {
         if (!r || status < 400 || status > 599)
                 return false;

@@ -166,6 +166,10 @@ const struct kb_team *kb_config_find_team(const struct kb_config *c, const char 
 const struct kb_route *kb_config_find_route(const struct kb_config *c, const char *name);
 const struct kb_model *kb_config_find_model(const struct kb_config *c, const char *name);
 bool kb_team_allows_model(const struct kb_team *t, const char *model);
+/* Whether the team refuses calls to a model without a price: unpriced =
+ * deny, or unset on a team with a USD budget (an unpriced call would be a
+ * hole in it). */
+bool kb_team_denies_unpriced(const struct kb_team *t);
 
 /* Whether a response status is in the route's retry_on set. */
 bool kb_route_retry_status(const struct kb_route *r, long status);

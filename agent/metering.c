@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "broker.h"
+#include "router.h"
 
 /* Output reserved for a call that names no cap (max_tokens & co.): settle
  * releases what was not used. */
@@ -15,14 +16,6 @@
 
 static int64_t usage_cost(const struct kb_request *r, const struct kb_usage *u) {
         return kb_usage_cost_microusd(u, r->family, r->price);
-}
-
-/* A USD budget makes an unpriced model a hole in it: refuse unless the team
- * says such calls cost zero. */
-static bool unpriced_denied(const struct kb_team *t) {
-        if (t->unpriced >= 0)
-                return t->unpriced == 0;
-        return t->budget_microusd_per_day > 0 || t->budget_microusd_per_month > 0;
 }
 
 static void iso8601(uint64_t usec, char *buf, size_t size) {
@@ -79,11 +72,21 @@ bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info) {
         struct kb_quota_denial d = {};
         uint64_t now = kb_realtime_usec();
 
-        r->price = kb_price_find(r->route, r->target->upstream_model, NULL);
-        if (!r->price && unpriced_denied(r->team)) {
+        /* The estimate is priced as the first candidate that may be used:
+         * for a team that denies unpriced calls, the first with a price (the
+         * proxy skips the unpriced ones). */
+        bool deny = kb_team_denies_unpriced(r->team);
+        r->price = NULL;
+        for (size_t i = 0; i < r->n_candidates && !r->price; i++) {
+                const struct kb_target *t = r->candidates[i].target;
+                r->price = kb_price_find(t->route, t->upstream_model, NULL);
+                if (!deny)
+                        break;
+        }
+        if (!r->price && deny) {
                 kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
-                            "model '%s' has no price on route '%s' and team '%s' has a USD budget "
-                            "(unpriced = deny); add a price or set unpriced = zero",
+                            "model '%s' has no price on any of its routes (first: '%s') and team '%s' has a "
+                            "USD budget (unpriced = deny); add a price or set unpriced = zero",
                             r->model, r->route->name, r->team->name);
                 return false;
         }
@@ -131,6 +134,7 @@ static int gate(void *userdata, const struct kb_usage *u) {
                 struct kb_quota_denial d = {};
                 if (kb_quota_grow(r->reservation, kb_realtime_usec(), tokens, cost, &d) == -EDQUOT) {
                         r->quota_cut = true;
+                        r->quota_cut_type = kb_quota_limit_error_type(d.limit);
                         if (d.first_in_window)
                                 (void) kb_journal_quota(r->broker->journal, r->team->name,
                                                         kb_quota_limit_to_string(d.limit), d.used, d.max,

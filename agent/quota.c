@@ -623,8 +623,15 @@ void kb_quota_cancel(struct kb_reservation *res) {
         free(res);
 }
 
-#define HARD_STOP_MASK \
-        ((1U << KB_QUOTA_TOKENS_PER_DAY) | (1U << KB_QUOTA_BUDGET_PER_DAY) | (1U << KB_QUOTA_BUDGET_PER_MONTH))
+/* What a stream is cut at. requests_per_minute and max_concurrent count
+ * the request itself from its admission: a stream cannot cross them. */
+#define HARD_STOP_MASK                                                                  \
+        ((1U << KB_QUOTA_TOKENS_PER_MINUTE) | (1U << KB_QUOTA_TOKENS_PER_DAY) |          \
+         (1U << KB_QUOTA_BUDGET_PER_DAY) | (1U << KB_QUOTA_BUDGET_PER_MONTH))
+
+static bool limit_counts_tokens(kb_quota_limit l) {
+        return l == KB_QUOTA_TOKENS_PER_MINUTE || l == KB_QUOTA_TOKENS_PER_DAY;
+}
 
 int kb_quota_headroom(const struct kb_reservation *res, uint64_t now_usec, uint64_t *ret_tokens,
                       int64_t *ret_cost_microusd) {
@@ -642,7 +649,7 @@ int kb_quota_headroom(const struct kb_reservation *res, uint64_t now_usec, uint6
                         continue;
                 usage_of(t, l, now_usec, &used, &reserved);
                 room = sat_sub(t->limits[l], sat_add(used, reserved));
-                if (l == KB_QUOTA_TOKENS_PER_DAY)
+                if (limit_counts_tokens(l))
                         tokens = MIN(tokens, room);
                 else
                         cost = MIN(cost, room);
@@ -672,7 +679,7 @@ int kb_quota_grow(struct kb_reservation *res, uint64_t now_usec, uint64_t total_
         l = first_crossed(t, now_usec, add_tokens, add_cost, HARD_STOP_MASK, &used, &req);
         if (l >= 0) {
                 /* report the totals of this call, not just the growth */
-                uint64_t held = l == KB_QUOTA_TOKENS_PER_DAY ? res->tokens : res->cost;
+                uint64_t held = limit_counts_tokens((kb_quota_limit) l) ? res->tokens : res->cost;
 
                 deny(t, (kb_quota_limit) l, now_usec, sat_sub(used, held), sat_add(req, held), ret_denial);
                 return -EDQUOT;

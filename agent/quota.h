@@ -140,19 +140,21 @@ static inline void kb_quota_cancelp(struct kb_reservation **res) {
 /* Hard stop of a stream. Two calls, use both:
  *
  * kb_quota_headroom(): how many more tokens / micro-USD this reservation may
- * consume beyond what it holds now before the team crosses tokens_per_day or
- * a USD budget (counting everything settled and in flight); UINT64_MAX /
+ * consume beyond what it holds now before the team crosses tokens_per_minute,
+ * tokens_per_day or a USD budget (counting everything settled and in
+ * flight); UINT64_MAX /
  * INT64_MAX when the team has no such limit. Use it to find where to cut.
  *
  * kb_quota_grow(): raise what the reservation holds to at least
  * total_tokens / total_cost_microusd (running totals of the call so far,
  * input included), so concurrent calls see it. Holding less than now is a
  * no-op (an estimate never shrinks before settle). Returns 0, or -EDQUOT
- * when the new totals would cross tokens_per_day or a budget — the
- * reservation is then unchanged and *ret_denial filled (when non-NULL) as for
- * kb_quota_reserve(): cut the stream, then settle with what was delivered.
- * Minute windows never stop a stream that was admitted. -EINVAL for a
- * negative cost. */
+ * when the new totals would cross tokens_per_minute, tokens_per_day or a
+ * budget — the reservation is then unchanged and *ret_denial filled (when
+ * non-NULL) as for kb_quota_reserve(): cut the stream, then settle with what
+ * was delivered. requests_per_minute and max_concurrent count the request
+ * from its admission, so a stream cannot cross them. -EINVAL for a negative
+ * cost. */
 int kb_quota_headroom(const struct kb_reservation *res, uint64_t now_usec, uint64_t *ret_tokens,
                       int64_t *ret_cost_microusd);
 int kb_quota_grow(struct kb_reservation *res, uint64_t now_usec, uint64_t total_tokens,

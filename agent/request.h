@@ -85,6 +85,7 @@ struct kb_request {
         const struct kb_price *price;   /* NULL: unpriced */
         uint64_t delivered_deltas;      /* output events the app got before a quota cut */
         bool quota_cut;                 /* the stream was cut at a limit */
+        const char *quota_cut_type;     /* its OpenAI error type: rate_limit_error or insufficient_quota */
         struct kb_usage billed;         /* what the record and the quota settle say; strings borrowed from the tap */
         bool billed_set;
         uint64_t seq;                   /* settle sequence, for replay after a crash */

@@ -29,6 +29,9 @@ my $cfg = standard_config(mock => $mock);
 $cfg->{'route:anth'}{price} = 'claude-3-5-haiku-20241022 input=1 output=2 cached_input=0.5 cache_write=1.25';
 $cfg->{'route:oai'}{price} = [$cfg->{'route:oai'}{price}, 'text-embedding-3-small input=1'];
 $cfg->{'model:claude-sonnet'} = { target => 'anth claude-3-5-sonnet-20241022' };
+# gpt-4o-2024-08-06 has no price on oai; gpt-4o-mini-2024-07-18 has one.
+$cfg->{'model:unpriced-first'} = { target => 'oai gpt-4o-2024-08-06', fallback => 'oai gpt-4o-mini-2024-07-18' };
+$cfg->{'model:unpriced-fallback'} = { target => 'oai gpt-4o-mini-2024-07-18', fallback => 'oai gpt-4o-2024-08-06' };
 my %teams = (
         rpm => { requests_per_minute => 20, tokens_per_minute => 1000000 },
         rpmanth => { requests_per_minute => 2, tokens_per_minute => 1000000 },
@@ -418,6 +421,33 @@ subtest 'unpriced model and a USD budget: 403 with the reason; unpriced = zero a
         is($u->{budget_usd_per_day}{used_microusd}, 0, 'budget untouched');
         is($u->{tokens_per_day}{used}, 18, 'tokens still counted');
         is(call('denyall', json => { %CHAT, max_tokens => 5 })->{status}, 200, 'unpriced = deny: priced models pass');
+};
+
+subtest 'unpriced = deny holds for every candidate of a model, fallbacks included' => sub {
+        my $before = $mock->count;
+        my $res = call('budget', json => { %CHAT, model => 'unpriced-first', max_tokens => 5 });
+        is($res->{status}, 200, 'an unpriced first target is passed over for a priced fallback')
+                or diag(KB::show_res($res));
+        my $rec = journal_request($res->{headers}{'x-keybroker-request-id'});
+        check_fields($rec, { KEYBROKER_UPSTREAM_MODEL => 'gpt-4o-mini-2024-07-18', KEYBROKER_ATTEMPTS => 1,
+                             KEYBROKER_OUTCOME => 'ok', KEYBROKER_COST_MICROUSD => sub { $_[0] > 0 } },
+                     'journal: the priced model answered, one attempt, with a cost');
+        is($mock->count - $before, 1, 'the provider saw one call');
+        is(($mock->last_entry // {})->{body} =~ /gpt-4o-mini/ ? 1 : 0, 1, '... for the priced model');
+
+        $before = $mock->count;
+        $res = call('budget', json => { %CHAT, model => 'unpriced-fallback', max_tokens => 5 },
+                    headers => ['x-mock-status' => 500]);
+        is($res->{status}, 502, 'the priced target fails; the unpriced fallback is not tried') or diag(KB::show_res($res));
+        $rec = journal_request($res->{headers}{'x-keybroker-request-id'});
+        check_fields($rec, { KEYBROKER_ATTEMPTS => 1, KEYBROKER_UPSTREAM_STATUS => 500 },
+                     'journal: one attempt, the priced one');
+        is($mock->count - $before, 1, 'the provider saw only that one call');
+
+        $res = call('zero', json => { %CHAT, model => 'unpriced-fallback', max_tokens => 5 },
+                    headers => ['x-mock-status' => 500]);
+        $rec = journal_request($res->{headers}{'x-keybroker-request-id'});
+        check_fields($rec, { KEYBROKER_ATTEMPTS => 2 }, 'unpriced = zero: the fallback is tried');
 };
 
 # ------------------------------------------------------------ counters = journal

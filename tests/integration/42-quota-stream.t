@@ -46,6 +46,7 @@ $cfg->{'model:claude-cut'} = { target => 'cutanth claude-3-5-haiku-20241022' };
 # Anthropic mock reports 11 input tokens in message_start.
 my %teams = (
         tpd => { tokens_per_day => $EST_OAI + $FIT },
+        tpm => { tokens_per_minute => $EST_OAI + $FIT },
         tpdanth => { tokens_per_day => 11 + $FIT },
         usd => { budget_usd_per_day => sprintf('0.%06d', $EST_OAI + 2 * $FIT) },
         usdanth => { budget_usd_per_month => sprintf('0.%06d', 11 + 2 * $FIT) },
@@ -135,7 +136,8 @@ sub hard_stop($team, $family, $limit, %o) {
         if ($family eq 'openai') {
                 ok(!defined $last->{event}, 'OpenAI: a plain data: event');
                 is($last->{json}{error}{code}, 'quota_exceeded', 'data: {"error":{…,"code":"quota_exceeded"}}');
-                is($last->{json}{error}{type}, 'insufficient_quota', 'type insufficient_quota');
+                my $type = $o{type} // 'insufficient_quota';
+                is($last->{json}{error}{type}, $type, "type $type");
                 like($last->{json}{error}{message} // '', qr/'\Q$team\E'/, 'message names the team');
                 ok(!grep({ $_->{data} eq '[DONE]' } @ev), 'no [DONE]');
                 ok(!grep({ ($_->{json}{choices}[0]{finish_reason} // '') eq 'stop' } @ev), 'no finish_reason');
@@ -174,6 +176,10 @@ subtest "tokens_per_day, OpenAI stream: cut after exactly $FIT deltas" => sub {
         my $u = usage('tpd')->{usage}{tokens_per_day};
         is($u->{used}, $EST_OAI + $FIT, 'tokens today = input estimate + delivered output');
         is($u->{used}, tokens_of($rec // {}), '= the journaled usage');
+};
+
+subtest "tokens_per_minute, OpenAI stream: cut after exactly $FIT deltas, as tokens_per_day is" => sub {
+        my $rec = hard_stop('tpm', 'openai', 'tokens_per_minute', input => $EST_OAI, type => 'rate_limit_error');
 };
 
 subtest "tokens_per_day, Anthropic stream: cut after exactly $FIT deltas" => sub {

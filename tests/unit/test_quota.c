@@ -404,12 +404,45 @@ static void test_denial_order(void **state) {
         kb_quota_free(q);
 }
 
+/* tokens_per_minute stops a stream too: settled minute usage plus every
+ * reservation in flight; requests_per_minute (counted at admission) cannot. */
+static void test_hard_stop_minute(void **state) {
+        struct kb_team teams[1] = { team_def("a") };
+        teams[0].tokens_per_minute = 500;
+        teams[0].requests_per_minute = 2;
+        struct kb_quota *q = quota_with(teams, 1);
+        struct kb_reservation *r = NULL, *r2 = NULL;
+        struct kb_quota_denial d = {};
+        uint64_t tok;
+        int64_t cost;
+
+        assert_int_equal(kb_quota_reserve(q, "a", T0, 100, 0, &r2, NULL), 0);
+        kb_quota_settle(r2, T0, 100, 0);
+        assert_int_equal(kb_quota_reserve(q, "a", T0 + S(1), 300, 0, &r, NULL), 0);
+        assert_int_equal(kb_quota_headroom(r, T0 + S(1), &tok, &cost), 0);
+        assert_int_equal(tok, 100);
+        assert_true(cost == INT64_MAX);
+        assert_int_equal(kb_quota_grow(r, T0 + S(1), 400, 0, NULL), 0);
+        assert_int_equal(kb_quota_grow(r, T0 + S(2), 401, 0, &d), -EDQUOT);
+        assert_int_equal(d.limit, KB_QUOTA_TOKENS_PER_MINUTE);
+        assert_true(d.rate);
+        assert_int_equal(d.used, 100);
+        assert_int_equal(d.requested, 401);
+        assert_int_equal(kb_reservation_tokens(r), 400);
+        /* once the settled minute usage has aged out, the same growth fits */
+        assert_int_equal(kb_quota_grow(r, T0 + S(62), 500, 0, NULL), 0);
+        /* requests_per_minute is full (2 admitted), but growth adds no request */
+        assert_int_equal(kb_quota_grow(r, T0 + S(62), 500, 0, NULL), 0);
+        kb_quota_settle(r, T0 + S(62), 500, 0);
+        kb_quota_free(q);
+}
+
 static void test_hard_stop(void **state) {
         struct kb_team teams[2] = { team_def("a"), team_def("free") };
         teams[0].tokens_per_day = 1000;
         teams[0].budget_microusd_per_day = 10000;
         teams[0].budget_microusd_per_month = 8000;
-        teams[0].tokens_per_minute = 500; /* never stops an admitted stream */
+        teams[0].tokens_per_minute = 5000; /* above the day's: not the one that stops here */
         struct kb_quota *q = quota_with(teams, 2);
         struct kb_reservation *r = NULL, *other = NULL;
         struct kb_quota_denial d;
@@ -647,6 +680,7 @@ int main(void) {
                 cmocka_unit_test(test_month_rollover),
                 cmocka_unit_test(test_denial_order),
                 cmocka_unit_test(test_hard_stop),
+                cmocka_unit_test(test_hard_stop_minute),
                 cmocka_unit_test(test_reconfigure),
                 cmocka_unit_test(test_bad_input),
                 cmocka_unit_test(test_account_equals_live),
