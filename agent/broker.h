@@ -39,6 +39,7 @@ struct kb_broker {
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
         sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
         char instance[33];              /* this host's broker identity, kept in state_dir */
+        char hostname[256];             /* KEYBROKER_HOST of its records, read at start */
         uint64_t seq;                   /* last settle sequence number */
 
         struct kb_uid_count *uid_conns; /* open app connections per uid */

@@ -40,6 +40,8 @@
 #define F_INPUT_TOKENS "KEYBROKER_INPUT_TOKENS"
 #define F_INSTANCE "KEYBROKER_INSTANCE"
 #define F_TEST_TRAFFIC "KEYBROKER_TEST"
+#define F_REALTIME_USEC "KEYBROKER_REALTIME_USEC"
+#define F_HOST "KEYBROKER_HOST"
 #define F_SEQ "KEYBROKER_SEQ"
 #define F_OUTPUT_TOKENS "KEYBROKER_OUTPUT_TOKENS"
 #define F_CACHED_TOKENS "KEYBROKER_CACHED_TOKENS"
@@ -188,6 +190,12 @@ static int build_request(struct kb_record *rec, const struct kb_request *r) {
          * in which order, so quota recovery replays exactly what a crash
          * lost (README "Journal"). */
         ADD(rec, F_INSTANCE, r->broker ? r->broker->instance : "");
+        /* When the call finished (the quota counted it then): a record that
+         * waited in the spool is still placed at its own time, not at
+         * journald's receive time. And the host, for fleet reports over
+         * journals collected from many hosts. */
+        ADD_U64(rec, F_REALTIME_USEC, r->settled_usec ?: kb_realtime_usec());
+        ADD(rec, F_HOST, r->broker ? r->broker->hostname : "");
         if (r->config && r->config->agent.test_traffic)
                 ADD(rec, F_TEST_TRAFFIC, "1");
         ADD_U64(rec, F_SEQ, r->seq);

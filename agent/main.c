@@ -519,6 +519,8 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "<3>cannot set up routing: %s\n", strerror(-r));
                 return notify_failure(r, "cannot set up routing");
         }
+        if (gethostname(d.b.hostname, sizeof(d.b.hostname) - 1) < 0)
+                d.b.hostname[0] = 0;
         r = kb_broker_instance_id(d.b.config->agent.state_dir, d.b.instance);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot keep the instance id in state_dir %s: %s\n",

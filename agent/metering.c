@@ -173,7 +173,8 @@ void kb_metering_settle(struct kb_request *r) {
                         r->cost_microusd = usage_cost(r, &billed);
         }
         if (r->reservation) {
-                kb_quota_settle(r->reservation, kb_realtime_usec(), kb_usage_quota_tokens(&billed, r->family),
+                r->settled_usec = kb_realtime_usec();
+                kb_quota_settle(r->reservation, r->settled_usec, kb_usage_quota_tokens(&billed, r->family),
                                 r->cost_microusd);
                 r->reservation = NULL;
                 r->seq = ++r->broker->seq;

@@ -155,6 +155,13 @@ int kb_replay_record_add(struct kb_replay_record *rec, const void *data, size_t 
         if (!eq || (size_t) (eq - d) <= plen || memcmp(d, prefix, plen) != 0)
                 return 0;
         klen = (size_t) (eq - d) - plen;
+        if (klen == strlen("REALTIME_USEC") && memcmp(d + plen, "REALTIME_USEC", klen) == 0) {
+                /* optional (older records lack it): a bad one is ignored */
+                v = eq + 1;
+                if (parse_u64(v, len - (size_t) (v - d), &rec->realtime_usec) < 0)
+                        rec->realtime_usec = 0;
+                return 0;
+        }
         for (int i = 0; i < _F_MAX; i++)
                 if (strlen(field_names[i]) == klen && memcmp(d + plen, field_names[i], klen) == 0)
                         f = i;
@@ -245,6 +252,8 @@ static void replay_entry(struct kb_quota *q, sd_journal *j, uint64_t after_seq, 
                 st->n_covered++;
                 return;
         }
+        if (rec.realtime_usec > 0)
+                when = rec.realtime_usec;
         /* Settle counts a negative cost as 0; so does replay. */
         r = kb_quota_account(q, rec.team, when, kb_replay_record_tokens(&rec), MAX(rec.cost_microusd, 0));
         if (r == -ENOENT)

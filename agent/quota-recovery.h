@@ -82,6 +82,7 @@ struct kb_replay_record {
         uint64_t seq;
         uint64_t input_tokens, output_tokens, cached_tokens, cache_write_tokens;
         int64_t cost_microusd;
+        uint64_t realtime_usec; /* KEYBROKER_REALTIME_USEC, optional: 0 when absent */
         unsigned seen;          /* bit per field */
 };
 
@@ -111,7 +112,8 @@ struct kb_quota_replay_stats {
 /* Replay into q the records j yields from realtime since_usec on (the
  * caller has added the matches selecting this instance's request records):
  * each well-formed record with seq > after_seq is counted with
- * kb_quota_account() at its journal realtime. Fills *ret (always, also on
+ * kb_quota_account() at its own time (KEYBROKER_REALTIME_USEC, which a record
+ * that waited in the spool keeps), else at its journal realtime. Fills *ret (always, also on
  * failure: what was done so far). Returns 0, or the -errno of a journal read
  * error (records before it were replayed). */
 int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, uint64_t since_usec,

@@ -89,6 +89,7 @@ struct kb_request {
         struct kb_usage billed;         /* what the record and the quota settle say; strings borrowed from the tap */
         bool billed_set;
         uint64_t seq;                   /* settle sequence, for replay after a crash */
+        uint64_t settled_usec;          /* realtime the quota counted it at (0: never reserved) */
 
         /* Fallback (proxy.c): the plan, and the attempt under way. */
         struct kb_candidate *candidates; /* router.h; into model_cfg */

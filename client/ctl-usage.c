@@ -28,7 +28,8 @@ static void help_usage(void) {
                "Options:\n"
                "  -S, --since TIME      records at or after TIME (default: the oldest)\n"
                "  -U, --until TIME      records at or before TIME (default: now)\n"
-               "      --by KEY[,KEY…]   group by team, model, route, key, unit or day (UTC);\n"
+               "      --by KEY[,KEY…]   group by team, model, route, key, unit, day (UTC) or\n"
+               "                        host (KEYBROKER_HOST: journals collected from a fleet);\n"
                "                        repeatable, in column order (default: team)\n"
                "      --team NAME       only this team's records\n"
                "      --json            JSON: {\"by\",\"groups\":[…],\"total\"}\n"
@@ -104,7 +105,7 @@ static int parse_args(int argc, char **argv, struct usage_args *a) {
                         break;
                 case 'b':
                         if (usage_parse_by(optarg, a->by, &a->n_by) < 0)
-                                return ctl_usage_error("usage", "invalid --by '%s': use team, model, route, key, unit or day",
+                                return ctl_usage_error("usage", "invalid --by '%s': use team, model, route, key, unit, day or host",
                                                        optarg);
                         break;
                 case 't':
@@ -195,10 +196,6 @@ static int read_records(sd_journal *j, const struct usage_args *a, struct usage_
                 k = sd_journal_get_realtime_usec(j, &t);
                 if (k < 0)
                         break;
-                if (a->has_since && t < a->since)
-                        continue;
-                if (a->has_until && t > a->until)
-                        break;
                 usage_record_reset(rec);
                 rec->realtime_usec = t;
                 sd_journal_restart_data(j);
@@ -207,6 +204,12 @@ static int read_records(sd_journal *j, const struct usage_args *a, struct usage_
                 while (sd_journal_enumerate_available_data(j, &d, &l) > 0)
                         (void) usage_record_parse_item(rec, d, l);
                 if (rec->test && !a->include_tests)
+                        continue;
+                /* By the record's own time (KEYBROKER_REALTIME_USEC) when it
+                 * has one: a record that waited in the spool reached journald
+                 * later, so nothing after --until (by arrival) can be skipped. */
+                if ((a->has_since && rec->realtime_usec < a->since) ||
+                    (a->has_until && rec->realtime_usec > a->until))
                         continue;
                 k = usage_report_add(r, rec);
                 if (k < 0) {

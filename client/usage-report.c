@@ -17,6 +17,8 @@ void usage_record_reset(struct usage_record *rec) {
         /* Not memset: the value buffers are large, their lengths suffice. */
         rec->realtime_usec = 0;
         rec->team.len = rec->model.len = rec->route.len = rec->key.len = rec->unit.len = 0;
+        rec->host.len = rec->journal_host.len = 0;
+        rec->test = false;
         rec->input_tokens = rec->output_tokens = rec->cached_tokens = 0;
         rec->cost_microusd = 0;
         rec->outcome[0] = 0;
@@ -66,6 +68,10 @@ int usage_record_parse_item(struct usage_record *rec, const void *data, size_t l
         size_t flen, vlen;
         uint64_t u;
 
+        if (rec && p && len > 10 && memcmp(p, "_HOSTNAME=", 10) == 0) {
+                set_str(&rec->journal_host, p + 10, len - 10);
+                return 1;
+        }
         if (!rec || !p || len <= sizeof(prefix) - 1 || memcmp(p, prefix, sizeof(prefix) - 1) != 0)
                 return 0;
         eq = memchr(p, '=', len);
@@ -105,7 +111,11 @@ int usage_record_parse_item(struct usage_record *rec, const void *data, size_t l
         } else if (FIELD_IS("LATENCY_MS")) {
                 if (parse_u64(v, vlen, &rec->latency_ms))
                         rec->has_latency = true;
-        } else if (FIELD_IS("TEST"))
+        } else if (FIELD_IS("HOST"))
+                set_str(&rec->host, v, vlen);
+        else if (FIELD_IS("REALTIME_USEC"))
+                (void) parse_u64(v, vlen, &rec->realtime_usec); /* its own time beats journald's */
+        else if (FIELD_IS("TEST"))
                 rec->test = vlen == 1 && v[0] == '1';
         else
                 return 0;
@@ -385,6 +395,7 @@ int usage_report_add(struct usage_report *r, const struct usage_record *rec) {
                 case USAGE_BY_ROUTE: s = &rec->route; break;
                 case USAGE_BY_KEY: s = &rec->key; break;
                 case USAGE_BY_UNIT: s = &rec->unit; break;
+                case USAGE_BY_HOST: s = rec->host.len > 0 ? &rec->host : &rec->journal_host; break;
                 default: break;
                 }
                 if (s) {

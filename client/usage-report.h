@@ -31,6 +31,7 @@ typedef enum usage_by {
         USAGE_BY_KEY,
         USAGE_BY_UNIT,
         USAGE_BY_DAY,
+        USAGE_BY_HOST,          /* KEYBROKER_HOST, else journald's _HOSTNAME */
         _USAGE_BY_MAX,
 } usage_by;
 
@@ -56,6 +57,7 @@ struct usage_str {
 struct usage_record {
         uint64_t realtime_usec;
         struct usage_str team, model, route, key, unit;
+        struct usage_str host, journal_host;    /* KEYBROKER_HOST; _HOSTNAME */
         uint64_t input_tokens, output_tokens, cached_tokens;
         int64_t cost_microusd;
         char outcome[32];

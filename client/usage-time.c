@@ -305,6 +305,7 @@ static const char *const by_names[_USAGE_BY_MAX] = {
         [USAGE_BY_KEY] = "key",
         [USAGE_BY_UNIT] = "unit",
         [USAGE_BY_DAY] = "day",
+        [USAGE_BY_HOST] = "host",
 };
 
 const char *usage_by_to_string(usage_by b) {

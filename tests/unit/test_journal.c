@@ -556,12 +556,15 @@ static const char *const request_fields[] = {
         "KEYBROKER_CACHED_TOKENS", "KEYBROKER_CACHE_WRITE_TOKENS", "KEYBROKER_REASONING_TOKENS",
         "KEYBROKER_COST_MICROUSD", "KEYBROKER_LATENCY_MS", "KEYBROKER_TTFB_MS",
         "KEYBROKER_UPSTREAM_REQUEST_ID", "KEYBROKER_ATTEMPTS", "KEYBROKER_FALLBACK_FROM",
-        /* beyond DESIGN, for quota recovery (README "Journal") */
+        /* beyond DESIGN's first list, for quota recovery (README "Journal") */
         "KEYBROKER_INSTANCE", "KEYBROKER_SEQ",
+        /* of DESIGN's second wave: the record's own time and host */
+        "KEYBROKER_REALTIME_USEC", "KEYBROKER_HOST",
         "SYSLOG_IDENTIFIER",
 };
 
-/* Exactly DESIGN's fields and our two recovery fields, each once, nothing else. */
+/* Exactly DESIGN's fields, our two recovery fields, time and host, each
+ * once, nothing else. */
 static void check_request_shape(size_t i) {
         for (size_t k = 0; k < ELEMENTSOF(request_fields); k++)
                 (void) cap_field(i, request_fields[k]);

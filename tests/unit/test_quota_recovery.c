@@ -208,6 +208,16 @@ static void test_record_parse(void **state) {
         assert_int_equal(feed(&rec, team), 0);
         assert_int_equal(strlen(rec.team), KB_REPLAY_TEAM_MAX);
 
+        /* The record's own time: optional, not needed for completeness, a
+         * bad value ignored (journald's time is used then). */
+        feed_all(&rec, "openai");
+        assert_int_equal(rec.realtime_usec, 0);
+        assert_int_equal(feed(&rec, "KEYBROKER_REALTIME_USEC=1764000000123456"), 0);
+        assert_true(rec.realtime_usec == UINT64_C(1764000000123456));
+        assert_int_equal(kb_replay_record_complete(&rec), 0);
+        assert_int_equal(feed(&rec, "KEYBROKER_REALTIME_USEC=soon"), 0);
+        assert_int_equal(rec.realtime_usec, 0);
+
         /* Not ours, or a near miss of a name: ignored. */
         kb_replay_record_init(&rec);
         assert_int_equal(feed(&rec, "KEYBROKER_SEQUENCE=x"), 0);

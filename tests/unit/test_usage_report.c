@@ -169,6 +169,11 @@ static void test_by(void **state) {
                 assert_int_equal(by[0], USAGE_BY_DAY);
         }
         assert_string_equal(usage_by_to_string(USAGE_BY_UNIT), "unit");
+        n = 0;
+        assert_int_equal(usage_parse_by("host,team", by, &n), 0);
+        assert_int_equal(n, 2);
+        assert_int_equal(by[0], USAGE_BY_HOST);
+        assert_string_equal(usage_by_to_string(USAGE_BY_HOST), "host");
         assert_null(usage_by_to_string(_USAGE_BY_MAX));
 }
 
@@ -213,6 +218,22 @@ static void test_record_parse(void **state) {
         assert_int_equal(rec->upstream_status, 503);
         assert_true(rec->has_latency);
         assert_int_equal(rec->latency_ms, 812);
+
+        /* The record's own time beats journald's; host from KEYBROKER_HOST,
+         * journald's _HOSTNAME kept apart as the fallback; the test mark. */
+        rec->realtime_usec = 5;
+        assert_int_equal(item(rec, "KEYBROKER_REALTIME_USEC=1764000000000000"), 1);
+        assert_true(rec->realtime_usec == UINT64_C(1764000000000000));
+        assert_int_equal(item(rec, "_HOSTNAME=collector"), 1);
+        assert_int_equal(item(rec, "KEYBROKER_HOST=web-7"), 1);
+        assert_memory_equal(rec->host.s, "web-7", 5);
+        assert_memory_equal(rec->journal_host.s, "collector", 9);
+        assert_false(rec->test);
+        assert_int_equal(item(rec, "KEYBROKER_TEST=1"), 1);
+        assert_true(rec->test);
+        usage_record_reset(rec);
+        assert_false(rec->test);
+        assert_int_equal(rec->host.len, 0);
 
         /* Numbers that don't parse leave what was there (0 after a reset). */
         usage_record_reset(rec);
