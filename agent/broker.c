@@ -6,9 +6,11 @@
 #include <fcntl.h>
 #include <sodium.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
+#include "keywatch.h"
 
 static uint64_t count_open_fds(void) {
         DIR *d = opendir("/proc/self/fd");
@@ -113,6 +115,7 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         kb_keystore_free(b->keys);
         b->keys = ks;
         kb_routing_reconfigure(b);
+        (void) kb_broker_watch_keys(b);
         struct kb_http_limits lim = kb_api_limits(c);
         if (b->api)
                 kb_http_server_set_limits(b->api, &lim);
@@ -120,6 +123,91 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         (void) kb_journal_config(b->journal, "reloaded", b->config_path, NULL);
         (void) sd_notify(false, "READY=1");
         return 0;
+}
+
+int kb_broker_watch_keys(struct kb_broker *b) {
+        const struct kb_agent_config *a = &b->config->agent;
+        int r;
+
+        if (!b->keywatch) {
+                r = kb_keywatch_new(b->event, kb_broker_keys_changed, b, &b->keywatch);
+                if (r < 0) {
+                        fprintf(stderr, "<4>cannot watch key files: %s; a replaced key needs a reload\n", strerror(-r));
+                        return r;
+                }
+        }
+        r = kb_keywatch_set_paths(b->keywatch, a->credentials_dir, a->keystore);
+        if (r < 0)
+                fprintf(stderr, "<4>cannot watch all key files (credentials_dir %s, keystore %s): %s; "
+                        "a key replaced there needs a reload\n", strempty(a->credentials_dir), strempty(a->keystore),
+                        strerror(-r));
+        return r;
+}
+
+/* The active version of name in ks: its description, or false. */
+static bool active_key(const struct kb_keystore *ks, const char *name, struct kb_key_info *ret) {
+        for (size_t i = 0; i < kb_keystore_n_versions(ks); i++)
+                if (kb_keystore_describe(ks, i, ret) >= 0 && ret->active && streq(ret->name, name))
+                        return true;
+        return false;
+}
+
+/* Who put the file there: its owner now. */
+static uid_t key_file_owner(const struct kb_agent_config *a, const struct kb_key_info *k) {
+        _cleanup_free_ char *p = NULL;
+        struct stat st;
+
+        if (k->sealed)
+                return a->keystore && stat(a->keystore, &st) == 0 ? st.st_uid : (uid_t) -1;
+        if (!a->credentials_dir || asprintf(&p, "%s/%s", a->credentials_dir, k->name) < 0)
+                return (uid_t) -1;
+        return stat(p, &st) == 0 ? st.st_uid : (uid_t) -1;
+}
+
+void kb_broker_keys_changed(void *userdata) {
+        struct kb_broker *b = userdata;
+        const struct kb_agent_config *a = &b->config->agent;
+        struct kb_keystore *ks = NULL;
+        struct kb_key_info old, now;
+        char *error = NULL, v[16];
+        unsigned n = 0;
+
+        int r = kb_broker_load_keys(b->config, &ks, &error);
+        if (r < 0) {
+                /* a half-written or bad file: keep serving with what we have */
+                fprintf(stderr, "<4>key files changed but cannot be read, keeping the keys in use: %s\n",
+                        error ?: strerror(-r));
+                free(error);
+                return;
+        }
+        for (size_t i = 0; i < kb_keystore_n_versions(ks); i++) {
+                if (kb_keystore_describe(ks, i, &now) < 0 || !now.active)
+                        continue;
+                if (active_key(b->keys, now.name, &old) && old.version == now.version && old.sealed == now.sealed &&
+                    streq(old.fingerprint, now.fingerprint))
+                        continue;
+                snprintf(v, sizeof(v), "%u", now.version);
+                fprintf(stderr, "<5>key %s replaced on disk (version %s, fingerprint %s)\n", now.name, v,
+                        now.fingerprint);
+                (void) kb_journal_key(b->journal, "replaced", now.name, v, now.fingerprint, key_file_owner(a, &now));
+                n++;
+        }
+        for (size_t i = 0; i < kb_keystore_n_versions(b->keys); i++) {
+                if (kb_keystore_describe(b->keys, i, &old) < 0 || !old.active || active_key(ks, old.name, &now))
+                        continue;
+                fprintf(stderr, "<5>key %s removed on disk\n", old.name);
+                (void) kb_journal_key(b->journal, "removed", old.name, "all", NULL, (uid_t) -1);
+                n++;
+        }
+        if (n == 0) {
+                /* our own keystore write, or a file rewritten unchanged */
+                kb_keystore_free(ks);
+                return;
+        }
+        /* As a reload does: requests in flight keep their key versions. */
+        kb_keystore_carry_stats(ks, b->keys);
+        kb_keystore_free(b->keys);
+        b->keys = ks;
 }
 
 #define RESEAL_USEC (1 * USEC_PER_SEC)

@@ -38,6 +38,7 @@ struct kb_broker {
         struct kb_quota *quota;
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
         sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
+        struct kb_keywatch *keywatch;   /* credentials_dir and the keystore file, on disk */
         char instance[33];              /* this host's broker identity, kept in state_dir */
         char hostname[256];             /* KEYBROKER_HOST of its records, read at start */
         uint64_t seq;                   /* last settle sequence number */
@@ -60,6 +61,14 @@ int kb_broker_load_keys(const struct kb_config *c, struct kb_keystore **ret, cha
  * config or keystore is rejected (journaled with its reason, returned in
  * *ret_error when non-NULL) and the running one stays. */
 int kb_broker_reload(struct kb_broker *b, char **ret_error);
+
+/* broker.c: watch the current config's key files (credentials_dir, the
+ * keystore) and take a replaced one without a reload: the keys are read
+ * again and swapped in as a reload does (requests in flight keep the version
+ * they started with), each changed key journaled as "replaced" (or
+ * "removed"). Logs once what cannot be watched. */
+int kb_broker_watch_keys(struct kb_broker *b);
+void kb_broker_keys_changed(void *userdata);
 
 /* broker.c: done with a key opened for a request: kb_key_release() it and
  * make sure it is resealed within about a second once nothing uses it. */

@@ -12,6 +12,7 @@
 
 #include "admin.h"
 #include "broker.h"
+#include "keywatch.h"
 #include "metrics.h"
 #include "router.h"
 #include "quota-recovery.h"
@@ -418,6 +419,9 @@ static int run(struct daemon *d) {
                 fprintf(stderr, "<3>cannot set up libcurl: %s\n", strerror(-r));
                 return r;
         }
+        /* a key replaced on disk is taken without a reload; failing to
+         * watch is logged and not fatal */
+        (void) kb_broker_watch_keys(b);
 
         warn_unknown_fds();
         raise_nofile(b->config);
@@ -549,6 +553,7 @@ int main(int argc, char **argv) {
         sd_event_source_unref(d.b.reseal_timer);
         kb_quota_saver_free(d.saver);
         sd_event_unref(d.b.event);
+        kb_keywatch_free(d.b.keywatch);
         kb_keystore_free(d.b.keys);
         kb_quota_free(d.b.quota);
         kb_router_free(d.b.router);

@@ -18,6 +18,7 @@
 #include "admin.h"
 #include "harness.h"
 #include "keystore.h"
+#include "keywatch.h"
 #include "router.h"
 
 /* A stall: the broker took longer than this to answer and close. Every
@@ -459,6 +460,7 @@ static void fuzz_broker_cleanup(void) {
         kb_config_unref(b->config);
         free(b->uid_conns);
         sd_event_source_disable_unref(b->reseal_timer);
+        kb_keywatch_free(b->keywatch); /* a fuzzed POST /reload sets it up */
         sd_event_unref(b->event);
         char cmd[128];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fb->dir);

@@ -83,20 +83,9 @@ subtest 'two rotations under sustained load: no failed request, a stream keeps i
         my $stream_n = $stream_entry ? $stream_entry->{n} : undef;
 
         # The load: curl with $LOAD_PARALLEL parallel keep-alive transfers.
-        my $d = KB::tmpdir('load');
-        spew("$d/body", json_encode({ model => 'gpt-mini', messages => [{ role => 'user', content => 'load' }] }));
-        spew("$d/urls", join('', map { qq{url = "http://localhost/v1/chat/completions"\noutput = "/dev/null"\n} }
-                                         1 .. $LOAD_REQUESTS));
         my $before = $mock->count;
-        my $pid = fork // die "fork: $!";
-        if (!$pid) {
-                open(STDOUT, '>', "$d/out") or POSIX::_exit(126);
-                open(STDERR, '>', "$d/err") or POSIX::_exit(126);
-                exec('curl', '-q', '-s', '-S', '--http1.1', '-Z', '--parallel-max', $LOAD_PARALLEL,
-                     '--unix-socket', $broker->socket, '-X', 'POST', '-H', 'Content-Type: application/json',
-                     '-H', 'Expect:', '--data-binary', "\@$d/body", '--max-time', 60,
-                     '-w', '%{http_code} %header{x-mock-n}\n', '-K', "$d/urls") or POSIX::_exit(127);
-        }
+        my $load = KB::curl_load($broker, requests => $LOAD_REQUESTS, parallel => $LOAD_PARALLEL,
+                                 json => { model => 'gpt-mini', messages => [{ role => 'user', content => 'load' }] });
 
         my %mark;       # rotation => [mock log count when asked, when answered]
         for my $rot (2, 3) {
@@ -110,10 +99,7 @@ subtest 'two rotations under sustained load: no failed request, a stream keeps i
                 $fp{$rot} = $res->{json}{fingerprint};
                 $mark{$rot} = [$asked, $answered];
         }
-        waitpid($pid, 0);
-        is($?, 0, 'curl finished cleanly') or diag(slurp("$d/err"));
-
-        my @lines = split /\n/, slurp("$d/out") // '';
+        my @lines = KB::curl_load_wait($load);
         is(scalar @lines, $LOAD_REQUESTS, "$LOAD_REQUESTS answers");
         my @failed = grep { !/^200 / } @lines;
         is(scalar @failed, 0, 'every request got 200') or diag(join("\n", @failed[0 .. ($#failed < 9 ? $#failed : 9)]));

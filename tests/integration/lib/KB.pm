@@ -851,6 +851,36 @@ sub http_request($method, $path, %o) {
 
 sub raw_connect($target) { KB::Raw->connect(sock_of($target)) }
 
+# curl_load($broker, requests => N, parallel => P, json => $body): N POSTs to
+# /v1/chat/completions through curl's own parallel keep-alive transfers, in
+# the background. Returns {pid, dir}; curl_load_wait($load) waits for it and
+# returns the lines "STATUS X-MOCK-N", one per request.
+sub curl_load($target, %o) {
+        my $d = tmpdir('load');
+        spew("$d/body", json_encode($o{json}));
+        spew("$d/urls", join('', map { qq{url = "http://localhost/v1/chat/completions"\noutput = "/dev/null"\n} }
+                                         1 .. $o{requests}));
+        my $pid = fork // croak "fork: $!";
+        if (!$pid) {
+                open(STDOUT, '>', "$d/out") or _exit(126);
+                open(STDERR, '>', "$d/err") or _exit(126);
+                exec('curl', '-q', '-s', '-S', '--http1.1', '-Z', '--parallel-max', $o{parallel},
+                     '--unix-socket', sock_of($target), '-X', 'POST', '-H', 'Content-Type: application/json',
+                     '-H', 'Expect:', '--data-binary', "\@$d/body", '--max-time', 60,
+                     '-w', '%{http_code} %header{x-mock-n}\n', '-K', "$d/urls") or _exit(127);
+        }
+        $CHILDREN{$pid} = 'curl load';
+        return { pid => $pid, dir => $d };
+}
+
+sub curl_load_wait($load) {
+        waitpid($load->{pid}, 0);
+        my $st = $?;
+        delete $CHILDREN{$load->{pid}};
+        Test::More::is($st, 0, 'the curl load finished cleanly') or Test::More::diag(slurp("$load->{dir}/err"));
+        return split /\n/, slurp("$load->{dir}/out") // '';
+}
+
 # A raw client on the api socket for what curl can't do: pipelining, smuggling
 # attempts, stalls, holding connections open, reading at our own pace with
 # arrival timestamps.
