@@ -46,7 +46,7 @@ static const unsigned send_backoff_msec[] = { 1, 10 };
  *    counted (n_dropped). A spool write that fails is counted the same way.
  *  - A spooled record carries KEYBROKER_SPOOLED=1 and
  *    KEYBROKER_REALTIME_USEC, the time it was made (journald's own timestamp
- *    is the time it was re-sent).
+ *    is the time it was re-sent); a request record has its own already.
  *  - At stop, what is still queued goes to the spool; the next start
  *    re-sends it before anything new. */
 #define REPLAY_BATCH 256
@@ -285,9 +285,16 @@ static int spool_record(struct kb_spool *spool, const struct kb_record *rec) {
         char when[64];
         size_t n = record_iov(rec, iov);
 
-        snprintf(when, sizeof(when), "KEYBROKER_REALTIME_USEC=%" PRIu64, rec->realtime_usec);
+        bool has_time = false;
+
+        /* request records carry their own (the quota's settle time) */
+        for (size_t i = 0; i < rec->n && !has_time; i++)
+                has_time = strncmp(rec->items[i], "KEYBROKER_REALTIME_USEC=", 24) == 0;
         iov[n++] = (struct iovec) { .iov_base = (char *) "KEYBROKER_SPOOLED=1", .iov_len = 19 };
-        iov[n++] = (struct iovec) { .iov_base = when, .iov_len = strlen(when) };
+        if (!has_time) {
+                snprintf(when, sizeof(when), "KEYBROKER_REALTIME_USEC=%" PRIu64, rec->realtime_usec);
+                iov[n++] = (struct iovec) { .iov_base = when, .iov_len = strlen(when) };
+        }
         return kb_spool_append(spool, iov, n);
 }
 
