@@ -4,7 +4,7 @@ DESTDIR ?=
 CC ?= cc
 BUILD ?= build
 
-PKGS := libsystemd libcurl jansson libsodium inih
+PKGS := libsystemd libcurl jansson libsodium inih hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LLHTTP_DIR ?= /usr/share/llhttp
@@ -44,10 +44,10 @@ all: $(DAEMON) $(CTL) $(MOCK)
 # Debian packages. make run needs only RUN_PKGS (compiler, libraries,
 # journald, curl); make test adds TEST_PKGS and the SDKs. A quick no-op when
 # everything is there.
-RUN_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp \
+RUN_PKGS := build-essential pkg-config libsystemd-dev libcurl4-openssl-dev node-llhttp libhiredis-dev \
 	libjansson-dev libsodium-dev libinih-dev systemd curl
 TEST_PKGS := libcmocka-dev util-linux perl libjson-pp-perl socat openssl systemd-journal-remote \
-	python3-httpx clang libclang-rt-14-dev valgrind
+	python3-httpx clang libclang-rt-14-dev valgrind redis-server stunnel4
 apt_ensure = missing=""; for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "admin.h"
+#include "fleet-store.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
 #include "metrics.h"
@@ -119,6 +120,28 @@ static json_t *capacity_json(const struct kb_broker *b) {
                          "limit", cap.fds_limit == UINT64_MAX ? json_null() : json_integer((json_int_t) cap.fds_limit));
 }
 
+/* null when there is no quota store; else its state, since when, why
+ * offline, round trips and the brokers holding a lease. */
+static json_t *store_json(const struct kb_broker *b) {
+        struct kb_store_stats st;
+
+        if (!b->store)
+                return json_null();
+        kb_store_get_stats(b->store, &st);
+        return json_pack("{s:s, s:s, s:o, s:s?, s:I, s:f, s:f, s:I, s:I, s:I, s:I}",
+                         "url", strempty(b->config->agent.quota_store),
+                         "state", kb_store_state_to_string(st.state),
+                         "since", kb_admin_time_json(st.since_usec),
+                         "reason", st.reason[0] ? st.reason : NULL,
+                         "brokers", (json_int_t) st.brokers,
+                         "rtt_p50_ms", (double) st.rtt_p50_usec / 1000.0,
+                         "rtt_p99_ms", (double) st.rtt_p99_usec / 1000.0,
+                         "replies", (json_int_t) st.n_replies,
+                         "errors", (json_int_t) st.n_errors,
+                         "timeouts", (json_int_t) st.n_timeouts,
+                         "offline_s", (json_int_t) (st.offline_usec / USEC_PER_SEC));
+}
+
 static void serve_status(struct kb_conn *c, struct kb_broker *b) {
         uint64_t now = kb_realtime_usec();
         struct rlimit rl = {};
@@ -145,6 +168,8 @@ static void serve_status(struct kb_conn *c, struct kb_broker *b) {
         if (j && cap)
                 json_object_update(j, cap);
         json_decref(cap);
+        if (j)
+                json_object_set_new(j, "quota_store", store_json(b));
         kb_admin_respond(c, 200, j);
 }
 

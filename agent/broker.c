@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
+#include "fleet-store.h"
 #include "keywatch.h"
 
 static uint64_t count_open_fds(void) {
@@ -110,8 +111,10 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         /* Requests in flight keep their own references to the old config
          * and to the key versions they started with. */
         kb_keystore_carry_stats(ks, b->keys);
-        kb_config_unref(b->config);
+        struct kb_config *old = b->config;
         b->config = c;
+        (void) kb_broker_connect_store(b, old);
+        kb_config_unref(old);
         kb_keystore_free(b->keys);
         b->keys = ks;
         kb_routing_reconfigure(b);
@@ -123,6 +126,47 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         (void) kb_journal_config(b->journal, "reloaded", b->config_path, NULL);
         (void) sd_notify(false, "READY=1");
         return 0;
+}
+
+static void on_store_event(void *userdata, const struct kb_store_event *ev) {
+        struct kb_broker *b = userdata;
+        const char *url = b->config->agent.quota_store;
+
+        if (ev->reason)
+                fprintf(stderr, "<4>quota store %s %s: %s\n", strempty(url), ev->event, ev->reason);
+        else
+                fprintf(stderr, "<6>quota store %s %s, %" PRIu64 " broker(s) seen\n", strempty(url), ev->event,
+                        ev->brokers);
+        (void) kb_journal_store(b->journal, ev->event, url, ev->reason, ev->brokers);
+}
+
+static bool store_settings_equal(const struct kb_agent_config *a, const struct kb_agent_config *o) {
+        return streq_ptr(a->quota_store, o->quota_store) && streq_ptr(a->quota_store_password, o->quota_store_password) &&
+               streq_ptr(a->quota_store_prefix, o->quota_store_prefix) &&
+               a->quota_store_timeout_usec == o->quota_store_timeout_usec;
+}
+
+int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old) {
+        const struct kb_agent_config *a = &b->config->agent;
+        int r;
+
+        if (old && store_settings_equal(a, &old->agent))
+                return 0;
+        b->store = kb_store_free(b->store);
+        if (!a->quota_store)
+                return 0;
+        struct kb_store_options o = {
+                .addr = &a->store,
+                .password_file = a->quota_store_password,
+                .prefix = a->quota_store_prefix,
+                .timeout_usec = a->quota_store_timeout_usec,
+                .instance = b->instance,
+                .hostname = b->hostname,
+        };
+        r = kb_store_new(b->event, &o, on_store_event, b, &b->store);
+        if (r < 0)
+                fprintf(stderr, "<3>cannot set up the quota store %s: %s\n", a->quota_store, strerror(-r));
+        return r;
 }
 
 int kb_broker_watch_keys(struct kb_broker *b) {

@@ -39,6 +39,7 @@ struct kb_broker {
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
         sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
         struct kb_keywatch *keywatch;   /* credentials_dir and the keystore file, on disk */
+        struct kb_store *store;         /* [agent] quota_store: the fleet's Redis, or NULL */
         char instance[33];              /* this host's broker identity, kept in state_dir */
         char hostname[256];             /* KEYBROKER_HOST of its records, read at start */
         uint64_t seq;                   /* last settle sequence number */
@@ -69,6 +70,11 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error);
  * "removed"). Logs once what cannot be watched. */
 int kb_broker_watch_keys(struct kb_broker *b);
 void kb_broker_keys_changed(void *userdata);
+
+/* broker.c: connect to the config's quota store (or drop the connection when
+ * the config has none); on reload only when its settings changed. Its state
+ * changes are logged and journaled (KB_MID_STORE). */
+int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old);
 
 /* broker.c: done with a key opened for a request: kb_key_release() it and
  * make sure it is resealed within about a second once nothing uses it. */

@@ -77,6 +77,8 @@ int kb_cfg_expand_credentials(const char *v, char **ret);
 /* Sets rt's retry_* fields from a retry_on value; -EINVAL with *ret_bad at
  * the bad word (NULL: no words), -ENOMEM. */
 int kb_cfg_parse_retry_on(const char *v, struct kb_route *rt, const char **ret_bad);
+/* quota_store: a URL into *ret (strings malloc'd); -EINVAL with *ret_why. */
+int kb_cfg_parse_store_url(const char *v, struct kb_store_addr *ret, const char **ret_why);
 
 /* NULL-name terminated. */
 extern const struct key_def kb_cfg_agent_keys[];

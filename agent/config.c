@@ -369,10 +369,12 @@ static int config_new(const char *name, struct kb_config **ret) {
                 .max_connections = 1024,
                 .max_connections_per_uid = 256,
                 .journal = true,
+                .quota_store_timeout_usec = 50 * USEC_PER_MSEC,
         };
         if (!(c->path = strdup(name)) || !(c->agent.listen = strdup(KB_DEFAULT_LISTEN)) ||
             !(c->agent.admin = strdup(KB_DEFAULT_ADMIN)) || !(c->agent.keystore = strdup(KB_DEFAULT_KEYSTORE)) ||
             !(c->agent.state_dir = strdup(KB_DEFAULT_STATE_DIR)) ||
+            !(c->agent.quota_store_prefix = strdup("keybroker:")) ||
             kb_cfg_expand_credentials("$CREDENTIALS_DIRECTORY", &c->agent.credentials_dir) < 0 ||
             kb_cfg_expand_credentials("$CREDENTIALS_DIRECTORY/keybroker.master", &c->agent.master_key) < 0)
                 return -ENOMEM;
@@ -501,6 +503,11 @@ struct kb_config *kb_config_unref(struct kb_config *c) {
         free(a->keystore);
         free(a->master_key);
         free(a->state_dir);
+        free(a->quota_store);
+        free(a->store.host);
+        free(a->store.path);
+        free(a->quota_store_password);
+        free(a->quota_store_prefix);
         for (size_t i = 0; i < c->n_teams; i++) {
                 struct kb_team *t = &c->teams[i];
                 free(t->name);

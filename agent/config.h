@@ -110,6 +110,16 @@ struct kb_team {
         unsigned line;
 };
 
+/* Where the fleet's quota store (Redis) is: a TCP address (an IP literal:
+ * a name would be resolved on the event loop) or a Unix socket, and the
+ * database number. */
+struct kb_store_addr {
+        char *host;                     /* NULL for a Unix socket */
+        unsigned port;
+        char *path;                     /* Unix socket, or NULL */
+        unsigned db;
+};
+
 struct kb_agent_config {
         char *listen;                   /* default KB_DEFAULT_LISTEN */
         mode_t listen_mode;             /* default 0666 */
@@ -130,6 +140,12 @@ struct kb_agent_config {
         uint64_t idle_timeout_usec;     /* default 60s: keep-alive connection with no request */
         bool journal;                   /* default true: a journal record per request (journal = yes|no) */
         bool test_traffic;              /* request records carry KEYBROKER_TEST=1 (tests, benchmarks) */
+
+        char *quota_store;              /* the URL as written; NULL = per-host counters only */
+        struct kb_store_addr store;     /* parsed from it */
+        char *quota_store_password;     /* a file holding it, read when connecting */
+        char *quota_store_prefix;       /* default "keybroker:" */
+        uint64_t quota_store_timeout_usec; /* default 50ms: longest wait for one store reply */
 };
 
 struct kb_config {

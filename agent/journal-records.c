@@ -245,6 +245,33 @@ static int build_config(struct kb_record *rec, const char *event, const char *pa
         return 0;
 }
 
+static int build_store(struct kb_record *rec, const char *event, const char *url, const char *reason,
+                       uint64_t brokers) {
+        bool offline = streq(event, "offline");
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_STORE);
+        if (offline)
+                ADDF(rec, F_MESSAGE, "Quota store %.*s offline: %.*s", MSG_NAME_MAX, strempty(url), MSG_ERROR_MAX,
+                     strempty(reason));
+        else
+                ADDF(rec, F_MESSAGE, "Quota store %.*s %s, %" PRIu64 " broker(s) seen", MSG_NAME_MAX, strempty(url),
+                     event, brokers);
+        ADD(rec, F_PRIORITY, offline ? "4" : "6");
+        ADD(rec, F_EVENT, event);
+        ADD(rec, "KEYBROKER_STORE", strempty(url));
+        if (reason)
+                ADD_CAPPED(rec, "KEYBROKER_REASON", reason);
+        else
+                ADD_U64(rec, "KEYBROKER_BROKERS", brokers);
+        return 0;
+}
+
+int kb_journal_store(struct kb_journal *j, const char *event, const char *url, const char *reason, uint64_t brokers) {
+        if (!j || !event)
+                return -EINVAL;
+        return SUBMIT_NEW(j, build_store, event, url, reason, brokers);
+}
+
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error) {
         if (!j || !event)
                 return -EINVAL;

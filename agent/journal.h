@@ -96,6 +96,9 @@ int kb_journal_lifecycle(struct kb_journal *j, const char *event, const char *me
  * the config key's name; amounts in its unit (requests, tokens, micro-USD). */
 int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, uint64_t used, uint64_t max,
                      uint64_t reset_usec);
+/* Quota store (KB_MID_STORE): event "connected", "offline" (with the
+ * reason) or "back" (with the brokers seen); url as configured. */
+int kb_journal_store(struct kb_journal *j, const char *event, const char *url, const char *reason, uint64_t brokers);
 /* Config (KB_MID_CONFIG): event "loaded", "reloaded", "rejected"; path; error may be NULL. */
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error);
 /* Key change (KB_MID_KEY): action "set", "rotated", "rolled_back" or

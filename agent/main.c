@@ -12,6 +12,7 @@
 
 #include "admin.h"
 #include "broker.h"
+#include "fleet-store.h"
 #include "keywatch.h"
 #include "metrics.h"
 #include "router.h"
@@ -422,6 +423,7 @@ static int run(struct daemon *d) {
         /* a key replaced on disk is taken without a reload; failing to
          * watch is logged and not fatal */
         (void) kb_broker_watch_keys(b);
+        (void) kb_broker_connect_store(b, NULL);
 
         warn_unknown_fds();
         raise_nofile(b->config);
@@ -554,6 +556,7 @@ int main(int argc, char **argv) {
         kb_quota_saver_free(d.saver);
         sd_event_unref(d.b.event);
         kb_keywatch_free(d.b.keywatch);
+        kb_store_free(d.b.store);
         kb_keystore_free(d.b.keys);
         kb_quota_free(d.b.quota);
         kb_router_free(d.b.router);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "fleet-store.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
 #include "quota.h"
@@ -500,6 +501,26 @@ static int format_capacity(struct kb_broker *b, struct kb_buf *out) {
         CHECK(family(out, "keybroker_upstream_calls_pending", "gauge",
                      "Provider calls inside libcurl with no connection and none being made for them (should be 0)."));
         CHECK(sample_u64(out, "keybroker_upstream_calls_pending", NULL, 0, cap.upstream.waiting));
+        if (b->store) {
+                struct kb_store_stats st;
+                kb_store_get_stats(b->store, &st);
+                CHECK(family(out, "keybroker_quota_store_up", "gauge", "1 while the quota store answers, else 0."));
+                CHECK(sample_u64(out, "keybroker_quota_store_up", NULL, 0, st.state == KB_STORE_ONLINE));
+                CHECK(family(out, "keybroker_quota_store_rtt_seconds", "gauge",
+                             "Round trip to the quota store over its last replies, by quantile."));
+                const char *q50[] = { "quantile", "0.5" }, *q99[] = { "quantile", "0.99" };
+                CHECK(sample_usec(out, "keybroker_quota_store_rtt_seconds", q50, 1, st.rtt_p50_usec));
+                CHECK(sample_usec(out, "keybroker_quota_store_rtt_seconds", q99, 1, st.rtt_p99_usec));
+                CHECK(family(out, "keybroker_quota_store_errors_total", "counter",
+                             "Quota store commands that failed: error replies and timeouts."));
+                CHECK(sample_u64(out, "keybroker_quota_store_errors_total", NULL, 0, st.n_errors + st.n_timeouts));
+                CHECK(family(out, "keybroker_quota_store_offline_seconds_total", "counter",
+                             "Time the quota store could not be used, since start."));
+                CHECK(sample_usec(out, "keybroker_quota_store_offline_seconds_total", NULL, 0, st.offline_usec));
+                CHECK(family(out, "keybroker_quota_store_brokers", "gauge",
+                             "Brokers holding a live lease in the quota store."));
+                CHECK(sample_u64(out, "keybroker_quota_store_brokers", NULL, 0, st.brokers));
+        }
         CHECK(family(out, "keybroker_open_fds", "gauge", "File descriptors keybrokerd has open."));
         CHECK(sample_u64(out, "keybroker_open_fds", NULL, 0, cap.fds_open));
         CHECK(family(out, "keybroker_max_fds", "gauge", "keybrokerd's RLIMIT_NOFILE (soft, as raised at start)."));

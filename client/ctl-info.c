@@ -94,6 +94,29 @@ static void format_counts(const json_t *o, char *buf, size_t size) {
                 snprintf(buf, size, "-");
 }
 
+/* "none (limits per host)", "connected to URL since T, N brokers, rtt p50 X
+ * ms p99 Y ms" or "offline since T: REASON". */
+static void format_store(const json_t *o, char *buf, size_t size) {
+        char since[64], url[256], reason[200];
+
+        if (!json_is_object(o)) {
+                snprintf(buf, size, "none (limits counted per host)");
+                return;
+        }
+        const char *state = json_string_value(json_object_get(o, "state"));
+        ctl_format_time(json_string_value(json_object_get(o, "since")), since, sizeof(since));
+        ctl_json_scalar(json_object_get(o, "url"), url, sizeof(url));
+        if (state && streq(state, "connected"))
+                snprintf(buf, size, "connected to %s since %s, %" JSON_INTEGER_FORMAT " broker(s), rtt p50 %.2f ms, p99 %.2f ms",
+                         url, since, json_integer_value(json_object_get(o, "brokers")),
+                         json_number_value(json_object_get(o, "rtt_p50_ms")),
+                         json_number_value(json_object_get(o, "rtt_p99_ms")));
+        else {
+                ctl_json_scalar(json_object_get(o, "reason"), reason, sizeof(reason));
+                snprintf(buf, size, "%s %s since %s: %.150s", state ? state : "?", url, since, reason);
+        }
+}
+
 static void format_uptime(json_int_t s, char *buf, size_t size) {
         if (s < 0) {
                 snprintf(buf, size, "-");
@@ -147,7 +170,8 @@ int ctl_cmd_status(const struct ctl *ctl, int argc, char **argv) {
         ctl_json_scalar(json_object_get(j, "dumpable"), dumpable, sizeof(dumpable));
         ctl_json_scalar(json_object_get(j, "core_limit"), core, sizeof(core));
 
-        char refusing[32], refused[256], upstream[256], fds[128];
+        char refusing[32], refused[256], upstream[256], fds[128], store[512];
+        format_store(json_object_get(j, "quota_store"), store, sizeof(store));
         ctl_json_scalar(json_object_get(j, "refusing"), refusing, sizeof(refusing));
         format_counts(json_object_get(j, "refused"), refused, sizeof(refused));
         format_counts(json_object_get(j, "upstream"), upstream, sizeof(upstream));
@@ -155,12 +179,12 @@ int ctl_cmd_status(const struct ctl *ctl, int argc, char **argv) {
 
         const char *const keys[] = {
                 "version", "pid", "started", "uptime", "config", "requests served", "in flight",
-                "connections", "refusing now", "refused", "upstream", "file descriptors",
+                "connections", "refusing now", "refused", "upstream", "file descriptors", "quota store",
                 "journal written", "journal dropped", "dumpable", "core limit",
         };
         const char *const values[] = {
                 version, pid, started, uptime, config, served, in_flight,
-                conns, refusing, refused, upstream, fds,
+                conns, refusing, refused, upstream, fds, store,
                 written, dropped, dumpable, core,
         };
         ctl_print_kv(stdout, keys, values, ELEMENTSOF(keys));

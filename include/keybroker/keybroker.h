@@ -25,6 +25,7 @@
 #define KB_MID_CONFIG "52fd69280afb4330966571bb5772f62f"
 #define KB_MID_PREFLIGHT "ed744d6e5d9d4128b630050956cdab33"
 #define KB_MID_LIFECYCLE "e43fe4197ddd4b8a9f47d92e5be5ccce"
+#define KB_MID_STORE "cfe4b02a7d4b41c5a0bb51ebad71f6d3"
 
 #define KB_SYSLOG_IDENTIFIER "keybrokerd"
 

@@ -18,6 +18,7 @@
 #include "admin.h"
 #include "harness.h"
 #include "keystore.h"
+#include "fleet-store.h"
 #include "keywatch.h"
 #include "router.h"
 
@@ -461,6 +462,7 @@ static void fuzz_broker_cleanup(void) {
         free(b->uid_conns);
         sd_event_source_disable_unref(b->reseal_timer);
         kb_keywatch_free(b->keywatch); /* a fuzzed POST /reload sets it up */
+        kb_store_free(b->store);
         sd_event_unref(b->event);
         char cmd[128];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fb->dir);

@@ -28,12 +28,13 @@ my %FIELDS = (
         'ed744d6e5d9d4128b630050956cdab33' => [qw(KEYBROKER_ROUTE KEYBROKER_MODEL KEYBROKER_CHECK KEYBROKER_CHECK_OK
                                                KEYBROKER_CHECK_DETAIL KEYBROKER_LATENCY_MS KEYBROKER_EVIDENCE)],
         'e43fe4197ddd4b8a9f47d92e5be5ccce' => [qw(KEYBROKER_EVENT KEYBROKER_IN_FLIGHT KEYBROKER_VERSION)],
+        'cfe4b02a7d4b41c5a0bb51ebad71f6d3' => [qw(KEYBROKER_EVENT KEYBROKER_STORE KEYBROKER_REASON KEYBROKER_BROKERS)],
 );
 
 subtest 'the IDs are the ones keybroker.h defines' => sub {
         my $h = slurp("$KB::ROOT/include/keybroker/keybroker.h") // '';
         my @ids = $h =~ /#define KB_MID_\w+ "([0-9a-f]{32})"/g;
-        is(scalar(@ids), 7, 'keybroker.h defines 7 MESSAGE_IDs');
+        is(scalar(@ids), 8, 'keybroker.h defines 8 MESSAGE_IDs');
         is_deeply([sort @ids], [sort keys %FIELDS], 'and this test knows each of them');
 };
 
@@ -51,7 +52,7 @@ ok(-s "$root/var/lib/systemd/catalog/database", 'the catalog database was writte
 $r = run_cmd(['journalctl', "--root=$root", '--list-catalog']);
 is($r->{exit}, 0, 'journalctl --list-catalog') or diag($r->{stderr});
 my %listed = map { /^([0-9a-f]{32}) (.*)$/ ? ($1 => $2) : () } split /\n/, $r->{stdout};
-is(scalar(keys %listed), 7, 'exactly 7 entries') or diag($r->{stdout});
+is(scalar(keys %listed), 8, 'exactly 8 entries') or diag($r->{stdout});
 
 for my $id (sort keys %FIELDS) {
         subtest "entry $id" => sub {

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "config-internal.h"
 #include "keybroker/keybroker.h"
 #include "util.h"
 
@@ -701,6 +702,49 @@ static void test_many(void **state) {
         kb_buf_free(&b);
 }
 
+static void test_store_url(void **state) {
+        struct kb_store_addr a;
+        const char *why;
+
+        assert_int_equal(kb_cfg_parse_store_url("redis://127.0.0.1:6379", &a, &why), 0);
+        assert_string_equal(a.host, "127.0.0.1");
+        assert_int_equal(a.port, 6379);
+        assert_int_equal(a.db, 0);
+        assert_null(a.path);
+        free(a.host);
+        assert_int_equal(kb_cfg_parse_store_url("redis://[::1]:7000/12", &a, &why), 0);
+        assert_string_equal(a.host, "::1");
+        assert_int_equal(a.port, 7000);
+        assert_int_equal(a.db, 12);
+        free(a.host);
+        assert_int_equal(kb_cfg_parse_store_url("redis://localhost:1", &a, &why), 0);
+        assert_string_equal(a.host, "127.0.0.1");
+        free(a.host);
+        assert_int_equal(kb_cfg_parse_store_url("unix:/run/redis.sock?db=3", &a, &why), 0);
+        assert_string_equal(a.path, "/run/redis.sock");
+        assert_null(a.host);
+        assert_int_equal(a.db, 3);
+        free(a.path);
+        assert_int_equal(kb_cfg_parse_store_url("unix:/run/redis.sock", &a, &why), 0);
+        assert_int_equal(a.db, 0);
+        free(a.path);
+
+        static const char *const bad[] = {
+                "", "redis://", "redis://127.0.0.1", "redis://127.0.0.1:", "redis://127.0.0.1:0",
+                "redis://127.0.0.1:65536", "redis://127.0.0.1:-1", "redis://127.0.0.1:+1", "redis://127.0.0.1:6379/",
+                "redis://127.0.0.1:6379/x", "redis://127.0.0.1:6379/-1", "redis://127.0.0.1:6379?x", "redis://h:6379",
+                "redis://[::1]6379", "redis://::1:6379", "redis://user:pw@127.0.0.1:6379", "rediss://127.0.0.1:6379",
+                "http://127.0.0.1:6379", "unix:", "unix:run/x", "unix:/x?db=", "unix:/x?db=a", "unix:/x?pw=1",
+                "tcp://127.0.0.1:6379",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                why = NULL;
+                if (kb_cfg_parse_store_url(bad[i], &a, &why) != -EINVAL)
+                        fail_msg("quota_store '%s' should be refused", bad[i]);
+                assert_non_null(why);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_full),
@@ -713,6 +757,7 @@ int main(void) {
                 cmocka_unit_test(test_load_file),
                 cmocka_unit_test(test_family),
                 cmocka_unit_test(test_many),
+                cmocka_unit_test(test_store_url),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -39,7 +39,7 @@ use Time::HiRes qw(time sleep);
 use Exporter 'import';
 our @EXPORT = qw(
         ensure_journald journal_sync journal_records journal_wait journal_request
-        start_mock start_broker standard_config fixture_secret tmpdir
+        start_mock start_broker standard_config fixture_secret tmpdir start_redis stop_redis
         req sse_events raw_connect http_request
         check_fields check_openai_error check_anthropic_error check_common_headers
         unit_cgroup_skip_reason make_unit
@@ -850,6 +850,33 @@ sub http_request($method, $path, %o) {
 }
 
 sub raw_connect($target) { KB::Raw->connect(sock_of($target)) }
+
+# A real redis-server of the test's own: its own dir, loopback port (or
+# unix => 1 for a socket), no persistence unless asked. start_redis(port =>
+# N) reuses a port (a restart); password => P sets requirepass; args => [...]
+# adds redis-server options.
+# Returns {pid, port, socket, dir, url}; stop_redis($r) ends it.
+sub start_redis(%o) {
+        my $bin = '/usr/bin/redis-server';
+        croak "redis-server is not installed (make deps installs it)" unless -x $bin;
+        my $dir = $o{dir} // tmpdir('redis');
+        my $port = $o{port} // free_port();
+        my @cmd = ($bin, '--port', $port, '--bind', '127.0.0.1', '--dir', $dir, '--save', '', '--appendonly', 'no',
+                   '--daemonize', 'no', '--logfile', "$dir/redis.log");
+        push @cmd, '--unixsocket', "$dir/redis.sock", '--unixsocketperm', '700' if $o{unix};
+        push @cmd, '--requirepass', $o{password} if defined $o{password};
+        push @cmd, @{$o{args} // []};
+        my $r = { dir => $dir, port => $port, url => "redis://127.0.0.1:$port",
+                  socket => $o{unix} ? "$dir/redis.sock" : undef };
+        $r->{pid} = spawn(cmd => \@cmd, output => "$dir/redis.out", name => 'redis-server');
+        wait_until(10, sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") })
+                or croak 'redis-server did not start: ' . (slurp("$dir/redis.log") // '');
+        return $r;
+}
+
+sub stop_redis($r, $sig = 'TERM') {
+        return stop_pid($r->{pid}, $sig, 10);
+}
 
 # curl_load($broker, requests => N, parallel => P, json => $body): N POSTs to
 # /v1/chat/completions through curl's own parallel keep-alive transfers, in
