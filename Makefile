@@ -142,9 +142,10 @@ test: deps
 	$(MAKE) sdk
 	$(if $(SAN),,$(MAKE) fuzz-smoke)
 
+# make run STORE=redis: the demo with a redis-server of its own as the quota store.
 run: deps-run
 	@$(MAKE) -j$(NPROC) --no-print-directory all
-	tests/demo/run.sh
+	KB_DEMO_STORE=$(STORE) tests/demo/run.sh
 
 # nginx for the side-by-side in make bench (tests/bench/vs-nginx.sh); the
 # bench skips that part when it is not installed.

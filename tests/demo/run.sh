@@ -32,6 +32,18 @@ port=$(cat "$run/mock.port")
 
 sed -e "s|@RUN@|$run|g" -e "s|@PORT@|$port|g" -e "s|@UID@|$(id -u)|g" \
         "$top/etc/demo.conf.in" >"$run/keybroker.conf"
+# make run STORE=redis: a redis-server of the demo's own, on a Unix socket in
+# run/redis, as the quota store (keybrokerctl status shows it).
+if [ "${KB_DEMO_STORE:-}" = redis ]; then
+        command -v redis-server >/dev/null || { echo "make run: STORE=redis needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+        mkdir -p "$run/redis"
+        redis-server --port 0 --unixsocket "$run/redis/redis.sock" --unixsocketperm 700 --dir "$run/redis" \
+                --save '' --appendonly no --daemonize no --logfile "$run/redis/redis.log" &
+        redis=$!
+        trap 'kill $mock $redis 2>/dev/null || true' EXIT
+        sed -i "/^\[agent\]/a quota_store = unix:$run/redis/redis.sock" "$run/keybroker.conf"
+        for _ in $(seq 50); do [ -S "$run/redis/redis.sock" ] && break; sleep 0.1; done
+fi
 # 86-demo.t's runs are tests: keybrokerctl usage leaves them out.
 if [ -n "${KB_DEMO_TEST_TRAFFIC:-}" ]; then
         sed -i '/^\[agent\]/a test_traffic = yes' "$run/keybroker.conf"

@@ -172,6 +172,24 @@ subtest 'a wrong password, an unreachable store: offline with the reason, calls 
         is($b->stop, 0, 'broker exits 0');
 };
 
+subtest 'a key of ours with an unexpected type: offline with the reason, back once it is fixed' => sub {
+        my $redis = start_redis();
+        my $cli = sub (@a) { run_cmd(['redis-cli', '-p', $redis->{port}, @a]) };
+        $cli->('SET', 'kbt85w:brokers', 'not a sorted set');
+        my $b = broker_with(quota_store => $redis->{url}, quota_store_prefix => 'kbt85w:');
+        ok(wait_until(5, sub { (status($b)->{quota_store}{state} // '') eq 'offline' }), 'offline');
+        like(status($b)->{quota_store}{reason} // '', qr/WRONGTYPE/, 'the reason is the store\'s WRONGTYPE');
+        my @rec = $b->journal_wait({ MESSAGE_ID => $MID_STORE, KEYBROKER_EVENT => 'offline' }, 5);
+        like($rec[0]{KEYBROKER_REASON} // '', qr/WRONGTYPE/, 'journaled with it') if @rec;
+        is(req($b, path => '/v1/chat/completions', json => { model => 'gpt-mini', messages => [] })->{status}, 200,
+           'calls are served');
+        $cli->('DEL', 'kbt85w:brokers');
+        ok(wait_until(5, sub { (status($b)->{quota_store}{state} // '') eq 'connected' }), 'connected once the key is gone');
+        ok($b->alive, 'never a crash');
+        is($b->stop, 0, 'broker exits 0');
+        stop_redis($redis);
+};
+
 subtest 'bad settings are --check-config errors with FILE:LINE' => sub {
         my $dir = tmpdir('badstore');
         for my $case (['quota_store = rediss://10.0.0.1:6379', qr/quota_store.*stunnel/],
