@@ -72,24 +72,29 @@ bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info) {
         struct kb_quota_denial d = {};
         uint64_t now = kb_realtime_usec();
 
-        /* The estimate is priced as the first candidate that may be used:
-         * for a team that denies unpriced calls, the first with a price (the
-         * proxy skips the unpriced ones). */
-        bool deny = kb_team_denies_unpriced(r->team);
-        r->price = NULL;
-        for (size_t i = 0; i < r->n_candidates && !r->price; i++) {
-                const struct kb_target *t = r->candidates[i].target;
-                r->price = kb_price_find(t->route, t->upstream_model, NULL);
-                if (!deny)
-                        break;
+        /* A team that denies unpriced calls never reaches a route without
+         * a price for the model, fallbacks included: such candidates are
+         * dropped from the plan here, once, and the rest go on as planned. */
+        if (kb_team_denies_unpriced(r->team)) {
+                const char *first = r->route->name;
+                size_t n = 0;
+                for (size_t i = 0; i < r->n_candidates; i++) {
+                        const struct kb_target *t = r->candidates[i].target;
+                        if (kb_price_find(t->route, t->upstream_model, NULL))
+                                r->candidates[n++] = r->candidates[i];
+                }
+                r->n_candidates = n;
+                if (n == 0) {
+                        kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
+                                    "model '%s' has no price on any of its routes (first: '%s') and team '%s' has "
+                                    "a USD budget (unpriced = deny); add a price or set unpriced = zero",
+                                    r->model, first, r->team->name);
+                        return false;
+                }
+                r->target = r->candidates[0].target;
+                r->route = r->target->route;
         }
-        if (!r->price && deny) {
-                kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
-                            "model '%s' has no price on any of its routes (first: '%s') and team '%s' has a "
-                            "USD budget (unpriced = deny); add a price or set unpriced = zero",
-                            r->model, r->route->name, r->team->name);
-                return false;
-        }
+        r->price = kb_price_find(r->route, r->target->upstream_model, NULL);
 
         /* About four bytes of JSON per token: an over-estimate for prose,
          * released at settle. */

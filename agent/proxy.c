@@ -539,10 +539,7 @@ static void give_up(struct kb_request *r) {
                 names = b.data;
                 kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
                             "model '%s': every route is unavailable (circuit open: %s)", r->model, strempty(names));
-        } else if (r->last_error == -EPERM)
-                kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN, "model '%s': %s", r->model,
-                            strempty(r->last_error_message));
-        else if (r->last_error == -ENOKEY)
+        } else if (r->last_error == -ENOKEY)
                 kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
                             "route '%s': key '%s' is not available on this host", route->name, strempty(route->key));
         else if (r->last_error == -ETIMEDOUT)
@@ -563,20 +560,6 @@ static void next_attempt(struct kb_request *r) {
 
         while (r->next_candidate < r->n_candidates && r->attempts < max_attempts(r)) {
                 const struct kb_candidate *c = &r->candidates[r->next_candidate++];
-                /* A team that denies unpriced calls never reaches a route
-                 * without a price for the model, fallbacks included. */
-                if (kb_team_denies_unpriced(r->team) &&
-                    !kb_price_find(c->target->route, c->target->upstream_model, NULL)) {
-                        if (r->attempts == 0 || r->last_error == -EPERM) {
-                                r->last_error = -EPERM;
-                                free(r->last_error_message);
-                                if (asprintf(&r->last_error_message,
-                                             "route '%s' has no price for '%s' and team '%s' denies unpriced calls",
-                                             c->target->route->name, c->target->upstream_model, r->team->name) < 0)
-                                        r->last_error_message = NULL;
-                        }
-                        continue;
-                }
                 /* An open circuit is skipped at once: no waiting on a route known broken. */
                 int a = kb_router_acquire(r->broker->router, c->target->route->name, now);
                 if (a < 0)
