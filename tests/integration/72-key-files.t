@@ -25,14 +25,7 @@ my $mock = start_mock(require_key => [$old, $new, $third, $anth]);
 
 my $cfg = standard_config(mock => $mock);
 delete $cfg->{'team:ops'}{$_} for qw(requests_per_minute tokens_per_minute);
-my %agent = (
-        listen => '@DIR@/api.sock', listen_mode => '0666', admin => '@DIR@/admin.sock',
-        credentials_dir => '@DIR@/creds', state_dir => '@DIR@/state',
-        keystore => '@DIR@/state/keys.sealed', master_key => '@DIR@/creds/keybroker.master',
-);
-my $broker = start_broker(config => KB::render_config({ %$cfg, agent => \%agent }),
-                          keys => { 'oai-key' => $old, 'anth-key' => $anth,
-                                    'keybroker.master' => KB::random_hex(32) });
+my $broker = KB::start_keystore_broker($cfg, { 'oai-key' => $old, 'anth-key' => $anth });
 my $creds = $broker->dir . '/creds';
 my $store = $broker->dir . '/state/keys.sealed';
 

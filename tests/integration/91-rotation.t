@@ -26,13 +26,7 @@ my $cfg = standard_config(mock => $mock);
 $cfg->{'route:oai'}{key} = 'rot-key';
 # Thousands of calls in a minute: this test is about keys, not quotas.
 delete $cfg->{'team:ops'}{$_} for qw(requests_per_minute tokens_per_minute);
-my %agent = (
-        listen => '@DIR@/api.sock', listen_mode => '0666', admin => '@DIR@/admin.sock',
-        credentials_dir => '@DIR@/creds', state_dir => '@DIR@/state',
-        keystore => '@DIR@/state/keys.sealed', master_key => '@DIR@/creds/keybroker.master',
-);
-my $broker = start_broker(config => KB::render_config({ %$cfg, agent => \%agent }),
-                          keys => { %creds, 'keybroker.master' => KB::random_hex(32) });
+my $broker = KB::start_keystore_broker($cfg, \%creds);
 my $admin_sock = $broker->dir . '/admin.sock';
 my $store = $broker->dir . '/state/keys.sealed';
 

@@ -688,6 +688,18 @@ sub start_broker(%o) {
         return $s;
 }
 
+# A broker with a sealed keystore in its state dir and a random master key
+# among its credentials (keys: the credential files besides it).
+sub start_keystore_broker($cfg, $keys) {
+        my %agent = (
+                listen => '@DIR@/api.sock', listen_mode => '0666', admin => '@DIR@/admin.sock',
+                credentials_dir => '@DIR@/creds', state_dir => '@DIR@/state',
+                keystore => '@DIR@/state/keys.sealed', master_key => '@DIR@/creds/keybroker.master',
+        );
+        return start_broker(config => render_config({ %$cfg, agent => \%agent }),
+                            keys => { %$keys, 'keybroker.master' => random_hex(32) });
+}
+
 # ---------------------------------------------------------------- clients
 
 # Unix-socket path from a broker object or a path.
