@@ -4,7 +4,6 @@
 #include <ctype.h>
 #include <grp.h>
 #include <pwd.h>
-#include <arpa/inet.h>
 #include <stddef.h>
 #include <sys/stat.h>
 
@@ -440,100 +439,6 @@ static int p_models(struct parser *p, const struct key_def *k, void *base, const
                 if (r < 0)
                         return r;
         }
-        return 0;
-}
-
-/* redis://HOST:PORT[/DB] or unix:/PATH[?db=N]; HOST an IPv4 literal,
- * [IPv6] or localhost (a name would need a blocking lookup on the loop). */
-int kb_cfg_parse_store_url(const char *v, struct kb_store_addr *ret, const char **ret_why) {
-        struct kb_store_addr a = {};
-        const char *rest;
-        unsigned long n;
-        char *end;
-
-        *ret_why = NULL;
-        if (strncmp(v, "unix:", 5) == 0) {
-                const char *q = strchr(v + 5, '?');
-                size_t l = q ? (size_t) (q - (v + 5)) : strlen(v + 5);
-                if (l == 0 || v[5] != '/' || l >= 108) {
-                        *ret_why = "unix: needs an absolute socket path (at most 107 bytes)";
-                        return -EINVAL;
-                }
-                if (q) {
-                        if (strncmp(q, "?db=", 4) != 0 || !q[4]) {
-                                *ret_why = "the only option of unix: is ?db=N";
-                                return -EINVAL;
-                        }
-                        errno = 0;
-                        n = strtoul(q + 4, &end, 10);
-                        if (errno || *end || n > 1000000 || q[4] == '-' || q[4] == '+') {
-                                *ret_why = "db is not a database number";
-                                return -EINVAL;
-                        }
-                        a.db = (unsigned) n;
-                }
-                a.path = strndup(v + 5, l);
-                if (!a.path)
-                        return -ENOMEM;
-                *ret = a;
-                return 0;
-        }
-        if (strncmp(v, "redis://", 8) != 0) {
-                *ret_why = "use redis://HOST:PORT[/DB] or unix:/PATH[?db=N] (rediss:// TLS: see stunnel in the README)";
-                return -EINVAL;
-        }
-        rest = v + 8;
-        char host[64];
-        const char *colon;
-        if (rest[0] == '[') {
-                const char *close = strchr(rest, ']');
-                if (!close || close[1] != ':' || (size_t) (close - rest - 1) >= sizeof(host)) {
-                        *ret_why = "an IPv6 address goes in brackets: redis://[::1]:6379";
-                        return -EINVAL;
-                }
-                memcpy(host, rest + 1, (size_t) (close - rest - 1));
-                host[close - rest - 1] = 0;
-                colon = close + 1;
-        } else {
-                colon = strchr(rest, ':');
-                if (!colon || (size_t) (colon - rest) >= sizeof(host) || colon == rest) {
-                        *ret_why = "the port is required: redis://HOST:PORT";
-                        return -EINVAL;
-                }
-                memcpy(host, rest, (size_t) (colon - rest));
-                host[colon - rest] = 0;
-        }
-        if (streq(host, "localhost"))
-                strcpy(host, "127.0.0.1");
-        struct in6_addr ip;
-        if (inet_pton(AF_INET, host, &ip) != 1 && inet_pton(AF_INET6, host, &ip) != 1) {
-                *ret_why = "HOST must be an IP address or localhost (names are not resolved)";
-                return -EINVAL;
-        }
-        errno = 0;
-        n = strtoul(colon + 1, &end, 10);
-        if (errno || end == colon + 1 || n == 0 || n > 65535 || colon[1] == '-' || colon[1] == '+') {
-                *ret_why = "PORT must be 1 to 65535";
-                return -EINVAL;
-        }
-        if (*end == '/') {
-                const char *d = end + 1;
-                errno = 0;
-                unsigned long db = strtoul(d, &end, 10);
-                if (errno || end == d || *end || db > 1000000 || *d == '-' || *d == '+') {
-                        *ret_why = "DB after the port must be a database number: redis://HOST:PORT/DB";
-                        return -EINVAL;
-                }
-                a.db = (unsigned) db;
-        } else if (*end) {
-                *ret_why = "nothing may follow PORT but /DB (a password goes in quota_store_password)";
-                return -EINVAL;
-        }
-        a.port = (unsigned) n;
-        a.host = strdup(host);
-        if (!a.host)
-                return -ENOMEM;
-        *ret = a;
         return 0;
 }
 

@@ -197,6 +197,9 @@ bool kb_http_server_shed(struct kb_http_server *s, int error);
 /* The refused connection's request line is here, or its wait is over. */
 void kb_conn_refusal_due(struct kb_conn *c);
 
+/* http-listen.c: the listening socket's io callback (accept). */
+int kb_http_server_on_listen(sd_event_source *src, int fd, uint32_t revents, void *userdata);
+
 /* http.c */
 void kb_conn_reject_path(struct kb_conn *c, const char *path, int status, const char *code, const char *message);
 int kb_conn_new(struct kb_http_server *s, int fd, struct kb_conn **ret);

@@ -21,9 +21,8 @@
 #include <pthread.h>
 #include <sodium.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 
-#include "upstream.h"
+#include "upstream-internal.h"
 #include "util.h"
 
 #define KB_UPSTREAM_MAXCONNECTS 64L
@@ -31,56 +30,6 @@
 #ifndef CURL_WRITEFUNC_ERROR
 #define CURL_WRITEFUNC_ERROR 0
 #endif
-
-struct kb_sock {
-        sd_event_source *source;
-        struct kb_sock *prev, *next;
-};
-
-struct kb_upstream_call {
-        struct kb_upstream *u;
-        struct kb_upstream_call *prev, *next;
-        CURL *easy;
-        struct curl_slist *slist;
-        struct kb_upstream_ops ops;
-        void *userdata;
-
-        bool added;             /* in the multi handle */
-        bool cancelled;         /* zombie: no callbacks any more, reaped when curl is left */
-        bool in_done;           /* on_done is running; freed right after */
-        bool paused;
-        bool resume_pending;    /* resume asked for while inside curl */
-        bool response_sent;     /* on_response was called */
-        bool finishing;         /* curl reported it done; on_response may still run */
-        bool opened_socket;     /* curl opened a connection's socket for this call */
-        bool connected;         /* on a connection (new or reused), request about to go */
-        int own_error;          /* -EMFILE/-ENFILE: our socket() failed, not the provider */
-        int abort_error;        /* why one of our callbacks aborted the transfer */
-        int fail_error;         /* ended outside curl (add failed, resume failed): on_done via defer */
-
-        long status;
-        struct kb_buf hdrs;     /* "name\0value\0" pairs of the current response block */
-        size_t n_hdrs;
-        size_t header_bytes;    /* all header bytes seen, never reset */
-
-        uint64_t start_usec;
-        uint64_t ttfb_usec;
-        char errbuf[CURL_ERROR_SIZE];
-};
-
-struct kb_upstream {
-        sd_event *event;
-        CURLM *multi;
-        sd_event_source *timer;
-        sd_event_source *defer;
-        struct kb_upstream_call *calls;
-        struct kb_sock *socks;
-        unsigned busy;          /* nesting depth of calls into curl that may run our callbacks */
-        size_t n_calls;         /* calls the caller still owns (not cancelled, not done) */
-        bool need_kick;         /* run curl_multi_socket_action(TIMEOUT) from the defer source */
-        size_t n_sockets;       /* connection sockets open (in use or cached by curl) */
-        uint64_t n_fd_failures; /* calls that ended because we were out of fds */
-};
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_result = CURLE_FAILED_INIT;
@@ -152,25 +101,6 @@ static int curlcode_to_errno(CURLcode code) {
         default:
                 return -EIO;
         }
-}
-
-/* A failure before any answer that was really ours: no fd for a socket
- * (seen in the open-socket hook), or one for the resolver's thread, a CA
- * file or the TLS library (seen only as curl's "couldn't connect/resolve",
- * "bad CA file": so probe whether this process can still open an fd). */
-static int own_fault(struct kb_upstream_call *c, int error) {
-        if (c->own_error < 0)
-                error = c->own_error;
-        else {
-                int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-                if (fd >= 0)
-                        close(fd);
-                else if (errno == EMFILE || errno == ENFILE)
-                        error = -errno;
-        }
-        if (error == -EMFILE || error == -ENFILE)
-                c->u->n_fd_failures++;
-        return error;
 }
 
 /* ---- call teardown ---- */
@@ -427,7 +357,7 @@ static void upstream_drain(struct kb_upstream *u) {
                         error = curlcode_to_errno(result);
                 if ((error == -ECONNREFUSED || error == -EHOSTUNREACH || error == -EPROTO || error == -EIO) &&
                     !c->response_sent)
-                        error = own_fault(c, error);
+                        error = upstream_own_fault(c, error);
 
                 if (error == 0 && !c->response_sent) {
                         /* a response without body */
@@ -630,40 +560,6 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
         return 0;
 }
 
-/* The sockets of upstream connections are opened and closed here, so they
- * can be counted and so that running out of fds is told apart from a
- * provider that refuses connections. curl keeps the close hook with the
- * connection, whose life may outlast the call that opened it: its data is
- * the upstream, not the call. */
-static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
-        struct kb_upstream_call *c = clientp;
-        int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-
-        if (fd < 0) {
-                if (errno == EMFILE || errno == ENFILE)
-                        c->own_error = -errno;
-                return CURL_SOCKET_BAD;
-        }
-        c->opened_socket = true;
-        c->u->n_sockets++;
-        return fd;
-}
-
-static int on_close_socket(void *clientp, curl_socket_t fd) {
-        struct kb_upstream *u = clientp;
-
-        if (u->n_sockets > 0)
-                u->n_sockets--;
-        return close(fd);
-}
-
-static int on_prereq(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port) {
-        struct kb_upstream_call *c = clientp;
-
-        c->connected = true;
-        return CURL_PREREQFUNC_OK;
-}
-
 /* ---- public ---- */
 
 int kb_upstream_new(sd_event *e, struct kb_upstream **ret) {
@@ -755,11 +651,11 @@ static int call_setup_easy(struct kb_upstream_call *c, const struct kb_upstream_
                 curl_easy_setopt(e, CURLOPT_HEADERDATA, c) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_curl_write) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_WRITEDATA, c) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, upstream_on_open_socket) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, c) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, upstream_on_close_socket) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c->u) == CURLE_OK &&
-                curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq) == CURLE_OK &&
+                curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, upstream_on_prereq) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_PREREQDATA, c) == CURLE_OK;
         return ok ? kb_upstream_easy_options(e, req) : -EIO;
 }
@@ -862,23 +758,4 @@ uint64_t kb_upstream_call_ttfb_usec(const struct kb_upstream_call *c) {
 
 size_t kb_upstream_n_calls(const struct kb_upstream *u) {
         return u ? u->n_calls : 0;
-}
-
-void kb_upstream_get_stats(const struct kb_upstream *u, struct kb_upstream_stats *ret) {
-        struct kb_upstream_stats st = {};
-
-        if (u) {
-                st.calls = u->n_calls;
-                st.connections = u->n_sockets;
-                st.fd_failures = u->n_fd_failures;
-                for (const struct kb_upstream_call *c = u->calls; c; c = c->next) {
-                        if (c->cancelled || c->in_done || c->connected || !c->added)
-                                continue;
-                        if (c->opened_socket)
-                                st.connecting++;
-                        else
-                                st.waiting++;
-                }
-        }
-        *ret = st;
 }
