@@ -6,18 +6,17 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "fleet-store.h"
+#include "keystore.h"
 #include "redis-loop.h"
 #include "util.h"
 
 #define RTT_SAMPLES 1024u
-#define PASSWORD_MAX 512u
 
 struct kb_store;
 
@@ -211,24 +210,19 @@ static void on_ready(struct kb_store *s, redisReply *reply) {
 }
 
 /* The password file, read fresh at every connect (rotated in place without
- * a reload); the buffer is wiped after use. */
-static int read_password(const char *path, char *buf, size_t size, size_t *ret_len) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        ssize_t n;
+ * a reload) the way key files are: a trailing newline stripped, control
+ * characters refused, held in secure memory only for the AUTH. */
+static int read_password(const char *path, struct kb_key **ret) {
+        _cleanup_free_ char *dir = strdup(path);
+        char *slash = dir ? strrchr(dir, '/') : NULL;
 
-        if (fd < 0)
+        if (!slash)
+                return dir ? -EINVAL : -ENOMEM;
+        *slash = 0;
+        _cleanup_close_ int dfd = open(dir[0] ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
                 return -errno;
-        n = read(fd, buf, size);
-        if (n < 0)
-                return -errno;
-        if ((size_t) n == size)
-                return -EFBIG;
-        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-                n--;
-        if (n == 0)
-                return -ENODATA;
-        *ret_len = (size_t) n;
-        return 0;
+        return kb_key_read_file(dfd, slash + 1, ret);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
@@ -250,8 +244,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
 }
 
 static void store_connect(struct kb_store *s) {
-        char pw[PASSWORD_MAX], db[16];
-        size_t pw_len = 0;
+        char db[16];
         int r;
 
         s->handshake_done = false;
@@ -275,16 +268,20 @@ static void store_connect(struct kb_store *s) {
         (void) redisAsyncSetDisconnectCallback(s->ac, on_disconnect);
 
         if (s->o.password_file) {
-                r = read_password(s->o.password_file, pw, sizeof(pw), &pw_len);
+                struct kb_key *pw = NULL;
+                size_t pw_len = 0;
+                r = read_password(s->o.password_file, &pw);
                 if (r < 0) {
                         store_fail(s, "cannot read quota_store_password %s: %s", s->o.password_file,
-                                   r == -ENODATA ? "empty" : r == -EFBIG ? "too long" : strerror(-r));
+                                   r == -ENODATA ? "empty" : r == -EFBIG ? "too long" :
+                                   r == -EBADMSG ? "control characters" : strerror(-r));
                         return;
                 }
-                const char *argv[] = { "AUTH", pw };
+                const char *argv[] = { "AUTH", kb_key_open(pw, &pw_len) };
                 const size_t lens[] = { 4, pw_len };
                 r = send_argv(s, NULL, 2, argv, lens);
-                sodium_memzero(pw, sizeof(pw));
+                kb_key_close(pw);
+                kb_key_unref(pw);
                 if (r < 0) {
                         store_fail(s, "cannot send AUTH");
                         return;
