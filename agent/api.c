@@ -285,6 +285,10 @@ static void serve_models(struct kb_request *r) {
 
 /* ---- dispatch ---- */
 
+static void forward_admitted(struct kb_request *r) {
+        kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage);
+}
+
 static void serve_forward(struct kb_request *r) {
         const struct kb_http_request *h = r->http;
         struct kb_body_info info = {};
@@ -323,9 +327,9 @@ static void serve_forward(struct kb_request *r) {
          * the answer from an app that did not. */
         bool add_usage = r->endpoint == KB_ENDPOINT_CHAT && r->stream && !info.include_usage;
         r->hide_usage_chunk = add_usage;
-        if (!kb_metering_admit(r, &info))
-                return;
-        kb_proxy_forward(r, r->target->upstream_model, add_usage);
+        r->add_include_usage = add_usage;
+        if (kb_metering_admit(r, &info, forward_admitted) == KB_ADMIT_NOW)
+                forward_admitted(r);
 }
 
 static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void *userdata) {

@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
+#include "fleet-quota.h"
 #include "fleet-store.h"
 #include "keywatch.h"
 
@@ -138,6 +139,25 @@ static void on_store_event(void *userdata, const struct kb_store_event *ev) {
                 fprintf(stderr, "<6>quota store %s %s, %" PRIu64 " broker(s) seen\n", strempty(url), ev->event,
                         ev->brokers);
         (void) kb_journal_store(b->journal, ev->event, url, ev->reason, ev->brokers);
+        kb_broker_offline_share(b);
+        if (!ev->reason)
+                kb_fleet_store_up(b->fleet);
+}
+
+void kb_broker_offline_share(struct kb_broker *b) {
+        uint32_t ppm = b->config->agent.offline_share_ppm;
+
+        /* by default an equal share among the brokers last seen */
+        if (ppm == 0)
+                ppm = KB_QUOTA_SHARE_ALL / (uint32_t) MAX(MIN(kb_store_brokers(b->store), (uint64_t) 1000000), (uint64_t) 1);
+        kb_quota_set_fleet_share(b->quota, ppm);
+}
+
+void kb_broker_drop_store(struct kb_broker *b) {
+        /* the store first: what waits on it is answered (no reply) while the
+         * fleet that asked is still there */
+        b->store = kb_store_free(b->store);
+        b->fleet = kb_fleet_free(b->fleet);
 }
 
 static bool store_settings_equal(const struct kb_agent_config *a, const struct kb_agent_config *o) {
@@ -150,9 +170,10 @@ int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old) {
         const struct kb_agent_config *a = &b->config->agent;
         int r;
 
+        kb_broker_offline_share(b);
         if (old && store_settings_equal(a, &old->agent))
                 return 0;
-        b->store = kb_store_free(b->store);
+        kb_broker_drop_store(b);
         if (!a->quota_store)
                 return 0;
         struct kb_store_options o = {
@@ -164,8 +185,12 @@ int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old) {
                 .hostname = b->hostname,
         };
         r = kb_store_new(b->event, &o, on_store_event, b, &b->store);
-        if (r < 0)
+        if (r >= 0)
+                r = kb_fleet_new(b->store, b->quota, b->instance, &b->seq, &b->fleet);
+        if (r < 0) {
                 fprintf(stderr, "<3>cannot set up the quota store %s: %s\n", a->quota_store, strerror(-r));
+                kb_broker_drop_store(b);
+        }
         return r;
 }
 

@@ -40,6 +40,7 @@ struct kb_broker {
         sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
         struct kb_keywatch *keywatch;   /* credentials_dir and the keystore file, on disk */
         struct kb_store *store;         /* [agent] quota_store: the fleet's Redis, or NULL */
+        struct kb_fleet *fleet;         /* team quotas in it (fleet-quota.h), with store */
         char instance[33];              /* this host's broker identity, kept in state_dir */
         char hostname[256];             /* KEYBROKER_HOST of its records, read at start */
         uint64_t seq;                   /* last settle sequence number */
@@ -75,6 +76,12 @@ void kb_broker_keys_changed(void *userdata);
  * the config has none); on reload only when its settings changed. Its state
  * changes are logged and journaled (KB_MID_STORE). */
 int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old);
+/* broker.c: the share of a fleet team's limits this host enforces while the
+ * store is away (offline_share, or 1 / brokers last seen). */
+void kb_broker_offline_share(struct kb_broker *b);
+/* broker.c: disconnect from the quota store (at a reload that changes it, at
+ * exit). */
+void kb_broker_drop_store(struct kb_broker *b);
 
 /* broker.c: done with a key opened for a request: kb_key_release() it and
  * make sure it is resealed within about a second once nothing uses it. */
@@ -126,10 +133,17 @@ size_t kb_api_common_headers(struct kb_request *r, struct kb_http_header *h, siz
 /* api.c: journal the request, end the response, free it. */
 void kb_request_finish(struct kb_request *r);
 
-/* metering.c: reserve what r may spend (estimate from the body); false when
- * it was refused and answered (429 quota_exceeded, 403 for an unpriced
- * model). */
-bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info);
+/* metering.c: reserve what r may spend (estimate from the body).
+ * KB_ADMIT_NOW: go on; KB_ADMIT_DONE: refused and answered (429
+ * quota_exceeded, 403 for an unpriced model, 503 when the quota store is
+ * away and quota_store_offline = deny); KB_ADMIT_LATER: the quota store is
+ * asked, and next(r) is called once it said yes (or r is answered). */
+typedef enum kb_admit {
+        KB_ADMIT_NOW,
+        KB_ADMIT_DONE,
+        KB_ADMIT_LATER,
+} kb_admit;
+kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info, void (*next)(struct kb_request *r));
 /* metering.c: meter r's stream inline (the usage tap exists). */
 void kb_metering_attach(struct kb_request *r);
 /* metering.c: settle r to what it really used (called once, at finish). */

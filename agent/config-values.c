@@ -507,6 +507,38 @@ static int p_unpriced(struct parser *p, const struct key_def *k, void *base, con
         return 0;
 }
 
+static int p_scope(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        if (!streq(v, "fleet") && !streq(v, "host"))
+                return bad_value(p, k->name, "'%s' is not fleet or host", v);
+        ((struct kb_team *) base)->quota_scope = streq(v, "host") ? KB_QUOTA_SCOPE_HOST : KB_QUOTA_SCOPE_FLEET;
+        return 0;
+}
+
+static int p_offline(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        if (!streq(v, "local") && !streq(v, "deny"))
+                return bad_value(p, k->name, "'%s' is not local or deny", v);
+        ((struct kb_agent_config *) base)->quota_store_offline_deny = streq(v, "deny");
+        return 0;
+}
+
+/* offline_share: a fraction above 0 up to 1 ("0.25"), or a percentage ("25%"). */
+static int p_share(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        _cleanup_free_ char *s = strdup(v);
+        size_t n = s ? strlen(s) : 0;
+        bool percent = n > 0 && s[n - 1] == '%';
+        int64_t m;
+
+        if (!s)
+                return -ENOMEM;
+        if (percent)
+                s[n - 1] = 0;
+        if (parse_micro(s, &m) < 0 || (percent && m > 100000000) || (!percent && m > 1000000) || m <= 0 ||
+            (percent && m / 100 == 0))
+                return bad_value(p, k->name, "'%s' is not a share above 0 up to 1, like 0.25 or 25%%", v);
+        *FIELD(base, k, uint32_t) = (uint32_t) (percent ? m / 100 : m);
+        return 0;
+}
+
 static int p_family(struct parser *p, const struct key_def *k, void *base, const char *v) {
         int f = kb_family_from_string(v);
         if (f < 0)
@@ -737,6 +769,8 @@ const struct key_def kb_cfg_agent_keys[] = {
         AK("quota_store_password", quota_store_password, p_password_file),
         AK("quota_store_prefix", quota_store_prefix, p_prefix),
         AK("quota_store_timeout", quota_store_timeout_usec, p_duration, .nonzero = true),
+        { .name = "quota_store_offline", .parse = p_offline },
+        AK("offline_share", offline_share_ppm, p_share),
         {},
 };
 
@@ -755,6 +789,7 @@ const struct key_def kb_cfg_team_keys[] = {
         TK("max_concurrent", max_concurrent, p_u64),
         TK("owner", owner, p_text),
         TK("unpriced", unpriced, p_unpriced),
+        TK("quota_scope", quota_scope, p_scope),
         {},
 };
 

@@ -582,6 +582,11 @@ bool kb_team_denies_unpriced(const struct kb_team *t) {
         return t->budget_microusd_per_day > 0 || t->budget_microusd_per_month > 0;
 }
 
+bool kb_team_has_limits(const struct kb_team *t) {
+        return t && (t->requests_per_minute || t->tokens_per_minute || t->tokens_per_day ||
+                     t->budget_microusd_per_day > 0 || t->budget_microusd_per_month > 0 || t->max_concurrent);
+}
+
 bool kb_route_retry_status(const struct kb_route *r, long status) {
         if (!r || status < 400 || status > 599)
                 return false;

@@ -107,7 +107,13 @@ struct kb_team {
         uint64_t max_concurrent;
         char *owner;
         int unpriced;           /* -1 unset, 0 deny, 1 zero: calls to models without a price */
+        int quota_scope;        /* KB_QUOTA_SCOPE_FLEET (default) or _HOST */
         unsigned line;
+};
+
+enum {
+        KB_QUOTA_SCOPE_FLEET,   /* counted in the quota store when there is one */
+        KB_QUOTA_SCOPE_HOST,    /* counted on this host only */
 };
 
 /* Where the fleet's quota store (Redis) is: a TCP address (an IP literal:
@@ -146,6 +152,8 @@ struct kb_agent_config {
         char *quota_store_password;     /* a file holding it, read when connecting */
         char *quota_store_prefix;       /* default "keybroker:" */
         uint64_t quota_store_timeout_usec; /* default 50ms: longest wait for one store reply */
+        bool quota_store_offline_deny;  /* quota_store_offline = deny: refuse fleet teams while offline */
+        uint32_t offline_share_ppm;     /* 0 = 1 / brokers last seen */
 };
 
 struct kb_config {
@@ -186,6 +194,8 @@ bool kb_team_allows_model(const struct kb_team *t, const char *model);
  * deny, or unset on a team with a USD budget (an unpriced call would be a
  * hole in it). */
 bool kb_team_denies_unpriced(const struct kb_team *t);
+/* Whether any quota or budget is set on the team. */
+bool kb_team_has_limits(const struct kb_team *t);
 
 /* Whether a response status is in the route's retry_on set. */
 bool kb_route_retry_status(const struct kb_route *r, long status);

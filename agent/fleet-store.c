@@ -17,6 +17,7 @@
 #include "util.h"
 
 #define RTT_SAMPLES 1024u
+#define SCRIPTS_MAX 8u
 
 struct kb_store;
 
@@ -26,6 +27,20 @@ struct store_cmd {
         sd_event_source *timer;
         uint64_t sent_usec;
         void (*done)(struct kb_store *s, redisReply *reply);
+        /* A caller's script call (kb_store_eval): its reply goes to cb; the
+         * arguments are kept to send it again as EVAL after NOSCRIPT. */
+        kb_store_reply_t cb;
+        void *userdata;
+        unsigned script;
+        int argc;
+        char **argv;
+        size_t *lens;
+        bool retried;
+};
+
+struct store_script {
+        char *body;
+        char sha[41];
 };
 
 struct kb_store {
@@ -50,6 +65,12 @@ struct kb_store {
         sd_event_source *fail;          /* defer: drop the connection outside hiredis */
 
         uint64_t brokers;
+        unsigned gen;                   /* connections made: the lease is per connection */
+        char run[17];                   /* random, per process */
+        char lease[96];                 /* INSTANCE.RUN.GEN */
+        struct store_script scripts[SCRIPTS_MAX];
+        unsigned n_scripts;
+        unsigned scripts_loaded;
         uint64_t rtt[RTT_SAMPLES];
         size_t n_rtt;
         uint64_t n_replies, n_errors, n_timeouts;
@@ -91,9 +112,55 @@ static void store_fail(struct kb_store *s, const char *fmt, ...) {
 
 /* ---- commands ---- */
 
+static int on_cmd_timeout(sd_event_source *src, uint64_t usec, void *userdata);
+
 static void cmd_free(struct store_cmd *c) {
         sd_event_source_disable_unref(c->timer);
+        if (c->argv)
+                for (int i = 0; i < c->argc; i++)
+                        free(c->argv[i]);
+        free(c->argv);
+        free(c->lens);
         free(c);
+}
+
+static int cmd_arm(struct store_cmd *c) {
+        struct kb_store *s = c->store;
+        uint64_t timeout = s->handshake_done ? s->o.timeout_usec : KB_STORE_HANDSHAKE_USEC;
+
+        c->sent_usec = kb_now_usec();
+        if (c->timer)
+                return sd_event_source_set_time_relative(c->timer, timeout) < 0 ||
+                                       sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT) < 0 ?
+                               -ENOMEM :
+                               0;
+        return sd_event_add_time_relative(s->event, &c->timer, CLOCK_MONOTONIC, timeout, USEC_PER_MSEC,
+                                          on_cmd_timeout, c) < 0 ?
+                       -ENOMEM :
+                       0;
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* EVAL with the script's body, for a server whose script cache was
+ * flushed (SCRIPT FLUSH) while we were connected. */
+static int cmd_send_eval(struct store_cmd *c) {
+        struct kb_store *s = c->store;
+        const char *body = s->scripts[c->script].body;
+
+        free(c->argv[0]);
+        free(c->argv[1]);
+        c->argv[0] = strdup("EVAL");
+        c->argv[1] = strdup(body);
+        if (!c->argv[0] || !c->argv[1])
+                return -ENOMEM;
+        c->lens[0] = 4;
+        c->lens[1] = strlen(body);
+        if (cmd_arm(c) < 0)
+                return -ENOMEM;
+        if (redisAsyncCommandArgv(s->ac, on_reply, c, c->argc, (const char **) c->argv, c->lens) != REDIS_OK)
+                return -EIO;
+        return 0;
 }
 
 static int on_cmd_timeout(sd_event_source *src, uint64_t usec, void *userdata) {
@@ -112,16 +179,28 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
         redisReply *reply = r;
 
         if (!reply) {
-                /* the connection went (or we dropped it): nothing to do */
+                /* the connection went (or we dropped it): no answer */
+                if (c->cb)
+                        c->cb(c->userdata, NULL);
                 cmd_free(c);
                 return;
         }
         s->n_replies++;
         s->rtt[s->n_rtt++ % RTT_SAMPLES] = kb_now_usec() - c->sent_usec;
+        if (reply->type == REDIS_REPLY_ERROR && c->argv && !c->retried && reply->len >= 8 &&
+            memcmp(reply->str, "NOSCRIPT", 8) == 0) {
+                c->retried = true;
+                if (cmd_send_eval(c) == 0)
+                        return;
+        }
         if (reply->type == REDIS_REPLY_ERROR) {
                 s->n_errors++;
                 store_fail(s, "%.*s", (int) MIN(reply->len, (size_t) 120), reply->str);
-        } else if (c->done)
+                if (c->cb)
+                        c->cb(c->userdata, NULL);
+        } else if (c->cb)
+                c->cb(c->userdata, reply);
+        else if (c->done)
                 c->done(s, reply);
         cmd_free(c);
 }
@@ -129,15 +208,12 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
 static int send_argv(struct kb_store *s, void (*done)(struct kb_store *, redisReply *), int argc, const char **argv,
                      const size_t *lens) {
         struct store_cmd *c = calloc(1, sizeof(*c));
-        uint64_t timeout = s->handshake_done ? s->o.timeout_usec : KB_STORE_HANDSHAKE_USEC;
 
         if (!c)
                 return -ENOMEM;
         c->store = s;
         c->done = done;
-        c->sent_usec = kb_now_usec();
-        if (sd_event_add_time_relative(s->event, &c->timer, CLOCK_MONOTONIC, timeout, USEC_PER_MSEC, on_cmd_timeout,
-                                       c) < 0) {
+        if (cmd_arm(c) < 0) {
                 free(c);
                 return -ENOMEM;
         }
@@ -172,7 +248,7 @@ static void heartbeat(struct kb_store *s) {
         char key[160], brokers[160], expiry[32], now[32], lease_ms[32];
         uint64_t t = kb_realtime_usec() / USEC_PER_MSEC;
 
-        snprintf(key, sizeof(key), "%slease:%s", s->o.prefix, s->o.instance);
+        snprintf(key, sizeof(key), "%slease:%s", s->o.prefix, s->lease);
         snprintf(brokers, sizeof(brokers), "%sbrokers", s->o.prefix);
         snprintf(expiry, sizeof(expiry), "%" PRIu64, t + KB_STORE_LEASE_USEC / USEC_PER_MSEC);
         snprintf(now, sizeof(now), "(%" PRIu64, t);
@@ -195,6 +271,15 @@ static int on_beat(sd_event_source *src, uint64_t usec, void *userdata) {
 }
 
 /* ---- connecting ---- */
+
+static void on_script_loaded(struct kb_store *s, redisReply *reply) {
+        /* SCRIPT LOAD replies come in the order the scripts were sent */
+        if (reply->type != REDIS_REPLY_STRING || reply->len != 40 || s->scripts_loaded >= s->n_scripts) {
+                store_fail(s, "SCRIPT LOAD gave no SHA1");
+                return;
+        }
+        memcpy(s->scripts[s->scripts_loaded++].sha, reply->str, 40);
+}
 
 static void on_ready(struct kb_store *s, redisReply *reply) {
         bool back = s->ever_online;
@@ -249,6 +334,7 @@ static void store_connect(struct kb_store *s) {
 
         s->handshake_done = false;
         s->fail_reason[0] = 0;
+        snprintf(s->lease, sizeof(s->lease), "%s.%s.%u", s->o.instance, s->run, ++s->gen);
         s->ac = s->addr.path ? redisAsyncConnectUnix(s->addr.path) : redisAsyncConnect(s->addr.host, (int) s->addr.port);
         if (!s->ac || s->ac->err) {
                 store_fail(s, "cannot connect: %s", s->ac ? s->ac->errstr : "out of memory");
@@ -294,6 +380,12 @@ static void store_connect(struct kb_store *s) {
                         return;
                 }
         }
+        s->scripts_loaded = 0;
+        for (unsigned i = 0; i < s->n_scripts; i++)
+                if (send_cmd(s, on_script_loaded, "SCRIPT", "LOAD", s->scripts[i].body, NULL, NULL, NULL) < 0) {
+                        store_fail(s, "cannot send SCRIPT LOAD");
+                        return;
+                }
         heartbeat(s);
         /* the last of the handshake: online once this is answered */
         if (send_cmd(s, on_ready, "PING", NULL, NULL, NULL, NULL, NULL) < 0)
@@ -355,6 +447,12 @@ int kb_store_new(sd_event *e, const struct kb_store_options *o, kb_store_handler
         s->o.addr = &s->addr;
         s->state = KB_STORE_CONNECTING;
         s->state_mono = kb_now_usec();
+        {
+                unsigned char raw[8];
+                kb_random_bytes(raw, sizeof(raw));
+                for (size_t i = 0; i < sizeof(raw); i++)
+                        snprintf(s->run + 2 * i, 3, "%02x", raw[i]);
+        }
         s->since_usec = kb_realtime_usec();
         if (!s->o.prefix || !s->o.instance || !s->o.hostname || (o->password_file && !s->o.password_file) ||
             (o->addr->host && !s->addr.host) || (o->addr->path && !s->addr.path))
@@ -379,12 +477,17 @@ struct kb_store *kb_store_free(struct kb_store *s) {
         if (!s)
                 return NULL;
         if (s->ac) {
-                s->ac->onDisconnect = NULL;
-                redisAsyncFree(s->ac);
+                /* pending callbacks run now, with no reply: nothing new may be sent */
+                redisAsyncContext *ac = s->ac;
+                s->ac = NULL;
+                ac->onDisconnect = NULL;
+                redisAsyncFree(ac);
         }
         sd_event_source_disable_unref(s->retry);
         sd_event_source_disable_unref(s->beat);
         sd_event_source_disable_unref(s->fail);
+        for (unsigned i = 0; i < s->n_scripts; i++)
+                free(s->scripts[i].body);
         free((char *) s->o.prefix);
         free((char *) s->o.instance);
         free((char *) s->o.hostname);
@@ -423,4 +526,79 @@ void kb_store_get_stats(const struct kb_store *s, struct kb_store_stats *ret) {
                 ret->rtt_p50_usec = sorted[(n - 1) / 2];
                 ret->rtt_p99_usec = sorted[(n - 1) * 99 / 100];
         }
+}
+
+int kb_store_add_script(struct kb_store *s, const char *body) {
+        if (!s || !body)
+                return -EINVAL;
+        if (s->n_scripts >= SCRIPTS_MAX)
+                return -E2BIG;
+        s->scripts[s->n_scripts].body = strdup(body);
+        if (!s->scripts[s->n_scripts].body)
+                return -ENOMEM;
+        return (int) s->n_scripts++;
+}
+
+int kb_store_eval(struct kb_store *s, unsigned script, int argc, const char *const *argv, const size_t *lens,
+                  kb_store_reply_t cb, void *userdata) {
+        struct store_cmd *c;
+        int n = argc + 3;
+
+        if (!s || script >= s->n_scripts || argc < 0 || !cb)
+                return -EINVAL;
+        if (s->state != KB_STORE_ONLINE || !s->ac)
+                return -ENOTCONN;
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->store = s;
+        c->cb = cb;
+        c->userdata = userdata;
+        c->script = script;
+        c->argc = n;
+        c->argv = calloc((size_t) n, sizeof(char *));
+        c->lens = calloc((size_t) n, sizeof(size_t));
+        if (!c->argv || !c->lens)
+                goto oom;
+        c->argv[0] = strdup("EVALSHA");
+        c->argv[1] = strndup(s->scripts[script].sha, 40);
+        c->argv[2] = strdup("0");
+        c->lens[0] = 7;
+        c->lens[1] = 40;
+        c->lens[2] = 1;
+        for (int i = 0; i < argc; i++) {
+                size_t len = lens ? lens[i] : strlen(argv[i]);
+                c->argv[i + 3] = malloc(len + 1);
+                if (!c->argv[i + 3])
+                        goto oom;
+                memcpy(c->argv[i + 3], argv[i], len);
+                c->argv[i + 3][len] = 0;
+                c->lens[i + 3] = len;
+        }
+        if (!c->argv[0] || !c->argv[1] || !c->argv[2] || cmd_arm(c) < 0)
+                goto oom;
+        if (redisAsyncCommandArgv(s->ac, on_reply, c, c->argc, (const char **) c->argv, c->lens) != REDIS_OK) {
+                cmd_free(c);
+                return -EIO;
+        }
+        return 0;
+oom:
+        cmd_free(c);
+        return -ENOMEM;
+}
+
+bool kb_store_online(const struct kb_store *s) {
+        return s && s->state == KB_STORE_ONLINE && s->ac;
+}
+
+uint64_t kb_store_brokers(const struct kb_store *s) {
+        return s ? s->brokers : 0;
+}
+
+const char *kb_store_lease(const struct kb_store *s) {
+        return s ? s->lease : NULL;
+}
+
+const char *kb_store_prefix(const struct kb_store *s) {
+        return s ? s->o.prefix : NULL;
 }

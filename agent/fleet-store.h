@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
+#include <hiredis/hiredis.h>
+
 #include "config.h"
 
 #define KB_STORE_HEARTBEAT_USEC (1 * USEC_PER_SEC)
@@ -60,8 +62,34 @@ struct kb_store_stats {
 
 struct kb_store;
 
+/* The reply to a script call, or NULL when there was none: the store was
+ * offline, the command timed out, the connection went, or the server
+ * answered with an error (the store is then offline with that reason). The
+ * reply is valid only during the call. */
+typedef void (*kb_store_reply_t)(void *userdata, const redisReply *reply);
+
 int kb_store_new(sd_event *e, const struct kb_store_options *o, kb_store_handler_t handler, void *userdata,
                  struct kb_store **ret);
 struct kb_store *kb_store_free(struct kb_store *s);
 void kb_store_get_stats(const struct kb_store *s, struct kb_store_stats *ret);
 const char *kb_store_state_to_string(kb_store_state s);
+
+/* Register a Lua script before traffic: loaded (SCRIPT LOAD) at every
+ * connect, before the store goes online; a server refusing it keeps the
+ * store offline with the server's reason. Returns its index, or -errno. */
+int kb_store_add_script(struct kb_store *s, const char *body);
+/* EVALSHA of a registered script with 0 keys and argv (lens NULL: C
+ * strings), its reply (or NULL) to cb, within quota_store_timeout; a server
+ * that lost its script cache (NOSCRIPT) gets it once more as EVAL. Returns 0
+ * (cb will be called exactly once, never from inside this call), -ENOTCONN
+ * when the store is not online (cb is not called), or -errno. */
+int kb_store_eval(struct kb_store *s, unsigned script, int argc, const char *const *argv, const size_t *lens,
+                  kb_store_reply_t cb, void *userdata);
+bool kb_store_online(const struct kb_store *s);
+/* Brokers holding a lease as of the last heartbeat (kept when offline). */
+uint64_t kb_store_brokers(const struct kb_store *s);
+/* This connection's lease: "INSTANCE.RUN.GEN", new at every connect, so that
+ * reservations a lost connection may have left are released when its lease
+ * expires. */
+const char *kb_store_lease(const struct kb_store *s);
+const char *kb_store_prefix(const struct kb_store *s);

@@ -556,7 +556,7 @@ int main(int argc, char **argv) {
         kb_quota_saver_free(d.saver);
         sd_event_unref(d.b.event);
         kb_keywatch_free(d.b.keywatch);
-        kb_store_free(d.b.store);
+        kb_broker_drop_store(&d.b);
         kb_keystore_free(d.b.keys);
         kb_quota_free(d.b.quota);
         kb_router_free(d.b.router);

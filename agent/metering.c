@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "broker.h"
+#include "fleet-quota.h"
 #include "router.h"
 
 /* Output reserved for a call that names no cap (max_tokens & co.): settle
@@ -68,14 +69,80 @@ static void refuse(struct kb_request *r, const struct kb_quota_denial *d, uint64
                           used, max, reset);
 }
 
-bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info) {
+static void fail_reserve(struct kb_request *r, int q) {
+        kb_api_fail(r, 500, "internal_error", KB_OUTCOME_QUOTA_REJECTED, "cannot reserve quota: %s", strerror(-q));
+}
+
+/* A fleet team while the quota store cannot answer: this host's share of
+ * its limits (quota_store_offline = local), or nothing (deny). */
+static bool admit_offline(struct kb_request *r, uint64_t tokens, int64_t cost, uint64_t now) {
+        struct kb_quota_denial d = {};
+
+        if (r->config->agent.quota_store_offline_deny) {
+                struct kb_http_header h[] = { { "retry-after", "1" } };
+                kb_api_fail_full(r, 503, "quota_store_unavailable", "server_error", KB_OUTCOME_QUOTA_REJECTED, h,
+                                 ELEMENTSOF(h),
+                                 "team '%s' is counted fleet-wide and the quota store cannot be reached "
+                                 "(quota_store_offline = deny); try again shortly",
+                                 r->team->name);
+                return false;
+        }
+        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, tokens, cost, &r->reservation, &d);
+        if (q == -EDQUOT) {
+                refuse(r, &d, now);
+                return false;
+        }
+        if (q < 0) {
+                fail_reserve(r, q);
+                return false;
+        }
+        return true;
+}
+
+static void on_fleet_verdict(void *userdata, const struct kb_fleet_verdict *v) {
+        struct kb_request *r = userdata;
+        struct kb_reservation *res = r->reservation;
+        uint64_t now = kb_realtime_usec();
+
+        if (v->result != -ENOTCONN) {
+                r->fleet_view = true;
+                r->fleet_minute_requests = v->minute_requests;
+                r->fleet_minute_tokens = v->minute_tokens;
+                r->fleet_newest_tokens_k = v->newest_tokens_k;
+        }
+        if (v->result == 0) {
+                r->admitted(r);
+                return;
+        }
+        /* Not admitted by the store: the unchecked hold here goes. */
+        uint64_t tokens = kb_reservation_tokens(res);
+        int64_t cost = kb_reservation_cost(res);
+        kb_quota_cancel(res);
+        r->reservation = NULL;
+        if (v->result == -EDQUOT) {
+                struct kb_quota_denial d = v->denial;
+                kb_fleet_hold_free(r->fleet_hold);
+                r->fleet_hold = NULL;
+                r->fleet_counted = false;
+                d.first_in_window = kb_quota_first_denial(r->broker->quota, r->team->name, d.limit, now);
+                refuse(r, &d, now);
+                return;
+        }
+        /* No answer in time: admitted here, as when the store is away (the
+         * hold stays, in case the store did count it). */
+        if (admit_offline(r, tokens, cost, now))
+                r->admitted(r);
+}
+
+kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info, void (*next)(struct kb_request *r)) {
         struct kb_quota_denial d = {};
         uint64_t now = kb_realtime_usec();
+        const struct kb_team *team = r->team;
 
         /* A team that denies unpriced calls never reaches a route without
          * a price for the model, fallbacks included: such candidates are
          * dropped from the plan here, once, and the rest go on as planned. */
-        if (kb_team_denies_unpriced(r->team)) {
+        if (kb_team_denies_unpriced(team)) {
                 const char *first = r->route->name;
                 size_t n = 0;
                 for (size_t i = 0; i < r->n_candidates; i++) {
@@ -88,8 +155,8 @@ bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info) {
                         kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
                                     "model '%s' has no price on any of its routes (first: '%s') and team '%s' has "
                                     "a USD budget (unpriced = deny); add a price or set unpriced = zero",
-                                    r->model, first, r->team->name);
-                        return false;
+                                    r->model, first, team->name);
+                        return KB_ADMIT_DONE;
                 }
                 r->target = r->candidates[0].target;
                 r->route = r->target->route;
@@ -105,18 +172,51 @@ bool kb_metering_admit(struct kb_request *r, const struct kb_body_info *info) {
                 r->est_output_tokens = info->max_output_tokens ?: KB_DEFAULT_OUTPUT_RESERVE;
 
         struct kb_usage est = { .input_tokens = r->est_input_tokens, .output_tokens = r->est_output_tokens };
-        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, kb_usage_quota_tokens(&est, r->family),
-                                 usage_cost(r, &est), &r->reservation, &d);
+        uint64_t tokens = kb_usage_quota_tokens(&est, r->family);
+        int64_t cost = usage_cost(r, &est);
+        struct kb_fleet *fleet = r->broker->fleet;
+        r->admitted_usec = now;
+
+        if (fleet && kb_quota_team_is_fleet(r->broker->quota, team->name) && kb_team_has_limits(team)) {
+                r->fleet_counted = true;
+                if (!kb_fleet_ready(fleet))
+                        return admit_offline(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
+                int q = kb_quota_reserve_unchecked(r->broker->quota, team->name, now, tokens, cost,
+                                                   &r->reservation);
+                if (q < 0) {
+                        fail_reserve(r, q);
+                        return KB_ADMIT_DONE;
+                }
+                struct kb_fleet_ask ask = {
+                        .team = team->name,
+                        .rid = r->id,
+                        .limits = { team->requests_per_minute, team->tokens_per_minute, team->tokens_per_day,
+                                    (uint64_t) MAX(team->budget_microusd_per_day, (int64_t) 0),
+                                    (uint64_t) MAX(team->budget_microusd_per_month, (int64_t) 0),
+                                    team->max_concurrent },
+                        .tokens = tokens,
+                        .cost = (uint64_t) MAX(cost, (int64_t) 0),
+                        .now_usec = now,
+                };
+                r->admitted = next;
+                q = kb_fleet_reserve(fleet, &ask, on_fleet_verdict, r, &r->fleet_hold);
+                if (q == 0)
+                        return KB_ADMIT_LATER;
+                kb_quota_cancel(r->reservation);
+                r->reservation = NULL;
+                return admit_offline(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
+        }
+
+        int q = kb_quota_reserve(r->broker->quota, team->name, now, tokens, cost, &r->reservation, &d);
         if (q == -EDQUOT) {
                 refuse(r, &d, now);
-                return false;
+                return KB_ADMIT_DONE;
         }
         if (q < 0) {
-                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_QUOTA_REJECTED, "cannot reserve quota: %s",
-                            strerror(-q));
-                return false;
+                fail_reserve(r, q);
+                return KB_ADMIT_DONE;
         }
-        return true;
+        return KB_ADMIT_NOW;
 }
 
 /* The running usage of a stream: output as metered event by event until the
@@ -135,11 +235,16 @@ static int gate(void *userdata, const struct kb_usage *u) {
         uint64_t tokens = kb_usage_quota_tokens(&cur, r->family);
         int64_t cost = usage_cost(r, &cur);
 
-        if (tokens > kb_reservation_tokens(r->reservation) || cost > kb_reservation_cost(r->reservation)) {
-                struct kb_quota_denial d = {};
-                if (kb_quota_grow(r->reservation, kb_realtime_usec(), tokens, cost, &d) == -EDQUOT) {
+        struct kb_quota_denial d = {};
+        bool cut = kb_fleet_hold_exhausted(r->broker->fleet, r->fleet_hold, tokens, (uint64_t) MAX(cost, (int64_t) 0),
+                                           &d);
+        if (cut || tokens > kb_reservation_tokens(r->reservation) || cost > kb_reservation_cost(r->reservation)) {
+                if (cut || kb_quota_grow(r->reservation, kb_realtime_usec(), tokens, cost, &d) == -EDQUOT) {
                         r->quota_cut = true;
                         r->quota_cut_type = kb_quota_limit_error_type(d.limit);
+                        if (cut)
+                                d.first_in_window = kb_quota_first_denial(r->broker->quota, r->team->name, d.limit,
+                                                                          kb_realtime_usec());
                         if (d.first_in_window)
                                 (void) kb_journal_quota(r->broker->journal, r->team->name,
                                                         kb_quota_limit_to_string(d.limit), d.used, d.max,
@@ -183,6 +288,15 @@ void kb_metering_settle(struct kb_request *r) {
                                 r->cost_microusd);
                 r->reservation = NULL;
                 r->seq = ++r->broker->seq;
+                if (r->fleet_counted)
+                        kb_fleet_settle(r->broker->fleet, r->fleet_hold, r->team->name, r->id, r->seq,
+                                        r->admitted_usec, r->settled_usec,
+                                        kb_usage_quota_tokens(&billed, r->family),
+                                        (uint64_t) MAX(r->cost_microusd, (int64_t) 0));
+                r->fleet_hold = NULL;
+        } else if (r->fleet_hold) {
+                kb_fleet_hold_free(r->fleet_hold);
+                r->fleet_hold = NULL;
         }
 }
 
@@ -215,6 +329,19 @@ size_t kb_metering_headers(struct kb_request *r, struct kb_http_header *h, size_
 
         if (!r->team || kb_quota_view(r->broker->quota, r->team->name, now, &v) < 0)
                 return n;
+        if (r->fleet_view) {
+                /* the fleet's windows, as the store saw them at admission */
+                struct kb_quota_window *w = &v.windows[KB_QUOTA_REQUESTS_PER_MINUTE];
+                w->used = r->fleet_minute_requests;
+                w->reserved = 0;
+                w->remaining = w->limit ? (w->limit > w->used ? w->limit - w->used : 0) : UINT64_MAX;
+                w->reset_usec = kb_quota_bucket_key(r->admitted_usec) * USEC_PER_SEC + 60 * USEC_PER_SEC;
+                w = &v.windows[KB_QUOTA_TOKENS_PER_MINUTE];
+                w->used = r->fleet_minute_tokens;
+                w->reserved = 0;
+                w->remaining = w->limit ? (w->limit > w->used ? w->limit - w->used : 0) : UINT64_MAX;
+                w->reset_usec = r->fleet_newest_tokens_k ? r->fleet_newest_tokens_k * USEC_PER_SEC + 60 * USEC_PER_SEC : 0;
+        }
         for (size_t i = 0; i < ELEMENTSOF(windows); i++) {
                 const struct kb_quota_window *w = &v.windows[windows[i].limit];
                 char reset[24];

@@ -35,6 +35,8 @@ struct quota_team {
 
         /* limits, 0 = none; budgets in micro-USD */
         uint64_t limits[_KB_QUOTA_LIMIT_MAX];
+        bool fleet;             /* counted fleet-wide in the quota store (quota_scope = fleet) */
+        uint32_t share_ppm;     /* of a fleet team: kb_quota_set_fleet_share() */
 
         struct quota_bucket minute[QUOTA_BUCKETS];
         uint64_t day;           /* days since the epoch (UTC) of the day counters */
@@ -55,6 +57,9 @@ struct quota_team {
 struct kb_quota {
         struct quota_team **teams; /* sorted by name */
         size_t n_teams;
+        /* What of a fleet team's limits this host enforces, in millionths
+         * (kb_quota_set_fleet_share). */
+        uint32_t fleet_share_ppm;
 };
 
 struct quota_team *quota_find_team(const struct kb_quota *q, const char *name);

@@ -13,6 +13,7 @@ struct kb_reservation {
         uint64_t k_admitted;    /* minute bucket that counts this request */
         uint64_t tokens;        /* held in team->reserved_tokens */
         uint64_t cost;          /* held in team->reserved_cost */
+        bool unchecked;         /* admitted by the quota store: never refused here */
 };
 
 /* The order reserve checks in: longest window first, so that the limit
@@ -231,6 +232,16 @@ static uint64_t month_used(const struct quota_team *t, uint64_t now, bool cost) 
         return cost ? t->month_cost : t->month_tokens;
 }
 
+/* The limit this host enforces on its own: a fleet team's share of it (at
+ * least 1 of a limit that is set). */
+static uint64_t team_limit(const struct quota_team *t, kb_quota_limit l) {
+        uint64_t max = t->limits[l];
+
+        if (!t->fleet || max == 0 || t->share_ppm >= KB_QUOTA_SHARE_ALL)
+                return max;
+        return MAX((uint64_t) ((unsigned __int128) max * t->share_ppm / KB_QUOTA_SHARE_ALL), (uint64_t) 1);
+}
+
 static void usage_of(const struct quota_team *t, kb_quota_limit l, uint64_t now, uint64_t *ret_used,
                      uint64_t *ret_reserved) {
         uint64_t r, tok;
@@ -286,7 +297,7 @@ static uint64_t month_reset(const struct quota_team *t, uint64_t now) {
 
 static void deny(struct quota_team *t, kb_quota_limit l, uint64_t now, uint64_t used, uint64_t requested,
                  struct kb_quota_denial *ret) {
-        uint64_t max = t->limits[l], reset = 0, window_end;
+        uint64_t max = team_limit(t, l), reset = 0, window_end;
 
         switch (l) {
         case KB_QUOTA_REQUESTS_PER_MINUTE:
@@ -346,14 +357,14 @@ static int first_crossed(const struct quota_team *t, uint64_t now, uint64_t toke
                          unsigned mask, uint64_t *ret_used, uint64_t *ret_requested) {
         for (size_t i = 0; i < ELEMENTSOF(check_order); i++) {
                 kb_quota_limit l = check_order[i];
-                uint64_t used, reserved, req;
+                uint64_t used, reserved, req, max = team_limit(t, l);
 
-                if (!(mask & (1U << l)) || t->limits[l] == 0)
+                if (!(mask & (1U << l)) || max == 0)
                         continue;
                 usage_of(t, l, now, &used, &reserved);
                 used = sat_add(used, reserved);
                 req = requested_of(l, tokens, cost);
-                if (sat_add(used, req) > t->limits[l]) {
+                if (sat_add(used, req) > max) {
                         *ret_used = used;
                         *ret_requested = req;
                         return (int) l;
@@ -415,7 +426,9 @@ static void team_unref(struct quota_team *t) {
         free(t);
 }
 
-static void team_set_limits(struct quota_team *t, const struct kb_team *c) {
+static void team_set_limits(struct quota_team *t, const struct kb_team *c, bool store, uint32_t share) {
+        t->fleet = store && c->quota_scope != KB_QUOTA_SCOPE_HOST;
+        t->share_ppm = share;
         t->limits[KB_QUOTA_REQUESTS_PER_MINUTE] = c->requests_per_minute;
         t->limits[KB_QUOTA_TOKENS_PER_MINUTE] = c->tokens_per_minute;
         t->limits[KB_QUOTA_TOKENS_PER_DAY] = c->tokens_per_day;
@@ -444,6 +457,68 @@ struct quota_team *quota_find_team(const struct kb_quota *q, const char *name) {
         return NULL;
 }
 
+void kb_quota_set_fleet_share(struct kb_quota *q, uint32_t ppm) {
+        if (!q)
+                return;
+        q->fleet_share_ppm = MIN(ppm, KB_QUOTA_SHARE_ALL);
+        for (size_t i = 0; i < q->n_teams; i++)
+                q->teams[i]->share_ppm = q->fleet_share_ppm;
+}
+
+bool kb_quota_team_is_fleet(const struct kb_quota *q, const char *team) {
+        const struct quota_team *t = q ? quota_find_team(q, team) : NULL;
+        return t && t->fleet;
+}
+
+size_t kb_quota_n_teams(const struct kb_quota *q) {
+        return q ? q->n_teams : 0;
+}
+
+int kb_quota_counters(const struct kb_quota *q, size_t i, uint64_t now_usec, struct kb_quota_counters *ret) {
+        const struct quota_team *t;
+
+        if (!q || i >= q->n_teams || !ret)
+                return -EINVAL;
+        now_usec = clamp_time(now_usec);
+        t = q->teams[i];
+        *ret = (struct kb_quota_counters) {
+                .team = t->name,
+                .fleet = t->fleet,
+                .has_day = t->day != QUOTA_NONE,
+                .day = t->day == QUOTA_NONE ? 0 : t->day,
+                .day_tokens = t->day_tokens,
+                .day_cost = t->day_cost,
+                .has_month = t->month != QUOTA_NONE,
+                .month = t->month == QUOTA_NONE ? 0 : t->month,
+                .month_tokens = t->month_tokens,
+                .month_cost = t->month_cost,
+        };
+        for (size_t b = 0; b < QUOTA_BUCKETS; b++) {
+                const struct quota_bucket *k = &t->minute[b];
+                if (!bucket_counts(k->k, now_usec) || (k->requests == 0 && k->tokens == 0))
+                        continue;
+                ret->buckets[ret->n_buckets++] = (struct kb_quota_bucket) { .k = k->k, .requests = k->requests,
+                                                                            .tokens = k->tokens };
+        }
+        return 0;
+}
+
+void kb_quota_minute_keys(uint64_t now_usec, uint64_t *ret_kmin, uint64_t *ret_kmax) {
+        window_keys(clamp_time(now_usec), ret_kmin, ret_kmax);
+}
+
+uint64_t kb_quota_bucket_key(uint64_t usec) {
+        return bucket_key(clamp_time(usec));
+}
+
+uint64_t kb_quota_day_of(uint64_t usec) {
+        return day_of(clamp_time(usec));
+}
+
+uint64_t kb_quota_month_of(uint64_t usec) {
+        return quota_month_of(clamp_time(usec));
+}
+
 int kb_quota_new(struct kb_quota **ret) {
         struct kb_quota *q;
 
@@ -452,6 +527,7 @@ int kb_quota_new(struct kb_quota **ret) {
         q = calloc(1, sizeof(*q));
         if (!q)
                 return -ENOMEM;
+        q->fleet_share_ppm = KB_QUOTA_SHARE_ALL;
         *ret = q;
         return 0;
 }
@@ -542,7 +618,7 @@ int kb_quota_configure(struct kb_quota *q, const struct kb_config *c) {
 
         /* Only now, when nothing can fail any more, touch the live teams. */
         for (size_t i = 0; i < n; i++) {
-                team_set_limits(staged[i].team, staged[i].conf);
+                team_set_limits(staged[i].team, staged[i].conf, c->agent.quota_store != NULL, q->fleet_share_ppm);
                 teams[i] = staged[i].team;
         }
         free(staged);
@@ -552,9 +628,37 @@ int kb_quota_configure(struct kb_quota *q, const struct kb_config *c) {
         return 0;
 }
 
+static int reserve(struct kb_quota *q, const char *team, uint64_t now_usec, uint64_t est_tokens,
+                   int64_t est_cost_microusd, bool check, struct kb_reservation **ret,
+                   struct kb_quota_denial *ret_denial);
+
 int kb_quota_reserve(struct kb_quota *q, const char *team, uint64_t now_usec, uint64_t est_tokens,
                      int64_t est_cost_microusd, struct kb_reservation **ret,
                      struct kb_quota_denial *ret_denial) {
+        return reserve(q, team, now_usec, est_tokens, est_cost_microusd, true, ret, ret_denial);
+}
+
+int kb_quota_reserve_unchecked(struct kb_quota *q, const char *team, uint64_t now_usec, uint64_t est_tokens,
+                               int64_t est_cost_microusd, struct kb_reservation **ret) {
+        int r = reserve(q, team, now_usec, est_tokens, est_cost_microusd, false, ret, NULL);
+        if (r >= 0)
+                (*ret)->unchecked = true;
+        return r;
+}
+
+bool kb_quota_first_denial(struct kb_quota *q, const char *team, kb_quota_limit l, uint64_t now_usec) {
+        struct quota_team *t = q ? quota_find_team(q, team) : NULL;
+        struct kb_quota_denial d;
+
+        if (!t || l >= _KB_QUOTA_LIMIT_MAX)
+                return false;
+        deny(t, l, clamp_time(now_usec), 0, 0, &d);
+        return d.first_in_window;
+}
+
+static int reserve(struct kb_quota *q, const char *team, uint64_t now_usec, uint64_t est_tokens,
+                   int64_t est_cost_microusd, bool check, struct kb_reservation **ret,
+                   struct kb_quota_denial *ret_denial) {
         struct quota_team *t;
         struct kb_reservation *res;
         struct quota_bucket *b;
@@ -568,7 +672,7 @@ int kb_quota_reserve(struct kb_quota *q, const char *team, uint64_t now_usec, ui
         if (!t)
                 return -ENOENT;
 
-        l = first_crossed(t, now_usec, est_tokens, (uint64_t) est_cost_microusd, ~0U, &used, &req);
+        l = check ? first_crossed(t, now_usec, est_tokens, (uint64_t) est_cost_microusd, ~0U, &used, &req) : -1;
         if (l >= 0) {
                 deny(t, (kb_quota_limit) l, now_usec, used, req, ret_denial);
                 return -EDQUOT;
@@ -642,13 +746,13 @@ int kb_quota_headroom(const struct kb_reservation *res, uint64_t now_usec, uint6
         if (!res)
                 return -EINVAL;
         t = res->team;
-        for (kb_quota_limit l = 0; l < _KB_QUOTA_LIMIT_MAX; l++) {
+        for (kb_quota_limit l = 0; l < _KB_QUOTA_LIMIT_MAX && !res->unchecked; l++) {
                 uint64_t used, reserved, room;
 
-                if (!(HARD_STOP_MASK & (1U << l)) || t->limits[l] == 0)
+                if (!(HARD_STOP_MASK & (1U << l)) || team_limit(t, l) == 0)
                         continue;
                 usage_of(t, l, now_usec, &used, &reserved);
-                room = sat_sub(t->limits[l], sat_add(used, reserved));
+                room = sat_sub(team_limit(t, l), sat_add(used, reserved));
                 if (limit_counts_tokens(l))
                         tokens = MIN(tokens, room);
                 else
@@ -676,7 +780,7 @@ int kb_quota_grow(struct kb_reservation *res, uint64_t now_usec, uint64_t total_
         if (add_tokens == 0 && add_cost == 0)
                 return 0;
 
-        l = first_crossed(t, now_usec, add_tokens, add_cost, HARD_STOP_MASK, &used, &req);
+        l = res->unchecked ? -1 : first_crossed(t, now_usec, add_tokens, add_cost, HARD_STOP_MASK, &used, &req);
         if (l >= 0) {
                 /* report the totals of this call, not just the growth */
                 uint64_t held = limit_counts_tokens((kb_quota_limit) l) ? res->tokens : res->cost;

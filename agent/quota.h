@@ -120,6 +120,16 @@ int kb_quota_reserve(struct kb_quota *q, const char *team, uint64_t now_usec, ui
                      int64_t est_cost_microusd, struct kb_reservation **ret,
                      struct kb_quota_denial *ret_denial);
 
+/* A reservation the quota store admitted: counted like any other, never
+ * refused here (nor its growth: kb_quota_grow() always succeeds and
+ * kb_quota_headroom() says no limit). */
+int kb_quota_reserve_unchecked(struct kb_quota *q, const char *team, uint64_t now_usec, uint64_t est_tokens,
+                               int64_t est_cost_microusd, struct kb_reservation **ret);
+/* A refusal decided elsewhere (the quota store) by limit l of team at now:
+ * true when it is the first in its window (journal it), as
+ * kb_quota_denial.first_in_window. */
+bool kb_quota_first_denial(struct kb_quota *q, const char *team, kb_quota_limit l, uint64_t now_usec);
+
 /* End a reservation with the actual usage (whatever the outcome: success,
  * upstream error, client abort, cut stream): the estimate is released, the
  * actual tokens and cost are counted at now_usec (minute bucket, UTC day and
@@ -218,6 +228,43 @@ int kb_quota_save(const struct kb_quota *q, const char *path, const char *cursor
  * -EINVAL for a corrupt, truncated or oversized file (no partial state is
  * applied); other -errno from I/O. */
 int kb_quota_load(struct kb_quota *q, const char *path, char **ret_cursor);
+
+/* Fleet teams (quota_scope = fleet with a quota store) are counted in the
+ * store; this host counts them too (its own usage: for going offline, for
+ * pushing into a store that lost its data). What the store admitted is
+ * reserved here unchecked; what this host admits on its own (the store away)
+ * is checked against ppm millionths of each limit (KB_QUOTA_SHARE_ALL, the
+ * default: the whole limit; a limit that is set stays >= 1). Applies to the
+ * teams configured later too. */
+#define KB_QUOTA_SHARE_ALL 1000000U
+void kb_quota_set_fleet_share(struct kb_quota *q, uint32_t ppm);
+bool kb_quota_team_is_fleet(const struct kb_quota *q, const char *team);
+
+/* One team's counters as they stand (settled usage; minute buckets count
+ * requests from their admission), for pushing into the quota store. */
+struct kb_quota_bucket {
+        uint64_t k;             /* ceil(unix seconds) */
+        uint64_t requests;
+        uint64_t tokens;
+};
+struct kb_quota_counters {
+        const char *team;       /* valid until the next kb_quota_configure() */
+        bool fleet;
+        bool has_day, has_month;
+        uint64_t day, day_tokens, day_cost;             /* day: days since the epoch */
+        uint64_t month, month_tokens, month_cost;       /* month: year * 12 + month - 1 */
+        size_t n_buckets;
+        struct kb_quota_bucket buckets[61];
+};
+size_t kb_quota_n_teams(const struct kb_quota *q);
+int kb_quota_counters(const struct kb_quota *q, size_t i, uint64_t now_usec, struct kb_quota_counters *ret);
+
+/* The calendar of the counters, for the store's keys: the minute window's
+ * bucket keys at now, the bucket of usage at usec, its day and month. */
+void kb_quota_minute_keys(uint64_t now_usec, uint64_t *ret_kmin, uint64_t *ret_kmax);
+uint64_t kb_quota_bucket_key(uint64_t usec);
+uint64_t kb_quota_day_of(uint64_t usec);
+uint64_t kb_quota_month_of(uint64_t usec);
 
 /* UTC calendar helpers (exposed for tests and the admin API): the realtime
  * µs of the next UTC midnight / the first of the next month 00:00 UTC after

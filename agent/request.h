@@ -35,6 +35,7 @@ struct kb_upstream_call;
 struct kb_key;
 struct kb_reservation;
 struct kb_price;
+struct kb_fleet_hold;
 
 struct kb_request {
         struct kb_broker *broker;
@@ -90,6 +91,13 @@ struct kb_request {
         bool billed_set;
         uint64_t seq;                   /* settle sequence, for replay after a crash */
         uint64_t settled_usec;          /* realtime the quota counted it at (0: never reserved) */
+        uint64_t admitted_usec;         /* realtime of the reservation */
+        /* A team counted in the quota store (metering.c, fleet-quota.h). */
+        struct kb_fleet_hold *fleet_hold; /* the store's reservation, or NULL */
+        bool fleet_counted;             /* a fleet team's call: its settle goes to the store */
+        bool fleet_view;                /* the store's minute windows below are set */
+        uint64_t fleet_minute_requests, fleet_minute_tokens, fleet_newest_tokens_k;
+        void (*admitted)(struct kb_request *r); /* api.c's next step once the store said yes */
 
         /* Fallback (proxy.c): the plan, and the attempt under way. */
         struct kb_candidate *candidates; /* router.h; into model_cfg */

@@ -49,7 +49,7 @@ subtest 'TCP with AUTH and a database: connected, a lease, brokers counted' => s
         is($rec[0]{KEYBROKER_STORE}, "$redis->{url}/3", '... naming the store') if @rec;
 
         my $r = run_cmd(['redis-cli', '-p', $redis->{port}, '-a', $pw, '--no-auth-warning', '-n', 3, 'KEYS', 'kbt85:*']);
-        like($r->{stdout}, qr/^kbt85:lease:[0-9a-f]{32}$/m, 'a lease under the prefix, in database 3');
+        like($r->{stdout}, qr/^kbt85:lease:[0-9a-f]{32}\.[0-9a-f]{16}\.1$/m, "a lease under the prefix (instance.run.connection), in database 3");
         like($r->{stdout}, qr/^kbt85:brokers$/m, 'and the brokers set');
 
         my $b2 = broker_with(%agent);

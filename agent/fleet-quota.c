@@ -1,0 +1,598 @@
+/* SPDX-License-Identifier: MIT */
+/* Team quotas in the quota store: see fleet-quota.h. */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "fleet-quota.h"
+#include "fleet-scripts.h"
+#include "util.h"
+
+#define NUM 24 /* room for a uint64_t in decimal */
+
+/* One settle, kept until the store acknowledged it. */
+struct settle {
+        TAILQ_ENTRY(settle) link;
+        struct kb_fleet *fleet;
+        bool sent;                      /* an answer is on its way */
+        char *team;
+        char rid[33];
+        char lease[96];                 /* "" when there is no hold in the store */
+        bool count_request;
+        uint64_t seq, k_settle, day, month, tokens, cost, k_admit;
+};
+
+struct kb_fleet_hold {
+        struct kb_fleet *fleet;
+        LIST_ENTRY(kb_fleet_hold) waiting; /* for the epoch, to be sent again */
+        struct kb_fleet_ask ask;        /* team: owned copy */
+        char rid[33];
+        char lease[96];
+        kb_fleet_done_t done;
+        void *userdata;
+        bool pending;                   /* the reservation's answer has not come */
+        bool admitted;                  /* the store counted it */
+        bool doubtful;                  /* sent, no answer: it may be counted */
+        bool ended;                     /* settled while pending: release when it comes */
+        bool on_wait_list;
+        uint64_t tokens, cost;          /* what the store granted */
+        bool grow_pending;
+        bool grow_final;                /* the store had no more */
+        struct kb_quota_denial denial;  /* why no more */
+};
+
+struct kb_fleet {
+        struct kb_store *store;
+        struct kb_quota *quota;
+        char *instance;
+        const uint64_t *seq;
+        int s_reserve, s_settle, s_push;
+
+        char epoch[40];                 /* "" until the store said */
+        bool hello_pending;
+
+        TAILQ_HEAD(, settle) queue;
+        size_t n_queue;
+        LIST_HEAD(, kb_fleet_hold) waiting;
+
+        uint64_t dropped, pushes;
+};
+
+/* ---- arguments ---- */
+
+struct args {
+        const char *v[512];
+        char buf[512][NUM];
+        int n;
+        bool full;
+};
+
+static void arg_str(struct args *a, const char *s) {
+        if (a->n >= (int) ELEMENTSOF(a->v)) {
+                a->full = true;
+                return;
+        }
+        a->v[a->n++] = s;
+}
+
+static void arg_u64(struct args *a, uint64_t v) {
+        if (a->n >= (int) ELEMENTSOF(a->v)) {
+                a->full = true;
+                return;
+        }
+        snprintf(a->buf[a->n], NUM, "%" PRIu64, MIN(v, (uint64_t) 1 << 53));
+        a->v[a->n] = a->buf[a->n];
+        a->n++;
+}
+
+static const char *prefix_of(const struct kb_fleet *f) {
+        return kb_store_prefix(f->store);
+}
+
+/* An array reply's element i as an integer (0 when absent). */
+static uint64_t elem_u64(const redisReply *r, size_t i) {
+        if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements)
+                return 0;
+        const redisReply *e = r->element[i];
+        if (e->type == REDIS_REPLY_INTEGER)
+                return e->integer < 0 ? 0 : (uint64_t) e->integer;
+        if (e->type == REDIS_REPLY_STRING)
+                return strtoull(e->str, NULL, 10);
+        return 0;
+}
+
+static long long elem_int(const redisReply *r, size_t i) {
+        if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements || r->element[i]->type != REDIS_REPLY_INTEGER)
+                return -2;
+        return r->element[i]->integer;
+}
+
+static void hello(struct kb_fleet *f);
+
+/* The store's epoch is not the one we know: learn it (and push) first. */
+static void epoch_changed(struct kb_fleet *f) {
+        f->epoch[0] = 0;
+        hello(f);
+}
+
+/* ---- settles ---- */
+
+static void settle_free(struct settle *s) {
+        free(s->team);
+        free(s);
+}
+
+static void queue_drop(struct kb_fleet *f, struct settle *s) {
+        TAILQ_REMOVE(&f->queue, s, link);
+        f->n_queue--;
+        settle_free(s);
+}
+
+static void send_settles(struct kb_fleet *f);
+
+static void on_settled(void *userdata, const redisReply *reply) {
+        struct settle *s = userdata;
+        struct kb_fleet *f = s->fleet;
+
+        s->sent = false;
+        if (!reply)
+                return; /* offline: sent again when the store is back */
+        if (elem_int(reply, 0) == -1) {
+                if (f->epoch[0])
+                        epoch_changed(f);
+                return;
+        }
+        queue_drop(f, s);
+}
+
+static int send_settle(struct kb_fleet *f, struct settle *s) {
+        struct args a = { .n = 0 };
+        uint64_t kmin, kmax;
+
+        kb_quota_minute_keys(kb_realtime_usec(), &kmin, &kmax);
+        arg_str(&a, prefix_of(f));
+        arg_str(&a, s->team);
+        arg_str(&a, f->epoch);
+        arg_str(&a, f->instance);
+        arg_u64(&a, s->seq);
+        arg_str(&a, s->lease);
+        arg_str(&a, s->rid);
+        arg_u64(&a, s->k_settle);
+        arg_u64(&a, s->day);
+        arg_u64(&a, s->month);
+        arg_u64(&a, s->tokens);
+        arg_u64(&a, s->cost);
+        arg_str(&a, s->count_request ? "1" : "0");
+        arg_u64(&a, s->k_admit);
+        arg_u64(&a, kmin);
+        return kb_store_eval(f->store, (unsigned) f->s_settle, a.n, a.v, NULL, on_settled, s);
+}
+
+/* In queue order, everything not yet on its way; the store applies them in
+ * the order sent, so its acknowledged sequence is always a prefix. */
+static void send_settles(struct kb_fleet *f) {
+        struct settle *s;
+
+        if (!kb_fleet_ready(f))
+                return;
+        TAILQ_FOREACH(s, &f->queue, link) {
+                if (s->sent)
+                        continue;
+                if (send_settle(f, s) < 0)
+                        return;
+                s->sent = true;
+        }
+}
+
+static void queue_settle(struct kb_fleet *f, const char *team, const char *rid, const char *lease,
+                         bool count_request, uint64_t seq, uint64_t admitted_usec, uint64_t now_usec,
+                         uint64_t tokens, uint64_t cost) {
+        struct settle *s;
+
+        if (f->n_queue >= KB_FLEET_QUEUE_MAX) {
+                struct settle *old = TAILQ_FIRST(&f->queue);
+                if (old && !old->sent)
+                        queue_drop(f, old);
+                f->dropped++;
+                if (f->n_queue >= KB_FLEET_QUEUE_MAX)
+                        return;
+        }
+        s = calloc(1, sizeof(*s));
+        if (!s || !(s->team = strdup(team))) {
+                free(s);
+                f->dropped++;
+                return;
+        }
+        s->fleet = f;
+        snprintf(s->rid, sizeof(s->rid), "%s", rid);
+        snprintf(s->lease, sizeof(s->lease), "%s", strempty(lease));
+        s->count_request = count_request;
+        s->seq = seq;
+        s->k_settle = kb_quota_bucket_key(now_usec);
+        s->day = kb_quota_day_of(now_usec);
+        s->month = kb_quota_month_of(now_usec);
+        s->tokens = tokens;
+        s->cost = cost;
+        s->k_admit = kb_quota_bucket_key(admitted_usec);
+        TAILQ_INSERT_TAIL(&f->queue, s, link);
+        f->n_queue++;
+        send_settles(f);
+}
+
+static void hold_free(struct kb_fleet_hold *h);
+
+void kb_fleet_settle(struct kb_fleet *f, struct kb_fleet_hold *h, const char *team, const char *rid, uint64_t seq,
+                     uint64_t admitted_usec, uint64_t now_usec, uint64_t tokens, uint64_t cost) {
+        bool mine = h && h->fleet == f;
+
+        if (f)
+                /* The request is counted here unless the store surely
+                 * counted it at admission; a hold that may exist is looked
+                 * up under its lease and released. */
+                queue_settle(f, team, rid, mine && (h->admitted || h->doubtful) ? h->lease : "",
+                             !(mine && h->admitted), seq, admitted_usec, now_usec, tokens, cost);
+        if (h) {
+                h->admitted = h->doubtful = false; /* settled: nothing to release any more */
+                h->ended = true;
+                if (!h->pending && !h->grow_pending)
+                        hold_free(h);
+        }
+}
+
+void kb_fleet_hold_free(struct kb_fleet_hold *h) {
+        if (!h)
+                return;
+        h->ended = true;
+        if (!h->pending && !h->grow_pending)
+                hold_free(h);
+}
+
+/* ---- reservations ---- */
+
+static void hold_free(struct kb_fleet_hold *h) {
+        if (!h)
+                return;
+        if (h->on_wait_list)
+                LIST_REMOVE(h, waiting);
+        free((char *) h->ask.team);
+        free(h);
+}
+
+static void verdict(struct kb_fleet_hold *h, const struct kb_fleet_verdict *v) {
+        h->pending = false;
+        if (h->ended) {
+                /* The call ended first: give back what the store may hold
+                 * for it (sequence 0: a release, no usage, no request). */
+                if (h->admitted || h->doubtful)
+                        queue_settle(h->fleet, h->ask.team, h->rid, h->lease, false, 0, h->ask.now_usec,
+                                     h->ask.now_usec, 0, 0);
+                if (!h->grow_pending)
+                        hold_free(h);
+                return;
+        }
+        h->done(h->userdata, v);
+}
+
+static void wait_for_epoch(struct kb_fleet *f, struct kb_fleet_hold *h) {
+        if (!h->on_wait_list) {
+                LIST_INSERT_HEAD(&f->waiting, h, waiting);
+                h->on_wait_list = true;
+        }
+        if (!f->hello_pending)
+                epoch_changed(f);
+        if (!f->hello_pending) {
+                /* could not even ask: no answer */
+                LIST_REMOVE(h, waiting);
+                h->on_wait_list = false;
+                verdict(h, &(struct kb_fleet_verdict) { .result = -ENOTCONN });
+        }
+}
+
+static int send_reserve(struct kb_fleet_hold *h, bool grow, uint64_t tokens, uint64_t cost);
+
+static void on_reserved(void *userdata, const redisReply *reply) {
+        struct kb_fleet_hold *h = userdata;
+        struct kb_fleet *f = h->fleet;
+        struct kb_fleet_verdict v = { .result = -ENOTCONN };
+        long long st = elem_int(reply, 0);
+
+        if (!reply) {
+                h->doubtful = true; /* it may have been counted */
+                verdict(h, &v);
+                return;
+        }
+        if (st == -1) {
+                wait_for_epoch(f, h);
+                return;
+        }
+        if (st == 1) {
+                h->admitted = true;
+                h->tokens = h->ask.tokens;
+                h->cost = h->ask.cost;
+                v = (struct kb_fleet_verdict) { .result = 0,
+                                                .minute_requests = elem_u64(reply, 1),
+                                                .minute_tokens = elem_u64(reply, 2) + elem_u64(reply, 3),
+                                                .newest_tokens_k = elem_u64(reply, 4) };
+        } else if (st == 0) {
+                kb_quota_limit l = (kb_quota_limit) MIN(elem_u64(reply, 1), (uint64_t) _KB_QUOTA_LIMIT_MAX - 1);
+                uint64_t k = elem_u64(reply, 5), now = h->ask.now_usec;
+                uint64_t reset = 0;
+
+                if (l == KB_QUOTA_REQUESTS_PER_MINUTE || l == KB_QUOTA_TOKENS_PER_MINUTE)
+                        reset = k ? k * USEC_PER_SEC + 60 * USEC_PER_SEC : 0;
+                else if (l == KB_QUOTA_BUDGET_PER_MONTH)
+                        reset = kb_quota_next_month_usec(now);
+                else if (l != KB_QUOTA_MAX_CONCURRENT)
+                        reset = kb_quota_next_day_usec(now);
+                v.result = -EDQUOT;
+                v.denial = (struct kb_quota_denial) { .limit = l,
+                                                      .used = elem_u64(reply, 2),
+                                                      .requested = elem_u64(reply, 3),
+                                                      .max = elem_u64(reply, 4),
+                                                      .reset_usec = reset,
+                                                      .rate = kb_quota_limit_is_rate(l) };
+                if (v.denial.requested > v.denial.max)
+                        v.denial.reset_usec = 0;
+                v.minute_requests = elem_u64(reply, 6);
+                v.minute_tokens = elem_u64(reply, 7);
+                v.newest_tokens_k = elem_u64(reply, 8);
+        }
+        verdict(h, &v);
+}
+
+static void on_grown(void *userdata, const redisReply *reply) {
+        struct kb_fleet_hold *h = userdata;
+
+        h->grow_pending = false;
+        if (h->ended) {
+                if (!h->pending)
+                        hold_free(h);
+                return;
+        }
+        if (!reply || elem_int(reply, 0) != 2)
+                return; /* no answer: asked again at the next event */
+        h->tokens += elem_u64(reply, 1);
+        h->cost += elem_u64(reply, 2);
+        if (elem_u64(reply, 3)) {
+                kb_quota_limit l = (kb_quota_limit) MIN(elem_u64(reply, 4), (uint64_t) _KB_QUOTA_LIMIT_MAX - 1);
+                h->grow_final = true;
+                h->denial = (struct kb_quota_denial) { .limit = l,
+                                                       .used = elem_u64(reply, 5),
+                                                       .max = elem_u64(reply, 6),
+                                                       .rate = kb_quota_limit_is_rate(l) };
+        }
+}
+
+static int send_reserve(struct kb_fleet_hold *h, bool grow, uint64_t tokens, uint64_t cost) {
+        struct kb_fleet *f = h->fleet;
+        struct args a = { .n = 0 };
+        uint64_t now = grow ? kb_realtime_usec() : h->ask.now_usec, kmin, kcur;
+
+        kb_quota_minute_keys(now, &kmin, &kcur);
+        arg_str(&a, prefix_of(f));
+        arg_str(&a, h->ask.team);
+        arg_str(&a, f->epoch);
+        arg_str(&a, h->lease);
+        arg_str(&a, h->rid);
+        arg_u64(&a, kmin);
+        arg_u64(&a, kcur);
+        arg_u64(&a, kb_quota_day_of(now));
+        arg_u64(&a, kb_quota_month_of(now));
+        for (kb_quota_limit l = 0; l < _KB_QUOTA_LIMIT_MAX; l++)
+                arg_u64(&a, h->ask.limits[l]);
+        arg_u64(&a, tokens);
+        arg_u64(&a, cost);
+        arg_str(&a, grow ? "g" : "r");
+        return kb_store_eval(f->store, (unsigned) f->s_reserve, a.n, a.v, NULL, grow ? on_grown : on_reserved, h);
+}
+
+int kb_fleet_reserve(struct kb_fleet *f, const struct kb_fleet_ask *ask, kb_fleet_done_t done, void *userdata,
+                     struct kb_fleet_hold **ret) {
+        struct kb_fleet_hold *h;
+        int r;
+
+        if (!f || !ask || !ask->team || !ask->rid || !done || !ret)
+                return -EINVAL;
+        if (!kb_fleet_ready(f))
+                return -ENOTCONN;
+        h = calloc(1, sizeof(*h));
+        if (!h)
+                return -ENOMEM;
+        h->fleet = f;
+        h->ask = *ask;
+        h->ask.team = strdup(ask->team);
+        if (!h->ask.team) {
+                free(h);
+                return -ENOMEM;
+        }
+        snprintf(h->rid, sizeof(h->rid), "%s", ask->rid);
+        snprintf(h->lease, sizeof(h->lease), "%s", strempty(kb_store_lease(f->store)));
+        h->done = done;
+        h->userdata = userdata;
+        r = send_reserve(h, false, ask->tokens, ask->cost);
+        if (r < 0) {
+                hold_free(h);
+                return r;
+        }
+        h->pending = true;
+        *ret = h;
+        return 0;
+}
+
+bool kb_fleet_hold_exhausted(struct kb_fleet *f, struct kb_fleet_hold *h, uint64_t tokens, uint64_t cost,
+                             struct kb_quota_denial *ret_denial) {
+        if (!f || !h || h->fleet != f || !h->admitted)
+                return false;
+        bool over = tokens > h->tokens || cost > h->cost;
+        if (over && h->grow_final) {
+                if (ret_denial)
+                        *ret_denial = h->denial;
+                return true;
+        }
+        /* ask ahead: at half of what is held, for as much again */
+        if (!h->grow_pending && !h->grow_final && (tokens * 2 > h->tokens || cost * 2 > h->cost) &&
+            kb_fleet_ready(h->fleet)) {
+                uint64_t want_t = tokens * 2 > h->tokens ? MAX(tokens, h->tokens / 2 + 1) : 0;
+                uint64_t want_c = cost * 2 > h->cost ? MAX(cost, h->cost / 2 + 1) : 0;
+                if (send_reserve(h, true, want_t, want_c) == 0)
+                        h->grow_pending = true;
+        }
+        return false;
+}
+
+/* ---- hello: the epoch, and this host's counters into a new one ---- */
+
+static void on_hello(void *userdata, const redisReply *reply) {
+        struct kb_fleet *f = userdata;
+        struct kb_fleet_hold *h, *next;
+
+        f->hello_pending = false;
+        if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+            reply->element[0]->type == REDIS_REPLY_STRING) {
+                snprintf(f->epoch, sizeof(f->epoch), "%.*s", (int) reply->element[0]->len, reply->element[0]->str);
+                if (elem_u64(reply, 1) == 1)
+                        f->pushes++;
+        }
+        /* reservations that met the old epoch: again, or no answer */
+        for (h = LIST_FIRST(&f->waiting); h; h = next) {
+                next = LIST_NEXT(h, waiting);
+                LIST_REMOVE(h, waiting);
+                h->on_wait_list = false;
+                if (!f->epoch[0] || send_reserve(h, false, h->ask.tokens, h->ask.cost) < 0)
+                        verdict(h, &(struct kb_fleet_verdict) { .result = -ENOTCONN });
+        }
+        send_settles(f);
+}
+
+static void hello(struct kb_fleet *f) {
+        struct args *a = calloc(1, sizeof(*a));
+        char epoch[33];
+        uint64_t now = kb_realtime_usec();
+        size_t n_teams = 0;
+        int count_at;
+
+        if (!a || f->hello_pending)
+                goto out;
+        unsigned char raw[16];
+        kb_random_bytes(raw, sizeof(raw));
+        for (size_t i = 0; i < sizeof(raw); i++)
+                snprintf(epoch + 2 * i, 3, "%02x", raw[i]);
+
+        arg_str(a, prefix_of(f));
+        arg_str(a, epoch);
+        arg_str(a, f->instance);
+        arg_u64(a, *f->seq);
+        count_at = a->n;
+        arg_u64(a, 0);
+        /* The team names point into the quota's teams: sent before returning. */
+        for (size_t i = 0; i < kb_quota_n_teams(f->quota); i++) {
+                struct kb_quota_counters c;
+                if (kb_quota_counters(f->quota, i, now, &c) < 0 || !c.fleet)
+                        continue;
+                arg_str(a, c.team);
+                if (c.has_day)
+                        arg_u64(a, c.day);
+                else
+                        arg_str(a, "");
+                arg_u64(a, c.day_tokens);
+                arg_u64(a, c.day_cost);
+                if (c.has_month)
+                        arg_u64(a, c.month);
+                else
+                        arg_str(a, "");
+                arg_u64(a, c.month_tokens);
+                arg_u64(a, c.month_cost);
+                arg_u64(a, c.n_buckets);
+                for (size_t b = 0; b < c.n_buckets; b++) {
+                        arg_u64(a, c.buckets[b].k);
+                        arg_u64(a, c.buckets[b].requests);
+                        arg_u64(a, c.buckets[b].tokens);
+                }
+                n_teams++;
+        }
+        snprintf(a->buf[count_at], NUM, "%zu", n_teams);
+        a->v[count_at] = a->buf[count_at];
+        if (!a->full && kb_store_eval(f->store, (unsigned) f->s_push, a->n, a->v, NULL, on_hello, f) == 0)
+                f->hello_pending = true;
+out:
+        free(a);
+}
+
+void kb_fleet_store_up(struct kb_fleet *f) {
+        struct settle *s;
+
+        if (!f)
+                return;
+        TAILQ_FOREACH(s, &f->queue, link)
+                s->sent = false;
+        f->epoch[0] = 0;
+        f->hello_pending = false;
+        hello(f);
+}
+
+bool kb_fleet_ready(const struct kb_fleet *f) {
+        return f && f->epoch[0] && !f->hello_pending && kb_store_online(f->store);
+}
+
+void kb_fleet_get_stats(const struct kb_fleet *f, struct kb_fleet_stats *ret) {
+        *ret = (struct kb_fleet_stats) {};
+        if (!f)
+                return;
+        ret->queued = f->n_queue;
+        ret->dropped = f->dropped;
+        ret->pushes = f->pushes;
+        snprintf(ret->epoch, sizeof(ret->epoch), "%s", f->epoch);
+}
+
+int kb_fleet_new(struct kb_store *s, struct kb_quota *q, const char *instance, const uint64_t *seq,
+                 struct kb_fleet **ret) {
+        struct kb_fleet *f;
+
+        if (!s || !q || !instance || !seq || !ret)
+                return -EINVAL;
+        f = calloc(1, sizeof(*f));
+        if (!f)
+                return -ENOMEM;
+        f->store = s;
+        f->quota = q;
+        f->seq = seq;
+        TAILQ_INIT(&f->queue);
+        LIST_INIT(&f->waiting);
+        f->instance = strdup(instance);
+        if (!f->instance) {
+                free(f);
+                return -ENOMEM;
+        }
+        if ((f->s_reserve = kb_store_add_script(s, fleet_script_reserve)) < 0 ||
+            (f->s_settle = kb_store_add_script(s, fleet_script_settle)) < 0 ||
+            (f->s_push = kb_store_add_script(s, fleet_script_push)) < 0) {
+                int r = f->s_reserve < 0 ? f->s_reserve : f->s_settle < 0 ? f->s_settle : f->s_push;
+                free(f->instance);
+                free(f);
+                return r;
+        }
+        *ret = f;
+        return 0;
+}
+
+struct kb_fleet *kb_fleet_free(struct kb_fleet *f) {
+        struct kb_fleet_hold *h;
+        struct settle *s;
+
+        if (!f)
+                return NULL;
+        while ((h = LIST_FIRST(&f->waiting))) {
+                LIST_REMOVE(h, waiting);
+                h->on_wait_list = false;
+                verdict(h, &(struct kb_fleet_verdict) { .result = -ENOTCONN });
+        }
+        while ((s = TAILQ_FIRST(&f->queue)))
+                queue_drop(f, s);
+        free(f->instance);
+        free(f);
+        return NULL;
+}
