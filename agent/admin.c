@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "admin.h"
+#include "fleet-quota.h"
 #include "fleet-store.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
@@ -124,11 +125,13 @@ static json_t *capacity_json(const struct kb_broker *b) {
  * offline, round trips and the brokers holding a lease. */
 static json_t *store_json(const struct kb_broker *b) {
         struct kb_store_stats st;
+        struct kb_fleet_stats fs;
 
         if (!b->store)
                 return json_null();
         kb_store_get_stats(b->store, &st);
-        return json_pack("{s:s, s:s, s:o, s:s?, s:I, s:f, s:f, s:I, s:I, s:I, s:I}",
+        kb_fleet_get_stats(b->fleet, &fs);
+        return json_pack("{s:s, s:s, s:o, s:s?, s:I, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s?}",
                          "url", strempty(b->config->agent.quota_store),
                          "state", kb_store_state_to_string(st.state),
                          "since", kb_admin_time_json(st.since_usec),
@@ -139,7 +142,11 @@ static json_t *store_json(const struct kb_broker *b) {
                          "replies", (json_int_t) st.n_replies,
                          "errors", (json_int_t) st.n_errors,
                          "timeouts", (json_int_t) st.n_timeouts,
-                         "offline_s", (json_int_t) (st.offline_usec / USEC_PER_SEC));
+                         "offline_s", (json_int_t) (st.offline_usec / USEC_PER_SEC),
+                         "settles_queued", (json_int_t) fs.queued,
+                         "settles_dropped", (json_int_t) fs.dropped,
+                         "pushes", (json_int_t) fs.pushes,
+                         "epoch", fs.epoch[0] ? fs.epoch : NULL);
 }
 
 static void serve_status(struct kb_conn *c, struct kb_broker *b) {
@@ -171,125 +178,6 @@ static void serve_status(struct kb_conn *c, struct kb_broker *b) {
         if (j)
                 json_object_set_new(j, "quota_store", store_json(b));
         kb_admin_respond(c, 200, j);
-}
-
-/* 0 means "no limit" in the config; null says so in JSON. */
-static json_t *limit_json(uint64_t v) {
-        return v == 0 ? json_null() : json_integer((json_int_t) MIN(v, (uint64_t) INT64_MAX));
-}
-
-static json_t *usd_json(int64_t microusd) {
-        char buf[64];
-
-        if (microusd <= 0)
-                return json_null();
-        snprintf(buf, sizeof(buf), "%" PRId64 ".%06" PRId64, microusd / 1000000, microusd % 1000000);
-        return json_string(buf);
-}
-
-static json_t *team_json(const struct kb_team *t) {
-        json_t *users = json_array(), *groups = json_array(), *units = json_array(), *models = json_array();
-
-        for (size_t i = 0; users && i < t->n_uids; i++)
-                json_array_append_new(users, json_integer(t->uids[i]));
-        for (size_t i = 0; groups && i < t->n_gids; i++)
-                json_array_append_new(groups, json_integer(t->gids[i]));
-        for (size_t i = 0; units && i < t->n_units; i++)
-                json_array_append_new(units, json_string(t->units[i]));
-        if (models && t->models_all)
-                json_array_append_new(models, json_string("*"));
-        for (size_t i = 0; models && !t->models_all && i < t->n_models; i++)
-                json_array_append_new(models, json_string(t->models[i]));
-
-        return json_pack("{s:s, s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o, s:o, s:o, s:o}, s:o}",
-                         "name", t->name, "users", users, "groups", groups, "units", units, "models", models,
-                         "limits",
-                         "requests_per_minute", limit_json(t->requests_per_minute),
-                         "tokens_per_minute", limit_json(t->tokens_per_minute),
-                         "tokens_per_day", limit_json(t->tokens_per_day),
-                         "budget_usd_per_day", usd_json(t->budget_microusd_per_day),
-                         "budget_usd_per_month", usd_json(t->budget_microusd_per_month),
-                         "max_concurrent", limit_json(t->max_concurrent),
-                         "owner", t->owner ? json_string(t->owner) : json_null());
-}
-
-/* ---- GET /teams usage ---- */
-
-static json_t *count_json(uint64_t v) {
-        return json_integer((json_int_t) MIN(v, (uint64_t) INT64_MAX));
-}
-
-/* Always a string, "0.000000" included: usage is a reading, not a setting. */
-static json_t *usd_amount_json(uint64_t microusd) {
-        char buf[64];
-
-        snprintf(buf, sizeof(buf), "%" PRIu64 ".%06" PRIu64, microusd / 1000000, microusd % 1000000);
-        return json_string(buf);
-}
-
-/* One window: limit and remaining are null when the team has no such limit;
- * budgets as USD strings plus exact *_microusd integers. */
-static json_t *window_json(kb_quota_limit l, const struct kb_quota_window *w) {
-        bool unlimited = w->limit == 0;
-
-        if (l != KB_QUOTA_BUDGET_PER_DAY && l != KB_QUOTA_BUDGET_PER_MONTH)
-                return json_pack("{s:o, s:o, s:o, s:o, s:o}",
-                                 "limit", unlimited ? json_null() : count_json(w->limit),
-                                 "used", count_json(w->used),
-                                 "reserved", count_json(w->reserved),
-                                 "remaining", unlimited ? json_null() : count_json(w->remaining),
-                                 "reset", kb_admin_time_json(w->reset_usec));
-        return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-                         "limit", unlimited ? json_null() : usd_amount_json(w->limit),
-                         "used", usd_amount_json(w->used),
-                         "reserved", usd_amount_json(w->reserved),
-                         "remaining", unlimited ? json_null() : usd_amount_json(w->remaining),
-                         "reset", kb_admin_time_json(w->reset_usec),
-                         "limit_microusd", unlimited ? json_null() : count_json(w->limit),
-                         "used_microusd", count_json(w->used),
-                         "reserved_microusd", count_json(w->reserved),
-                         "remaining_microusd", unlimited ? json_null() : count_json(w->remaining));
-}
-
-/* Adds "usage", "in_flight" and "month_tokens" to a team object. A team the
- * quota does not know (cannot happen after a configure) just gets none. */
-static int add_usage(json_t *team, const struct kb_quota *q, const char *name, uint64_t now) {
-        struct kb_quota_view v;
-
-        if (!q || kb_quota_view(q, name, now, &v) < 0)
-                return 0;
-        json_t *usage = json_object();
-        if (!usage)
-                return -ENOMEM;
-        for (kb_quota_limit l = 0; l < _KB_QUOTA_LIMIT_MAX; l++)
-                if (json_object_set_new(usage, kb_quota_limit_to_string(l), window_json(l, &v.windows[l])) < 0) {
-                        json_decref(usage);
-                        return -ENOMEM;
-                }
-        if (json_object_set_new(team, "usage", usage) < 0 ||
-            json_object_set_new(team, "in_flight", count_json(v.in_flight)) < 0 ||
-            json_object_set_new(team, "month_tokens", count_json(v.month_tokens)) < 0)
-                return -ENOMEM;
-        return 0;
-}
-
-static void serve_teams(struct kb_conn *c, struct kb_broker *b) {
-        const struct kb_config *cfg = b->config;
-        json_t *teams = json_array();
-        uint64_t now = kb_realtime_usec();
-
-        for (size_t i = 0; teams && i < cfg->n_teams; i++) {
-                json_t *t = team_json(&cfg->teams[i]);
-                if (t && add_usage(t, b->quota, cfg->teams[i].name, now) < 0) {
-                        json_decref(t);
-                        t = NULL;
-                }
-                if (!t || json_array_append_new(teams, t) < 0) {
-                        json_decref(teams);
-                        teams = NULL;
-                }
-        }
-        kb_admin_respond(c, 200, teams ? json_pack("{s:o}", "teams", teams) : NULL);
 }
 
 static json_t *seconds_json(uint64_t usec) {
@@ -601,7 +489,7 @@ static void admin_on_request(struct kb_conn *c, struct kb_http_request *req, voi
                 kb_admin_serve_keys(c, b);
                 break;
         case KB_ADMIN_TEAMS:
-                serve_teams(c, b);
+                kb_admin_serve_teams(c, b);
                 break;
         case KB_ADMIN_ROUTES:
                 serve_routes(c, b);

@@ -74,6 +74,8 @@ void kb_admin_error(struct kb_conn *c, int status, const char *code, const char 
 
 /* admin-keys.c */
 void kb_admin_serve_keys(struct kb_conn *c, struct kb_broker *b);
+/* admin-teams.c: GET /teams. */
+void kb_admin_serve_teams(struct kb_conn *c, struct kb_broker *b);
 void kb_admin_serve_key_change(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
                                const struct kb_admin_target *t, uid_t admin_uid);
 /* Zero a request body that may hold a secret. */

@@ -60,6 +60,16 @@ struct kb_fleet {
         LIST_HEAD(, kb_fleet_hold) waiting;
 
         uint64_t dropped, pushes;
+
+        int s_view;
+        bool view_pending;
+        struct view_entry {
+                char *team;
+                struct kb_fleet_view v;
+        } *views;
+        size_t n_views;
+        char **view_teams;              /* the names the pending reading asked for */
+        size_t n_view_teams;
 };
 
 /* ---- arguments ---- */
@@ -444,6 +454,110 @@ bool kb_fleet_hold_exhausted(struct kb_fleet *f, struct kb_fleet_hold *h, uint64
         return false;
 }
 
+/* ---- the fleet's view of each team, at every heartbeat ---- */
+
+static void view_teams_free(struct kb_fleet *f) {
+        for (size_t i = 0; i < f->n_view_teams; i++)
+                free(f->view_teams[i]);
+        free(f->view_teams);
+        f->view_teams = NULL;
+        f->n_view_teams = 0;
+}
+
+static void views_free(struct view_entry *v, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(v[i].team);
+        free(v);
+}
+
+static void on_view(void *userdata, const redisReply *reply) {
+        struct kb_fleet *f = userdata;
+        size_t n = f->n_view_teams;
+        struct view_entry *v;
+        uint64_t now = kb_realtime_usec();
+
+        f->view_pending = false;
+        if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != n * 10 ||
+            !(v = calloc(MAX(n, (size_t) 1), sizeof(*v)))) {
+                view_teams_free(f);
+                return;
+        }
+        for (size_t i = 0; i < n; i++) {
+                size_t b = i * 10;
+                v[i].team = TAKE_PTR(f->view_teams[i]);
+                v[i].v = (struct kb_fleet_view) {
+                        .read_usec = now,
+                        .minute_requests = elem_u64(reply, b),
+                        .minute_tokens = elem_u64(reply, b + 1),
+                        .newest_tokens_k = elem_u64(reply, b + 2),
+                        .in_flight = elem_u64(reply, b + 3),
+                        .held_tokens = elem_u64(reply, b + 4),
+                        .held_cost = elem_u64(reply, b + 5),
+                        .day_tokens = elem_u64(reply, b + 6),
+                        .day_cost = elem_u64(reply, b + 7),
+                        .month_tokens = elem_u64(reply, b + 8),
+                        .month_cost = elem_u64(reply, b + 9),
+                };
+        }
+        view_teams_free(f);
+        views_free(f->views, f->n_views);
+        f->views = v;
+        f->n_views = n;
+}
+
+static void read_views(void *userdata) {
+        struct kb_fleet *f = userdata;
+        struct args *a;
+        uint64_t now = kb_realtime_usec(), kmin, kcur;
+        size_t n = kb_quota_n_teams(f->quota);
+
+        if (f->view_pending || !kb_fleet_ready(f) || n == 0)
+                return;
+        a = calloc(1, sizeof(*a));
+        f->view_teams = calloc(n, sizeof(char *));
+        if (!a || !f->view_teams)
+                goto out;
+        kb_quota_minute_keys(now, &kmin, &kcur);
+        arg_str(a, prefix_of(f));
+        arg_u64(a, kmin);
+        arg_u64(a, kcur);
+        arg_u64(a, kb_quota_day_of(now));
+        arg_u64(a, kb_quota_month_of(now));
+        arg_u64(a, 0);
+        for (size_t i = 0; i < n; i++) {
+                struct kb_quota_counters c;
+                if (kb_quota_counters(f->quota, i, now, &c) < 0 || !c.fleet)
+                        continue;
+                if (!(f->view_teams[f->n_view_teams] = strdup(c.team)))
+                        goto out;
+                arg_str(a, f->view_teams[f->n_view_teams++]);
+        }
+        snprintf(a->buf[5], NUM, "%zu", f->n_view_teams);
+        a->v[5] = a->buf[5];
+        if (f->n_view_teams > 0 && !a->full &&
+            kb_store_eval(f->store, (unsigned) f->s_view, a->n, a->v, NULL, on_view, f) == 0) {
+                f->view_pending = true;
+                free(a);
+                return;
+        }
+out:
+        view_teams_free(f);
+        free(a);
+}
+
+bool kb_fleet_view(const struct kb_fleet *f, const char *team, struct kb_fleet_view *ret) {
+        uint64_t now = kb_realtime_usec();
+
+        for (size_t i = 0; f && team && i < f->n_views; i++)
+                if (streq(f->views[i].team, team)) {
+                        if (now > f->views[i].v.read_usec + 5 * USEC_PER_SEC)
+                                return false;
+                        *ret = f->views[i].v;
+                        return true;
+                }
+        return false;
+}
+
 /* ---- hello: the epoch, and this host's counters into a new one ---- */
 
 static void on_hello(void *userdata, const redisReply *reply) {
@@ -569,12 +683,14 @@ int kb_fleet_new(struct kb_store *s, struct kb_quota *q, const char *instance, c
         }
         if ((f->s_reserve = kb_store_add_script(s, fleet_script_reserve)) < 0 ||
             (f->s_settle = kb_store_add_script(s, fleet_script_settle)) < 0 ||
-            (f->s_push = kb_store_add_script(s, fleet_script_push)) < 0) {
-                int r = f->s_reserve < 0 ? f->s_reserve : f->s_settle < 0 ? f->s_settle : f->s_push;
+            (f->s_push = kb_store_add_script(s, fleet_script_push)) < 0 ||
+            (f->s_view = kb_store_add_script(s, fleet_script_view)) < 0) {
+                int r = f->s_reserve < 0 ? f->s_reserve : f->s_settle < 0 ? f->s_settle : f->s_push < 0 ? f->s_push : f->s_view;
                 free(f->instance);
                 free(f);
                 return r;
         }
+        kb_store_set_beat_hook(s, read_views, f);
         *ret = f;
         return 0;
 }
@@ -592,6 +708,8 @@ struct kb_fleet *kb_fleet_free(struct kb_fleet *f) {
         }
         while ((s = TAILQ_FIRST(&f->queue)))
                 queue_drop(f, s);
+        view_teams_free(f);
+        views_free(f->views, f->n_views);
         free(f->instance);
         free(f);
         return NULL;

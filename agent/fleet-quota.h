@@ -116,3 +116,14 @@ void kb_fleet_hold_free(struct kb_fleet_hold *h);
  * A hold whose verdict has not come yet is released when it does. Frees h. */
 void kb_fleet_settle(struct kb_fleet *f, struct kb_fleet_hold *h, const char *team, const char *rid, uint64_t seq,
                      uint64_t admitted_usec, uint64_t now_usec, uint64_t tokens, uint64_t cost);
+
+/* A fleet team's windows in the store, as read at the last heartbeat (at
+ * most a few seconds old): for GET /teams and keybrokerctl team list. */
+struct kb_fleet_view {
+        uint64_t read_usec;             /* realtime of the reading */
+        uint64_t minute_requests, minute_tokens, newest_tokens_k;
+        uint64_t in_flight, held_tokens, held_cost;
+        uint64_t day_tokens, day_cost, month_tokens, month_cost;
+};
+/* true and *ret when there is a reading of team younger than 5 s. */
+bool kb_fleet_view(const struct kb_fleet *f, const char *team, struct kb_fleet_view *ret);

@@ -202,3 +202,42 @@ static const char fleet_script_push[] =
         "  redis.call('EXPIRE', T .. 'tk', 3600)\n"
         "end\n"
         "return {ep, 1}\n";
+
+/* ARGV: 1 PREFIX, 2 KMIN, 3 KCUR, 4 DAY, 5 MONTH, 6 N, then N team names.
+ * Returns, per team, 10 numbers: minute requests, minute tokens settled,
+ * newest token bucket, calls in flight, tokens held, cost held, day tokens,
+ * day cost, month tokens, month cost. Reads only. */
+static const char fleet_script_view[] =
+        "local P = ARGV[1]\n"
+        "local keys, live, out = {}, {}, {}\n"
+        "for k = tonumber(ARGV[2]), tonumber(ARGV[3]) do keys[#keys + 1] = k end\n"
+        "for i = 7, 6 + tonumber(ARGV[6]) do\n"
+        "  local T = P .. 't:' .. ARGV[i] .. ':'\n"
+        "  local rq = redis.call('HMGET', T .. 'rq', unpack(keys))\n"
+        "  local tk = redis.call('HMGET', T .. 'tk', unpack(keys))\n"
+        "  local srq, stk, newest, n, ftk, fco = 0, 0, 0, 0, 0, 0\n"
+        "  for j = 1, #keys do\n"
+        "    local b = tonumber(tk[j]) or 0\n"
+        "    srq = srq + (tonumber(rq[j]) or 0)\n"
+        "    stk = stk + b\n"
+        "    if b > 0 then newest = keys[j] end\n"
+        "  end\n"
+        "  local fl = redis.call('HGETALL', T .. 'fl')\n"
+        "  for j = 1, #fl, 2 do\n"
+        "    local l, what = string.match(fl[j], '^(.+)|(%a+)$')\n"
+        "    if l then\n"
+        "      if live[l] == nil then live[l] = redis.call('EXISTS', P .. 'lease:' .. l) == 1 end\n"
+        "      if live[l] then\n"
+        "        local v = tonumber(fl[j + 1]) or 0\n"
+        "        if what == 'n' then n = n + v elseif what == 'tk' then ftk = ftk + v else fco = fco + v end\n"
+        "      end\n"
+        "    end\n"
+        "  end\n"
+        "  local d = redis.call('HMGET', T .. 'd:' .. ARGV[4], 'tk', 'co')\n"
+        "  local m = redis.call('HMGET', T .. 'm:' .. ARGV[5], 'tk', 'co')\n"
+        "  for _, v in ipairs({srq, stk, newest, n, ftk, fco, tonumber(d[1]) or 0, tonumber(d[2]) or 0,\n"
+        "                      tonumber(m[1]) or 0, tonumber(m[2]) or 0}) do\n"
+        "    out[#out + 1] = v\n"
+        "  end\n"
+        "end\n"
+        "return out\n";

@@ -66,6 +66,8 @@ struct kb_store {
 
         uint64_t brokers;
         unsigned gen;                   /* connections made: the lease is per connection */
+        void (*beat_hook)(void *userdata);
+        void *beat_userdata;
         char run[17];                   /* random, per process */
         char lease[96];                 /* INSTANCE.RUN.GEN */
         struct store_script scripts[SCRIPTS_MAX];
@@ -264,8 +266,11 @@ static void heartbeat(struct kb_store *s) {
 static int on_beat(sd_event_source *src, uint64_t usec, void *userdata) {
         struct kb_store *s = userdata;
 
-        if (s->ac && s->state == KB_STORE_ONLINE)
+        if (s->ac && s->state == KB_STORE_ONLINE) {
                 heartbeat(s);
+                if (s->beat_hook)
+                        s->beat_hook(s->beat_userdata);
+        }
         (void) sd_event_source_set_time_relative(src, KB_STORE_HEARTBEAT_USEC);
         return 0;
 }
@@ -601,4 +606,11 @@ const char *kb_store_lease(const struct kb_store *s) {
 
 const char *kb_store_prefix(const struct kb_store *s) {
         return s ? s->o.prefix : NULL;
+}
+
+void kb_store_set_beat_hook(struct kb_store *s, void (*hook)(void *userdata), void *userdata) {
+        if (!s)
+                return;
+        s->beat_hook = hook;
+        s->beat_userdata = userdata;
 }

@@ -93,3 +93,5 @@ uint64_t kb_store_brokers(const struct kb_store *s);
  * expires. */
 const char *kb_store_lease(const struct kb_store *s);
 const char *kb_store_prefix(const struct kb_store *s);
+/* Called at every heartbeat while online (after the lease is renewed). */
+void kb_store_set_beat_hook(struct kb_store *s, void (*hook)(void *userdata), void *userdata);

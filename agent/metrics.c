@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "fleet-quota.h"
 #include "fleet-store.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
@@ -520,6 +521,14 @@ static int format_capacity(struct kb_broker *b, struct kb_buf *out) {
                 CHECK(family(out, "keybroker_quota_store_brokers", "gauge",
                              "Brokers holding a live lease in the quota store."));
                 CHECK(sample_u64(out, "keybroker_quota_store_brokers", NULL, 0, st.brokers));
+                struct kb_fleet_stats fs;
+                kb_fleet_get_stats(b->fleet, &fs);
+                CHECK(family(out, "keybroker_quota_store_settles_queued", "gauge",
+                             "Settles of fleet teams not yet acknowledged by the quota store."));
+                CHECK(sample_u64(out, "keybroker_quota_store_settles_queued", NULL, 0, fs.queued));
+                CHECK(family(out, "keybroker_quota_store_settles_dropped_total", "counter",
+                             "Settles dropped from a full queue (still in the journal and this host's counters)."));
+                CHECK(sample_u64(out, "keybroker_quota_store_settles_dropped_total", NULL, 0, fs.dropped));
         }
         CHECK(family(out, "keybroker_open_fds", "gauge", "File descriptors keybrokerd has open."));
         CHECK(sample_u64(out, "keybroker_open_fds", NULL, 0, cap.fds_open));

@@ -40,7 +40,13 @@ static void help_team_list(void) {
                "is held by calls in flight): RPM and TPM (sliding minute), TOKENS TODAY,\n"
                "USD TODAY (UTC day), USD MONTH (UTC month), IN FLIGHT (/max_concurrent)\n"
                "and MINUTE RESET (when the minute windows are empty again), followed by\n"
-               "when the day and month windows reset.\n");
+               "when the day and month windows reset.\n"
+               "\n"
+               "COUNTED says whose usage that is: \"fleet\" for a team counted in the\n"
+               "quota store (every broker sharing it, as read at the last heartbeat),\n"
+               "with THIS HOST's part of it (rpm, tokens today, USD this month); \"host\"\n"
+               "for a team counted on this host only (quota_scope = host, no store, or\n"
+               "the store offline).\n");
 }
 
 static void help_route(void) {
@@ -106,14 +112,18 @@ static void format_store(const json_t *o, char *buf, size_t size) {
         const char *state = json_string_value(json_object_get(o, "state"));
         ctl_format_time(json_string_value(json_object_get(o, "since")), since, sizeof(since));
         ctl_json_scalar(json_object_get(o, "url"), url, sizeof(url));
+        json_int_t queued = json_integer_value(json_object_get(o, "settles_queued"));
+        char q[64] = "";
+        if (queued > 0)
+                snprintf(q, sizeof(q), ", %" JSON_INTEGER_FORMAT " settle(s) to send", queued);
         if (state && streq(state, "connected"))
-                snprintf(buf, size, "connected to %s since %s, %" JSON_INTEGER_FORMAT " broker(s), rtt p50 %.2f ms, p99 %.2f ms",
+                snprintf(buf, size, "connected to %s since %s, %" JSON_INTEGER_FORMAT " broker(s), rtt p50 %.2f ms, p99 %.2f ms%s",
                          url, since, json_integer_value(json_object_get(o, "brokers")),
                          json_number_value(json_object_get(o, "rtt_p50_ms")),
-                         json_number_value(json_object_get(o, "rtt_p99_ms")));
+                         json_number_value(json_object_get(o, "rtt_p99_ms")), q);
         else {
                 ctl_json_scalar(json_object_get(o, "reason"), reason, sizeof(reason));
-                snprintf(buf, size, "%s %s since %s: %.150s", state ? state : "?", url, since, reason);
+                snprintf(buf, size, "%s %s since %s: %.150s%s", state ? state : "?", url, since, reason, q);
         }
 }
 
@@ -351,10 +361,20 @@ static int usage_row(struct ctl_table *t, const json_t *team, time_t now) {
                 r = -ENOMEM;
         }
         minute_reset_text(usage, now, reset, sizeof(reset));
+        /* A fleet team's usage is the fleet's; what this host did of it: */
+        const char *scope = json_string_value(json_object_get(team, "usage_scope")) ?: "host";
+        const json_t *host = json_object_get(team, "host_usage");
+        char share[256] = "-", rpm[64], tok[64], usd[64];
+        if (streq(scope, "fleet") && json_is_object(host)) {
+                amount_text(json_object_get(json_object_get(host, "requests_per_minute"), "used"), rpm, sizeof(rpm));
+                amount_text(json_object_get(json_object_get(host, "tokens_per_day"), "used"), tok, sizeof(tok));
+                amount_text(json_object_get(json_object_get(host, "budget_usd_per_month"), "used"), usd, sizeof(usd));
+                snprintf(share, sizeof(share), "%s rpm, %s tok today, $%s month", rpm, tok, usd);
+        }
         if (r >= 0) {
                 const char *row[] = {
-                        json_string_value(json_object_get(team, "name")), cells[0], cells[1], cells[2], cells[3],
-                        cells[4], flight, reset,
+                        json_string_value(json_object_get(team, "name")), scope, cells[0], cells[1], cells[2],
+                        cells[3], cells[4], flight, reset, share,
                 };
                 r = ctl_table_add_row(t, row);
         }
@@ -367,7 +387,8 @@ static int usage_row(struct ctl_table *t, const json_t *team, time_t now) {
  * the windows are calendar UTC). */
 static int print_usage(const json_t *teams) {
         static const char *const headers[] = {
-                "TEAM", "RPM", "TPM", "TOKENS TODAY", "USD TODAY", "USD MONTH", "IN FLIGHT", "MINUTE RESET",
+                "TEAM", "COUNTED", "RPM", "TPM", "TOKENS TODAY", "USD TODAY", "USD MONTH", "IN FLIGHT", "MINUTE RESET",
+                "THIS HOST",
         };
         _cleanup_table_ struct ctl_table *t = ctl_table_new(headers, ELEMENTSOF(headers));
         const char *day = NULL, *month = NULL;
