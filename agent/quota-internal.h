@@ -63,5 +63,18 @@ struct kb_quota {
 };
 
 struct quota_team *quota_find_team(const struct kb_quota *q, const char *name);
+
+/* quota-calendar.c */
+uint64_t quota_sat_add(uint64_t a, uint64_t b);
+uint64_t quota_sat_sub(uint64_t a, uint64_t b);
+uint64_t quota_clamp_time(uint64_t usec);
+uint64_t quota_day_of(uint64_t usec);
 uint64_t quota_month_of(uint64_t usec);
+uint64_t quota_month_start_usec(uint64_t month);
+/* Minute windows: usage at t lives in bucket k = ceil(t / 1 s) and counts
+ * while now < k s + 60 s, i.e. for k in [kmin(now), kmax(now)]. */
+uint64_t quota_bucket_key(uint64_t t);
+uint64_t quota_bucket_expiry(uint64_t k);
+void quota_window_keys(uint64_t now, uint64_t *ret_kmin, uint64_t *ret_kmax);
+bool quota_bucket_counts(uint64_t k, uint64_t now);
 void quota_team_reset_counters(struct quota_team *t);

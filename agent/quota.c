@@ -62,105 +62,15 @@ const char *kb_quota_limit_error_type(kb_quota_limit l) {
         return kb_quota_limit_is_rate(l) ? "rate_limit_error" : "insufficient_quota";
 }
 
-static uint64_t sat_add(uint64_t a, uint64_t b) {
-        uint64_t r;
-
-        if (__builtin_add_overflow(a, b, &r))
-                return UINT64_MAX;
-        return r;
-}
-
-static uint64_t sat_sub(uint64_t a, uint64_t b) {
-        return a > b ? a - b : 0;
-}
-
-/* Howard Hinnant's days <-> civil date algorithms, proleptic Gregorian:
- * exact for every day, no libc time zone state involved. */
-static void civil_from_days(int64_t z, int64_t *ret_y, unsigned *ret_m) {
-        z += 719468;
-        int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-        unsigned doe = (unsigned) (z - era * 146097);
-        unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-        unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        unsigned mp = (5 * doy + 2) / 153;
-        unsigned m = mp < 10 ? mp + 3 : mp - 9;
-
-        *ret_y = (int64_t) yoe + era * 400 + (m <= 2);
-        *ret_m = m;
-}
-
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
-        y -= m <= 2;
-        int64_t era = (y >= 0 ? y : y - 399) / 400;
-        unsigned yoe = (unsigned) (y - era * 400);
-        unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-        unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-
-        return era * 146097 + (int64_t) doe - 719468;
-}
-
-static uint64_t clamp_time(uint64_t usec) {
-        return MIN(usec, QUOTA_MAX_TIME);
-}
-
-static uint64_t day_of(uint64_t usec) {
-        return usec / QUOTA_DAY;
-}
-
-uint64_t quota_month_of(uint64_t usec) {
-        int64_t y;
-        unsigned m;
-
-        civil_from_days((int64_t) day_of(usec), &y, &m);
-        return (uint64_t) (y * 12 + (int64_t) m - 1);
-}
-
-static uint64_t month_start_usec(uint64_t month) {
-        return (uint64_t) days_from_civil((int64_t) (month / 12), (unsigned) (month % 12) + 1, 1) * QUOTA_DAY;
-}
-
-uint64_t kb_quota_next_day_usec(uint64_t now_usec) {
-        now_usec = clamp_time(now_usec);
-        return (day_of(now_usec) + 1) * QUOTA_DAY;
-}
-
-uint64_t kb_quota_next_month_usec(uint64_t now_usec) {
-        now_usec = clamp_time(now_usec);
-        return month_start_usec(quota_month_of(now_usec) + 1);
-}
-
-/* Minute windows. Usage at t lives in bucket k = ceil(t / 1 s) and counts
- * while now < k s + 60 s, i.e. for k in [kmin(now), kmax(now)]. */
-static uint64_t bucket_key(uint64_t t) {
-        return t / QUOTA_SEC + (t % QUOTA_SEC != 0);
-}
-
-static uint64_t bucket_expiry(uint64_t k) {
-        return sat_add(k * QUOTA_SEC, QUOTA_MINUTE);
-}
-
-static void window_keys(uint64_t now, uint64_t *ret_kmin, uint64_t *ret_kmax) {
-        /* smallest k with k s + 60 s > now */
-        *ret_kmin = now < QUOTA_MINUTE ? 0 : (now - QUOTA_MINUTE) / QUOTA_SEC + 1;
-        *ret_kmax = bucket_key(now);
-}
-
-static bool bucket_counts(uint64_t k, uint64_t now) {
-        uint64_t kmin, kmax;
-
-        window_keys(now, &kmin, &kmax);
-        return k != QUOTA_NONE && k >= kmin && k <= kmax;
-}
-
 /* The bucket for usage at t, or NULL when t is already out of the window at
  * now. A slot holding another key holds usage out of the window (two keys of
  * one window never share a slot), except in a replay, where records may come
  * slightly out of order: there older usage never displaces newer. */
 static struct quota_bucket *bucket_for(struct quota_team *t, uint64_t at, uint64_t now, bool replay) {
-        uint64_t k = bucket_key(at);
+        uint64_t k = quota_bucket_key(at);
         struct quota_bucket *b = &t->minute[k % QUOTA_BUCKETS];
 
-        if (!bucket_counts(k, now))
+        if (!quota_bucket_counts(k, now))
                 return NULL;
         if (b->k == k)
                 return b;
@@ -174,9 +84,9 @@ static void window_sums(const struct quota_team *t, uint64_t now, uint64_t *ret_
         uint64_t r = 0, tok = 0;
 
         for (size_t i = 0; i < QUOTA_BUCKETS; i++)
-                if (bucket_counts(t->minute[i].k, now)) {
-                        r = sat_add(r, t->minute[i].requests);
-                        tok = sat_add(tok, t->minute[i].tokens);
+                if (quota_bucket_counts(t->minute[i].k, now)) {
+                        r = quota_sat_add(r, t->minute[i].requests);
+                        tok = quota_sat_add(tok, t->minute[i].tokens);
                 }
         *ret_requests = r;
         *ret_tokens = tok;
@@ -191,15 +101,15 @@ static uint64_t bucket_value(const struct quota_bucket *b, kb_quota_limit l) {
 static uint64_t window_frees_at(const struct quota_team *t, kb_quota_limit l, uint64_t now, uint64_t need) {
         uint64_t kmin, kmax, acc = 0;
 
-        window_keys(now, &kmin, &kmax);
+        quota_window_keys(now, &kmin, &kmax);
         for (uint64_t k = kmin; k <= kmax; k++) {
                 const struct quota_bucket *b = &t->minute[k % QUOTA_BUCKETS];
 
                 if (b->k != k)
                         continue;
-                acc = sat_add(acc, bucket_value(b, l));
+                acc = quota_sat_add(acc, bucket_value(b, l));
                 if (acc >= need && acc > 0)
-                        return bucket_expiry(k);
+                        return quota_bucket_expiry(k);
         }
         return 0;
 }
@@ -208,12 +118,12 @@ static uint64_t window_frees_at(const struct quota_team *t, kb_quota_limit l, ui
 static uint64_t window_empty_at(const struct quota_team *t, kb_quota_limit l, uint64_t now) {
         uint64_t kmin, kmax;
 
-        window_keys(now, &kmin, &kmax);
+        quota_window_keys(now, &kmin, &kmax);
         for (uint64_t k = kmax + 1; k-- > kmin;) {
                 const struct quota_bucket *b = &t->minute[k % QUOTA_BUCKETS];
 
                 if (b->k == k && bucket_value(b, l) > 0)
-                        return bucket_expiry(k);
+                        return quota_bucket_expiry(k);
         }
         return 0;
 }
@@ -221,7 +131,7 @@ static uint64_t window_empty_at(const struct quota_team *t, kb_quota_limit l, ui
 /* Day/month counters of a later day than now (the clock stepped back) keep
  * counting: a budget must not be handed out twice. */
 static uint64_t day_used(const struct quota_team *t, uint64_t now, bool cost) {
-        if (t->day == QUOTA_NONE || t->day < day_of(now))
+        if (t->day == QUOTA_NONE || t->day < quota_day_of(now))
                 return 0;
         return cost ? t->day_cost : t->day_tokens;
 }
@@ -291,7 +201,7 @@ static uint64_t month_reset(const struct quota_team *t, uint64_t now) {
         uint64_t r = kb_quota_next_month_usec(now);
 
         if (t->month != QUOTA_NONE)
-                r = MAX(r, month_start_usec(t->month + 1));
+                r = MAX(r, quota_month_start_usec(t->month + 1));
         return r;
 }
 
@@ -303,8 +213,8 @@ static void deny(struct quota_team *t, kb_quota_limit l, uint64_t now, uint64_t 
         case KB_QUOTA_REQUESTS_PER_MINUTE:
         case KB_QUOTA_TOKENS_PER_MINUTE:
                 if (requested <= max)
-                        reset = window_frees_at(t, l, now, sat_add(used, requested) - max);
-                window_end = sat_add(now, QUOTA_MINUTE);
+                        reset = window_frees_at(t, l, now, quota_sat_add(used, requested) - max);
+                window_end = quota_sat_add(now, QUOTA_MINUTE);
                 break;
         case KB_QUOTA_TOKENS_PER_DAY:
         case KB_QUOTA_BUDGET_PER_DAY:
@@ -318,7 +228,7 @@ static void deny(struct quota_team *t, kb_quota_limit l, uint64_t now, uint64_t 
                         reset = window_end;
                 break;
         default:
-                window_end = sat_add(now, QUOTA_MINUTE);
+                window_end = quota_sat_add(now, QUOTA_MINUTE);
                 break;
         }
 
@@ -362,9 +272,9 @@ static int first_crossed(const struct quota_team *t, uint64_t now, uint64_t toke
                 if (!(mask & (1U << l)) || max == 0)
                         continue;
                 usage_of(t, l, now, &used, &reserved);
-                used = sat_add(used, reserved);
+                used = quota_sat_add(used, reserved);
                 req = requested_of(l, tokens, cost);
-                if (sat_add(used, req) > max) {
+                if (quota_sat_add(used, req) > max) {
                         *ret_used = used;
                         *ret_requested = req;
                         return (int) l;
@@ -386,11 +296,11 @@ void quota_team_reset_counters(struct quota_team *t) {
 static void add_usage(struct quota_team *t, uint64_t at, uint64_t requests, uint64_t tokens, uint64_t cost,
                       bool replay) {
         struct quota_bucket *b = bucket_for(t, at, at, replay);
-        uint64_t day = day_of(at), month = quota_month_of(at);
+        uint64_t day = quota_day_of(at), month = quota_month_of(at);
 
         if (b) {
-                b->requests = sat_add(b->requests, requests);
-                b->tokens = sat_add(b->tokens, tokens);
+                b->requests = quota_sat_add(b->requests, requests);
+                b->tokens = quota_sat_add(b->tokens, tokens);
         }
 
         if (t->day == QUOTA_NONE || day > t->day) {
@@ -398,8 +308,8 @@ static void add_usage(struct quota_team *t, uint64_t at, uint64_t requests, uint
                 t->day_tokens = t->day_cost = 0;
         }
         if (day == t->day || !replay) {
-                t->day_tokens = sat_add(t->day_tokens, tokens);
-                t->day_cost = sat_add(t->day_cost, cost);
+                t->day_tokens = quota_sat_add(t->day_tokens, tokens);
+                t->day_cost = quota_sat_add(t->day_cost, cost);
         }
 
         if (t->month == QUOTA_NONE || month > t->month) {
@@ -407,8 +317,8 @@ static void add_usage(struct quota_team *t, uint64_t at, uint64_t requests, uint
                 t->month_tokens = t->month_cost = 0;
         }
         if (month == t->month || !replay) {
-                t->month_tokens = sat_add(t->month_tokens, tokens);
-                t->month_cost = sat_add(t->month_cost, cost);
+                t->month_tokens = quota_sat_add(t->month_tokens, tokens);
+                t->month_cost = quota_sat_add(t->month_cost, cost);
         }
 }
 
@@ -479,7 +389,7 @@ int kb_quota_counters(const struct kb_quota *q, size_t i, uint64_t now_usec, str
 
         if (!q || i >= q->n_teams || !ret)
                 return -EINVAL;
-        now_usec = clamp_time(now_usec);
+        now_usec = quota_clamp_time(now_usec);
         t = q->teams[i];
         *ret = (struct kb_quota_counters) {
                 .team = t->name,
@@ -495,28 +405,12 @@ int kb_quota_counters(const struct kb_quota *q, size_t i, uint64_t now_usec, str
         };
         for (size_t b = 0; b < QUOTA_BUCKETS; b++) {
                 const struct quota_bucket *k = &t->minute[b];
-                if (!bucket_counts(k->k, now_usec) || (k->requests == 0 && k->tokens == 0))
+                if (!quota_bucket_counts(k->k, now_usec) || (k->requests == 0 && k->tokens == 0))
                         continue;
                 ret->buckets[ret->n_buckets++] = (struct kb_quota_bucket) { .k = k->k, .requests = k->requests,
                                                                             .tokens = k->tokens };
         }
         return 0;
-}
-
-void kb_quota_minute_keys(uint64_t now_usec, uint64_t *ret_kmin, uint64_t *ret_kmax) {
-        window_keys(clamp_time(now_usec), ret_kmin, ret_kmax);
-}
-
-uint64_t kb_quota_bucket_key(uint64_t usec) {
-        return bucket_key(clamp_time(usec));
-}
-
-uint64_t kb_quota_day_of(uint64_t usec) {
-        return day_of(clamp_time(usec));
-}
-
-uint64_t kb_quota_month_of(uint64_t usec) {
-        return quota_month_of(clamp_time(usec));
 }
 
 int kb_quota_new(struct kb_quota **ret) {
@@ -652,7 +546,7 @@ bool kb_quota_first_denial(struct kb_quota *q, const char *team, kb_quota_limit 
 
         if (!t || l >= _KB_QUOTA_LIMIT_MAX)
                 return false;
-        deny(t, l, clamp_time(now_usec), 0, 0, &d);
+        deny(t, l, quota_clamp_time(now_usec), 0, 0, &d);
         return d.first_in_window;
 }
 
@@ -665,7 +559,7 @@ static int reserve(struct kb_quota *q, const char *team, uint64_t now_usec, uint
         uint64_t used, req;
         int l;
 
-        now_usec = clamp_time(now_usec);
+        now_usec = quota_clamp_time(now_usec);
         if (!q || !team || !ret || est_cost_microusd < 0)
                 return -EINVAL;
         t = quota_find_team(q, team);
@@ -683,7 +577,7 @@ static int reserve(struct kb_quota *q, const char *team, uint64_t now_usec, uint
                 return -ENOMEM;
 
         b = bucket_for(t, now_usec, now_usec, false);
-        b->requests = sat_add(b->requests, 1);
+        b->requests = quota_sat_add(b->requests, 1);
         b->in_flight++;
 
         res->team = team_ref(t);
@@ -691,8 +585,8 @@ static int reserve(struct kb_quota *q, const char *team, uint64_t now_usec, uint
         res->tokens = est_tokens;
         res->cost = (uint64_t) est_cost_microusd;
         t->in_flight++;
-        t->reserved_tokens = sat_add(t->reserved_tokens, res->tokens);
-        t->reserved_cost = sat_add(t->reserved_cost, res->cost);
+        t->reserved_tokens = quota_sat_add(t->reserved_tokens, res->tokens);
+        t->reserved_cost = quota_sat_add(t->reserved_cost, res->cost);
 
         *ret = res;
         return 0;
@@ -704,15 +598,15 @@ static void reservation_release(struct kb_reservation *res) {
 
         if (b->k == res->k_admitted && b->in_flight > 0)
                 b->in_flight--;
-        t->in_flight = sat_sub(t->in_flight, 1);
-        t->reserved_tokens = sat_sub(t->reserved_tokens, res->tokens);
-        t->reserved_cost = sat_sub(t->reserved_cost, res->cost);
+        t->in_flight = quota_sat_sub(t->in_flight, 1);
+        t->reserved_tokens = quota_sat_sub(t->reserved_tokens, res->tokens);
+        t->reserved_cost = quota_sat_sub(t->reserved_cost, res->cost);
 }
 
 void kb_quota_settle(struct kb_reservation *res, uint64_t now_usec, uint64_t tokens, int64_t cost_microusd) {
         if (!res)
                 return;
-        now_usec = clamp_time(now_usec);
+        now_usec = quota_clamp_time(now_usec);
         reservation_release(res);
         add_usage(res->team, now_usec, 0, tokens, cost_microusd > 0 ? (uint64_t) cost_microusd : 0, false);
         team_unref(res->team);
@@ -742,7 +636,7 @@ int kb_quota_headroom(const struct kb_reservation *res, uint64_t now_usec, uint6
         const struct quota_team *t;
         uint64_t tokens = UINT64_MAX, cost = INT64_MAX;
 
-        now_usec = clamp_time(now_usec);
+        now_usec = quota_clamp_time(now_usec);
         if (!res)
                 return -EINVAL;
         t = res->team;
@@ -752,7 +646,7 @@ int kb_quota_headroom(const struct kb_reservation *res, uint64_t now_usec, uint6
                 if (!(HARD_STOP_MASK & (1U << l)) || team_limit(t, l) == 0)
                         continue;
                 usage_of(t, l, now_usec, &used, &reserved);
-                room = sat_sub(team_limit(t, l), sat_add(used, reserved));
+                room = quota_sat_sub(team_limit(t, l), quota_sat_add(used, reserved));
                 if (limit_counts_tokens(l))
                         tokens = MIN(tokens, room);
                 else
@@ -771,12 +665,12 @@ int kb_quota_grow(struct kb_reservation *res, uint64_t now_usec, uint64_t total_
         uint64_t add_tokens, add_cost, used, req;
         int l;
 
-        now_usec = clamp_time(now_usec);
+        now_usec = quota_clamp_time(now_usec);
         if (!res || total_cost_microusd < 0)
                 return -EINVAL;
         t = res->team;
-        add_tokens = sat_sub(total_tokens, res->tokens);
-        add_cost = sat_sub((uint64_t) total_cost_microusd, res->cost);
+        add_tokens = quota_sat_sub(total_tokens, res->tokens);
+        add_cost = quota_sat_sub((uint64_t) total_cost_microusd, res->cost);
         if (add_tokens == 0 && add_cost == 0)
                 return 0;
 
@@ -785,14 +679,14 @@ int kb_quota_grow(struct kb_reservation *res, uint64_t now_usec, uint64_t total_
                 /* report the totals of this call, not just the growth */
                 uint64_t held = limit_counts_tokens((kb_quota_limit) l) ? res->tokens : res->cost;
 
-                deny(t, (kb_quota_limit) l, now_usec, sat_sub(used, held), sat_add(req, held), ret_denial);
+                deny(t, (kb_quota_limit) l, now_usec, quota_sat_sub(used, held), quota_sat_add(req, held), ret_denial);
                 return -EDQUOT;
         }
 
         res->tokens += add_tokens;
         res->cost += add_cost;
-        t->reserved_tokens = sat_add(t->reserved_tokens, add_tokens);
-        t->reserved_cost = sat_add(t->reserved_cost, add_cost);
+        t->reserved_tokens = quota_sat_add(t->reserved_tokens, add_tokens);
+        t->reserved_cost = quota_sat_add(t->reserved_cost, add_cost);
         return 0;
 }
 
@@ -812,7 +706,7 @@ int kb_quota_view(const struct kb_quota *q, const char *team, uint64_t now_usec,
         const struct quota_team *t;
         struct kb_quota_view v = {};
 
-        now_usec = clamp_time(now_usec);
+        now_usec = quota_clamp_time(now_usec);
         if (!q || !team || !ret)
                 return -EINVAL;
         t = quota_find_team(q, team);
@@ -824,7 +718,7 @@ int kb_quota_view(const struct kb_quota *q, const char *team, uint64_t now_usec,
 
                 w->limit = t->limits[l];
                 usage_of(t, l, now_usec, &w->used, &w->reserved);
-                w->remaining = w->limit == 0 ? UINT64_MAX : sat_sub(w->limit, sat_add(w->used, w->reserved));
+                w->remaining = w->limit == 0 ? UINT64_MAX : quota_sat_sub(w->limit, quota_sat_add(w->used, w->reserved));
                 switch (l) {
                 case KB_QUOTA_REQUESTS_PER_MINUTE:
                 case KB_QUOTA_TOKENS_PER_MINUTE:
@@ -851,7 +745,7 @@ int kb_quota_account(struct kb_quota *q, const char *team, uint64_t when_usec, u
                      int64_t cost_microusd) {
         struct quota_team *t;
 
-        when_usec = clamp_time(when_usec);
+        when_usec = quota_clamp_time(when_usec);
         if (!q || !team || cost_microusd < 0)
                 return -EINVAL;
         t = quota_find_team(q, team);
