@@ -252,7 +252,7 @@ subtest 'max_concurrent 20: 60 slow requests at once, exactly 20 forwarded' => s
         if (-x $CTL) {
                 my $r = run_cmd([$CTL, '--admin-socket', $admin, 'team', 'list']);
                 my ($row) = grep { /^conc\s/ && !/uid:/ } split /\n/, $r->{stdout};
-                like($row // '', qr/^conc\s+\d+\s+0 \(\+\d+\)\s+0 \(\+\d+\)\s.*\s20\/20\s/,
+                like($row // '', qr/^conc\s+host\s+\d+\s+0 \(\+\d+\)\s+0 \(\+\d+\)\s.*\s20\/20\s/,
                      'team list: estimates held "(+N)", 20/20 in flight') or diag($r->{stdout});
         }
 
@@ -494,15 +494,15 @@ subtest 'keybrokerctl team list: usage columns; --json passes GET /teams' => sub
         my @l = split /\n/, $r->{stdout};
         like($l[0], qr/^NAME\s+MEMBERS\s+MODELS\s+LIMITS\s+OWNER$/, 'the limits table first');
         my ($hdr) = grep { /^TEAM\s/ } @l;
-        like($hdr // '', qr/^TEAM\s+RPM\s+TPM\s+TOKENS TODAY\s+USD TODAY\s+USD MONTH\s+IN FLIGHT\s+MINUTE RESET$/,
+        like($hdr // '', qr/^TEAM\s+COUNTED\s+RPM\s+TPM\s+TOKENS TODAY\s+USD TODAY\s+USD MONTH\s+IN FLIGHT\s+MINUTE RESET\s+THIS HOST$/,
              'usage table header');
         my @rows = grep { /^\w+\s/ } @l;
-        my ($rpm) = grep { /^rpm\s+20\/20\s/ } @rows;
+        my ($rpm) = grep { /^rpm\s+host\s+20\/20\s/ } @rows;
         ok($rpm, 'rpm row: 20/20 requests') or diag($r->{stdout});
         my ($tpd) = grep { /^tpd\s/ && !/uid:/ } @rows;
-        like($tpd // '', qr/^tpd\s+\d+\s+\d+\s+\d+\/100\s/, 'tpd row: tokens today used/100');
+        like($tpd // '', qr/^tpd\s+host\s+\d+\s+\d+\s+\d+\/100\s/, 'tpd row: tokens today used/100');
         my ($usd) = grep { /^usdday\s/ && !/uid:/ } @rows;
-        like($usd // '', qr/^usdday\s+\d+\s+\d+\s+\d+\s+0\.0000\d+\/0\.0001\s/, 'usdday row: USD today used/limit');
+        like($usd // '', qr/^usdday\s+host\s+\d+\s+\d+\s+\d+\s+0\.0000\d+\/0\.0001\s/, 'usdday row: USD today used/limit');
         my ($conc) = grep { /^conc\s/ && !/uid:/ } @rows;
         like($conc // '', qr/\s0\/20\s/, 'conc row: in flight 0/20');
         like($r->{stdout}, qr/^Day windows reset at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+, month windows at \d{4}-\d\d-\d\d /m,
