@@ -602,6 +602,11 @@ static void hello(struct kb_fleet *f) {
         arg_u64(a, *f->seq);
         count_at = a->n;
         arg_u64(a, 0);
+        {
+                uint64_t kmin, kcur;
+                kb_quota_minute_keys(now, &kmin, &kcur);
+                arg_u64(a, kmin);
+        }
         /* The team names point into the quota's teams: sent before returning. */
         for (size_t i = 0; i < kb_quota_n_teams(f->quota); i++) {
                 struct kb_quota_counters c;

@@ -25,7 +25,8 @@
  *    open windows (which equal its journaled usage), once per epoch.
  *
  * Layout under PREFIX, per team T: "t:T:rq" / "t:T:tk" hashes of minute
- * buckets (field = ceil(unix seconds)), "t:T:d:DAY" and "t:T:m:MONTH" hashes
+ * buckets (field = ceil(unix seconds); "gc", "sum": the window's running
+ * total; "nw": the newest token bucket), "t:T:d:DAY" and "t:T:m:MONTH" hashes
  * {tk, co} (DAY = days since the epoch, MONTH = year * 12 + month - 1, cost
  * in micro-USD), "t:T:fl" in flight per lease (LEASE|n, LEASE|tk, LEASE|co),
  * "t:T:res:LEASE" holds by request id; "ack:INSTANCE", "pushed:EPOCH:INSTANCE".

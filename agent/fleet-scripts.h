@@ -5,6 +5,44 @@
  * fleet-quota.c includes this. Numbers pass through Lua doubles: exact up to
  * 2^53 (tokens, micro-USD), written back with %d. */
 
+/* Minute buckets: a hash per team and measure ("t:T:rq", "t:T:tk") with a
+ * field per bucket key K and two of its own: "gc", the oldest key still
+ * counted, and "sum", the sum of the buckets from gc on. Each script first
+ * moves gc up to the window's first key (dropping what fell out of the
+ * window from the sum), so that a window's total is one HGET, not 61. */
+#define FLEET_LUA_BUCKETS                                                                       \
+        "local function advance(H, kmin)\n"                                                     \
+        "  local g = redis.call('HMGET', H, 'gc', 'sum')\n"                                     \
+        "  local gc, sum = tonumber(g[1]), tonumber(g[2]) or 0\n"                               \
+        "  if not gc then\n"                                                                     \
+        "    redis.call('HSET', H, 'gc', kmin)\n"                                               \
+        "    return sum, kmin\n"                                                                 \
+        "  end\n"                                                                                \
+        "  if gc >= kmin then return sum, gc end\n"                                             \
+        "  local old = {}\n"                                                                     \
+        "  if kmin - gc <= 180 then\n"                                                          \
+        "    for k = gc, kmin - 1 do old[#old + 1] = k end\n"                                   \
+        "  else\n"                                                                               \
+        "    for _, f in ipairs(redis.call('HKEYS', H)) do\n"                                   \
+        "      local k = tonumber(f)\n"                                                          \
+        "      if k and k < kmin then old[#old + 1] = f end\n"                                  \
+        "    end\n"                                                                              \
+        "  end\n"                                                                                \
+        "  for i = 1, #old, 1000 do\n"                                                          \
+        "    local part = {unpack(old, i, math.min(i + 999, #old))}\n"                          \
+        "    for _, v in ipairs(redis.call('HMGET', H, unpack(part))) do sum = sum - (tonumber(v) or 0) end\n" \
+        "    redis.call('HDEL', H, unpack(part))\n"                                             \
+        "  end\n"                                                                                \
+        "  redis.call('HSET', H, 'gc', kmin, 'sum', sum)\n"                                     \
+        "  return sum, kmin\n"                                                                   \
+        "end\n"                                                                                  \
+        "local function add(H, k, v, gc)\n"                                                     \
+        "  if tonumber(v) == 0 or tonumber(k) < gc then return end\n"                           \
+        "  redis.call('HINCRBY', H, k, v)\n"                                                    \
+        "  redis.call('HINCRBY', H, 'sum', v)\n"                                                \
+        "  redis.call('EXPIRE', H, 3600)\n"                                                     \
+        "end\n"
+
 /* ARGV: 1 PREFIX, 2 TEAM, 3 EPOCH, 4 LEASE, 5 RID, 6 KMIN, 7 KCUR, 8 DAY,
  * 9 MONTH, 10..15 limits by kb_quota_limit (0 = none), 16 TOKENS, 17 COST,
  * 18 MODE ("r" reserve, "g" grow).
@@ -15,6 +53,7 @@
  * newest token bucket}; grow: {2, tokens granted, cost granted, 1 when less
  * than asked, limit, used, max}. */
 static const char fleet_script_reserve[] =
+        FLEET_LUA_BUCKETS
         "local P = ARGV[1]\n"
         "local T = P .. 't:' .. ARGV[2] .. ':'\n"
         "local ep = redis.call('GET', P .. 'epoch')\n"
@@ -45,17 +84,11 @@ static const char fleet_script_reserve[] =
         "    end\n"
         "  end\n"
         "end\n"
-        "local keys = {}\n"
-        "for k = kmin, kcur do keys[#keys + 1] = k end\n"
-        "local rq = redis.call('HMGET', T .. 'rq', unpack(keys))\n"
-        "local tk = redis.call('HMGET', T .. 'tk', unpack(keys))\n"
-        "local srq, stk, newest = 0, 0, 0\n"
-        "for i = 1, #keys do\n"
-        "  local a, b = tonumber(rq[i]) or 0, tonumber(tk[i]) or 0\n"
-        "  srq = srq + a\n"
-        "  stk = stk + b\n"
-        "  if b > 0 then newest = keys[i] end\n"
-        "end\n"
+        "local RQ, TK = T .. 'rq', T .. 'tk'\n"
+        "local srq, gcr = advance(RQ, kmin)\n"
+        "local stk = advance(TK, kmin)\n"
+        "local newest = tonumber(redis.call('HGET', TK, 'nw')) or 0\n"
+        "if newest < kmin then newest = 0 end\n"
         "local d = redis.call('HMGET', D, 'tk', 'co')\n"
         "local m = redis.call('HMGET', M, 'co')\n"
         "local dtk, dco, mco = tonumber(d[1]) or 0, tonumber(d[2]) or 0, tonumber(m[1]) or 0\n"
@@ -85,7 +118,10 @@ static const char fleet_script_reserve[] =
         "  if lim[l] > 0 and used[l] + req[l] > lim[l] then\n"
         "    local reset = 0\n"
         "    if l <= 1 and req[l] <= lim[l] then\n"
-        "      local need, acc, src = used[l] + req[l] - lim[l], 0, l == 0 and rq or tk\n"
+        "      local keys = {}\n"
+        "      for k = kmin, kcur do keys[#keys + 1] = k end\n"
+        "      local src = redis.call('HMGET', l == 0 and RQ or TK, unpack(keys))\n"
+        "      local need, acc = used[l] + req[l] - lim[l], 0\n"
         "      for i = 1, #keys do\n"
         "        acc = acc + (tonumber(src[i]) or 0)\n"
         "        if acc >= need and acc > 0 then reset = keys[i] break end\n"
@@ -94,25 +130,13 @@ static const char fleet_script_reserve[] =
         "    return {0, l, used[l], req[l], lim[l], reset, srq, stk + ftk, newest}\n"
         "  end\n"
         "end\n"
-        "redis.call('HINCRBY', T .. 'rq', kcur, 1)\n"
+        "add(RQ, kcur, 1, gcr)\n"
         "redis.call('HINCRBY', FL, lease .. '|n', 1)\n"
         "redis.call('HINCRBY', FL, lease .. '|tk', ARGV[16])\n"
         "redis.call('HINCRBY', FL, lease .. '|co', ARGV[17])\n"
         "redis.call('HSET', RES .. lease, rid, ARGV[16] .. ' ' .. ARGV[17])\n"
         "redis.call('EXPIRE', FL, 86400)\n"
         "redis.call('EXPIRE', RES .. lease, 86400)\n"
-        /* minute buckets out of every window are dropped as time goes on */
-        "local gc = tonumber(redis.call('HGET', T .. 'rq', 'gc')) or 0\n"
-        "if gc < kmin then\n"
-        "  local old = {}\n"
-        "  for k = math.max(gc, kmin - 120), kmin - 1 do old[#old + 1] = k end\n"
-        "  if #old > 0 then\n"
-        "    redis.call('HDEL', T .. 'rq', unpack(old))\n"
-        "    redis.call('HDEL', T .. 'tk', unpack(old))\n"
-        "  end\n"
-        "  redis.call('HSET', T .. 'rq', 'gc', kmin)\n"
-        "end\n"
-        "redis.call('EXPIRE', T .. 'rq', 3600)\n"
         "return {1, srq + 1, stk, ftk + etk, newest}\n";
 
 /* ARGV: 1 PREFIX, 2 TEAM, 3 EPOCH, 4 INSTANCE, 5 SEQ, 6 LEASE ("" none),
@@ -121,6 +145,7 @@ static const char fleet_script_reserve[] =
  * reservation's answer never came), 14 KADMIT, 15 KMIN.
  * Returns {-1, epoch}, {0} already counted, {1} counted. */
 static const char fleet_script_settle[] =
+        FLEET_LUA_BUCKETS
         "local P = ARGV[1]\n"
         "local T = P .. 't:' .. ARGV[2] .. ':'\n"
         "local ep = redis.call('GET', P .. 'epoch')\n"
@@ -145,13 +170,17 @@ static const char fleet_script_settle[] =
         "  end\n"
         "end\n"
         "local kmin = tonumber(ARGV[15])\n"
-        "if ARGV[13] == '1' and not held and tonumber(ARGV[14]) >= kmin then\n"
-        "  redis.call('HINCRBY', T .. 'rq', ARGV[14], 1)\n"
-        "  redis.call('EXPIRE', T .. 'rq', 3600)\n"
+        "if ARGV[13] == '1' and not held then\n"
+        "  local _, gc = advance(T .. 'rq', kmin)\n"
+        "  add(T .. 'rq', ARGV[14], 1, gc)\n"
         "end\n"
-        "if ARGV[11] ~= '0' and tonumber(ARGV[8]) >= kmin then\n"
-        "  redis.call('HINCRBY', T .. 'tk', ARGV[8], ARGV[11])\n"
-        "  redis.call('EXPIRE', T .. 'tk', 3600)\n"
+        "if ARGV[11] ~= '0' then\n"
+        "  local TK = T .. 'tk'\n"
+        "  local _, gc = advance(TK, kmin)\n"
+        "  add(TK, ARGV[8], ARGV[11], gc)\n"
+        "  if tonumber(ARGV[8]) > (tonumber(redis.call('HGET', TK, 'nw')) or 0) then\n"
+        "    redis.call('HSET', TK, 'nw', ARGV[8])\n"
+        "  end\n"
         "end\n"
         "local D, M = T .. 'd:' .. ARGV[9], T .. 'm:' .. ARGV[10]\n"
         "redis.call('HINCRBY', D, 'tk', ARGV[11])\n"
@@ -163,10 +192,11 @@ static const char fleet_script_settle[] =
         "return {1}\n";
 
 /* ARGV: 1 PREFIX, 2 EPOCH to create when there is none, 3 INSTANCE, 4 SEQ,
- * 5 number of teams, then per team: NAME, DAY, DAY_TOKENS, DAY_COST, MONTH,
+ * 5 number of teams, 6 KMIN, then per team: NAME, DAY, DAY_TOKENS, DAY_COST, MONTH,
  * MONTH_TOKENS, MONTH_COST, N, and N times KEY REQUESTS TOKENS.
  * Returns {epoch, 1 when this call pushed, 0 when this broker already had}. */
 static const char fleet_script_push[] =
+        FLEET_LUA_BUCKETS
         "local P = ARGV[1]\n"
         "local ep = redis.call('GET', P .. 'epoch')\n"
         "if not ep then\n"
@@ -177,9 +207,12 @@ static const char fleet_script_push[] =
         "  return {ep, 0}\n"
         "end\n"
         "redis.call('SET', P .. 'ack:' .. ARGV[3], ARGV[4])\n"
-        "local i = 6\n"
+        "local i, kmin = 7, tonumber(ARGV[6])\n"
         "for _ = 1, tonumber(ARGV[5]) do\n"
         "  local T = P .. 't:' .. ARGV[i] .. ':'\n"
+        "  local RQ, TK = T .. 'rq', T .. 'tk'\n"
+        "  local _, gcr = advance(RQ, kmin)\n"
+        "  local _, gct = advance(TK, kmin)\n"
         "  local D, M = T .. 'd:' .. ARGV[i + 1], T .. 'm:' .. ARGV[i + 4]\n"
         "  if ARGV[i + 1] ~= '' then\n"
         "    redis.call('HINCRBY', D, 'tk', ARGV[i + 2])\n"
@@ -194,12 +227,10 @@ static const char fleet_script_push[] =
         "  local n = tonumber(ARGV[i + 7])\n"
         "  i = i + 8\n"
         "  for _ = 1, n do\n"
-        "    if ARGV[i + 1] ~= '0' then redis.call('HINCRBY', T .. 'rq', ARGV[i], ARGV[i + 1]) end\n"
-        "    if ARGV[i + 2] ~= '0' then redis.call('HINCRBY', T .. 'tk', ARGV[i], ARGV[i + 2]) end\n"
+        "    add(RQ, ARGV[i], ARGV[i + 1], gcr)\n"
+        "    add(TK, ARGV[i], ARGV[i + 2], gct)\n"
         "    i = i + 3\n"
         "  end\n"
-        "  redis.call('EXPIRE', T .. 'rq', 3600)\n"
-        "  redis.call('EXPIRE', T .. 'tk', 3600)\n"
         "end\n"
         "return {ep, 1}\n";
 
