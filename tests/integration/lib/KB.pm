@@ -40,6 +40,7 @@ use Exporter 'import';
 our @EXPORT = qw(
         ensure_journald journal_sync journal_records journal_wait journal_request
         start_mock start_broker standard_config fixture_secret tmpdir start_redis stop_redis
+        start_fleet redis_cli redis_hgetall redis_keys
         req sse_events raw_connect http_request
         check_fields check_openai_error check_anthropic_error check_common_headers
         unit_cgroup_skip_reason make_unit
@@ -867,7 +868,7 @@ sub raw_connect($target) { KB::Raw->connect(sock_of($target)) }
 # unix => 1 for a socket), no persistence unless asked. start_redis(port =>
 # N) reuses a port (a restart); password => P sets requirepass; args => [...]
 # adds redis-server options.
-# Returns {pid, port, socket, dir, url}; stop_redis($r) ends it.
+# Returns {pid, port, socket, dir, url, password}; stop_redis($r) ends it.
 sub start_redis(%o) {
         my $bin = '/usr/bin/redis-server';
         croak "redis-server is not installed (make deps installs it)" unless -x $bin;
@@ -879,7 +880,7 @@ sub start_redis(%o) {
         push @cmd, '--requirepass', $o{password} if defined $o{password};
         push @cmd, @{$o{args} // []};
         my $r = { dir => $dir, port => $port, url => "redis://127.0.0.1:$port",
-                  socket => $o{unix} ? "$dir/redis.sock" : undef };
+                  socket => $o{unix} ? "$dir/redis.sock" : undef, password => $o{password} };
         $r->{pid} = spawn(cmd => \@cmd, output => "$dir/redis.out", name => 'redis-server');
         wait_until(10, sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") })
                 or croak 'redis-server did not start: ' . (slurp("$dir/redis.log") // '');
@@ -890,14 +891,64 @@ sub stop_redis($r, $sig = 'TERM') {
         return stop_pid($r->{pid}, $sig, 10);
 }
 
+# redis_cli($redis, @args): one redis-cli command against a start_redis()
+# server (its port, or its socket when it has no port; its password if
+# any), --raw output. Returns run_cmd's {exit, stdout, stderr, ...} plus
+# lines => [the reply, one element per line].
+sub redis_cli($r, @args) {
+        my @conn = $r->{port} ? ('-h', '127.0.0.1', '-p', $r->{port}) : ('-s', $r->{socket});
+        push @conn, '-a', $r->{password}, '--no-auth-warning' if defined $r->{password};
+        my $res = run_cmd(['redis-cli', @conn, '--raw', @args], timeout => 10);
+        $res->{lines} = [split /\n/, $res->{stdout}];
+        return $res;
+}
+
+# A hash of the store as {field => value} ({} when the key does not exist).
+sub redis_hgetall($r, $key) {
+        my @l = @{redis_cli($r, 'HGETALL', $key)->{lines}};
+        my %h;
+        while (my ($f, $v) = splice(@l, 0, 2)) { $h{$f} = $v }
+        return \%h;
+}
+
+# The keys matching a pattern, sorted (in scalar context: how many).
+sub redis_keys($r, $pattern) {
+        my @k = sort grep { $_ ne '' } @{redis_cli($r, 'KEYS', $pattern)->{lines}};
+        return @k;
+}
+
+# start_fleet(n => N, config => HASH, keys => {...}, args => [...]): N
+# keybrokerds from one config hash, each with its own temp dir (socket,
+# admin socket, credentials, state_dir: start_broker's per-broker
+# defaults), everything else shared (the mock, the quota store). Returns the
+# brokers, in start order. Dies like start_broker when one does not come up.
+sub start_fleet(%o) {
+        my $n = $o{n} // 3;
+        my $cfg = $o{config} // croak 'start_fleet needs config';
+        croak 'start_fleet needs a config hash (each broker gets its own listen/admin/state_dir)' unless ref $cfg eq 'HASH';
+        for my $k (qw(listen admin state_dir credentials_dir keystore)) {
+                croak "start_fleet: [agent] $k would be shared by every broker" if exists(($cfg->{agent} // {})->{$k});
+        }
+        my @b;
+        for my $i (1 .. $n) {
+                push @b, start_broker(config => $cfg, keys => $o{keys} // {}, args => $o{args} // []);
+        }
+        return @b;
+}
+
 # curl_load($broker, requests => N, parallel => P, json => $body): N POSTs to
-# /v1/chat/completions through curl's own parallel keep-alive transfers, in
-# the background. Returns {pid, dir}; curl_load_wait($load) waits for it and
+# /v1/chat/completions (or path => P) through curl's own parallel keep-alive
+# transfers, in the background; headers => [Name => value, ...] adds request
+# headers. Returns {pid, dir}; curl_load_wait($load) waits for it and
 # returns the lines "STATUS X-MOCK-N", one per request.
 sub curl_load($target, %o) {
         my $d = tmpdir('load');
+        my $path = $o{path} // '/v1/chat/completions';
+        my @h = @{$o{headers} // []};
+        my @hargs;
+        while (my ($n, $v) = splice(@h, 0, 2)) { push @hargs, '-H', "$n: $v" }
         spew("$d/body", json_encode($o{json}));
-        spew("$d/urls", join('', map { qq{url = "http://localhost/v1/chat/completions"\noutput = "/dev/null"\n} }
+        spew("$d/urls", join('', map { qq{url = "http://localhost$path"\noutput = "/dev/null"\n} }
                                          1 .. $o{requests}));
         my $pid = fork // croak "fork: $!";
         if (!$pid) {
@@ -905,7 +956,7 @@ sub curl_load($target, %o) {
                 open(STDERR, '>', "$d/err") or _exit(126);
                 exec('curl', '-q', '-s', '-S', '--http1.1', '-Z', '--parallel-max', $o{parallel},
                      '--unix-socket', sock_of($target), '-X', 'POST', '-H', 'Content-Type: application/json',
-                     '-H', 'Expect:', '--data-binary', "\@$d/body", '--max-time', 60,
+                     '-H', 'Expect:', @hargs, '--data-binary', "\@$d/body", '--max-time', 60,
                      '-w', '%{http_code} %header{x-mock-n}\n', '-K', "$d/urls") or _exit(127);
         }
         $CHILDREN{$pid} = 'curl load';
