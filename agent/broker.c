@@ -12,6 +12,7 @@
 #include "broker.h"
 #include "fleet-quota.h"
 #include "fleet-store.h"
+#include "quota-recovery.h"
 #include "keywatch.h"
 
 static uint64_t count_open_fds(void) {
@@ -153,6 +154,30 @@ void kb_broker_offline_share(struct kb_broker *b) {
         kb_quota_set_fleet_share(b->quota, ppm);
 }
 
+static void backfill_visit(void *userdata, const struct kb_replay_record *rec, uint64_t when_usec) {
+        struct kb_broker *b = userdata;
+
+        kb_fleet_backfill_settle(b->fleet, rec->team, rec->seq, when_usec, kb_replay_record_tokens(rec),
+                                 (uint64_t) MAX(rec->cost_microusd, (int64_t) 0));
+}
+
+/* The fleet asks for settles the store has not acknowledged: this
+ * instance's records in the journal since the start of the month (older
+ * ones count in no open window). Blocks the loop while it reads, once per
+ * connect after a restart or a reload that reconnected. */
+static void backfill(void *userdata, uint64_t after_seq, uint64_t upto_seq) {
+        struct kb_broker *b = userdata;
+        uint64_t since = kb_quota_month_start_usec(kb_realtime_usec());
+        int r = kb_quota_records(b->instance, after_seq, upto_seq, since, backfill_visit, b);
+
+        if (r < 0)
+                fprintf(stderr, "<4>cannot read the journal for settles the quota store misses (after %" PRIu64
+                        "): %s\n", after_seq, strerror(-r));
+        else
+                fprintf(stderr, "<6>the quota store had this broker's settles up to %" PRIu64
+                        "; those after it, up to %" PRIu64 ", are sent from the journal\n", after_seq, upto_seq);
+}
+
 void kb_broker_drop_store(struct kb_broker *b) {
         /* the store first: what waits on it is answered (no reply) while the
          * fleet that asked is still there */
@@ -187,6 +212,8 @@ int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old) {
         r = kb_store_new(b->event, &o, on_store_event, b, &b->store);
         if (r >= 0)
                 r = kb_fleet_new(b->store, b->quota, b->instance, &b->seq, &b->fleet);
+        if (r >= 0)
+                kb_fleet_set_backfill(b->fleet, backfill, b);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot set up the quota store %s: %s\n", a->quota_store, strerror(-r));
                 kb_broker_drop_store(b);

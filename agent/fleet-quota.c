@@ -60,6 +60,11 @@ struct kb_fleet {
         LIST_HEAD(, kb_fleet_hold) waiting;
 
         uint64_t dropped, pushes;
+        uint64_t start_seq;             /* the settle sequence when this fleet began */
+        bool backfilled;
+        kb_fleet_backfill_t backfill;
+        void *backfill_userdata;
+        struct settle *backfill_before; /* where backfilled settles go: before the live ones */
 
         int s_view;
         bool view_pending;
@@ -228,9 +233,25 @@ static void queue_settle(struct kb_fleet *f, const char *team, const char *rid, 
         s->tokens = tokens;
         s->cost = cost;
         s->k_admit = kb_quota_bucket_key(admitted_usec);
-        TAILQ_INSERT_TAIL(&f->queue, s, link);
+        if (f->backfill_before)
+                TAILQ_INSERT_BEFORE(f->backfill_before, s, link);
+        else
+                TAILQ_INSERT_TAIL(&f->queue, s, link);
         f->n_queue++;
         send_settles(f);
+}
+
+void kb_fleet_backfill_settle(struct kb_fleet *f, const char *team, uint64_t seq, uint64_t when_usec,
+                              uint64_t tokens, uint64_t cost) {
+        if (f && kb_quota_team_is_fleet(f->quota, team))
+                queue_settle(f, team, "", "", true, seq, when_usec, when_usec, tokens, cost);
+}
+
+void kb_fleet_set_backfill(struct kb_fleet *f, kb_fleet_backfill_t fn, void *userdata) {
+        if (!f)
+                return;
+        f->backfill = fn;
+        f->backfill_userdata = userdata;
 }
 
 static void hold_free(struct kb_fleet_hold *h);
@@ -565,11 +586,20 @@ static void on_hello(void *userdata, const redisReply *reply) {
         struct kb_fleet_hold *h, *next;
 
         f->hello_pending = false;
-        if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
             reply->element[0]->type == REDIS_REPLY_STRING) {
                 snprintf(f->epoch, sizeof(f->epoch), "%.*s", (int) reply->element[0]->len, reply->element[0]->str);
                 if (elem_u64(reply, 1) == 1)
                         f->pushes++;
+                else if (!f->backfilled && elem_u64(reply, 2) < f->start_seq && f->backfill) {
+                        /* Settled before this fleet began (a previous run, or
+                         * before a reload) and not acknowledged: from the
+                         * journal, ahead of what is queued now. */
+                        f->backfill_before = TAILQ_FIRST(&f->queue);
+                        f->backfill(f->backfill_userdata, elem_u64(reply, 2), f->start_seq);
+                        f->backfill_before = NULL;
+                }
+                f->backfilled = true;
         }
         /* reservations that met the old epoch: again, or no answer */
         for (h = LIST_FIRST(&f->waiting); h; h = next) {
@@ -679,6 +709,7 @@ int kb_fleet_new(struct kb_store *s, struct kb_quota *q, const char *instance, c
         f->store = s;
         f->quota = q;
         f->seq = seq;
+        f->start_seq = *seq;
         TAILQ_INIT(&f->queue);
         LIST_INIT(&f->waiting);
         f->instance = strdup(instance);

@@ -85,6 +85,16 @@ int kb_fleet_new(struct kb_store *s, struct kb_quota *q, const char *instance, c
                  struct kb_fleet **ret);
 struct kb_fleet *kb_fleet_free(struct kb_fleet *f);
 
+/* Settles this broker made before this fleet object began (an earlier run,
+ * or before a reload that reconnected) and the store has not acknowledged:
+ * at the first hello, the owner's fn is asked for them (seq in (after_seq,
+ * upto_seq], from its journal) and hands each to kb_fleet_backfill_settle(),
+ * in order; they are sent before anything settled since. */
+typedef void (*kb_fleet_backfill_t)(void *userdata, uint64_t after_seq, uint64_t upto_seq);
+void kb_fleet_set_backfill(struct kb_fleet *f, kb_fleet_backfill_t fn, void *userdata);
+void kb_fleet_backfill_settle(struct kb_fleet *f, const char *team, uint64_t seq, uint64_t when_usec,
+                              uint64_t tokens, uint64_t cost);
+
 /* The store came online (connected or back): say hello (push this host's
  * counters into a new epoch if need be), then send the queued settles. */
 void kb_fleet_store_up(struct kb_fleet *f);

@@ -194,7 +194,8 @@ static const char fleet_script_settle[] =
 /* ARGV: 1 PREFIX, 2 EPOCH to create when there is none, 3 INSTANCE, 4 SEQ,
  * 5 number of teams, 6 KMIN, then per team: NAME, DAY, DAY_TOKENS, DAY_COST, MONTH,
  * MONTH_TOKENS, MONTH_COST, N, and N times KEY REQUESTS TOKENS.
- * Returns {epoch, 1 when this call pushed, 0 when this broker already had}. */
+ * Returns {epoch, 1 when this call pushed (0 when this broker already had),
+ * the settle sequence the store had acknowledged for it}. */
 static const char fleet_script_push[] =
         FLEET_LUA_BUCKETS
         "local P = ARGV[1]\n"
@@ -203,10 +204,12 @@ static const char fleet_script_push[] =
         "  ep = ARGV[2]\n"
         "  redis.call('SET', P .. 'epoch', ep)\n"
         "end\n"
+        "local ACK = P .. 'ack:' .. ARGV[3]\n"
+        "local had = redis.call('GET', ACK) or '0'\n"
         "if not redis.call('SET', P .. 'pushed:' .. ep .. ':' .. ARGV[3], '1', 'NX') then\n"
-        "  return {ep, 0}\n"
+        "  return {ep, 0, had}\n"
         "end\n"
-        "redis.call('SET', P .. 'ack:' .. ARGV[3], ARGV[4])\n"
+        "redis.call('SET', ACK, ARGV[4])\n"
         "local i, kmin = 7, tonumber(ARGV[6])\n"
         "for _ = 1, tonumber(ARGV[5]) do\n"
         "  local T = P .. 't:' .. ARGV[i] .. ':'\n"
@@ -232,7 +235,7 @@ static const char fleet_script_push[] =
         "    i = i + 3\n"
         "  end\n"
         "end\n"
-        "return {ep, 1}\n";
+        "return {ep, 1, had}\n";
 
 /* ARGV: 1 PREFIX, 2 KMIN, 3 KCUR, 4 DAY, 5 MONTH, 6 N, then N team names.
  * Returns, per team, 10 numbers: minute requests, minute tokens settled,

@@ -177,8 +177,11 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
         struct kb_fleet *fleet = r->broker->fleet;
         r->admitted_usec = now;
 
-        if (fleet && kb_quota_team_is_fleet(r->broker->quota, team->name) && kb_team_has_limits(team)) {
-                r->fleet_counted = true;
+        /* A fleet team's usage goes to the store (settled) even without
+         * limits, so that the fleet's view of it is whole; with limits its
+         * admission asks the store. */
+        r->fleet_counted = fleet && kb_quota_team_is_fleet(r->broker->quota, team->name);
+        if (r->fleet_counted && kb_team_has_limits(team)) {
                 if (!kb_fleet_ready(fleet))
                         return admit_offline(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
                 int q = kb_quota_reserve_unchecked(r->broker->quota, team->name, now, tokens, cost,

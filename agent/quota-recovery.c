@@ -443,28 +443,24 @@ static int journal_catch_up(sd_journal *j, const char *instance, uint64_t after_
         return r < 0 ? r : 0;
 }
 
-static int replay_journal(struct kb_quota *q, const char *instance, uint64_t after_seq, uint64_t since,
-                          struct kb_quota_replay_stats *st) {
-        char m_instance[64], m_uid[32];
+static int open_journal(sd_journal **ret) {
         sd_journal *j = NULL;
-        int r;
+        int r = sd_journal_open(&j, SD_JOURNAL_LOCAL_ONLY);
 
-        r = sd_journal_open(&j, SD_JOURNAL_LOCAL_ONLY);
-        if (r < 0) {
-                fprintf(stderr, "<4>cannot open the journal to recover quota counters: %s\n", strerror(-r));
+        if (r < 0)
                 return r;
-        }
         if (sd_journal_has_runtime_files(j) <= 0 && sd_journal_has_persistent_files(j) <= 0) {
-                fprintf(stderr, "<4>no journal file is readable (does the service user lack the systemd-journal "
-                        "group?): quota counters are only what the snapshot holds\n");
                 sd_journal_close(j);
                 return -EACCES;
         }
-        r = journal_catch_up(j, instance, after_seq);
-        if (r < 0)
-                fprintf(stderr, "<4>journald did not show a record within %" PRIu64 " s (%s): records a "
-                        "crashed predecessor sent last may be missed\n",
-                        JOURNAL_CATCH_UP_USEC / USEC_PER_SEC, strerror(-r));
+        *ret = j;
+        return 0;
+}
+
+/* Match this instance's own request records only. */
+static int match_own_records(sd_journal *j, const char *instance) {
+        char m_instance[64], m_uid[32];
+        int r;
 
         /* Only our own records: a record naming this instance but sent by
          * another uid is a forgery (journald sets _UID, clients cannot). */
@@ -477,6 +473,30 @@ static int replay_journal(struct kb_quota *q, const char *instance, uint64_t aft
                 r = sd_journal_add_match(j, m_uid, 0);
         if (r >= 0)
                 r = sd_journal_set_data_threshold(j, REPLAY_DATA_THRESHOLD);
+        return r;
+}
+
+static int replay_journal(struct kb_quota *q, const char *instance, uint64_t after_seq, uint64_t since,
+                          struct kb_quota_replay_stats *st) {
+        sd_journal *j = NULL;
+        int r;
+
+        r = open_journal(&j);
+        if (r == -EACCES) {
+                fprintf(stderr, "<4>no journal file is readable (does the service user lack the systemd-journal "
+                        "group?): quota counters are only what the snapshot holds\n");
+                return r;
+        }
+        if (r < 0) {
+                fprintf(stderr, "<4>cannot open the journal to recover quota counters: %s\n", strerror(-r));
+                return r;
+        }
+        r = journal_catch_up(j, instance, after_seq);
+        if (r < 0)
+                fprintf(stderr, "<4>journald did not show a record within %" PRIu64 " s (%s): records a "
+                        "crashed predecessor sent last may be missed\n",
+                        JOURNAL_CATCH_UP_USEC / USEC_PER_SEC, strerror(-r));
+        r = match_own_records(j, instance);
         if (r >= 0)
                 r = kb_quota_replay(q, j, after_seq, since, st);
         if (r < 0)
@@ -484,6 +504,39 @@ static int replay_journal(struct kb_quota *q, const char *instance, uint64_t aft
                         " record(s): %s\n", st->n_read, strerror(-r));
         sd_journal_close(j);
         return r;
+}
+
+int kb_quota_records(const char *instance, uint64_t after_seq, uint64_t upto_seq, uint64_t since_usec,
+                     kb_record_visit_t visit, void *userdata) {
+        sd_journal *j = NULL;
+        int r;
+
+        r = open_journal(&j);
+        if (r < 0)
+                return r;
+        r = match_own_records(j, instance);
+        if (r >= 0)
+                r = sd_journal_seek_realtime_usec(j, since_usec);
+        while (r >= 0 && (r = sd_journal_next(j)) > 0) {
+                struct kb_replay_record rec;
+                const void *data;
+                size_t len;
+                uint64_t when;
+                bool bad = false;
+                int k;
+
+                kb_replay_record_init(&rec);
+                sd_journal_restart_data(j);
+                while ((k = sd_journal_enumerate_available_data(j, &data, &len)) > 0)
+                        if (kb_replay_record_add(&rec, data, len) < 0)
+                                bad = true;
+                if (k < 0 || bad || kb_replay_record_complete(&rec) < 0 ||
+                    sd_journal_get_realtime_usec(j, &when) < 0 || rec.seq <= after_seq || rec.seq > upto_seq)
+                        continue;
+                visit(userdata, &rec, rec.realtime_usec > 0 ? rec.realtime_usec : when);
+        }
+        sd_journal_close(j);
+        return r < 0 ? r : 0;
 }
 
 int kb_quota_recover(struct kb_quota **q, const struct kb_config *c, const char *instance, uint64_t *ret_seq) {

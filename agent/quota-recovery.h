@@ -119,6 +119,14 @@ struct kb_quota_replay_stats {
 int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, uint64_t since_usec,
                     struct kb_quota_replay_stats *ret);
 
+/* Visit this instance's request records in the system journal from realtime
+ * since_usec on whose seq is in (after_seq, upto_seq], in journal order,
+ * each with its time (KEYBROKER_REALTIME_USEC when it has one). Returns 0 or
+ * -errno (-EACCES: no journal file readable). Blocks while it reads. */
+typedef void (*kb_record_visit_t)(void *userdata, const struct kb_replay_record *rec, uint64_t when_usec);
+int kb_quota_records(const char *instance, uint64_t after_seq, uint64_t upto_seq, uint64_t since_usec,
+                     kb_record_visit_t visit, void *userdata);
+
 /* One snapshot round: wait up to flush_timeout_usec for the journal writer
  * to hand every queued record to journald, then save q to path with a cursor
  * covering seq. *dropped is kb_journal_n_dropped() at the previous round and

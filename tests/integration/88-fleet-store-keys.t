@@ -1,0 +1,110 @@
+#!/usr/bin/perl
+# The fleet quota store over time, seen in Redis itself: minute buckets that
+# fall out of the window leave the team's running total (so a full window
+# frees up), and a broker that settled calls while the store was away and
+# then restarted sends them from its journal once the store is back (the
+# store's counters equal the journaled usage).
+use v5.36;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time sleep);
+use KB;
+
+ensure_journald();
+my %keys = ('oai-key' => fixture_secret('oai'), 'anth-key' => fixture_secret('anth'));
+my $mock = start_mock(require_key => [values %keys]);
+my $chat = { model => 'gpt-mini', max_tokens => 20, messages => [{ role => 'user', content => 'hi' }] };
+
+sub cli($redis, @args) {
+        my $r = run_cmd(['redis-cli', '-p', $redis->{port}, '--raw', @args]);
+        chomp(my $out = $r->{stdout} // '');
+        return $out;
+}
+
+sub status($b) { json_decode(req($b->dir . '/admin.sock', path => '/status')->{body} // '') // {} }
+
+sub connected($b) {
+        return wait_until(10, sub { my $s = status($b)->{quota_store} // {}; ($s->{state} // '') eq 'connected' && $s->{epoch} });
+}
+
+sub journaled_tokens($b, $team) {
+        journal_sync();
+        my ($tok, $cost, $n) = (0, 0, 0);
+        for my $rec (journal_records({ MESSAGE_ID => $MID_REQUEST, KEYBROKER_TEAM => $team,
+                                       KEYBROKER_INSTANCE => $b->{instance} }, since => $b->{t0})) {
+                next unless ($rec->{KEYBROKER_SEQ} // 0) > 0;
+                $tok += ($rec->{KEYBROKER_INPUT_TOKENS} || 0) + ($rec->{KEYBROKER_OUTPUT_TOKENS} || 0);
+                my $c = $rec->{KEYBROKER_COST_MICROUSD} // 0;
+                $cost += $c > 0 ? $c : 0;
+                $n++;
+        }
+        return ($tok, $cost, $n);
+}
+
+subtest 'buckets out of the minute window leave the running total' => sub {
+        my $redis = start_redis();
+        my $cfg = standard_config(mock => $mock);
+        $cfg->{agent} = { quota_store => $redis->{url} };
+        $cfg->{'team:ops'}{requests_per_minute} = 5;
+        my $b = start_broker(config => $cfg, keys => \%keys);
+        ok(connected($b), 'connected');
+        # 1000 requests 90 s ago, as another broker would have left them:
+        # counted in the total, but out of the window by now.
+        my $k = int(time) - 90;
+        cli($redis, 'HSET', 'keybroker:t:ops:rq', $k, 1000, 'gc', $k, 'sum', 1000);
+        my $res = req($b, path => '/v1/chat/completions', json => $chat);
+        is($res->{status}, 200, 'admitted: the old buckets no longer count') or diag($res->{body});
+        is(cli($redis, 'HGET', 'keybroker:t:ops:rq', 'sum'), 1, 'the total is this request alone');
+        is(cli($redis, 'HEXISTS', 'keybroker:t:ops:rq', $k), 0, 'the old bucket is gone');
+        cmp_ok(cli($redis, 'HGET', 'keybroker:t:ops:rq', 'gc'), '>', $k, 'gc moved up to the window');
+        is($res->{headers}{'x-ratelimit-remaining-requests'}, 4, 'x-ratelimit-remaining-requests: the fleet says 4');
+        my @st = map { req($b, path => '/v1/chat/completions', json => $chat)->{status} } 1 .. 5;
+        is_deeply(\@st, [200, 200, 200, 200, 429], 'then the window fills at 5');
+        $b->stop;
+        stop_redis($redis);
+};
+
+subtest 'settled while the store was away, then restarted: sent from the journal' => sub {
+        my $redis = start_redis();
+        my $cfg = standard_config(mock => $mock);
+        $cfg->{agent} = { quota_store => $redis->{url}, quota_store_timeout => '50ms' };
+        $cfg->{'team:ops'}{tokens_per_day} = 1_000_000;
+        my $b = start_broker(config => $cfg, keys => \%keys);
+        $b->{t0} = time - 1;
+        ok(connected($b), 'connected');
+        $b->{instance} = KB::slurp($b->dir . '/state/instance') =~ s/\s+//gr;
+        my $day = int(time / 86400);
+        is(req($b, path => '/v1/chat/completions', json => $chat)->{status}, 200, "call $_ with the store") for 1 .. 3;
+        ok(wait_until(5, sub { (status($b)->{quota_store}{settles_queued} // 1) == 0 }), 'settled in the store');
+
+        # The store stops answering; calls go on against this host's counters.
+        cli($redis, 'CLIENT', 'PAUSE', 6000, 'ALL');
+        my $paused = time;
+        ok(wait_until(5, sub { (status($b)->{quota_store}{state} // '') eq 'offline' }), 'offline');
+        is(req($b, path => '/v1/chat/completions', json => $chat)->{status}, 200, "call $_ while it is away")
+                for 1 .. 4;
+        cmp_ok(status($b)->{quota_store}{settles_queued}, '>=', 4, 'their settles wait');
+        is($b->stop, 0, 'the broker stops with them still waiting');
+        sleep(6.5 - (time - $paused)) if time - $paused < 6.5;
+
+        $b->respawn;
+        ok(connected($b), 'restarted and connected again');
+        like($b->log, qr/sent from the journal/, 'says it sends what the store misses from the journal');
+        my ($tok, $cost, $n) = journaled_tokens($b, 'ops');
+        is($n, 7, '7 calls journaled');
+        ok(wait_until(5, sub { cli($redis, 'HGET', "keybroker:t:ops:d:$day", 'tk') == $tok }),
+           "the store's tokens today = the journaled tokens ($tok)")
+                or diag('store: ' . cli($redis, 'HGET', "keybroker:t:ops:d:$day", 'tk'));
+        is(cli($redis, 'HGET', "keybroker:t:ops:d:$day", 'co'), $cost, "the store's cost today = the journaled cost ($cost)");
+        # once more: a second restart sends nothing twice
+        is($b->stop, 0, 'stops');
+        $b->respawn;
+        ok(connected($b), 'restarted again');
+        sleep 1;
+        is(cli($redis, 'HGET', "keybroker:t:ops:d:$day", 'tk'), $tok, 'nothing counted twice');
+        $b->stop;
+        stop_redis($redis);
+};
+
+done_testing;
