@@ -180,7 +180,7 @@ int ctl_cmd_status(const struct ctl *ctl, int argc, char **argv) {
         ctl_json_scalar(json_object_get(j, "dumpable"), dumpable, sizeof(dumpable));
         ctl_json_scalar(json_object_get(j, "core_limit"), core, sizeof(core));
 
-        char refusing[32], refused[256], upstream[256], fds[128], store[512];
+        char refusing[32], refused[256], upstream[256], fds[128], store[1024];
         format_store(json_object_get(j, "quota_store"), store, sizeof(store));
         ctl_json_scalar(json_object_get(j, "refusing"), refusing, sizeof(refusing));
         format_counts(json_object_get(j, "refused"), refused, sizeof(refused));
