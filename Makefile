@@ -207,7 +207,7 @@ fuzz-smoke: fuzz-regress
 VALGRIND_TESTS ?= tests/integration/10-basic.t tests/integration/20-stream.t tests/integration/40-limits.t \
 	tests/integration/41-quota.t tests/integration/55-preflight.t tests/integration/60-upstream-errors.t \
 	tests/integration/70-secrets.t tests/integration/81-hostile-clients.t tests/integration/82-hostile-upstreams.t \
-	tests/integration/90-admin.t tests/integration/91-rotation.t
+	tests/integration/88-fleet-store-keys.t tests/integration/90-admin.t tests/integration/91-rotation.t
 
 check-valgrind: deps all
 	rm -rf $(BUILD)/valgrind && mkdir -p $(BUILD)/valgrind
