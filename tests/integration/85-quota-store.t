@@ -202,9 +202,17 @@ subtest 'bad settings are --check-config errors with FILE:LINE' => sub {
                       ['quota_store_password = /nonexistent/pw', qr/cannot read/],
                       ['quota_store_password = secret-in-config', qr/absolute path/],
                       ['quota_store_timeout = 0', qr/duration/],
-                      ['quota_store_bogus = 1', qr/unknown/]) {
-                my ($line, $why) = @$case;
-                spew("$dir/k.conf", "[agent]\n$line\n");
+                      ['quota_store_bogus = 1', qr/unknown/],
+                      ['quota_store_offline = allow', qr/not local or deny/],
+                      ['offline_share = 0', qr/share above 0 up to 1/],
+                      ['offline_share = 1.5', qr/share above 0 up to 1/],
+                      ['offline_share = 150%', qr/share above 0 up to 1/],
+                      ['offline_share = half', qr/share above 0 up to 1/],
+                      ["[team:t]\nquota_scope = global", qr/not fleet or host/, 'team:t']) {
+                my ($line, $why, $section) = @$case;
+                $section //= 'agent';
+                $line =~ s/^\[team:t\]\n//;
+                spew("$dir/k.conf", "[$section]\n$line\n");
                 my $r = run_cmd([$KB::KEYBROKERD, '--config', "$dir/k.conf", '--check-config']);
                 is($r->{exit}, 1, "$line: exit 1");
                 like($r->{stderr}, qr/^\Q$dir\E\/k\.conf:2: .*$why/m, '... FILE:LINE and why') or diag($r->{stderr});
