@@ -41,7 +41,7 @@ struct kb_fleet_hold {
         bool on_wait_list;
         uint64_t tokens, cost;          /* what the store granted */
         bool grow_pending;
-        bool grow_final;                /* the store had no more */
+        bool final_tokens, final_cost;  /* the store had no more of it */
         struct kb_quota_denial denial;  /* why no more */
 };
 
@@ -388,12 +388,13 @@ static void on_grown(void *userdata, const redisReply *reply) {
                 return; /* no answer: asked again at the next event */
         h->tokens += elem_u64(reply, 1);
         h->cost += elem_u64(reply, 2);
-        if (elem_u64(reply, 3)) {
-                kb_quota_limit l = (kb_quota_limit) MIN(elem_u64(reply, 4), (uint64_t) _KB_QUOTA_LIMIT_MAX - 1);
-                h->grow_final = true;
+        h->final_tokens |= elem_u64(reply, 3) != 0;
+        h->final_cost |= elem_u64(reply, 4) != 0;
+        if (elem_u64(reply, 3) || elem_u64(reply, 4)) {
+                kb_quota_limit l = (kb_quota_limit) MIN(elem_u64(reply, 5), (uint64_t) _KB_QUOTA_LIMIT_MAX - 1);
                 h->denial = (struct kb_quota_denial) { .limit = l,
-                                                       .used = elem_u64(reply, 5),
-                                                       .max = elem_u64(reply, 6),
+                                                       .used = elem_u64(reply, 6),
+                                                       .max = elem_u64(reply, 7),
                                                        .rate = kb_quota_limit_is_rate(l) };
         }
 }
@@ -458,17 +459,16 @@ bool kb_fleet_hold_exhausted(struct kb_fleet *f, struct kb_fleet_hold *h, uint64
                              struct kb_quota_denial *ret_denial) {
         if (!f || !h || h->fleet != f || !h->admitted)
                 return false;
-        bool over = tokens > h->tokens || cost > h->cost;
-        if (over && h->grow_final) {
+        if ((tokens > h->tokens && h->final_tokens) || (cost > h->cost && h->final_cost)) {
                 if (ret_denial)
                         *ret_denial = h->denial;
                 return true;
         }
         /* ask ahead: at half of what is held, for as much again */
-        if (!h->grow_pending && !h->grow_final && (tokens * 2 > h->tokens || cost * 2 > h->cost) &&
-            kb_fleet_ready(h->fleet)) {
-                uint64_t want_t = tokens * 2 > h->tokens ? MAX(tokens, h->tokens / 2 + 1) : 0;
-                uint64_t want_c = cost * 2 > h->cost ? MAX(cost, h->cost / 2 + 1) : 0;
+        bool more_t = !h->final_tokens && tokens * 2 > h->tokens, more_c = !h->final_cost && cost * 2 > h->cost;
+        if (!h->grow_pending && (more_t || more_c) && kb_fleet_ready(h->fleet)) {
+                uint64_t want_t = more_t ? MAX(tokens, h->tokens / 2 + 1) : 0;
+                uint64_t want_c = more_c ? MAX(cost, h->cost / 2 + 1) : 0;
                 if (send_reserve(h, true, want_t, want_c) == 0)
                         h->grow_pending = true;
         }

@@ -50,8 +50,8 @@
  * {1, minute requests, minute tokens settled, tokens held, newest token
  * bucket} or {0, limit, used, requested, max, bucket whose expiry frees
  * enough (0: unknown), minute requests, minute tokens settled + held,
- * newest token bucket}; grow: {2, tokens granted, cost granted, 1 when less
- * than asked, limit, used, max}. */
+ * newest token bucket}; grow: {2, tokens granted, cost granted, 1 when
+ * fewer tokens than asked, 1 when less cost than asked, limit, used, max}. */
 static const char fleet_script_reserve[] =
         FLEET_LUA_BUCKETS
         "local P = ARGV[1]\n"
@@ -94,12 +94,12 @@ static const char fleet_script_reserve[] =
         "local dtk, dco, mco = tonumber(d[1]) or 0, tonumber(d[2]) or 0, tonumber(m[1]) or 0\n"
         "local used = {[0] = srq, [1] = stk + ftk, [2] = dtk + ftk, [3] = dco + fco, [4] = mco + fco, [5] = n}\n"
         "if mode == 'g' then\n"
-        "  local gtk, gco, short, which = etk, eco, 0, -1\n"
+        "  local gtk, gco, stk_, sco, which = etk, eco, 0, 0, -1\n"
         "  for _, l in ipairs({4, 3, 2, 1}) do\n"
         "    if lim[l] > 0 then\n"
         "      local room = math.max(lim[l] - used[l], 0)\n"
-        "      if l >= 3 and gco > room then gco, short, which = room, 1, l end\n"
-        "      if l <= 2 and gtk > room then gtk, short, which = room, 1, l end\n"
+        "      if l >= 3 and gco > room then gco, sco, which = room, 1, l end\n"
+        "      if l <= 2 and gtk > room then gtk, stk_, which = room, 1, l end\n"
         "    end\n"
         "  end\n"
         "  local h = redis.call('HGET', RES .. lease, rid)\n"
@@ -111,7 +111,7 @@ static const char fleet_script_reserve[] =
         "  end\n"
         "  local u, mx = 0, 0\n"
         "  if which >= 0 then u, mx = used[which], lim[which] end\n"
-        "  return {2, gtk, gco, short, which, u, mx}\n"
+        "  return {2, gtk, gco, stk_, sco, which, u, mx}\n"
         "end\n"
         "local req = {[0] = 1, [1] = etk, [2] = etk, [3] = eco, [4] = eco, [5] = 1}\n"
         "for _, l in ipairs({4, 3, 2, 1, 0, 5}) do\n"

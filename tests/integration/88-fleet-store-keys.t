@@ -107,4 +107,47 @@ subtest 'settled while the store was away, then restarted: sent from the journal
         stop_redis($redis);
 };
 
+subtest 'a stream is cut where the fleet has no more room, across two brokers' => sub {
+        my $redis = start_redis();
+        my %stream = (model => 'gpt-mini', messages => [{ role => 'user', content => 'hi' }], max_tokens => 1,
+                      stream => JSON::PP::true);
+        my $est = int((length(json_encode(\%stream)) + 3) / 4);
+        my $fit = 20;
+        my $cfg = standard_config(mock => $mock);
+        $cfg->{agent} = { quota_store => $redis->{url} };
+        # b1 spends 10 tokens of the day first: the stream on b2 has room for
+        # exactly $fit output tokens after its own input estimate.
+        $cfg->{'team:ops'}{tokens_per_day} = $est + $fit + 10;
+        my @b = map { start_broker(config => $cfg, keys => \%keys) } 1 .. 2;
+        ok(connected($_), 'connected') for @b;
+        my $small = { model => 'gpt-mini', max_tokens => 1, messages => [] };
+        my $res = req($b[0], path => '/v1/chat/completions', json => $small,
+                      headers => ['x-mock-input-tokens' => 9, 'x-mock-output-tokens' => 1]);
+        is($res->{status}, 200, 'b1: a call of 10 tokens') or diag($res->{body});
+        my $day = int(time / 86400);
+        ok(wait_until(5, sub { (cli($redis, 'HGET', "keybroker:t:ops:d:$day", 'tk') || 0) == 10 }), 'settled in the store');
+
+        $res = req($b[1], path => '/v1/chat/completions', json => \%stream,
+                   headers => ['x-mock-output-tokens' => 50, 'x-mock-event-delay-ms' => 20]);
+        is($res->{status}, 200, 'b2: the stream began');
+        my @ev = sse_events($res->{body});
+        my @d;
+        for my $e (@ev) {
+                my $j = $e->{json} // next;
+                push @d, map { $_->{delta}{content} // () } grep { ($_->{delta}{content} // '') ne '' } @{$j->{choices} // []};
+        }
+        is(scalar @d, $fit, "the app got exactly the $fit deltas the fleet had room for");
+        my ($err) = grep { ($_->{json}{error}{code} // '') eq 'quota_exceeded' } @ev;
+        ok($err, '... then a quota_exceeded error event');
+        is($err->{json}{error}{type}, 'insufficient_quota', '... of type insufficient_quota') if $err;
+        my $rid = $res->{headers}{'x-keybroker-request-id'};
+        my $rec = journal_request($rid);
+        is($rec->{KEYBROKER_OUTCOME}, 'quota_rejected', 'journaled as quota_rejected');
+        is($rec->{KEYBROKER_OUTPUT_TOKENS}, $fit, "with the $fit output tokens delivered");
+        ok(wait_until(5, sub { (cli($redis, 'HGET', "keybroker:t:ops:d:$day", 'tk') || 0) == 10 + $est + $fit }),
+           'the store counts the day at exactly its limit') or diag(cli($redis, 'HGET', "keybroker:t:ops:d:$day", 'tk'));
+        $_->stop for @b;
+        stop_redis($redis);
+};
+
 done_testing;
