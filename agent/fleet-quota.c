@@ -643,16 +643,11 @@ static void hello(struct kb_fleet *f) {
                 if (kb_quota_counters(f->quota, i, now, &c) < 0 || !c.fleet)
                         continue;
                 arg_str(a, c.team);
-                if (c.has_day)
-                        arg_u64(a, c.day);
-                else
-                        arg_str(a, "");
+                /* "" for a window with nothing counted yet */
+                c.has_day ? arg_u64(a, c.day) : arg_str(a, "");
                 arg_u64(a, c.day_tokens);
                 arg_u64(a, c.day_cost);
-                if (c.has_month)
-                        arg_u64(a, c.month);
-                else
-                        arg_str(a, "");
+                c.has_month ? arg_u64(a, c.month) : arg_str(a, "");
                 arg_u64(a, c.month_tokens);
                 arg_u64(a, c.month_cost);
                 arg_u64(a, c.n_buckets);

@@ -73,11 +73,21 @@ static void fail_reserve(struct kb_request *r, int q) {
         kb_api_fail(r, 500, "internal_error", KB_OUTCOME_QUOTA_REJECTED, "cannot reserve quota: %s", strerror(-q));
 }
 
+/* Against this host's counters: true when admitted, else answered. */
+static bool admit_local(struct kb_request *r, uint64_t tokens, int64_t cost, uint64_t now) {
+        struct kb_quota_denial d = {};
+        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, tokens, cost, &r->reservation, &d);
+
+        if (q == -EDQUOT)
+                refuse(r, &d, now);
+        else if (q < 0)
+                fail_reserve(r, q);
+        return q >= 0;
+}
+
 /* A fleet team while the quota store cannot answer: this host's share of
  * its limits (quota_store_offline = local), or nothing (deny). */
 static bool admit_offline(struct kb_request *r, uint64_t tokens, int64_t cost, uint64_t now) {
-        struct kb_quota_denial d = {};
-
         if (r->config->agent.quota_store_offline_deny) {
                 struct kb_http_header h[] = { { "retry-after", "1" } };
                 kb_api_fail_full(r, 503, "quota_store_unavailable", "server_error", KB_OUTCOME_QUOTA_REJECTED, h,
@@ -87,16 +97,7 @@ static bool admit_offline(struct kb_request *r, uint64_t tokens, int64_t cost, u
                                  r->team->name);
                 return false;
         }
-        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, tokens, cost, &r->reservation, &d);
-        if (q == -EDQUOT) {
-                refuse(r, &d, now);
-                return false;
-        }
-        if (q < 0) {
-                fail_reserve(r, q);
-                return false;
-        }
-        return true;
+        return admit_local(r, tokens, cost, now);
 }
 
 static void on_fleet_verdict(void *userdata, const struct kb_fleet_verdict *v) {
@@ -135,7 +136,6 @@ static void on_fleet_verdict(void *userdata, const struct kb_fleet_verdict *v) {
 }
 
 kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info, void (*next)(struct kb_request *r)) {
-        struct kb_quota_denial d = {};
         uint64_t now = kb_realtime_usec();
         const struct kb_team *team = r->team;
 
@@ -210,16 +210,7 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
                 return admit_offline(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
         }
 
-        int q = kb_quota_reserve(r->broker->quota, team->name, now, tokens, cost, &r->reservation, &d);
-        if (q == -EDQUOT) {
-                refuse(r, &d, now);
-                return KB_ADMIT_DONE;
-        }
-        if (q < 0) {
-                fail_reserve(r, q);
-                return KB_ADMIT_DONE;
-        }
-        return KB_ADMIT_NOW;
+        return admit_local(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
 }
 
 /* The running usage of a stream: output as metered event by event until the
