@@ -118,7 +118,7 @@ static void on_fleet_verdict(void *userdata, const struct kb_fleet_verdict *v) {
         /* Not admitted by the store: the unchecked hold here goes. */
         uint64_t tokens = kb_reservation_tokens(res);
         int64_t cost = kb_reservation_cost(res);
-        kb_quota_cancel(res);
+        kb_quota_withdraw(res);
         r->reservation = NULL;
         if (v->result == -EDQUOT) {
                 struct kb_quota_denial d = v->denial;
@@ -205,7 +205,7 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
                 q = kb_fleet_reserve(fleet, &ask, on_fleet_verdict, r, &r->fleet_hold);
                 if (q == 0)
                         return KB_ADMIT_LATER;
-                kb_quota_cancel(r->reservation);
+                kb_quota_withdraw(r->reservation);
                 r->reservation = NULL;
                 return admit_offline(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
         }

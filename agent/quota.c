@@ -613,6 +613,15 @@ void kb_quota_settle(struct kb_reservation *res, uint64_t now_usec, uint64_t tok
         free(res);
 }
 
+void kb_quota_withdraw(struct kb_reservation *res) {
+        if (!res)
+                return;
+        struct quota_bucket *b = &res->team->minute[res->k_admitted % QUOTA_BUCKETS];
+        if (b->k == res->k_admitted && b->requests > 0)
+                b->requests--;
+        kb_quota_cancel(res);
+}
+
 void kb_quota_cancel(struct kb_reservation *res) {
         if (!res)
                 return;

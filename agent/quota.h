@@ -142,6 +142,10 @@ void kb_quota_settle(struct kb_reservation *res, uint64_t now_usec, uint64_t tok
 /* Drop a reservation without usage (the call never went upstream): same as
  * settling 0 tokens and 0 cost, no clock needed. Accepts NULL. */
 void kb_quota_cancel(struct kb_reservation *res);
+/* Take back an admission that was not one after all (the quota store
+ * refused it, or it is admitted again another way): as kb_quota_cancel(),
+ * and the request no longer counts in requests_per_minute. */
+void kb_quota_withdraw(struct kb_reservation *res);
 static inline void kb_quota_cancelp(struct kb_reservation **res) {
         kb_quota_cancel(*res);
 }

@@ -150,4 +150,27 @@ subtest 'a stream is cut where the fleet has no more room, across two brokers' =
         stop_redis($redis);
 };
 
+subtest "a team's key of the wrong type: offline with the reason, calls served on this host's share" => sub {
+        my $redis = start_redis();
+        my $cfg = standard_config(mock => $mock);
+        $cfg->{agent} = { quota_store => $redis->{url}, offline_share => '50%' };
+        $cfg->{'team:ops'}{requests_per_minute} = 4;
+        my $b = start_broker(config => $cfg, keys => \%keys);
+        ok(connected($b), 'connected');
+        cli($redis, 'SET', 'keybroker:t:ops:rq', 'not a hash');
+        my @st = map { req($b, path => '/v1/chat/completions', json => $chat)->{status} } 1 .. 4;
+        is_deeply(\@st, [200, 200, 429, 429], "served on this host's half of the limit (2 of 4), never unlimited")
+                or diag($b->log);
+        my $s = status($b)->{quota_store} // {};
+        is($s->{state}, 'offline', 'the store is offline');
+        like($s->{reason} // '', qr/WRONGTYPE/, '... saying WRONGTYPE');
+        my @rec = $b->journal_wait({ MESSAGE_ID => 'cfe4b02a7d4b41c5a0bb51ebad71f6d3', KEYBROKER_EVENT => 'offline' }, 5);
+        like($rec[0]{KEYBROKER_REASON} // '', qr/WRONGTYPE/, 'journaled offline with the reason') if @rec;
+        ok($b->alive, 'no crash');
+        cli($redis, 'DEL', 'keybroker:t:ops:rq');
+        ok(connected($b), 'back once the key is fixed');
+        $b->stop;
+        stop_redis($redis);
+};
+
 done_testing;

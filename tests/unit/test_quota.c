@@ -162,6 +162,33 @@ static void test_sliding_unaligned(void **state) {
 
 /* 60 reservations at a limit that fits exactly 20, with settles of zero
  * usage interleaved pseudo-randomly: exactly 20 admitted. */
+/* What the quota store admitted is reserved unchecked; what it refused is
+ * withdrawn and leaves no trace; the fleet share scales a fleet team only. */
+static void test_fleet_paths(void **state) {
+        struct kb_team t = team_def("a");
+        t.requests_per_minute = 4;
+        struct kb_quota *q = quota_one(t);
+        struct kb_reservation *r[6] = {};
+
+        for (int i = 0; i < 6; i++)
+                assert_int_equal(kb_quota_reserve_unchecked(q, "a", T0 + (uint64_t) i, 0, 0, &r[i]), 0);
+        assert_int_equal(win(q, "a", T0 + 10, KB_QUOTA_REQUESTS_PER_MINUTE).used, 6);
+        for (int i = 0; i < 6; i++)
+                kb_quota_withdraw(r[i]);
+        assert_int_equal(win(q, "a", T0 + 10, KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
+        assert_int_equal(win(q, "a", T0 + 10, KB_QUOTA_MAX_CONCURRENT).used, 0);
+        /* not a fleet team (no store configured): the share does not apply */
+        kb_quota_set_fleet_share(q, KB_QUOTA_SHARE_ALL / 2);
+        assert_false(kb_quota_team_is_fleet(q, "a"));
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(kb_quota_reserve(q, "a", T0 + S(1), 0, 0, &r[i], NULL), 0);
+        assert_int_equal(kb_quota_reserve(q, "a", T0 + S(1), 0, 0, &r[4], NULL), -EDQUOT);
+        for (int i = 0; i < 4; i++)
+                kb_quota_settle(r[i], T0 + S(2), 0, 0);
+        kb_quota_free(q);
+        (void) state;
+}
+
 static void test_burst_rpm(void **state) {
         struct kb_team t = team_def("a");
         t.requests_per_minute = 20;
@@ -673,6 +700,7 @@ int main(void) {
                 cmocka_unit_test(test_sliding_minute),
                 cmocka_unit_test(test_sliding_unaligned),
                 cmocka_unit_test(test_burst_rpm),
+                cmocka_unit_test(test_fleet_paths),
                 cmocka_unit_test(test_burst_tokens_budget_concurrency),
                 cmocka_unit_test(test_overestimate_released),
                 cmocka_unit_test(test_budget_exact_microusd),
