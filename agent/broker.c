@@ -154,6 +154,19 @@ void kb_broker_offline_share(struct kb_broker *b) {
         kb_quota_set_fleet_share(b->quota, ppm);
 }
 
+static void on_fleet_event(void *userdata, const struct kb_fleet_event *ev) {
+        struct kb_broker *b = userdata;
+        const char *url = b->config->agent.quota_store;
+
+        if (streq(ev->event, "epoch"))
+                fprintf(stderr, "<5>quota store %s has a new epoch %s: this broker's counters of %" PRIu64
+                        " team(s) pushed into it\n", strempty(url), strempty(ev->epoch), ev->n);
+        else
+                fprintf(stderr, "<6>quota store %s: %" PRIu64 " settle(s) it never acknowledged sent again from the "
+                        "journal\n", strempty(url), ev->n);
+        (void) kb_journal_store_push(b->journal, ev->event, url, ev->epoch, ev->n, ev->tokens, ev->cost);
+}
+
 static void backfill_visit(void *userdata, const struct kb_replay_record *rec, uint64_t when_usec) {
         struct kb_broker *b = userdata;
 
@@ -172,10 +185,8 @@ static void backfill(void *userdata, uint64_t after_seq, uint64_t upto_seq) {
 
         if (r < 0)
                 fprintf(stderr, "<4>cannot read the journal for settles the quota store misses (after %" PRIu64
-                        "): %s\n", after_seq, strerror(-r));
-        else
-                fprintf(stderr, "<6>the quota store had this broker's settles up to %" PRIu64
-                        "; those after it, up to %" PRIu64 ", are sent from the journal\n", after_seq, upto_seq);
+                        ", up to %" PRIu64 "): %s\n", after_seq, upto_seq, strerror(-r));
+
 }
 
 void kb_broker_drop_store(struct kb_broker *b) {
@@ -212,8 +223,10 @@ int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old) {
         r = kb_store_new(b->event, &o, on_store_event, b, &b->store);
         if (r >= 0)
                 r = kb_fleet_new(b->store, b->quota, b->instance, &b->seq, &b->fleet);
-        if (r >= 0)
+        if (r >= 0) {
                 kb_fleet_set_backfill(b->fleet, backfill, b);
+                kb_fleet_set_handler(b->fleet, on_fleet_event, b);
+        }
         if (r < 0) {
                 fprintf(stderr, "<3>cannot set up the quota store %s: %s\n", a->quota_store, strerror(-r));
                 kb_broker_drop_store(b);

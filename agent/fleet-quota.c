@@ -64,6 +64,10 @@ struct kb_fleet {
         bool backfilled;
         kb_fleet_backfill_t backfill;
         void *backfill_userdata;
+        kb_fleet_handler_t handler;
+        void *handler_userdata;
+        struct kb_fleet_event push;     /* what the pending hello pushes, if it does */
+        struct kb_fleet_event resent;   /* what a backfill queued */
         struct settle *backfill_before; /* where backfilled settles go: before the live ones */
 
         int s_view;
@@ -243,8 +247,19 @@ static void queue_settle(struct kb_fleet *f, const char *team, const char *rid, 
 
 void kb_fleet_backfill_settle(struct kb_fleet *f, const char *team, uint64_t seq, uint64_t when_usec,
                               uint64_t tokens, uint64_t cost) {
-        if (f && kb_quota_team_is_fleet(f->quota, team))
-                queue_settle(f, team, "", "", true, seq, when_usec, when_usec, tokens, cost);
+        if (!f || !kb_quota_team_is_fleet(f->quota, team))
+                return;
+        queue_settle(f, team, "", "", true, seq, when_usec, when_usec, tokens, cost);
+        f->resent.n++;
+        f->resent.tokens += tokens;
+        f->resent.cost += cost;
+}
+
+void kb_fleet_set_handler(struct kb_fleet *f, kb_fleet_handler_t fn, void *userdata) {
+        if (!f)
+                return;
+        f->handler = fn;
+        f->handler_userdata = userdata;
 }
 
 void kb_fleet_set_backfill(struct kb_fleet *f, kb_fleet_backfill_t fn, void *userdata) {
@@ -589,15 +604,22 @@ static void on_hello(void *userdata, const redisReply *reply) {
         if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
             reply->element[0]->type == REDIS_REPLY_STRING) {
                 snprintf(f->epoch, sizeof(f->epoch), "%.*s", (int) reply->element[0]->len, reply->element[0]->str);
-                if (elem_u64(reply, 1) == 1)
+                if (elem_u64(reply, 1) == 1) {
                         f->pushes++;
-                else if (!f->backfilled && elem_u64(reply, 2) < f->start_seq && f->backfill) {
+                        f->push.event = "epoch";
+                        f->push.epoch = f->epoch;
+                        if (f->handler)
+                                f->handler(f->handler_userdata, &f->push);
+                } else if (!f->backfilled && elem_u64(reply, 2) < f->start_seq && f->backfill) {
                         /* Settled before this fleet began (a previous run, or
                          * before a reload) and not acknowledged: from the
                          * journal, ahead of what is queued now. */
                         f->backfill_before = TAILQ_FIRST(&f->queue);
+                        f->resent = (struct kb_fleet_event) { .event = "resent", .epoch = f->epoch };
                         f->backfill(f->backfill_userdata, elem_u64(reply, 2), f->start_seq);
                         f->backfill_before = NULL;
+                        if (f->handler && f->resent.n > 0)
+                                f->handler(f->handler_userdata, &f->resent);
                 }
                 f->backfilled = true;
         }
@@ -621,6 +643,7 @@ static void hello(struct kb_fleet *f) {
 
         if (!a || f->hello_pending)
                 goto out;
+        f->push = (struct kb_fleet_event) {};
         unsigned char raw[16];
         kb_random_bytes(raw, sizeof(raw));
         for (size_t i = 0; i < sizeof(raw); i++)
@@ -644,6 +667,9 @@ static void hello(struct kb_fleet *f) {
                         continue;
                 arg_str(a, c.team);
                 /* "" for a window with nothing counted yet */
+                f->push.n++;
+                f->push.tokens += c.month_tokens;
+                f->push.cost += c.month_cost;
                 c.has_day ? arg_u64(a, c.day) : arg_str(a, "");
                 arg_u64(a, c.day_tokens);
                 arg_u64(a, c.day_cost);

@@ -95,6 +95,17 @@ void kb_fleet_set_backfill(struct kb_fleet *f, kb_fleet_backfill_t fn, void *use
 void kb_fleet_backfill_settle(struct kb_fleet *f, const char *team, uint64_t seq, uint64_t when_usec,
                               uint64_t tokens, uint64_t cost);
 
+/* What the owner journals: "epoch" (pushed this host's counters into a new
+ * epoch of the store: n teams, their month's tokens and cost) or "resent"
+ * (n settles from the journal, their tokens and cost). */
+struct kb_fleet_event {
+        const char *event;
+        const char *epoch;
+        uint64_t n, tokens, cost;
+};
+typedef void (*kb_fleet_handler_t)(void *userdata, const struct kb_fleet_event *ev);
+void kb_fleet_set_handler(struct kb_fleet *f, kb_fleet_handler_t fn, void *userdata);
+
 /* The store came online (connected or back): say hello (push this host's
  * counters into a new epoch if need be), then send the queued settles. */
 void kb_fleet_store_up(struct kb_fleet *f);

@@ -289,6 +289,8 @@ static void on_script_loaded(struct kb_store *s, redisReply *reply) {
 static void on_ready(struct kb_store *s, redisReply *reply) {
         bool back = s->ever_online;
 
+        if (s->fail_reason[0])
+                return; /* an earlier step of the handshake failed (a script refused): not online */
         on_brokers(s, reply);
         s->handshake_done = true;
         s->ever_online = true;

@@ -272,6 +272,35 @@ int kb_journal_store(struct kb_journal *j, const char *event, const char *url, c
         return SUBMIT_NEW(j, build_store, event, url, reason, brokers);
 }
 
+static int build_store_push(struct kb_record *rec, const char *event, const char *url, const char *epoch,
+                            uint64_t n, uint64_t tokens, uint64_t cost) {
+        bool resent = streq(event, "resent");
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_STORE);
+        if (resent)
+                ADDF(rec, F_MESSAGE, "Quota store %.*s: %" PRIu64 " settle(s) it never acknowledged sent again from "
+                     "the journal", MSG_NAME_MAX, strempty(url), n);
+        else
+                ADDF(rec, F_MESSAGE, "Quota store %.*s has a new epoch %.*s (it lost its data, or is new): this "
+                     "broker's counters of %" PRIu64 " team(s) pushed into it", MSG_NAME_MAX, strempty(url),
+                     MSG_NAME_MAX, strempty(epoch), n);
+        ADD(rec, F_PRIORITY, resent ? "6" : "5");
+        ADD(rec, F_EVENT, event);
+        ADD(rec, "KEYBROKER_STORE", strempty(url));
+        ADD_CAPPED(rec, "KEYBROKER_EPOCH", strempty(epoch));
+        ADD_U64(rec, "KEYBROKER_PUSHED", n);
+        ADD_U64(rec, "KEYBROKER_PUSHED_TOKENS", tokens);
+        ADD_U64(rec, "KEYBROKER_PUSHED_COST_MICROUSD", cost);
+        return 0;
+}
+
+int kb_journal_store_push(struct kb_journal *j, const char *event, const char *url, const char *epoch, uint64_t n,
+                          uint64_t tokens, uint64_t cost) {
+        if (!j || !event)
+                return -EINVAL;
+        return SUBMIT_NEW(j, build_store_push, event, url, epoch, n, tokens, cost);
+}
+
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error) {
         if (!j || !event)
                 return -EINVAL;

@@ -99,6 +99,12 @@ int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, 
 /* Quota store (KB_MID_STORE): event "connected", "offline" (with the
  * reason) or "back" (with the brokers seen); url as configured. */
 int kb_journal_store(struct kb_journal *j, const char *event, const char *url, const char *reason, uint64_t brokers);
+/* The same MESSAGE_ID: "epoch" (the store has a new epoch; this broker's
+ * counters of n teams, their month's tokens and micro-USD, pushed into it)
+ * or "resent" (n settles the store never acknowledged, sent again from the
+ * journal, with their tokens and micro-USD). */
+int kb_journal_store_push(struct kb_journal *j, const char *event, const char *url, const char *epoch, uint64_t n,
+                          uint64_t tokens, uint64_t cost);
 /* Config (KB_MID_CONFIG): event "loaded", "reloaded", "rejected"; path; error may be NULL. */
 int kb_journal_config(struct kb_journal *j, const char *event, const char *path, const char *error);
 /* Key change (KB_MID_KEY): action "set", "rotated", "rolled_back" or
