@@ -83,29 +83,81 @@ struct kb_fleet {
 
 /* ---- arguments ---- */
 
+/* A script's arguments: the first ARGS_SMALL in the struct (a call's),
+ * more on the heap (a hello with every team's buckets). v[i] is NULL for a
+ * number, which is in num[i] until args_argv() points v[i] at it. */
+#define ARGS_SMALL 24
 struct args {
-        const char *v[512];
-        char buf[512][NUM];
-        int n;
-        bool full;
+        int n, cap;
+        bool full;                      /* out of memory: do not send */
+        const char **v;
+        char (*num)[NUM];
+        const char *small_v[ARGS_SMALL];
+        char small_num[ARGS_SMALL][NUM];
 };
 
-static void arg_str(struct args *a, const char *s) {
-        if (a->n >= (int) ELEMENTSOF(a->v)) {
-                a->full = true;
-                return;
+static void args_init(struct args *a) {
+        a->n = 0;
+        a->full = false;
+        a->cap = ARGS_SMALL;
+        a->v = a->small_v;
+        a->num = a->small_num;
+}
+
+static void args_done(struct args *a) {
+        if (a->v != a->small_v) {
+                free(a->v);
+                free(a->num);
         }
-        a->v[a->n++] = s;
+}
+
+static bool args_room(struct args *a) {
+        if (a->full)
+                return false;
+        if (a->n < a->cap)
+                return true;
+        int cap = a->cap * 2;
+        const char **v = malloc((size_t) cap * sizeof(*v));
+        char (*num)[NUM] = malloc((size_t) cap * NUM);
+        if (!v || !num) {
+                free(v);
+                free(num);
+                a->full = true;
+                return false;
+        }
+        memcpy(v, a->v, (size_t) a->n * sizeof(*v));
+        memcpy(num, a->num, (size_t) a->n * NUM);
+        args_done(a);
+        a->v = v;
+        a->num = num;
+        a->cap = cap;
+        return true;
+}
+
+static void arg_str(struct args *a, const char *s) {
+        if (args_room(a))
+                a->v[a->n++] = s;
 }
 
 static void arg_u64(struct args *a, uint64_t v) {
-        if (a->n >= (int) ELEMENTSOF(a->v)) {
-                a->full = true;
+        if (!args_room(a))
                 return;
-        }
-        snprintf(a->buf[a->n], NUM, "%" PRIu64, MIN(v, (uint64_t) 1 << 53));
-        a->v[a->n] = a->buf[a->n];
-        a->n++;
+        snprintf(a->num[a->n], NUM, "%" PRIu64, MIN(v, (uint64_t) 1 << 53));
+        a->v[a->n++] = NULL;
+}
+
+static const char *const *args_argv(struct args *a) {
+        for (int i = 0; i < a->n; i++)
+                if (!a->v[i])
+                        a->v[i] = a->num[i];
+        return a->v;
+}
+
+/* EVALSHA of script with a's arguments (unless one could not be added). */
+static int args_eval(struct kb_fleet *f, int script, struct args *a, kb_store_reply_t cb, void *userdata) {
+        int r = a->full ? -ENOMEM : kb_store_eval(f->store, (unsigned) script, a->n, args_argv(a), NULL, cb, userdata);
+        args_done(a);
+        return r;
 }
 
 static const char *prefix_of(const struct kb_fleet *f) {
@@ -169,9 +221,10 @@ static void on_settled(void *userdata, const redisReply *reply) {
 }
 
 static int send_settle(struct kb_fleet *f, struct settle *s) {
-        struct args a = { .n = 0 };
+        struct args a;
         uint64_t kmin, kmax;
 
+        args_init(&a);
         kb_quota_minute_keys(kb_realtime_usec(), &kmin, &kmax);
         arg_str(&a, prefix_of(f));
         arg_str(&a, s->team);
@@ -188,7 +241,7 @@ static int send_settle(struct kb_fleet *f, struct settle *s) {
         arg_str(&a, s->count_request ? "1" : "0");
         arg_u64(&a, s->k_admit);
         arg_u64(&a, kmin);
-        return kb_store_eval(f->store, (unsigned) f->s_settle, a.n, a.v, NULL, on_settled, s);
+        return args_eval(f, f->s_settle, &a, on_settled, s);
 }
 
 /* In queue order, everything not yet on its way; the store applies them in
@@ -416,9 +469,10 @@ static void on_grown(void *userdata, const redisReply *reply) {
 
 static int send_reserve(struct kb_fleet_hold *h, bool grow, uint64_t tokens, uint64_t cost) {
         struct kb_fleet *f = h->fleet;
-        struct args a = { .n = 0 };
+        struct args a;
         uint64_t now = grow ? kb_realtime_usec() : h->ask.now_usec, kmin, kcur;
 
+        args_init(&a);
         kb_quota_minute_keys(now, &kmin, &kcur);
         arg_str(&a, prefix_of(f));
         arg_str(&a, h->ask.team);
@@ -434,7 +488,7 @@ static int send_reserve(struct kb_fleet_hold *h, bool grow, uint64_t tokens, uin
         arg_u64(&a, tokens);
         arg_u64(&a, cost);
         arg_str(&a, grow ? "g" : "r");
-        return kb_store_eval(f->store, (unsigned) f->s_reserve, a.n, a.v, NULL, grow ? on_grown : on_reserved, h);
+        return args_eval(f, f->s_reserve, &a, grow ? on_grown : on_reserved, h);
 }
 
 int kb_fleet_reserve(struct kb_fleet *f, const struct kb_fleet_ask *ask, kb_fleet_done_t done, void *userdata,
@@ -543,42 +597,42 @@ static void on_view(void *userdata, const redisReply *reply) {
 
 static void read_views(void *userdata) {
         struct kb_fleet *f = userdata;
-        struct args *a;
+        struct args a;
         uint64_t now = kb_realtime_usec(), kmin, kcur;
         size_t n = kb_quota_n_teams(f->quota);
 
         if (f->view_pending || !kb_fleet_ready(f) || n == 0)
                 return;
-        a = calloc(1, sizeof(*a));
         f->view_teams = calloc(n, sizeof(char *));
-        if (!a || !f->view_teams)
-                goto out;
+        if (!f->view_teams)
+                return;
+        args_init(&a);
         kb_quota_minute_keys(now, &kmin, &kcur);
-        arg_str(a, prefix_of(f));
-        arg_u64(a, kmin);
-        arg_u64(a, kcur);
-        arg_u64(a, kb_quota_day_of(now));
-        arg_u64(a, kb_quota_month_of(now));
-        arg_u64(a, 0);
+        arg_str(&a, prefix_of(f));
+        arg_u64(&a, kmin);
+        arg_u64(&a, kcur);
+        arg_u64(&a, kb_quota_day_of(now));
+        arg_u64(&a, kb_quota_month_of(now));
+        arg_u64(&a, 0); /* the number of teams, set below */
         for (size_t i = 0; i < n; i++) {
                 struct kb_quota_counters c;
                 if (kb_quota_counters(f->quota, i, now, &c) < 0 || !c.fleet)
                         continue;
-                if (!(f->view_teams[f->n_view_teams] = strdup(c.team)))
-                        goto out;
-                arg_str(a, f->view_teams[f->n_view_teams++]);
+                if (!(f->view_teams[f->n_view_teams] = strdup(c.team))) {
+                        a.full = true;
+                        break;
+                }
+                arg_str(&a, f->view_teams[f->n_view_teams++]);
         }
-        snprintf(a->buf[5], NUM, "%zu", f->n_view_teams);
-        a->v[5] = a->buf[5];
-        if (f->n_view_teams > 0 && !a->full &&
-            kb_store_eval(f->store, (unsigned) f->s_view, a->n, a->v, NULL, on_view, f) == 0) {
+        if (!a.full)
+                snprintf(a.num[5], NUM, "%zu", f->n_view_teams);
+        if (f->n_view_teams == 0)
+                a.full = true; /* nothing to read */
+        if (args_eval(f, f->s_view, &a, on_view, f) == 0) {
                 f->view_pending = true;
-                free(a);
                 return;
         }
-out:
         view_teams_free(f);
-        free(a);
 }
 
 bool kb_fleet_view(const struct kb_fleet *f, const char *team, struct kb_fleet_view *ret) {
@@ -635,14 +689,15 @@ static void on_hello(void *userdata, const redisReply *reply) {
 }
 
 static void hello(struct kb_fleet *f) {
-        struct args *a = calloc(1, sizeof(*a));
+        struct args aa, *a = &aa;
         char epoch[33];
         uint64_t now = kb_realtime_usec();
         size_t n_teams = 0;
         int count_at;
 
-        if (!a || f->hello_pending)
-                goto out;
+        if (f->hello_pending)
+                return;
+        args_init(a);
         f->push = (struct kb_fleet_event) {};
         unsigned char raw[16];
         kb_random_bytes(raw, sizeof(raw));
@@ -684,12 +739,10 @@ static void hello(struct kb_fleet *f) {
                 }
                 n_teams++;
         }
-        snprintf(a->buf[count_at], NUM, "%zu", n_teams);
-        a->v[count_at] = a->buf[count_at];
-        if (!a->full && kb_store_eval(f->store, (unsigned) f->s_push, a->n, a->v, NULL, on_hello, f) == 0)
+        if (!a->full)
+                snprintf(a->num[count_at], NUM, "%zu", n_teams);
+        if (args_eval(f, f->s_push, a, on_hello, f) == 0)
                 f->hello_pending = true;
-out:
-        free(a);
 }
 
 void kb_fleet_store_up(struct kb_fleet *f) {

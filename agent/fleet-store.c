@@ -553,7 +553,7 @@ int kb_store_eval(struct kb_store *s, unsigned script, int argc, const char *con
 
         if (!s || script >= s->n_scripts || argc < 0 || !cb)
                 return -EINVAL;
-        if (s->state != KB_STORE_ONLINE || !s->ac)
+        if (s->state != KB_STORE_ONLINE || !s->ac || strlen(s->scripts[script].sha) != 40)
                 return -ENOTCONN;
         c = calloc(1, sizeof(*c));
         if (!c)

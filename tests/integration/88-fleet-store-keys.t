@@ -175,4 +175,37 @@ subtest "a team's key of the wrong type: offline with the reason, calls served o
         stop_redis($redis);
 };
 
+subtest "team list: a fleet team's usage is the fleet's, with this host's part" => sub {
+        my $redis = start_redis();
+        my $cfg = standard_config(mock => $mock);
+        $cfg->{agent} = { quota_store => $redis->{url} };
+        $cfg->{'team:ops'}{requests_per_minute} = 100;
+        $cfg->{'team:local'} = { users => '0', models => '*', quota_scope => 'host', requests_per_minute => 50 };
+        my @b = map { start_broker(config => $cfg, keys => \%keys) } 1 .. 2;
+        ok(connected($_), 'connected') for @b;
+        my @ops = (headers => ['X-Keybroker-Team' => 'ops']);
+        is(req($b[0], path => '/v1/chat/completions', json => $chat, @ops)->{status}, 200, "b1: call $_") for 1 .. 2;
+        is(req($b[1], path => '/v1/chat/completions', json => $chat, @ops)->{status}, 200, "b2: call $_") for 1 .. 3;
+        my $team;
+        ok(wait_until(5, sub {
+                my $j = req($b[0]->dir . '/admin.sock', path => '/teams')->{json} // {};
+                ($team) = grep { $_->{name} eq 'ops' } @{$j->{teams} // []};
+                ($team->{usage}{requests_per_minute}{used} // 0) == 5;
+        }), 'GET /teams on b1: the fleet made 5 requests this minute') or diag(explain($team));
+        is($team->{usage_scope}, 'fleet', '... usage_scope fleet');
+        is($team->{quota_scope}, 'fleet', '... quota_scope fleet');
+        is($team->{host_usage}{requests_per_minute}{used}, 2, '... of which this host made 2 (host_usage)');
+        is($team->{usage}{requests_per_minute}{remaining}, 95, '... 95 left fleet-wide');
+        my $j = req($b[0]->dir . '/admin.sock', path => '/teams')->{json} // {};
+        my ($loc) = grep { $_->{name} eq 'local' } @{$j->{teams} // []};
+        is($loc->{usage_scope}, 'host', 'a quota_scope = host team: usage_scope host');
+        ok(!exists $loc->{host_usage}, '... and no host_usage');
+        my $r = run_cmd([$KB::BUILD . '/keybrokerctl', '--admin-socket', $b[0]->dir . '/admin.sock', 'team', 'list']);
+        my ($row) = grep { /^ops\s+fleet\s/ } split /\n/, $r->{stdout};
+        like($row // '', qr/^ops\s+fleet\s+5\/100\s.*\s2 rpm, \d+ tok today, \$[\d.]+ month$/,
+             'keybrokerctl team list: COUNTED fleet, RPM 5/100, THIS HOST 2 rpm') or diag($r->{stdout});
+        $_->stop for @b;
+        stop_redis($redis);
+};
+
 done_testing;
