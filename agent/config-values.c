@@ -623,7 +623,8 @@ static int p_header(struct parser *p, const struct key_def *k, void *base, const
 }
 
 static int p_price(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        static const char *const fields[] = { "input", "output", "cached_input", "cache_write", "request" };
+        static const char *const fields[] = { "input", "output", "cached_input", "cache_write", "request",
+                                              "cache_write_1h" };
         struct kb_route *rt = base;
         _cleanup_free_ char *buf = strdup(v);
         char *words[8];
@@ -638,7 +639,7 @@ static int p_price(struct parser *p, const struct key_def *k, void *base, const 
                 if (streq(rt->prices[i].model, words[0]))
                         return bad_value(p, k->name, "price for '%s' given twice, first on line %u", words[0],
                                          rt->prices[i].line);
-        int64_t vals[ELEMENTSOF(fields)] = { -1, -1, -1, -1, -1 };
+        int64_t vals[ELEMENTSOF(fields)] = { -1, -1, -1, -1, -1, -1 };
         for (size_t i = 1; i < n; i++) {
                 char *eq = strchr(words[i], '=');
                 size_t f;
@@ -663,7 +664,7 @@ static int p_price(struct parser *p, const struct key_def *k, void *base, const 
         }
         *pr = (struct kb_price) {
                 .model = model, .input = vals[0], .output = vals[1], .cached_input = vals[2],
-                .cache_write = vals[3], .request = vals[4], .line = p->line,
+                .cache_write = vals[3], .request = vals[4], .cache_write_1h = vals[5], .line = p->line,
         };
         return 0;
 }

@@ -31,6 +31,7 @@ struct kb_price {
         int64_t output;
         int64_t cached_input;
         int64_t cache_write;
+        int64_t cache_write_1h;         /* Anthropic 1-hour cache writes; default: cache_write */
         int64_t request;
         unsigned line;
 };

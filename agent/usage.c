@@ -196,6 +196,7 @@ const struct kb_usage_count kb_usage_counts_openai_chat[] = {
         COUNT(NULL, "prompt_tokens", input_tokens),
         COUNT(NULL, "completion_tokens", output_tokens),
         COUNT("prompt_tokens_details", "cached_tokens", cached_tokens),
+        COUNT("prompt_tokens_details", "cache_write_tokens", cache_write_tokens),
         COUNT("completion_tokens_details", "reasoning_tokens", reasoning_tokens),
         {},
 };
@@ -203,6 +204,7 @@ const struct kb_usage_count kb_usage_counts_openai_responses[] = {
         COUNT(NULL, "input_tokens", input_tokens),
         COUNT(NULL, "output_tokens", output_tokens),
         COUNT("input_tokens_details", "cached_tokens", cached_tokens),
+        COUNT("input_tokens_details", "cache_write_tokens", cache_write_tokens),
         COUNT("output_tokens_details", "reasoning_tokens", reasoning_tokens),
         {},
 };
@@ -214,6 +216,8 @@ const struct kb_usage_count kb_usage_counts_anthropic[] = {
         COUNT(NULL, "output_tokens", output_tokens),
         COUNT(NULL, "cache_read_input_tokens", cached_tokens),
         COUNT(NULL, "cache_creation_input_tokens", cache_write_tokens),
+        COUNT("cache_creation", "ephemeral_1h_input_tokens", cache_write_1h_tokens),
+        COUNT("output_tokens_details", "thinking_tokens", reasoning_tokens),
         {},
 };
 #undef COUNT
@@ -688,6 +692,8 @@ const struct kb_price *kb_price_find(const struct kb_route *route, const char *u
  * what jansson and the config parser accept, so 128-bit is plenty. */
 typedef unsigned __int128 u128;
 
+static uint64_t add_sat(uint64_t a, uint64_t b);
+
 int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const struct kb_price *p) {
         if (!p)
                 return 0;
@@ -696,14 +702,21 @@ int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const
         uint64_t output_price = p->output >= 0 ? (uint64_t) p->output : 0;
         uint64_t cached_price = p->cached_input >= 0 ? (uint64_t) p->cached_input : input_price;
         uint64_t write_price = p->cache_write >= 0 ? (uint64_t) p->cache_write : input_price;
+        uint64_t write_1h_price = p->cache_write_1h >= 0 ? (uint64_t) p->cache_write_1h : write_price;
 
         uint64_t cached = u->cached_tokens;
         uint64_t uncached = u->input_tokens;
+        /* OpenAI's prompt count includes what was read from and written to
+         * the cache; Anthropic's input_tokens is the rest alone. */
         if (family == KB_FAMILY_OPENAI)
-                uncached = uncached > cached ? uncached - cached : 0;
+                uncached = uncached > add_sat(cached, u->cache_write_tokens) ?
+                                   uncached - cached - u->cache_write_tokens : 0;
+        /* Anthropic's 1-hour cache writes are a part of cache_creation, dearer */
+        uint64_t write_1h = MIN(u->cache_write_1h_tokens, u->cache_write_tokens);
 
         u128 sum = (u128) uncached * input_price + (u128) cached * cached_price +
-                   (u128) u->cache_write_tokens * write_price + (u128) u->output_tokens * output_price;
+                   (u128) (u->cache_write_tokens - write_1h) * write_price + (u128) write_1h * write_1h_price +
+                   (u128) u->output_tokens * output_price;
         u128 cost = (sum + 500000) / 1000000;
         if (p->request > 0)
                 cost += (uint64_t) p->request;

@@ -31,8 +31,9 @@ struct kb_usage {
         uint64_t input_tokens;
         uint64_t output_tokens;
         uint64_t cached_tokens;      /* OpenAI prompt_tokens_details.cached_tokens / input_tokens_details.cached_tokens; Anthropic cache_read_input_tokens */
-        uint64_t cache_write_tokens; /* Anthropic cache_creation_input_tokens */
-        uint64_t reasoning_tokens;   /* OpenAI completion_tokens_details.reasoning_tokens / output_tokens_details.reasoning_tokens */
+        uint64_t cache_write_tokens; /* Anthropic cache_creation_input_tokens; OpenAI prompt_tokens_details.cache_write_tokens */
+        uint64_t cache_write_1h_tokens; /* Anthropic cache_creation.ephemeral_1h_input_tokens: of cache_write_tokens, the 1-hour ones */
+        uint64_t reasoning_tokens;   /* OpenAI completion_tokens_details.reasoning_tokens / output_tokens_details.reasoning_tokens; Anthropic output_tokens_details.thinking_tokens */
         char *upstream_model;        /* "model" as the provider reported it, malloc'd, or NULL */
         char *upstream_request_id;   /* body "id" (chatcmpl-…, msg_…, resp_…) when seen, malloc'd, or NULL */
         uint64_t streamed_deltas;    /* SSE: events that carried generated output (≈ one token each): the

@@ -37,12 +37,15 @@ static void usage(FILE *f) {
               "                      repeatable, any one of them is accepted\n"
               "  --models A,B,...    list these ids on GET /v1/models and answer any other\n"
               "                      model in a POST with 404 model_not_found\n"
+              "  --replay-dir DIR    x-mock-replay: NAME answers with DIR/NAME.json, a captured\n"
+              "                      provider response (status, headers, body)\n"
               "  -h, --help          show this help\n\n"
               "The port is also printed on stdout. SIGTERM/SIGINT: exit 0.\n"
               "Request headers script the answer: x-mock-input-tokens, x-mock-output-tokens,\n"
               "x-mock-cached-tokens, x-mock-cache-write-tokens, x-mock-reasoning-tokens,\n"
               "x-mock-status, x-mock-retry-after, x-mock-delay-ms, x-mock-event-delay-ms,\n"
-              "x-mock-cut-after, x-mock-hang, x-mock-body-bytes. See tests/mock/README.md.\n", f);
+              "x-mock-cut-after, x-mock-hang, x-mock-body-bytes, x-mock-replay.\n"
+              "See tests/mock/README.md.\n", f);
 }
 
 static int write_port_file(const char *path, unsigned port) {
@@ -123,6 +126,7 @@ int main(int argc, char **argv) {
                 { "log", required_argument, NULL, 'l' },
                 { "require-key", required_argument, NULL, 'k' },
                 { "models", required_argument, NULL, 'm' },
+                { "replay-dir", required_argument, NULL, 'r' },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
@@ -146,6 +150,9 @@ int main(int argc, char **argv) {
                 }
                 case 'f':
                         port_file = optarg;
+                        break;
+                case 'r':
+                        cfg.replay_dir = optarg;
                         break;
                 case 'l':
                         log_path = optarg;

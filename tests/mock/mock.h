@@ -29,6 +29,7 @@ struct mock_config {
         char *models[MOCK_MAX_MODELS];
         size_t n_models;
         int log_fd; /* -1: no request log */
+        const char *replay_dir; /* --replay-dir: captured responses for x-mock-replay */
 };
 
 /* One parsed request, as handed from the connection reader to the
@@ -99,6 +100,8 @@ int mock_respond(int fd, const struct mock_request *req);
 /* Sends a bare error (used for malformed HTTP, before a request exists). */
 int mock_send_error(int fd, bool anthropic, int status, const char *message, bool close_after);
 int mock_send_all(int fd, const void *p, size_t n);
+/* replay.c: answer with the captured response NAME.json of --replay-dir. */
+int mock_replay(int fd, const struct mock_request *req, const char *name);
 const char *mock_header(const struct mock_request *req, const char *name);
 uint64_t mock_knob(const struct mock_request *req, const char *name, uint64_t def, uint64_t max);
 /* Takes ownership of body (NULL: -ENOMEM). */

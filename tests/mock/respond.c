@@ -443,6 +443,9 @@ int mock_respond(int fd, const struct mock_request *req) {
 
         if (!authorized(req))
                 return send_error(&r, 401, NULL);
+        const char *replay = mock_header(req, "x-mock-replay");
+        if (replay)
+                return mock_replay(fd, req, replay);
 
         uint64_t status = mock_knob(req, "x-mock-status", 0, 999);
         if (status >= 400 && status <= 599) {

@@ -41,6 +41,28 @@ static void test_cost_anthropic(void **state) {
         assert_int_equal(kb_usage_cost_microusd(&u, KB_FAMILY_ANTHROPIC, &p), 4050);
 }
 
+/* Newer reports: OpenAI's cache writes are inside its prompt count too;
+ * Anthropic's 1-hour cache writes are a part of cache_creation, priced
+ * apart (cache_write_1h, default the cache_write price). */
+static void test_cost_cache_writes(void **state) {
+        struct kb_price p = { .input = 1000000, .output = 2000000, .cached_input = 500000, .cache_write = 1250000,
+                              .cache_write_1h = -1, .request = -1 };
+        /* 1220 prompt = 3 uncached + 1217 written: 3*1 + 1217*1.25 + 100*2 = 3 + 1521.25 + 200 */
+        struct kb_usage o = { .input_tokens = 1220, .output_tokens = 100, .cache_write_tokens = 1217 };
+        assert_int_equal(kb_usage_cost_microusd(&o, KB_FAMILY_OPENAI, &p), 1724);
+
+        /* 418 written, 100 of them for an hour: 10*1 + 318*1.25 + 100*1.25 (default) = 532.5 -> 533 */
+        struct kb_usage a = { .input_tokens = 10, .cache_write_tokens = 418, .cache_write_1h_tokens = 100 };
+        assert_int_equal(kb_usage_cost_microusd(&a, KB_FAMILY_ANTHROPIC, &p), 533);
+        p.cache_write_1h = 2000000;
+        /* 10 + 318*1.25 + 100*2 = 10 + 397.5 + 200 = 607.5 -> 608 */
+        assert_int_equal(kb_usage_cost_microusd(&a, KB_FAMILY_ANTHROPIC, &p), 608);
+        /* a report with more 1-hour writes than writes counts no more than the writes */
+        a.cache_write_1h_tokens = 5000;
+        assert_int_equal(kb_usage_cost_microusd(&a, KB_FAMILY_ANTHROPIC, &p), 10 + 836);
+        (void) state;
+}
+
 static void test_cost_rounding_and_request(void **state) {
         struct kb_price p = { .input = 1, .output = 0, .cached_input = -1, .cache_write = -1, .request = -1 };
         struct kb_usage u = { .input_tokens = 499999 };
@@ -80,6 +102,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_cost_openai),
                 cmocka_unit_test(test_cost_anthropic),
+                cmocka_unit_test(test_cost_cache_writes),
                 cmocka_unit_test(test_cost_rounding_and_request),
                 cmocka_unit_test(test_price_find),
         };

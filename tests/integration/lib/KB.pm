@@ -484,6 +484,7 @@ sub start_mock(%o) {
         my @cmd = ($KB_MOCK, '--port', $o{port} // 0, '--port-file', $s->{port_file}, '--log', $s->{log},
                    map { ('--require-key', $_) } @{$o{require_key} // []});
         push @cmd, '--models', join(',', @{$o{models}}) if $o{models};
+        push @cmd, '--replay-dir', $o{replay_dir} if $o{replay_dir};
         $s->{pid} = spawn(cmd => \@cmd, output => $s->{out}, name => 'kb-mock');
         my $ok = wait_until(10, sub {
                 my $p = slurp($s->{port_file});
