@@ -63,6 +63,7 @@ struct key_def {
 
 _printf_(3, 4) int kb_cfg_fail(struct parser *p, unsigned line, const char *fmt, ...);
 int kb_cfg_oom(struct parser *p);
+#define FIELD(base, k, type) ((type *) ((char *) (base) + (k)->offset))
 #define bad_value(p, k, fmt, ...) kb_cfg_fail((p), (p)->line, "invalid value for '%s': " fmt, (k), ##__VA_ARGS__)
 
 /* Grows an array one element at a time with doubling capacity; the capacity
@@ -77,6 +78,12 @@ int kb_cfg_expand_credentials(const char *v, char **ret);
 /* Sets rt's retry_* fields from a retry_on value; -EINVAL with *ret_bad at
  * the bad word (NULL: no words), -ENOMEM. */
 int kb_cfg_parse_retry_on(const char *v, struct kb_route *rt, const char **ret_bad);
+/* A decimal with up to 6 places ("0.15") as millionths; -EINVAL, -ERANGE. */
+int kb_cfg_parse_micro(const char *s, int64_t *ret);
+/* config-store.c: the fleet keys' value parsers. */
+int kb_cfg_p_quota_scope(struct parser *p, const struct key_def *k, void *base, const char *v);
+int kb_cfg_p_store_offline(struct parser *p, const struct key_def *k, void *base, const char *v);
+int kb_cfg_p_offline_share(struct parser *p, const struct key_def *k, void *base, const char *v);
 /* quota_store: a URL into *ret (strings malloc'd); -EINVAL with *ret_why. */
 int kb_cfg_parse_store_url(const char *v, struct kb_store_addr *ret, const char **ret_why);
 

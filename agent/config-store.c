@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* [agent] quota_store: where the fleet's Redis is, checked as strictly as
- * every other value (config-values.c parses the rest). */
+/* The fleet keys: [agent] quota_store (where the fleet's Redis is, checked
+ * as strictly as every other value), quota_store_offline, offline_share and
+ * [team:*] quota_scope. config-values.c parses the rest and holds the key
+ * tables. */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -100,5 +102,39 @@ int kb_cfg_parse_store_url(const char *v, struct kb_store_addr *ret, const char 
         if (!a.host)
                 return -ENOMEM;
         *ret = a;
+        return 0;
+}
+
+/* ---- how the fleet's limits hold: quota_scope, quota_store_offline, offline_share ---- */
+
+int kb_cfg_p_quota_scope(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        if (!streq(v, "fleet") && !streq(v, "host"))
+                return bad_value(p, k->name, "'%s' is not fleet or host", v);
+        ((struct kb_team *) base)->quota_scope = streq(v, "host") ? KB_QUOTA_SCOPE_HOST : KB_QUOTA_SCOPE_FLEET;
+        return 0;
+}
+
+int kb_cfg_p_store_offline(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        if (!streq(v, "local") && !streq(v, "deny"))
+                return bad_value(p, k->name, "'%s' is not local or deny", v);
+        ((struct kb_agent_config *) base)->quota_store_offline_deny = streq(v, "deny");
+        return 0;
+}
+
+/* offline_share: a fraction above 0 up to 1 ("0.25"), or a percentage ("25%"). */
+int kb_cfg_p_offline_share(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        _cleanup_free_ char *s = strdup(v);
+        size_t n = s ? strlen(s) : 0;
+        bool percent = n > 0 && s[n - 1] == '%';
+        int64_t m;
+
+        if (!s)
+                return -ENOMEM;
+        if (percent)
+                s[n - 1] = 0;
+        if (kb_cfg_parse_micro(s, &m) < 0 || (percent && m > 100000000) || (!percent && m > 1000000) || m <= 0 ||
+            (percent && m / 100 == 0))
+                return bad_value(p, k->name, "'%s' is not a share above 0 up to 1, like 0.25 or 25%%", v);
+        *FIELD(base, k, uint32_t) = (uint32_t) (percent ? m / 100 : m);
         return 0;
 }

@@ -73,7 +73,7 @@ static int parse_u64(const char *s, uint64_t *ret) {
 }
 
 /* Exact decimal to millionths: money must not drift through floating point. */
-static int parse_micro(const char *s, int64_t *ret) {
+int kb_cfg_parse_micro(const char *s, int64_t *ret) {
         const char *dot = strchr(s, '.');
         size_t il = dot ? (size_t) (dot - s) : strlen(s);
         if (il == 0)
@@ -122,7 +122,6 @@ static size_t split_words(char *buf, char **words, size_t max) {
         return n;
 }
 
-#define FIELD(base, k, type) ((type *) ((char *) (base) + (k)->offset))
 #define COUNT(base, k) ((size_t *) ((char *) (base) + (k)->count_offset))
 
 static int set_string(struct parser *p, char **field, const char *v) {
@@ -190,7 +189,7 @@ static int p_unsigned(struct parser *p, const struct key_def *k, void *base, con
 /* A ratio from 0 to 1, read exactly (to millionths) like a USD amount. */
 static int parse_ratio(const char *s, double *ret) {
         int64_t m;
-        if (parse_micro(s, &m) < 0 || m > 1000000)
+        if (kb_cfg_parse_micro(s, &m) < 0 || m > 1000000)
                 return -EINVAL;
         *ret = (double) m / 1e6;
         return 0;
@@ -285,7 +284,7 @@ static int p_mode(struct parser *p, const struct key_def *k, void *base, const c
 
 static int p_usd(struct parser *p, const struct key_def *k, void *base, const char *v) {
         int64_t n;
-        int r = parse_micro(v, &n);
+        int r = kb_cfg_parse_micro(v, &n);
         if (r < 0)
                 return micro_fail(p, k->name, v, r);
         *FIELD(base, k, int64_t) = n;
@@ -507,38 +506,6 @@ static int p_unpriced(struct parser *p, const struct key_def *k, void *base, con
         return 0;
 }
 
-static int p_scope(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        if (!streq(v, "fleet") && !streq(v, "host"))
-                return bad_value(p, k->name, "'%s' is not fleet or host", v);
-        ((struct kb_team *) base)->quota_scope = streq(v, "host") ? KB_QUOTA_SCOPE_HOST : KB_QUOTA_SCOPE_FLEET;
-        return 0;
-}
-
-static int p_offline(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        if (!streq(v, "local") && !streq(v, "deny"))
-                return bad_value(p, k->name, "'%s' is not local or deny", v);
-        ((struct kb_agent_config *) base)->quota_store_offline_deny = streq(v, "deny");
-        return 0;
-}
-
-/* offline_share: a fraction above 0 up to 1 ("0.25"), or a percentage ("25%"). */
-static int p_share(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        _cleanup_free_ char *s = strdup(v);
-        size_t n = s ? strlen(s) : 0;
-        bool percent = n > 0 && s[n - 1] == '%';
-        int64_t m;
-
-        if (!s)
-                return -ENOMEM;
-        if (percent)
-                s[n - 1] = 0;
-        if (parse_micro(s, &m) < 0 || (percent && m > 100000000) || (!percent && m > 1000000) || m <= 0 ||
-            (percent && m / 100 == 0))
-                return bad_value(p, k->name, "'%s' is not a share above 0 up to 1, like 0.25 or 25%%", v);
-        *FIELD(base, k, uint32_t) = (uint32_t) (percent ? m / 100 : m);
-        return 0;
-}
-
 static int p_family(struct parser *p, const struct key_def *k, void *base, const char *v) {
         int f = kb_family_from_string(v);
         if (f < 0)
@@ -652,7 +619,7 @@ static int p_price(struct parser *p, const struct key_def *k, void *base, const 
                         return bad_value(p, k->name, "unknown price field '%s'", words[i]);
                 if (vals[f] >= 0)
                         return bad_value(p, k->name, "'%s' given twice", fields[f]);
-                int r = parse_micro(eq + 1, &vals[f]);
+                int r = kb_cfg_parse_micro(eq + 1, &vals[f]);
                 if (r < 0)
                         return micro_fail(p, k->name, eq + 1, r);
         }
@@ -770,8 +737,8 @@ const struct key_def kb_cfg_agent_keys[] = {
         AK("quota_store_password", quota_store_password, p_password_file),
         AK("quota_store_prefix", quota_store_prefix, p_prefix),
         AK("quota_store_timeout", quota_store_timeout_usec, p_duration, .nonzero = true),
-        { .name = "quota_store_offline", .parse = p_offline },
-        AK("offline_share", offline_share_ppm, p_share),
+        { .name = "quota_store_offline", .parse = kb_cfg_p_store_offline },
+        AK("offline_share", offline_share_ppm, kb_cfg_p_offline_share),
         {},
 };
 
@@ -790,7 +757,7 @@ const struct key_def kb_cfg_team_keys[] = {
         TK("max_concurrent", max_concurrent, p_u64),
         TK("owner", owner, p_text),
         TK("unpriced", unpriced, p_unpriced),
-        TK("quota_scope", quota_scope, p_scope),
+        TK("quota_scope", quota_scope, kb_cfg_p_quota_scope),
         {},
 };
 
