@@ -10,9 +10,9 @@
 
 #include "fleet-quota.h"
 #include "fleet-scripts.h"
+#include "store-args.h"
 #include "util.h"
 
-#define NUM 24 /* room for a uint64_t in decimal */
 
 /* One settle, kept until the store acknowledged it. */
 struct settle {
@@ -83,80 +83,10 @@ struct kb_fleet {
 
 /* ---- arguments ---- */
 
-/* A script's arguments: the first ARGS_SMALL in the struct (a call's),
- * more on the heap (a hello with every team's buckets). v[i] is NULL for a
- * number, which is in num[i] until args_argv() points v[i] at it. */
-#define ARGS_SMALL 24
-struct args {
-        int n, cap;
-        bool full;                      /* out of memory: do not send */
-        const char **v;
-        char (*num)[NUM];
-        const char *small_v[ARGS_SMALL];
-        char small_num[ARGS_SMALL][NUM];
-};
-
-static void args_init(struct args *a) {
-        a->n = 0;
-        a->full = false;
-        a->cap = ARGS_SMALL;
-        a->v = a->small_v;
-        a->num = a->small_num;
-}
-
-static void args_done(struct args *a) {
-        if (a->v != a->small_v) {
-                free(a->v);
-                free(a->num);
-        }
-}
-
-static bool args_room(struct args *a) {
-        if (a->full)
-                return false;
-        if (a->n < a->cap)
-                return true;
-        int cap = a->cap * 2;
-        const char **v = malloc((size_t) cap * sizeof(*v));
-        char (*num)[NUM] = malloc((size_t) cap * NUM);
-        if (!v || !num) {
-                free(v);
-                free(num);
-                a->full = true;
-                return false;
-        }
-        memcpy(v, a->v, (size_t) a->n * sizeof(*v));
-        memcpy(num, a->num, (size_t) a->n * NUM);
-        args_done(a);
-        a->v = v;
-        a->num = num;
-        a->cap = cap;
-        return true;
-}
-
-static void arg_str(struct args *a, const char *s) {
-        if (args_room(a))
-                a->v[a->n++] = s;
-}
-
-static void arg_u64(struct args *a, uint64_t v) {
-        if (!args_room(a))
-                return;
-        snprintf(a->num[a->n], NUM, "%" PRIu64, MIN(v, (uint64_t) 1 << 53));
-        a->v[a->n++] = NULL;
-}
-
-static const char *const *args_argv(struct args *a) {
-        for (int i = 0; i < a->n; i++)
-                if (!a->v[i])
-                        a->v[i] = a->num[i];
-        return a->v;
-}
-
 /* EVALSHA of script with a's arguments (unless one could not be added). */
-static int args_eval(struct kb_fleet *f, int script, struct args *a, kb_store_reply_t cb, void *userdata) {
-        int r = a->full ? -ENOMEM : kb_store_eval(f->store, (unsigned) script, a->n, args_argv(a), NULL, cb, userdata);
-        args_done(a);
+static int args_eval(struct kb_fleet *f, int script, struct kb_args *a, kb_store_reply_t cb, void *userdata) {
+        int r = a->full ? -ENOMEM : kb_store_eval(f->store, (unsigned) script, a->n, kb_args_argv(a), NULL, cb, userdata);
+        kb_args_done(a);
         return r;
 }
 
@@ -221,26 +151,26 @@ static void on_settled(void *userdata, const redisReply *reply) {
 }
 
 static int send_settle(struct kb_fleet *f, struct settle *s) {
-        struct args a;
+        struct kb_args a;
         uint64_t kmin, kmax;
 
-        args_init(&a);
+        kb_args_init(&a);
         kb_quota_minute_keys(kb_realtime_usec(), &kmin, &kmax);
-        arg_str(&a, prefix_of(f));
-        arg_str(&a, s->team);
-        arg_str(&a, f->epoch);
-        arg_str(&a, f->instance);
-        arg_u64(&a, s->seq);
-        arg_str(&a, s->lease);
-        arg_str(&a, s->rid);
-        arg_u64(&a, s->k_settle);
-        arg_u64(&a, s->day);
-        arg_u64(&a, s->month);
-        arg_u64(&a, s->tokens);
-        arg_u64(&a, s->cost);
-        arg_str(&a, s->count_request ? "1" : "0");
-        arg_u64(&a, s->k_admit);
-        arg_u64(&a, kmin);
+        kb_arg_str(&a, prefix_of(f));
+        kb_arg_str(&a, s->team);
+        kb_arg_str(&a, f->epoch);
+        kb_arg_str(&a, f->instance);
+        kb_arg_u64(&a, s->seq);
+        kb_arg_str(&a, s->lease);
+        kb_arg_str(&a, s->rid);
+        kb_arg_u64(&a, s->k_settle);
+        kb_arg_u64(&a, s->day);
+        kb_arg_u64(&a, s->month);
+        kb_arg_u64(&a, s->tokens);
+        kb_arg_u64(&a, s->cost);
+        kb_arg_str(&a, s->count_request ? "1" : "0");
+        kb_arg_u64(&a, s->k_admit);
+        kb_arg_u64(&a, kmin);
         return args_eval(f, f->s_settle, &a, on_settled, s);
 }
 
@@ -469,25 +399,25 @@ static void on_grown(void *userdata, const redisReply *reply) {
 
 static int send_reserve(struct kb_fleet_hold *h, bool grow, uint64_t tokens, uint64_t cost) {
         struct kb_fleet *f = h->fleet;
-        struct args a;
+        struct kb_args a;
         uint64_t now = grow ? kb_realtime_usec() : h->ask.now_usec, kmin, kcur;
 
-        args_init(&a);
+        kb_args_init(&a);
         kb_quota_minute_keys(now, &kmin, &kcur);
-        arg_str(&a, prefix_of(f));
-        arg_str(&a, h->ask.team);
-        arg_str(&a, f->epoch);
-        arg_str(&a, h->lease);
-        arg_str(&a, h->rid);
-        arg_u64(&a, kmin);
-        arg_u64(&a, kcur);
-        arg_u64(&a, kb_quota_day_of(now));
-        arg_u64(&a, kb_quota_month_of(now));
+        kb_arg_str(&a, prefix_of(f));
+        kb_arg_str(&a, h->ask.team);
+        kb_arg_str(&a, f->epoch);
+        kb_arg_str(&a, h->lease);
+        kb_arg_str(&a, h->rid);
+        kb_arg_u64(&a, kmin);
+        kb_arg_u64(&a, kcur);
+        kb_arg_u64(&a, kb_quota_day_of(now));
+        kb_arg_u64(&a, kb_quota_month_of(now));
         for (kb_quota_limit l = 0; l < _KB_QUOTA_LIMIT_MAX; l++)
-                arg_u64(&a, h->ask.limits[l]);
-        arg_u64(&a, tokens);
-        arg_u64(&a, cost);
-        arg_str(&a, grow ? "g" : "r");
+                kb_arg_u64(&a, h->ask.limits[l]);
+        kb_arg_u64(&a, tokens);
+        kb_arg_u64(&a, cost);
+        kb_arg_str(&a, grow ? "g" : "r");
         return args_eval(f, f->s_reserve, &a, grow ? on_grown : on_reserved, h);
 }
 
@@ -597,7 +527,7 @@ static void on_view(void *userdata, const redisReply *reply) {
 
 static void read_views(void *userdata) {
         struct kb_fleet *f = userdata;
-        struct args a;
+        struct kb_args a;
         uint64_t now = kb_realtime_usec(), kmin, kcur;
         size_t n = kb_quota_n_teams(f->quota);
 
@@ -606,14 +536,14 @@ static void read_views(void *userdata) {
         f->view_teams = calloc(n, sizeof(char *));
         if (!f->view_teams)
                 return;
-        args_init(&a);
+        kb_args_init(&a);
         kb_quota_minute_keys(now, &kmin, &kcur);
-        arg_str(&a, prefix_of(f));
-        arg_u64(&a, kmin);
-        arg_u64(&a, kcur);
-        arg_u64(&a, kb_quota_day_of(now));
-        arg_u64(&a, kb_quota_month_of(now));
-        arg_u64(&a, 0); /* the number of teams, set below */
+        kb_arg_str(&a, prefix_of(f));
+        kb_arg_u64(&a, kmin);
+        kb_arg_u64(&a, kcur);
+        kb_arg_u64(&a, kb_quota_day_of(now));
+        kb_arg_u64(&a, kb_quota_month_of(now));
+        kb_arg_u64(&a, 0); /* the number of teams, set below */
         for (size_t i = 0; i < n; i++) {
                 struct kb_quota_counters c;
                 if (kb_quota_counters(f->quota, i, now, &c) < 0 || !c.fleet)
@@ -622,10 +552,10 @@ static void read_views(void *userdata) {
                         a.full = true;
                         break;
                 }
-                arg_str(&a, f->view_teams[f->n_view_teams++]);
+                kb_arg_str(&a, f->view_teams[f->n_view_teams++]);
         }
         if (!a.full)
-                snprintf(a.num[5], NUM, "%zu", f->n_view_teams);
+                kb_arg_set_u64(&a, 5, f->n_view_teams);
         if (f->n_view_teams == 0)
                 a.full = true; /* nothing to read */
         if (args_eval(f, f->s_view, &a, on_view, f) == 0) {
@@ -689,7 +619,7 @@ static void on_hello(void *userdata, const redisReply *reply) {
 }
 
 static void hello(struct kb_fleet *f) {
-        struct args aa, *a = &aa;
+        struct kb_args aa, *a = &aa;
         char epoch[33];
         uint64_t now = kb_realtime_usec();
         size_t n_teams = 0;
@@ -697,50 +627,50 @@ static void hello(struct kb_fleet *f) {
 
         if (f->hello_pending)
                 return;
-        args_init(a);
+        kb_args_init(a);
         f->push = (struct kb_fleet_event) {};
         unsigned char raw[16];
         kb_random_bytes(raw, sizeof(raw));
         for (size_t i = 0; i < sizeof(raw); i++)
                 snprintf(epoch + 2 * i, 3, "%02x", raw[i]);
 
-        arg_str(a, prefix_of(f));
-        arg_str(a, epoch);
-        arg_str(a, f->instance);
-        arg_u64(a, *f->seq);
+        kb_arg_str(a, prefix_of(f));
+        kb_arg_str(a, epoch);
+        kb_arg_str(a, f->instance);
+        kb_arg_u64(a, *f->seq);
         count_at = a->n;
-        arg_u64(a, 0);
+        kb_arg_u64(a, 0);
         {
                 uint64_t kmin, kcur;
                 kb_quota_minute_keys(now, &kmin, &kcur);
-                arg_u64(a, kmin);
+                kb_arg_u64(a, kmin);
         }
         /* The team names point into the quota's teams: sent before returning. */
         for (size_t i = 0; i < kb_quota_n_teams(f->quota); i++) {
                 struct kb_quota_counters c;
                 if (kb_quota_counters(f->quota, i, now, &c) < 0 || !c.fleet)
                         continue;
-                arg_str(a, c.team);
+                kb_arg_str(a, c.team);
                 /* "" for a window with nothing counted yet */
                 f->push.n++;
                 f->push.tokens += c.month_tokens;
                 f->push.cost += c.month_cost;
-                c.has_day ? arg_u64(a, c.day) : arg_str(a, "");
-                arg_u64(a, c.day_tokens);
-                arg_u64(a, c.day_cost);
-                c.has_month ? arg_u64(a, c.month) : arg_str(a, "");
-                arg_u64(a, c.month_tokens);
-                arg_u64(a, c.month_cost);
-                arg_u64(a, c.n_buckets);
+                c.has_day ? kb_arg_u64(a, c.day) : kb_arg_str(a, "");
+                kb_arg_u64(a, c.day_tokens);
+                kb_arg_u64(a, c.day_cost);
+                c.has_month ? kb_arg_u64(a, c.month) : kb_arg_str(a, "");
+                kb_arg_u64(a, c.month_tokens);
+                kb_arg_u64(a, c.month_cost);
+                kb_arg_u64(a, c.n_buckets);
                 for (size_t b = 0; b < c.n_buckets; b++) {
-                        arg_u64(a, c.buckets[b].k);
-                        arg_u64(a, c.buckets[b].requests);
-                        arg_u64(a, c.buckets[b].tokens);
+                        kb_arg_u64(a, c.buckets[b].k);
+                        kb_arg_u64(a, c.buckets[b].requests);
+                        kb_arg_u64(a, c.buckets[b].tokens);
                 }
                 n_teams++;
         }
         if (!a->full)
-                snprintf(a->num[count_at], NUM, "%zu", n_teams);
+                kb_arg_set_u64(a, count_at, n_teams);
         if (args_eval(f, f->s_push, a, on_hello, f) == 0)
                 f->hello_pending = true;
 }
