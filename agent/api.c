@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <strings.h>
+#include <time.h>
 
 #include "body.h"
 #include "broker.h"
@@ -283,9 +284,93 @@ static void serve_models(struct kb_request *r) {
         answer_json(r, j);
 }
 
+/* ---- admission refused (metering's verdict) ---- */
+
+static void iso8601(uint64_t usec, char *buf, size_t size) {
+        time_t s = (time_t) (usec / USEC_PER_SEC);
+        struct tm tm;
+        if (usec == 0 || !gmtime_r(&s, &tm) || strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+                snprintf(buf, size, "unknown");
+}
+
+static void format_amount(kb_quota_limit l, uint64_t v, char *buf, size_t size) {
+        if (l == KB_QUOTA_BUDGET_PER_DAY || l == KB_QUOTA_BUDGET_PER_MONTH)
+                snprintf(buf, size, "$%" PRIu64 ".%06" PRIu64, v / 1000000, v % 1000000);
+        else
+                snprintf(buf, size, "%" PRIu64, v);
+}
+
+static void refuse_quota(struct kb_request *r, const struct kb_quota_denial *d, uint64_t now) {
+        char used[32], max[32], reset[32], retry[24];
+        const char *limit = kb_quota_limit_to_string(d->limit);
+
+        format_amount(d->limit, d->used, used, sizeof(used));
+        format_amount(d->limit, d->max, max, sizeof(max));
+        iso8601(d->reset_usec, reset, sizeof(reset));
+        /* Unknown reset (concurrency, in-flight reservations): try again soon. */
+        uint64_t wait = d->reset_usec > now ? (d->reset_usec - now + USEC_PER_SEC - 1) / USEC_PER_SEC : 1;
+        snprintf(retry, sizeof(retry), "%" PRIu64, MAX(wait, (uint64_t) 1));
+
+        if (d->first_in_window)
+                (void) kb_journal_quota(r->broker->journal, r->team->name, limit, d->used, d->max, d->reset_usec);
+
+        /* The SDKs retry a 429 after retry-after however long it is (the
+         * OpenAI one without a cap): an app would hang until midnight on a
+         * spent daily budget. x-should-retry: false (honoured by both) makes
+         * them fail at once where waiting cannot help soon: day and month
+         * windows, and a request bigger than the limit itself. */
+        bool never_fits = d->requested > d->max;
+        bool retry_soon = d->rate && !never_fits;
+        struct kb_http_header h[] = { { "retry-after", retry }, { "x-should-retry", retry_soon ? "true" : "false" } };
+        if (never_fits) {
+                format_amount(d->limit, d->requested, reset, sizeof(reset));
+                kb_api_fail_full(r, 429, "quota_exceeded", kb_quota_limit_error_type(d->limit),
+                                 KB_OUTCOME_QUOTA_REJECTED, h, ELEMENTSOF(h),
+                                 "team '%s': this request alone (%s, estimated) is more than its whole %s limit of %s",
+                                 r->team->name, reset, limit, max);
+                return;
+        }
+        kb_api_fail_full(r, 429, "quota_exceeded", kb_quota_limit_error_type(d->limit), KB_OUTCOME_QUOTA_REJECTED,
+                          h, ELEMENTSOF(h),
+                          "team '%s' is over its %s limit: %s used of %s; resets at %s", r->team->name, limit,
+                          used, max, reset);
+}
+
+static void refuse_admission(struct kb_request *r, const struct kb_admit_verdict *v) {
+        switch (v->refusal) {
+        case KB_REFUSAL_QUOTA:
+                refuse_quota(r, &v->denial, kb_realtime_usec());
+                return;
+        case KB_REFUSAL_UNPRICED:
+                kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
+                            "model '%s' has no price on any of its routes (first: '%s') and team '%s' has "
+                            "a USD budget (unpriced = deny); add a price or set unpriced = zero",
+                            r->model, strempty(v->first_route), r->team->name);
+                return;
+        case KB_REFUSAL_STORE_AWAY: {
+                struct kb_http_header h[] = { { "retry-after", "1" } };
+                kb_api_fail_full(r, 503, "quota_store_unavailable", "server_error", KB_OUTCOME_QUOTA_REJECTED, h,
+                                 ELEMENTSOF(h),
+                                 "team '%s' is counted fleet-wide and the quota store cannot be reached "
+                                 "(quota_store_offline = deny); try again shortly",
+                                 r->team->name);
+                return;
+        }
+        case KB_REFUSAL_ERROR:
+        default:
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_QUOTA_REJECTED, "cannot reserve quota: %s",
+                            strerror(-v->error));
+                return;
+        }
+}
+
 /* ---- dispatch ---- */
 
-static void forward_admitted(struct kb_request *r) {
+static void forward_admitted(struct kb_request *r, const struct kb_admit_verdict *v) {
+        if (v->refusal != KB_REFUSAL_NONE) {
+                refuse_admission(r, v);
+                return;
+        }
         kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage);
 }
 
@@ -328,8 +413,9 @@ static void serve_forward(struct kb_request *r) {
         bool add_usage = r->endpoint == KB_ENDPOINT_CHAT && r->stream && !info.include_usage;
         r->hide_usage_chunk = add_usage;
         r->add_include_usage = add_usage;
-        if (kb_metering_admit(r, &info, forward_admitted) == KB_ADMIT_NOW)
-                forward_admitted(r);
+        struct kb_admit_verdict v;
+        if (kb_metering_admit(r, &info, forward_admitted, &v) != KB_ADMIT_LATER)
+                forward_admitted(r, &v);
 }
 
 static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void *userdata) {

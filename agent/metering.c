@@ -1,11 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* What a request may spend: reserve an estimate before forwarding (refuse
- * with 429 when any limit would be crossed), meter a stream inline and cut
- * it at the limit, settle to real usage at the end, and tell the app its
- * team's x-ratelimit-* numbers. The arithmetic is quota.c's. */
+/* What a request may spend: reserve an estimate before forwarding (a
+ * verdict says why not when any limit would be crossed: api.c answers),
+ * meter a stream inline and cut it at the limit, settle to real usage at
+ * the end, and tell the app its team's x-ratelimit-* numbers. The
+ * arithmetic is quota.c's and, for fleet teams, fleet-quota.c's. */
 
-#include <jansson.h>
-#include <time.h>
 
 #include "broker.h"
 #include "fleet-quota.h"
@@ -19,100 +18,45 @@ static int64_t usage_cost(const struct kb_request *r, const struct kb_usage *u) 
         return kb_usage_cost_microusd(u, r->family, r->price);
 }
 
-static void iso8601(uint64_t usec, char *buf, size_t size) {
-        time_t s = (time_t) (usec / USEC_PER_SEC);
-        struct tm tm;
-        if (usec == 0 || !gmtime_r(&s, &tm) || strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-                snprintf(buf, size, "unknown");
-}
-
-static void format_amount(kb_quota_limit l, uint64_t v, char *buf, size_t size) {
-        if (l == KB_QUOTA_BUDGET_PER_DAY || l == KB_QUOTA_BUDGET_PER_MONTH)
-                snprintf(buf, size, "$%" PRIu64 ".%06" PRIu64, v / 1000000, v % 1000000);
-        else
-                snprintf(buf, size, "%" PRIu64, v);
-}
-
-static void refuse(struct kb_request *r, const struct kb_quota_denial *d, uint64_t now) {
-        char used[32], max[32], reset[32], retry[24];
-        const char *limit = kb_quota_limit_to_string(d->limit);
-
-        format_amount(d->limit, d->used, used, sizeof(used));
-        format_amount(d->limit, d->max, max, sizeof(max));
-        iso8601(d->reset_usec, reset, sizeof(reset));
-        /* Unknown reset (concurrency, in-flight reservations): try again soon. */
-        uint64_t wait = d->reset_usec > now ? (d->reset_usec - now + USEC_PER_SEC - 1) / USEC_PER_SEC : 1;
-        snprintf(retry, sizeof(retry), "%" PRIu64, MAX(wait, (uint64_t) 1));
-
-        if (d->first_in_window)
-                (void) kb_journal_quota(r->broker->journal, r->team->name, limit, d->used, d->max, d->reset_usec);
-
-        /* The SDKs retry a 429 after retry-after however long it is (the
-         * OpenAI one without a cap): an app would hang until midnight on a
-         * spent daily budget. x-should-retry: false (honoured by both) makes
-         * them fail at once where waiting cannot help soon: day and month
-         * windows, and a request bigger than the limit itself. */
-        bool never_fits = d->requested > d->max;
-        bool retry_soon = d->rate && !never_fits;
-        struct kb_http_header h[] = { { "retry-after", retry }, { "x-should-retry", retry_soon ? "true" : "false" } };
-        if (never_fits) {
-                format_amount(d->limit, d->requested, reset, sizeof(reset));
-                kb_api_fail_full(r, 429, "quota_exceeded", kb_quota_limit_error_type(d->limit),
-                                 KB_OUTCOME_QUOTA_REJECTED, h, ELEMENTSOF(h),
-                                 "team '%s': this request alone (%s, estimated) is more than its whole %s limit of %s",
-                                 r->team->name, reset, limit, max);
-                return;
-        }
-        kb_api_fail_full(r, 429, "quota_exceeded", kb_quota_limit_error_type(d->limit), KB_OUTCOME_QUOTA_REJECTED,
-                          h, ELEMENTSOF(h),
-                          "team '%s' is over its %s limit: %s used of %s; resets at %s", r->team->name, limit,
-                          used, max, reset);
-}
-
-static void fail_reserve(struct kb_request *r, int q) {
-        kb_api_fail(r, 500, "internal_error", KB_OUTCOME_QUOTA_REJECTED, "cannot reserve quota: %s", strerror(-q));
-}
-
-/* Against this host's counters: true when admitted, else answered. */
-static bool admit_local(struct kb_request *r, uint64_t tokens, int64_t cost, uint64_t now) {
-        struct kb_quota_denial d = {};
-        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, tokens, cost, &r->reservation, &d);
+/* Against this host's counters. */
+static bool admit_local(struct kb_request *r, uint64_t tokens, int64_t cost, uint64_t now,
+                        struct kb_admit_verdict *v) {
+        int q = kb_quota_reserve(r->broker->quota, r->team->name, now, tokens, cost, &r->reservation, &v->denial);
 
         if (q == -EDQUOT)
-                refuse(r, &d, now);
-        else if (q < 0)
-                fail_reserve(r, q);
+                v->refusal = KB_REFUSAL_QUOTA;
+        else if (q < 0) {
+                v->refusal = KB_REFUSAL_ERROR;
+                v->error = q;
+        }
         return q >= 0;
 }
 
 /* A fleet team while the quota store cannot answer: this host's share of
  * its limits (quota_store_offline = local), or nothing (deny). */
-static bool admit_offline(struct kb_request *r, uint64_t tokens, int64_t cost, uint64_t now) {
+static bool admit_offline(struct kb_request *r, uint64_t tokens, int64_t cost, uint64_t now,
+                          struct kb_admit_verdict *v) {
         if (r->config->agent.quota_store_offline_deny) {
-                struct kb_http_header h[] = { { "retry-after", "1" } };
-                kb_api_fail_full(r, 503, "quota_store_unavailable", "server_error", KB_OUTCOME_QUOTA_REJECTED, h,
-                                 ELEMENTSOF(h),
-                                 "team '%s' is counted fleet-wide and the quota store cannot be reached "
-                                 "(quota_store_offline = deny); try again shortly",
-                                 r->team->name);
+                v->refusal = KB_REFUSAL_STORE_AWAY;
                 return false;
         }
-        return admit_local(r, tokens, cost, now);
+        return admit_local(r, tokens, cost, now, v);
 }
 
-static void on_fleet_verdict(void *userdata, const struct kb_fleet_verdict *v) {
+static void on_fleet_verdict(void *userdata, const struct kb_fleet_verdict *fv) {
         struct kb_request *r = userdata;
         struct kb_reservation *res = r->reservation;
+        struct kb_admit_verdict v = {};
         uint64_t now = kb_realtime_usec();
 
-        if (v->result != -ENOTCONN) {
+        if (fv->result != -ENOTCONN) {
                 r->fleet_view = true;
-                r->fleet_minute_requests = v->minute_requests;
-                r->fleet_minute_tokens = v->minute_tokens;
-                r->fleet_newest_tokens_k = v->newest_tokens_k;
+                r->fleet_minute_requests = fv->minute_requests;
+                r->fleet_minute_tokens = fv->minute_tokens;
+                r->fleet_newest_tokens_k = fv->newest_tokens_k;
         }
-        if (v->result == 0) {
-                r->admitted(r);
+        if (fv->result == 0) {
+                r->admitted(r, &v);
                 return;
         }
         /* Not admitted by the store: the unchecked hold here goes. */
@@ -120,24 +64,27 @@ static void on_fleet_verdict(void *userdata, const struct kb_fleet_verdict *v) {
         int64_t cost = kb_reservation_cost(res);
         kb_quota_withdraw(res);
         r->reservation = NULL;
-        if (v->result == -EDQUOT) {
-                struct kb_quota_denial d = v->denial;
+        if (fv->result == -EDQUOT) {
                 kb_fleet_hold_free(r->fleet_hold);
                 r->fleet_hold = NULL;
                 r->fleet_counted = false;
-                d.first_in_window = kb_quota_first_denial(r->broker->quota, r->team->name, d.limit, now);
-                refuse(r, &d, now);
-                return;
-        }
-        /* No answer in time: admitted here, as when the store is away (the
-         * hold stays, in case the store did count it). */
-        if (admit_offline(r, tokens, cost, now))
-                r->admitted(r);
+                v.refusal = KB_REFUSAL_QUOTA;
+                v.denial = fv->denial;
+                v.denial.first_in_window = kb_quota_first_denial(r->broker->quota, r->team->name, v.denial.limit,
+                                                                 now);
+        } else
+                /* No answer in time: admitted here, as when the store is
+                 * away (the hold stays, in case the store did count it). */
+                (void) admit_offline(r, tokens, cost, now, &v);
+        r->admitted(r, &v);
 }
 
-kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info, void (*next)(struct kb_request *r)) {
+kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info, kb_admitted_t next,
+                           struct kb_admit_verdict *ret) {
         uint64_t now = kb_realtime_usec();
         const struct kb_team *team = r->team;
+
+        *ret = (struct kb_admit_verdict) {};
 
         /* A team that denies unpriced calls never reaches a route without
          * a price for the model, fallbacks included: such candidates are
@@ -152,11 +99,9 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
                 }
                 r->n_candidates = n;
                 if (n == 0) {
-                        kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
-                                    "model '%s' has no price on any of its routes (first: '%s') and team '%s' has "
-                                    "a USD budget (unpriced = deny); add a price or set unpriced = zero",
-                                    r->model, first, team->name);
-                        return KB_ADMIT_DONE;
+                        ret->refusal = KB_REFUSAL_UNPRICED;
+                        ret->first_route = first;
+                        return KB_ADMIT_REFUSED;
                 }
                 r->target = r->candidates[0].target;
                 r->route = r->target->route;
@@ -183,12 +128,13 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
         r->fleet_counted = fleet && kb_quota_team_is_fleet(r->broker->quota, team->name);
         if (r->fleet_counted && kb_team_has_limits(team)) {
                 if (!kb_fleet_ready(fleet))
-                        return admit_offline(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
+                        return admit_offline(r, tokens, cost, now, ret) ? KB_ADMIT_NOW : KB_ADMIT_REFUSED;
                 int q = kb_quota_reserve_unchecked(r->broker->quota, team->name, now, tokens, cost,
                                                    &r->reservation);
                 if (q < 0) {
-                        fail_reserve(r, q);
-                        return KB_ADMIT_DONE;
+                        ret->refusal = KB_REFUSAL_ERROR;
+                        ret->error = q;
+                        return KB_ADMIT_REFUSED;
                 }
                 struct kb_fleet_ask ask = {
                         .team = team->name,
@@ -207,10 +153,10 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
                         return KB_ADMIT_LATER;
                 kb_quota_withdraw(r->reservation);
                 r->reservation = NULL;
-                return admit_offline(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
+                return admit_offline(r, tokens, cost, now, ret) ? KB_ADMIT_NOW : KB_ADMIT_REFUSED;
         }
 
-        return admit_local(r, tokens, cost, now) ? KB_ADMIT_NOW : KB_ADMIT_DONE;
+        return admit_local(r, tokens, cost, now, ret) ? KB_ADMIT_NOW : KB_ADMIT_REFUSED;
 }
 
 /* The running usage of a stream: output as metered event by event until the

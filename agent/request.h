@@ -36,6 +36,7 @@ struct kb_key;
 struct kb_reservation;
 struct kb_price;
 struct kb_fleet_hold;
+struct kb_admit_verdict;
 
 struct kb_request {
         struct kb_broker *broker;
@@ -97,7 +98,8 @@ struct kb_request {
         bool fleet_counted;             /* a fleet team's call: its settle goes to the store */
         bool fleet_view;                /* the store's minute windows below are set */
         uint64_t fleet_minute_requests, fleet_minute_tokens, fleet_newest_tokens_k;
-        void (*admitted)(struct kb_request *r); /* api.c's next step once the store said yes */
+        /* api.c's next step once the quota store answered (admitted or not) */
+        void (*admitted)(struct kb_request *r, const struct kb_admit_verdict *v);
 
         /* Fallback (proxy.c): the plan, and the attempt under way. */
         struct kb_candidate *candidates; /* router.h; into model_cfg */
