@@ -33,8 +33,9 @@ struct store_cmd {
         void *userdata;
         unsigned script;
         int argc;
-        char **argv;
+        const char **argv;              /* into mem, or the store's own strings */
         size_t *lens;
+        void *mem;                      /* one block: argv, lens, the caller's bytes */
         bool retried;
 };
 
@@ -118,11 +119,7 @@ static int on_cmd_timeout(sd_event_source *src, uint64_t usec, void *userdata);
 
 static void cmd_free(struct store_cmd *c) {
         sd_event_source_disable_unref(c->timer);
-        if (c->argv)
-                for (int i = 0; i < c->argc; i++)
-                        free(c->argv[i]);
-        free(c->argv);
-        free(c->lens);
+        free(c->mem);
         free(c);
 }
 
@@ -150,17 +147,13 @@ static int cmd_send_eval(struct store_cmd *c) {
         struct kb_store *s = c->store;
         const char *body = s->scripts[c->script].body;
 
-        free(c->argv[0]);
-        free(c->argv[1]);
-        c->argv[0] = strdup("EVAL");
-        c->argv[1] = strdup(body);
-        if (!c->argv[0] || !c->argv[1])
-                return -ENOMEM;
+        c->argv[0] = "EVAL";
+        c->argv[1] = body;
         c->lens[0] = 4;
         c->lens[1] = strlen(body);
         if (cmd_arm(c) < 0)
                 return -ENOMEM;
-        if (redisAsyncCommandArgv(s->ac, on_reply, c, c->argc, (const char **) c->argv, c->lens) != REDIS_OK)
+        if (redisAsyncCommandArgv(s->ac, on_reply, c, c->argc, c->argv, c->lens) != REDIS_OK)
                 return -EIO;
         return 0;
 }
@@ -563,28 +556,33 @@ int kb_store_eval(struct kb_store *s, unsigned script, int argc, const char *con
         c->userdata = userdata;
         c->script = script;
         c->argc = n;
-        c->argv = calloc((size_t) n, sizeof(char *));
-        c->lens = calloc((size_t) n, sizeof(size_t));
-        if (!c->argv || !c->lens)
+        /* The caller's arguments are copied (they are sent again as EVAL
+         * after NOSCRIPT), all in one block. */
+        size_t bytes = 0;
+        for (int i = 0; i < argc; i++)
+                bytes += lens ? lens[i] : strlen(argv[i]);
+        c->mem = malloc((size_t) n * (sizeof(char *) + sizeof(size_t)) + bytes);
+        if (!c->mem)
                 goto oom;
-        c->argv[0] = strdup("EVALSHA");
-        c->argv[1] = strndup(s->scripts[script].sha, 40);
-        c->argv[2] = strdup("0");
+        c->argv = c->mem;
+        c->lens = (size_t *) (c->argv + n);
+        char *p = (char *) (c->lens + n);
+        c->argv[0] = "EVALSHA";
+        c->argv[1] = s->scripts[script].sha;
+        c->argv[2] = "0";
         c->lens[0] = 7;
         c->lens[1] = 40;
         c->lens[2] = 1;
         for (int i = 0; i < argc; i++) {
                 size_t len = lens ? lens[i] : strlen(argv[i]);
-                c->argv[i + 3] = malloc(len + 1);
-                if (!c->argv[i + 3])
-                        goto oom;
-                memcpy(c->argv[i + 3], argv[i], len);
-                c->argv[i + 3][len] = 0;
+                memcpy(p, argv[i], len);
+                c->argv[i + 3] = p;
                 c->lens[i + 3] = len;
+                p += len;
         }
-        if (!c->argv[0] || !c->argv[1] || !c->argv[2] || cmd_arm(c) < 0)
+        if (cmd_arm(c) < 0)
                 goto oom;
-        if (redisAsyncCommandArgv(s->ac, on_reply, c, c->argc, (const char **) c->argv, c->lens) != REDIS_OK) {
+        if (redisAsyncCommandArgv(s->ac, on_reply, c, c->argc, c->argv, c->lens) != REDIS_OK) {
                 cmd_free(c);
                 return -EIO;
         }
