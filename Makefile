@@ -15,7 +15,7 @@ CFLAGS ?= -O2 -g
 SAN ?=
 KB_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -Iinclude -Iagent -I$(LLHTTP_INC) $(PKG_CFLAGS) $(SAN) -fno-strict-aliasing
 KB_LDFLAGS := $(SAN) $(LDFLAGS)
-LIBS := $(PKG_LIBS) -lpthread
+LIBS := $(PKG_LIBS) -lpthread -lm
 
 AGENT_SRCS := $(filter-out agent/main.c,$(wildcard agent/*.c))
 AGENT_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(AGENT_SRCS))

@@ -21,7 +21,7 @@ enum section_kind { SEC_NONE, SEC_AGENT, SEC_TEAM, SEC_ROUTE, SEC_MODEL, _SEC_MA
 
 /* Cross references are checked once the whole file is read, since a model
  * may name a route defined further down. */
-enum ref_kind { REF_TARGET, REF_FALLBACK, REF_TEAM_MODEL, REF_KEY };
+enum ref_kind { REF_TARGET, REF_FALLBACK, REF_TEAM_MODEL, REF_KEY, REF_TEAM_ROUTE };
 struct ref {
         enum ref_kind kind;
         size_t owner; /* index of the model, team or route */

@@ -441,6 +441,16 @@ static int p_models(struct parser *p, const struct key_def *k, void *base, const
         return 0;
 }
 
+static int p_default_route(struct parser *p, const struct key_def *k, void *base, const char *v) {
+        struct kb_team *t = base;
+        if (!kb_cfg_valid_model_name(v) || strchr(v, ' '))
+                return bad_value(p, k->name, "expected one route name");
+        int r = add_word(p, k, base, v);
+        if (r < 0)
+                return r;
+        return add_ref(p, REF_TEAM_ROUTE, p->idx, t->n_default_routes - 1, NULL);
+}
+
 static int p_store_url(struct parser *p, const struct key_def *k, void *base, const char *v) {
         struct kb_agent_config *a = base;
         struct kb_store_addr addr;
@@ -591,10 +601,11 @@ static int p_header(struct parser *p, const struct key_def *k, void *base, const
 
 static int p_price(struct parser *p, const struct key_def *k, void *base, const char *v) {
         static const char *const fields[] = { "input", "output", "cached_input", "cache_write", "request",
-                                              "cache_write_1h" };
+                                              "cache_write_1h", "image", "second", "video_second", "character",
+                                              "batch_input", "batch_output" };
         struct kb_route *rt = base;
         _cleanup_free_ char *buf = strdup(v);
-        char *words[8];
+        char *words[1 + ELEMENTSOF(fields) + 1];
         if (!buf)
                 return kb_cfg_oom(p);
         size_t n = split_words(buf, words, ELEMENTSOF(words));
@@ -606,7 +617,9 @@ static int p_price(struct parser *p, const struct key_def *k, void *base, const 
                 if (streq(rt->prices[i].model, words[0]))
                         return bad_value(p, k->name, "price for '%s' given twice, first on line %u", words[0],
                                          rt->prices[i].line);
-        int64_t vals[ELEMENTSOF(fields)] = { -1, -1, -1, -1, -1, -1 };
+        int64_t vals[ELEMENTSOF(fields)];
+        for (size_t i = 0; i < ELEMENTSOF(vals); i++)
+                vals[i] = -1;
         for (size_t i = 1; i < n; i++) {
                 char *eq = strchr(words[i], '=');
                 size_t f;
@@ -631,7 +644,9 @@ static int p_price(struct parser *p, const struct key_def *k, void *base, const 
         }
         *pr = (struct kb_price) {
                 .model = model, .input = vals[0], .output = vals[1], .cached_input = vals[2],
-                .cache_write = vals[3], .request = vals[4], .cache_write_1h = vals[5], .line = p->line,
+                .cache_write = vals[3], .request = vals[4], .cache_write_1h = vals[5], .image = vals[6],
+                .second = vals[7], .video_second = vals[8], .character = vals[9], .batch_input = vals[10],
+                .batch_output = vals[11], .line = p->line,
         };
         return 0;
 }
@@ -726,6 +741,8 @@ const struct key_def kb_cfg_agent_keys[] = {
         AK("master_key", master_key, p_cred_path),
         AK("state_dir", state_dir, p_text),
         AK("max_request_body", max_request_body, p_size, .nonzero = true),
+        AK("max_upload_body", max_upload_body, p_size, .nonzero = true),
+        AK("batch_poll", batch_poll_usec, p_duration),
         AK("header_timeout", header_timeout_usec, p_duration, .nonzero = true),
         AK("drain_timeout", drain_timeout_usec, p_duration),
         AK("idle_timeout", idle_timeout_usec, p_duration, .nonzero = true),
@@ -758,6 +775,7 @@ const struct key_def kb_cfg_team_keys[] = {
         TK("owner", owner, p_text),
         TK("unpriced", unpriced, p_unpriced),
         TK("quota_scope", quota_scope, kb_cfg_p_quota_scope),
+        TL("default_route", default_routes, p_default_route),
         {},
 };
 

@@ -342,6 +342,23 @@ static int resolve_refs(struct parser *p, bool check_keys) {
                                                    t->models[ref->item]);
                         break;
                 }
+                case REF_TEAM_ROUTE: {
+                        const struct kb_team *t = &c->teams[ref->owner];
+                        const struct kb_route *rt = kb_config_find_route(c, t->default_routes[ref->item]);
+                        if (!rt)
+                                return kb_cfg_fail(p, ref->line, "team '%s': default_route: unknown route '%s'",
+                                                   t->name, t->default_routes[ref->item]);
+                        for (size_t k = 0; k < ref->item; k++) {
+                                const struct kb_route *o = kb_config_find_route(c, t->default_routes[k]);
+                                if (o && o->family == rt->family)
+                                        return kb_cfg_fail(p, ref->line,
+                                                           "team '%s': a second default_route for the %s API "
+                                                           "('%s', then '%s'): give one per family",
+                                                           t->name, kb_family_to_string(rt->family), o->name,
+                                                           rt->name);
+                        }
+                        break;
+                }
                 case REF_KEY: {
                         const struct kb_route *rt = &c->routes[ref->owner];
                         if (check_keys && !key_readable(c->agent.credentials_dir, rt->key))
@@ -363,6 +380,8 @@ static int config_new(const char *name, struct kb_config **ret) {
         c->agent = (struct kb_agent_config) {
                 .listen_mode = 0666,
                 .max_request_body = UINT64_C(32) << 20,
+                .max_upload_body = UINT64_C(512) << 20,
+                .batch_poll_usec = 10 * 60 * USEC_PER_SEC,
                 .header_timeout_usec = 10 * USEC_PER_SEC,
                 .drain_timeout_usec = 30 * USEC_PER_SEC,
                 .idle_timeout_usec = 60 * USEC_PER_SEC,
@@ -516,6 +535,9 @@ struct kb_config *kb_config_unref(struct kb_config *c) {
                 strv_free(t->units, t->n_units);
                 strv_free(t->models, t->n_models);
                 free(t->owner);
+                for (size_t k = 0; k < t->n_default_routes; k++)
+                        free(t->default_routes[k]);
+                free(t->default_routes);
         }
         free(c->teams);
         for (size_t i = 0; i < c->n_routes; i++) {

@@ -33,6 +33,15 @@ struct kb_price {
         int64_t cache_write;
         int64_t cache_write_1h;         /* Anthropic 1-hour cache writes; default: cache_write */
         int64_t request;
+        /* Other billing units, micro-USD (< 0: not set). Per unit: image,
+         * second (transcribed audio), video_second; per 1M: character
+         * (speech input) and the batch token prices (default: input, output). */
+        int64_t image;
+        int64_t second;
+        int64_t video_second;
+        int64_t character;
+        int64_t batch_input;
+        int64_t batch_output;
         unsigned line;
 };
 
@@ -109,6 +118,10 @@ struct kb_team {
         char *owner;
         int unpriced;           /* -1 unset, 0 deny, 1 zero: calls to models without a price */
         int quota_scope;        /* KB_QUOTA_SCOPE_FLEET (default) or _HOST */
+        /* default_route: where calls without a model (files, batches, …) go,
+         * at most one per family; validated against [route:*] */
+        char **default_routes;
+        size_t n_default_routes;
         unsigned line;
 };
 
@@ -140,6 +153,8 @@ struct kb_agent_config {
         char *master_key;
         char *state_dir;
         uint64_t max_request_body;      /* default 32M */
+        uint64_t max_upload_body;       /* default 512M: multipart uploads (files, audio, image edits) */
+        uint64_t batch_poll_usec;       /* default 10min: how often open batches are retrieved */
         uint64_t header_timeout_usec;   /* default 10s */
         uint64_t drain_timeout_usec;    /* default 30s */
         uint64_t max_connections;       /* default 1024: open app connections */

@@ -231,6 +231,10 @@ int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, siz
         struct kb_usage before = *u;
         int r;
 
+        /* The endpoints beyond the hot five answer small objects and read
+         * more than usage: jansson reads them whole. */
+        if (!counts && endpoint != KB_ENDPOINT_COUNT_TOKENS)
+                return answer_parsed(u, endpoint, s, n) == -ENOMEM ? -ENOMEM : 0;
         r = pick_scan(s, n, &p);
         if (r >= 0 && counts && p.usage)
                 r = usage_text(u, p.usage, p.usage_len, counts);

@@ -4,6 +4,7 @@
 
 #include <assert.h>
 #include <jansson.h>
+#include <math.h>
 
 /* A response body, or one SSE event, larger than this is passed on but not
  * parsed: nothing a provider sends about usage needs that much, and the
@@ -61,6 +62,17 @@ static const char *const endpoint_table[_KB_ENDPOINT_MAX] = {
         [KB_ENDPOINT_COUNT_TOKENS] = "count_tokens",
         [KB_ENDPOINT_MODELS] = "models",
         [KB_ENDPOINT_WHOAMI] = "whoami",
+        [KB_ENDPOINT_COMPLETIONS] = "completions",
+        [KB_ENDPOINT_MODERATIONS] = "moderations",
+        [KB_ENDPOINT_IMAGES] = "images",
+        [KB_ENDPOINT_AUDIO_SPEECH] = "audio_speech",
+        [KB_ENDPOINT_AUDIO_TRANSCRIPTIONS] = "audio_transcriptions",
+        [KB_ENDPOINT_AUDIO_TRANSLATIONS] = "audio_translations",
+        [KB_ENDPOINT_VIDEOS] = "videos",
+        [KB_ENDPOINT_FILES] = "files",
+        [KB_ENDPOINT_BATCHES] = "batches",
+        [KB_ENDPOINT_RESPONSES_GET] = "responses_get",
+        [KB_ENDPOINT_MESSAGE_BATCHES] = "message_batches",
 };
 
 const char *kb_endpoint_to_string(kb_endpoint e) {
@@ -96,6 +108,7 @@ void kb_usage_tap_free(struct kb_usage_tap *t) {
                 return;
         free(t->usage.upstream_model);
         free(t->usage.upstream_request_id);
+        free(t->usage.object_status);
         kb_buf_free(&t->body);
         kb_buf_free(&t->line);
         kb_buf_free(&t->data);
@@ -108,6 +121,11 @@ void kb_usage_tap_set_gate(struct kb_usage_tap *t, kb_usage_gate_t gate, void *u
         t->gate_userdata = userdata;
         if (t->stream && gate)
                 t->hide = true;
+}
+
+void kb_usage_tap_set_raw(struct kb_usage_tap *t) {
+        if (t && !t->stream)
+                t->body_skip = true;
 }
 
 bool kb_usage_tap_stopped(const struct kb_usage_tap *t) {
@@ -247,6 +265,50 @@ static void usage_anthropic(struct kb_usage *u, json_t *usage) {
         usage_counts(u, usage, kb_usage_counts_anthropic);
 }
 
+/* Transcription usage: tokens (gpt-4o-transcribe), or seconds of audio
+ * (whisper: usage.type "duration"); verbose_json also says "duration". */
+static void usage_audio(struct kb_usage *u, json_t *root) {
+        json_t *usage = json_object_get(root, "usage");
+        json_t *secs = json_object_get(usage, "seconds");
+        json_t *duration = json_object_get(root, "duration");
+
+        if (json_is_object(usage) && !streq_ptr(json_string_value(json_object_get(usage, "type")), "duration"))
+                usage_openai_responses(u, usage);
+        if (json_is_number(secs) && json_number_value(secs) >= 0 && json_number_value(secs) < 1e9) {
+                u->audio_msec = (uint64_t) llround(json_number_value(secs) * 1000);
+                u->seen = true;
+        } else if (json_is_number(duration) && json_number_value(duration) >= 0 && json_number_value(duration) < 1e9) {
+                u->audio_msec = (uint64_t) llround(json_number_value(duration) * 1000);
+                u->seen = true;
+        }
+}
+
+/* An object answer (video, batch, message batch): its status, and the usage
+ * a finished one reports. */
+static int usage_object(struct kb_usage *u, kb_endpoint endpoint, json_t *root) {
+        const char *key = endpoint == KB_ENDPOINT_MESSAGE_BATCHES ? "processing_status" : "status";
+        int r = take_string(root, key, &u->object_status);
+        if (r < 0)
+                return r;
+        const char *status = json_string_value(json_object_get(root, key));
+        if (endpoint == KB_ENDPOINT_VIDEOS && streq_ptr(status, "completed")) {
+                /* "seconds" is a string ("4") in the API, a number in some SDK mocks */
+                json_t *v = json_object_get(root, "seconds");
+                const char *t = json_string_value(v);
+                double d = t ? strtod(t, NULL) : json_is_number(v) ? json_number_value(v) : 0;
+                if (d > 0 && d < 1e6) {
+                        u->video_seconds = (uint64_t) ceil(d);
+                        u->seen = true;
+                }
+        }
+        if (endpoint == KB_ENDPOINT_BATCHES && streq_ptr(status, "completed") &&
+            json_is_object(json_object_get(root, "usage"))) {
+                usage_openai_responses(u, json_object_get(root, "usage"));
+                u->batch = true;
+        }
+        return 0;
+}
+
 int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root) {
         if (!json_is_object(root))
                 return 0;
@@ -254,11 +316,35 @@ int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root) {
         switch (endpoint) {
         case KB_ENDPOINT_CHAT:
         case KB_ENDPOINT_EMBEDDINGS:
+        case KB_ENDPOINT_COMPLETIONS:
+        case KB_ENDPOINT_MODERATIONS:
                 usage_openai_chat(u, json_object_get(root, "usage"));
                 break;
         case KB_ENDPOINT_RESPONSES:
+        case KB_ENDPOINT_AUDIO_SPEECH:
                 usage_openai_responses(u, json_object_get(root, "usage"));
                 break;
+        case KB_ENDPOINT_IMAGES: {
+                json_t *data = json_object_get(root, "data");
+                usage_openai_responses(u, json_object_get(root, "usage"));
+                if (json_is_array(data)) {
+                        u->images = json_array_size(data);
+                        u->seen = true;
+                }
+                break;
+        }
+        case KB_ENDPOINT_AUDIO_TRANSCRIPTIONS:
+        case KB_ENDPOINT_AUDIO_TRANSLATIONS:
+                usage_audio(u, root);
+                break;
+        case KB_ENDPOINT_VIDEOS:
+        case KB_ENDPOINT_BATCHES:
+        case KB_ENDPOINT_MESSAGE_BATCHES: {
+                int r = usage_object(u, endpoint, root);
+                if (r < 0)
+                        return r;
+                break;
+        }
         case KB_ENDPOINT_MESSAGES:
                 usage_anthropic(u, json_object_get(root, "usage"));
                 break;
@@ -266,6 +352,10 @@ int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root) {
                 if (get_count(root, "input_tokens", &u->input_tokens))
                         u->seen = true;
                 return 0;
+        case KB_ENDPOINT_FILES:
+        case KB_ENDPOINT_RESPONSES_GET:
+                /* a stored response's usage was billed when it was made */
+                break;
         default:
                 return 0;
         }
@@ -310,6 +400,19 @@ static bool chunk_has_delta(json_t *choices) {
         return false;
 }
 
+/* A legacy completions chunk: the text is the choice's own "text". */
+static bool chunk_has_text(json_t *choices) {
+        size_t i;
+        json_t *choice;
+
+        json_array_foreach(choices, i, choice) {
+                json_t *v = json_object_get(choice, "text");
+                if (json_is_string(v) && json_string_length(v) > 0)
+                        return true;
+        }
+        return false;
+}
+
 static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool *ret_hide) {
         _cleanup_json_ json_t *root = NULL;
         struct kb_usage *u = &t->usage;
@@ -348,12 +451,13 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
 
         switch (t->endpoint) {
         case KB_ENDPOINT_CHAT:
-        case KB_ENDPOINT_EMBEDDINGS: {
+        case KB_ENDPOINT_EMBEDDINGS:
+        case KB_ENDPOINT_COMPLETIONS: {
                 json_t *usage = json_object_get(root, "usage");
                 json_t *choices = json_object_get(root, "choices");
 
                 usage_openai_chat(u, usage);
-                if (chunk_has_delta(choices))
+                if (chunk_has_delta(choices) || chunk_has_text(choices))
                         u->streamed_deltas++;
                 if (t->hide_usage && json_is_object(usage) && json_is_array(choices) &&
                     json_array_size(choices) == 0)
@@ -390,6 +494,25 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                 else if (streq(type, "content_block_delta"))
                         u->streamed_deltas++;
                 /* ping, content_block_*, error: nothing to count */
+                return 0;
+        case KB_ENDPOINT_AUDIO_TRANSCRIPTIONS:
+        case KB_ENDPOINT_AUDIO_SPEECH:
+        case KB_ENDPOINT_IMAGES:
+                /* transcript.text.delta/done, speech.audio.delta/done,
+                 * image_generation.partial_image/completed (and image_edit.*) */
+                if (streq_ptr(type, "transcript.text.delta"))
+                        u->streamed_deltas++;
+                if (type && (ends_with(type, ".completed") || ends_with(type, ".done"))) {
+                        if (t->endpoint == KB_ENDPOINT_AUDIO_TRANSCRIPTIONS)
+                                usage_audio(u, root);
+                        else
+                                usage_openai_responses(u, json_object_get(root, "usage"));
+                        if (t->endpoint == KB_ENDPOINT_IMAGES && ends_with(type, ".completed")) {
+                                u->images++;
+                                u->seen = true;
+                        }
+                        u->stream_done = true;
+                }
                 return 0;
         default:
                 return 0;
@@ -700,6 +823,10 @@ int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const
 
         uint64_t input_price = p->input >= 0 ? (uint64_t) p->input : 0;
         uint64_t output_price = p->output >= 0 ? (uint64_t) p->output : 0;
+        if (u->batch && p->batch_input >= 0)
+                input_price = (uint64_t) p->batch_input;
+        if (u->batch && p->batch_output >= 0)
+                output_price = (uint64_t) p->batch_output;
         uint64_t cached_price = p->cached_input >= 0 ? (uint64_t) p->cached_input : input_price;
         uint64_t write_price = p->cache_write >= 0 ? (uint64_t) p->cache_write : input_price;
         uint64_t write_1h_price = p->cache_write_1h >= 0 ? (uint64_t) p->cache_write_1h : write_price;
@@ -717,6 +844,16 @@ int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const
         u128 sum = (u128) uncached * input_price + (u128) cached * cached_price +
                    (u128) (u->cache_write_tokens - write_1h) * write_price + (u128) write_1h * write_1h_price +
                    (u128) u->output_tokens * output_price;
+        /* The other units, on the same scale (micro-USD times 1M): per image,
+         * per second of audio (from milliseconds) and video, per 1M characters. */
+        if (p->image > 0)
+                sum += (u128) u->images * (uint64_t) p->image * 1000000;
+        if (p->second > 0)
+                sum += (u128) u->audio_msec * (uint64_t) p->second * 1000;
+        if (p->video_second > 0)
+                sum += (u128) u->video_seconds * (uint64_t) p->video_second * 1000000;
+        if (p->character > 0)
+                sum += (u128) u->characters * (uint64_t) p->character;
         u128 cost = (sum + 500000) / 1000000;
         if (p->request > 0)
                 cost += (uint64_t) p->request;

@@ -22,6 +22,17 @@ typedef enum kb_endpoint {
         KB_ENDPOINT_COUNT_TOKENS, /* /v1/messages/count_tokens */
         KB_ENDPOINT_MODELS,       /* /v1/models */
         KB_ENDPOINT_WHOAMI,       /* /v1/keybroker/whoami */
+        KB_ENDPOINT_COMPLETIONS,  /* /v1/completions */
+        KB_ENDPOINT_MODERATIONS,  /* /v1/moderations */
+        KB_ENDPOINT_IMAGES,       /* /v1/images/generations, edits, variations */
+        KB_ENDPOINT_AUDIO_SPEECH, /* /v1/audio/speech */
+        KB_ENDPOINT_AUDIO_TRANSCRIPTIONS,
+        KB_ENDPOINT_AUDIO_TRANSLATIONS,
+        KB_ENDPOINT_VIDEOS,       /* /v1/videos[/{id}[/content]] */
+        KB_ENDPOINT_FILES,        /* /v1/files[/{id}[/content]], both families */
+        KB_ENDPOINT_BATCHES,      /* /v1/batches[/{id}[/cancel]] */
+        KB_ENDPOINT_RESPONSES_GET, /* /v1/responses/{id}[/input_items|/cancel] */
+        KB_ENDPOINT_MESSAGE_BATCHES, /* /v1/messages/batches[/{id}[/results|/cancel]] */
         _KB_ENDPOINT_MAX,
 } kb_endpoint;
 
@@ -34,6 +45,13 @@ struct kb_usage {
         uint64_t cache_write_tokens; /* Anthropic cache_creation_input_tokens; OpenAI prompt_tokens_details.cache_write_tokens */
         uint64_t cache_write_1h_tokens; /* Anthropic cache_creation.ephemeral_1h_input_tokens: of cache_write_tokens, the 1-hour ones */
         uint64_t reasoning_tokens;   /* OpenAI completion_tokens_details.reasoning_tokens / output_tokens_details.reasoning_tokens; Anthropic output_tokens_details.thinking_tokens */
+        /* Units of the endpoints not billed (only) by the token */
+        uint64_t images;             /* images generated: entries of the answer's "data", or completed image events */
+        uint64_t audio_msec;         /* transcribed audio: usage.seconds (type duration) or "duration" */
+        uint64_t video_seconds;      /* a video seen completed: its "seconds" */
+        uint64_t characters;         /* speech: characters of the request's input (set by the caller) */
+        bool batch;                  /* the tokens are a batch's, seen completed: batch prices */
+        char *object_status;         /* "status" / "processing_status" of an object answer, malloc'd, or NULL */
         char *upstream_model;        /* "model" as the provider reported it, malloc'd, or NULL */
         char *upstream_request_id;   /* body "id" (chatcmpl-…, msg_…, resp_…) when seen, malloc'd, or NULL */
         uint64_t streamed_deltas;    /* SSE: events that carried generated output (≈ one token each): the
@@ -61,6 +79,9 @@ struct kb_usage_tap;
 int kb_usage_tap_new(kb_family family, kb_endpoint endpoint, bool stream, bool hide_usage_chunk,
                      struct kb_usage_tap **ret);
 void kb_usage_tap_free(struct kb_usage_tap *t);
+/* A JSON-less answer (audio, a file's content, batch results): bytes pass,
+ * nothing is held or read. */
+void kb_usage_tap_set_raw(struct kb_usage_tap *t);
 
 /* Feed the next upstream bytes. Bytes to forward to the app are appended to
  * out (for non-hiding taps exactly the input bytes, appended at once; for

@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Layer: request pipeline (body). A multipart/form-data body read as it
+ * passes: checked against RFC 2046/7578 (a boundary of 1–70 characters,
+ * every part with a form-data Content-Disposition naming it, a closing
+ * delimiter), the "model" field read, and rewritten to the target's
+ * upstream model when asked; every other byte of every part passes
+ * unchanged. Fed in pieces of any size. Library-like: never logs. */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util.h"
+
+#define KB_MULTIPART_BOUNDARY_MAX 70    /* RFC 2046 */
+#define KB_MULTIPART_HEADERS_MAX 8192   /* one part's headers */
+#define KB_MULTIPART_FIELD_MAX 256      /* the model field's value */
+#define KB_MULTIPART_PARTS_MAX 1024
+
+struct kb_multipart;
+
+/* content_type: the request's Content-Type. 0, or -EINVAL when it is not
+ * multipart/form-data with a valid boundary (*ret_why says why). model:
+ * the value the model field is rewritten to, NULL to keep it. */
+int kb_multipart_new(const char *content_type, const char *model, struct kb_multipart **ret, const char **ret_why);
+struct kb_multipart *kb_multipart_free(struct kb_multipart *m);
+
+/* The next bytes of the body; what passes on is appended to out (held back
+ * only while a delimiter or the model field may be incomplete). 0, or
+ * -EBADMSG (malformed: kb_multipart_error() says how), -ENOMEM. */
+int kb_multipart_feed(struct kb_multipart *m, const char *buf, size_t len, struct kb_buf *out);
+/* End of body: -EBADMSG unless the closing delimiter came. */
+int kb_multipart_finish(struct kb_multipart *m, struct kb_buf *out);
+const char *kb_multipart_error(const struct kb_multipart *m);
+
+/* The form's model field as sent (NULL until its part ended), and whether
+ * the form held one. */
+const char *kb_multipart_model(const struct kb_multipart *m);
+/* Bytes of the parts that carry a file (filename= given), so far. */
+size_t kb_multipart_file_bytes(const struct kb_multipart *m);
+/* A text field's value (at most KB_MULTIPART_FIELD_MAX bytes kept), once
+ * its part ended: "stream", "response_format", "n", … NULL when absent. */
+const char *kb_multipart_field(const struct kb_multipart *m, const char *name);

@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Layer: policy (below api, beside quotas). Which team owns each provider
+ * object (file, batch, video, stored response, message batch) created
+ * through this broker, and the route and key version that created it, so
+ * that another team never sees it and every later call on it goes where it
+ * was made. Kept in memory and in state_dir/objects (an append-only log,
+ * compacted at open). Library-like: never logs; returns -errno. */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "endpoint.h"
+
+/* More objects than this are not remembered (the create still succeeds
+ * for the app; kb_objects_dropped() counts them): the table's memory is
+ * bounded whatever apps do. */
+#define KB_OBJECTS_MAX 1000000u
+
+struct kb_objects;
+
+struct kb_object {
+        const char *id;
+        kb_object_kind kind;
+        const char *team;
+        const char *route;
+        const char *key;        /* key name, NULL when the route has none */
+        unsigned key_version;
+        uint64_t created_usec;  /* realtime */
+        bool billed;            /* its usage (batch, video) has been journaled */
+};
+
+/* path NULL: memory only (tests, no state_dir). A log that cannot be read
+ * line by line is read up to the bad line; -errno only when the file
+ * cannot be opened or written. */
+int kb_objects_open(const char *path, struct kb_objects **ret);
+struct kb_objects *kb_objects_free(struct kb_objects *o);
+
+/* NULL when never seen or deleted. */
+const struct kb_object *kb_objects_find(const struct kb_objects *o, const char *id);
+/* Remember a new object (a second add of the same id replaces it). */
+int kb_objects_add(struct kb_objects *o, const struct kb_object *obj);
+int kb_objects_set_billed(struct kb_objects *o, const char *id);
+int kb_objects_forget(struct kb_objects *o, const char *id);
+
+size_t kb_objects_count(const struct kb_objects *o);
+uint64_t kb_objects_dropped(const struct kb_objects *o);
