@@ -11,6 +11,8 @@
 #include <time.h>
 
 #include "body.h"
+#include "multipart.h"
+#include "objects.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
 #include "metrics.h"
@@ -21,28 +23,8 @@ struct api_conn {
         struct kb_identity *identity;
 };
 
-struct endpoint_def {
-        const char *path;
-        const char *method;
-        kb_endpoint endpoint;
-        kb_family family;
-        bool forward;
-};
-
-static const struct endpoint_def endpoints[] = {
-        { "/v1/chat/completions", "POST", KB_ENDPOINT_CHAT, KB_FAMILY_OPENAI, true },
-        { "/v1/responses", "POST", KB_ENDPOINT_RESPONSES, KB_FAMILY_OPENAI, true },
-        { "/v1/embeddings", "POST", KB_ENDPOINT_EMBEDDINGS, KB_FAMILY_OPENAI, true },
-        { "/v1/messages", "POST", KB_ENDPOINT_MESSAGES, KB_FAMILY_ANTHROPIC, true },
-        { "/v1/messages/count_tokens", "POST", KB_ENDPOINT_COUNT_TOKENS, KB_FAMILY_ANTHROPIC, true },
-        { "/v1/models", "GET", KB_ENDPOINT_MODELS, KB_FAMILY_OPENAI, false },
-        { KB_PATH_WHOAMI, "GET", KB_ENDPOINT_WHOAMI, KB_FAMILY_OPENAI, false },
-};
-
 static kb_family family_of_path(const char *path) {
-        return path && strncmp(path, "/v1/messages", 12) == 0 && (path[12] == 0 || path[12] == '/' || path[12] == '?')
-                       ? KB_FAMILY_ANTHROPIC
-                       : KB_FAMILY_OPENAI;
+        return kb_endpoint_family_of_path(path, false);
 }
 
 /* ---- errors in the family's shape ---- */
@@ -118,6 +100,10 @@ static void respond_json(struct kb_request *r, int status, const char *body, con
         (void) kb_conn_respond(r->conn, status, h, n, body, strlen(body));
 }
 
+void kb_api_respond_json(struct kb_request *r, int status, const char *body) {
+        respond_json(r, status, body, NULL, 0);
+}
+
 static void api_verror(struct kb_request *r, int status, const char *code, const char *openai_type,
                        kb_outcome outcome, const struct kb_http_header *extra, size_t n_extra, const char *fmt,
                        va_list ap) {
@@ -190,6 +176,7 @@ void kb_request_finish(struct kb_request *r) {
         r->finished = true;
         r->latency_usec = kb_now_usec() - r->start_usec;
 
+        kb_api_objects_done(r);
         kb_metering_settle(r);
 
         /* The answer goes out first; the record and the counters are the
@@ -214,6 +201,7 @@ void kb_request_finish(struct kb_request *r) {
         free(r->key_label);
         free(r->upstream_request_id);
         free(r->fallback_from);
+        free(r->pin_key);
         kb_config_unref(r->config);
         free(r);
 }
@@ -374,23 +362,78 @@ static void forward_admitted(struct kb_request *r, const struct kb_admit_verdict
         kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage);
 }
 
+/* Characters of speech input: what TTS is billed by (code points). */
+static uint64_t speech_characters(const char *body, size_t len) {
+        json_t *root = json_loadb(body, len, 0, NULL);
+        const char *s = json_string_value(json_object_get(root, "input"));
+        size_t n = s ? json_string_length(json_object_get(root, "input")) : 0;
+        uint64_t chars = 0;
+        for (size_t i = 0; i < n; i++)
+                if (((unsigned char) s[i] & 0xC0) != 0x80)
+                        chars++;
+        json_decref(root);
+        return chars;
+}
+
+/* A multipart form (uploads: audio, image edits, videos): checked whole,
+ * its model and stream fields read. The body is rewritten per attempt. */
+static int inspect_form(struct kb_request *r, struct kb_body_info *info, const char **ret_why) {
+        struct kb_multipart *m = NULL;
+        struct kb_buf sink = {};
+        const char *ct = kb_http_request_header(r->http, "content-type");
+        int q = kb_multipart_new(ct, NULL, &m, ret_why);
+        if (q >= 0)
+                q = kb_multipart_feed(m, r->http->body.data ?: "", r->http->body.len, &sink);
+        if (q >= 0)
+                q = kb_multipart_finish(m, &sink);
+        kb_buf_free(&sink);
+        if (q == -EBADMSG)
+                *ret_why = kb_multipart_error(m);
+        if (q >= 0) {
+                const char *model = kb_multipart_model(m);
+                if (model && !(info->model = strdup(model)))
+                        q = -ENOMEM;
+                info->stream = streq_ptr(kb_multipart_field(m, "stream"), "true");
+                r->form_file_bytes = kb_multipart_file_bytes(m);
+        }
+        kb_multipart_free(m);
+        return q;
+}
+
 static void serve_forward(struct kb_request *r) {
         const struct kb_http_request *h = r->http;
         struct kb_body_info info = {};
         const char *why = NULL;
+        const char *ct = kb_http_request_header(h, "content-type");
 
-        if (kb_body_inspect(h->body.data ?: "", h->body.len, &info, &why) < 0) {
+        r->multipart = ct && strncasecmp(ct, "multipart/", 10) == 0;
+        int q = r->multipart ? inspect_form(r, &info, &why)
+                             : kb_body_inspect(h->body.data ?: "", h->body.len, &info, &why);
+        if (q == -ENOMEM) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
+                return;
+        }
+        if (q < 0) {
                 kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST, "%s", why ?: "invalid body");
+                return;
+        }
+        if (!info.model && r->def->model_at == KB_MODEL_OPTIONAL && !info.model_not_string) {
+                kb_body_info_done(&info);
+                kb_api_serve_object(r, forward_admitted);
                 return;
         }
         if (!info.model) {
                 kb_body_info_done(&info);
                 kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
-                            info.model_not_string ? "\"model\" must be a string" : "request body has no \"model\"");
+                            info.model_not_string ? "\"model\" must be a string"
+                            : r->multipart        ? "the form has no \"model\" field"
+                                                  : "request body has no \"model\"");
                 return;
         }
         r->model = TAKE_PTR(info.model);
         r->stream = info.stream;
+        if (r->endpoint == KB_ENDPOINT_AUDIO_SPEECH && !r->multipart)
+                r->characters = speech_characters(h->body.data ?: "", h->body.len);
 
         r->model_cfg = kb_config_find_model(r->config, r->model);
         if (!r->model_cfg) {
@@ -408,9 +451,10 @@ static void serve_forward(struct kb_request *r) {
         if (!kb_proxy_plan(r))
                 return;
 
-        /* Only OpenAI chat streams omit usage unless asked; we ask, and hide
-         * the answer from an app that did not. */
-        bool add_usage = r->endpoint == KB_ENDPOINT_CHAT && r->stream && !info.include_usage;
+        /* OpenAI chat and completions streams omit usage unless asked; we
+         * ask, and hide the answer from an app that did not. */
+        bool add_usage = (r->endpoint == KB_ENDPOINT_CHAT || r->endpoint == KB_ENDPOINT_COMPLETIONS) && r->stream &&
+                         !r->multipart && !info.include_usage;
         r->hide_usage_chunk = add_usage;
         r->add_include_usage = add_usage;
         struct kb_admit_verdict v;
@@ -429,16 +473,12 @@ static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void
                 return;
         }
 
-        const struct endpoint_def *ep = NULL;
-        bool path_known = false;
-        for (size_t i = 0; i < ELEMENTSOF(endpoints); i++)
-                if (streq(http->path, endpoints[i].path)) {
-                        path_known = true;
-                        if (streq(http->method, endpoints[i].method))
-                                ep = &endpoints[i];
-                }
-        if (!ep) {
-                if (path_known)
+        const struct kb_endpoint_def *ep = NULL;
+        bool anthropic_version = kb_http_request_header(http, "anthropic-version") != NULL;
+        r->family = kb_endpoint_family_of_path(http->path, anthropic_version);
+        int m = kb_endpoint_match(http->method, http->path, anthropic_version, &ep, r->object_id);
+        if (m < 0) {
+                if (m == -EBADRQC)
                         kb_api_fail(r, 405, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
                                     "method %s is not allowed on %s", http->method, http->path);
                 else
@@ -446,14 +486,15 @@ static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void
                                     http->method, http->path);
                 return;
         }
+        r->def = ep;
         r->endpoint = ep->endpoint;
         r->family = ep->family;
-        if (ep->endpoint == KB_ENDPOINT_MODELS && kb_http_request_header(http, "anthropic-version"))
+        if (ep->local == KB_LOCAL_MODELS && anthropic_version)
                 r->family = KB_FAMILY_ANTHROPIC;
 
         const char *want = kb_http_request_header(http, KB_HDR_TEAM);
         int q = kb_identity_pick_team(r->config, r->identity, want, &r->team);
-        if (q < 0 && ep->endpoint != KB_ENDPOINT_WHOAMI) {
+        if (q < 0 && ep->local != KB_LOCAL_WHOAMI) {
                 if (want)
                         kb_api_fail(r, 403, "unknown_team", KB_OUTCOME_FORBIDDEN,
                                     "uid %u is not a member of team '%s'", (unsigned) r->identity->uid, want);
@@ -464,15 +505,18 @@ static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void
                 return;
         }
 
-        switch (ep->endpoint) {
-        case KB_ENDPOINT_WHOAMI:
+        switch (ep->local) {
+        case KB_LOCAL_WHOAMI:
                 serve_whoami(r);
                 break;
-        case KB_ENDPOINT_MODELS:
+        case KB_LOCAL_MODELS:
                 serve_models(r);
                 break;
         default:
-                serve_forward(r);
+                if (ep->model_at == KB_MODEL_NONE)
+                        kb_api_serve_object(r, forward_admitted);
+                else
+                        serve_forward(r);
         }
 }
 
@@ -598,9 +642,10 @@ static void api_write_error(struct kb_conn *c, const char *path, int status, con
                 .outcome = KB_OUTCOME_INVALID_REQUEST,
         };
         memcpy(r.id, id, sizeof(id));
-        for (size_t i = 0; i < ELEMENTSOF(endpoints); i++)
-                if (streq(path, endpoints[i].path))
-                        r.endpoint = endpoints[i].endpoint;
+        const struct kb_endpoint_def *ep;
+        if (kb_endpoint_match("POST", path, false, &ep, NULL) >= 0 ||
+            kb_endpoint_match("GET", path, false, &ep, NULL) >= 0)
+                r.endpoint = ep->endpoint;
         (void) kb_identity_pick_team(b->config, ac->identity, NULL, &r.team);
         (void) kb_journal_request(b->journal, &r);
 }

@@ -37,6 +37,7 @@ struct kb_broker {
         struct kb_metrics *metrics;     /* GET /metrics counters (metrics.h) */
         struct kb_quota *quota;
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
+        struct kb_objects *objects;     /* provider objects made through us, by team (objects.h) */
         sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
         struct kb_keywatch *keywatch;   /* credentials_dir and the keystore file, on disk */
         struct kb_store *store;         /* [agent] quota_store: the fleet's Redis, or NULL */
@@ -123,6 +124,19 @@ void kb_api_fail_full(struct kb_request *r, int status, const char *code, const 
 /* The same without finishing the request. */
 void kb_api_error(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...)
         _printf_(5, 6);
+/* api.c: a complete JSON answer of status (the response ends; the request
+ * does not: finish it). */
+void kb_api_respond_json(struct kb_request *r, int status, const char *body);
+/* api-objects.c: a call without a model (files, batches, videos, stored
+ * responses, message batches): the object's owner and route checked, then
+ * admitted; next(r, verdict) forwards it. */
+typedef void (*kb_admitted_t)(struct kb_request *r, const struct kb_admit_verdict *v);
+void kb_api_serve_object(struct kb_request *r, kb_admitted_t next);
+/* api-objects.c: at finish, remember the object a create made (or forget a
+ * deleted one). */
+void kb_api_objects_done(struct kb_request *r);
+/* api-objects.c: where a team's calls without a model go for a family. */
+const struct kb_route *kb_api_default_route(const struct kb_config *c, const struct kb_team *t, kb_family f);
 /* api.c: end every request in flight (drain timeout): each gets its answer
  * cut the way an upstream failure would, and its journal record. */
 void kb_api_cut_all(struct kb_broker *b);
@@ -157,7 +171,6 @@ struct kb_admit_verdict {
         const char *first_route;
         int error;
 };
-typedef void (*kb_admitted_t)(struct kb_request *r, const struct kb_admit_verdict *v);
 kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info, kb_admitted_t next,
                            struct kb_admit_verdict *ret);
 /* metering.c: meter r's stream inline (the usage tap exists). */

@@ -47,6 +47,12 @@
 #define F_CACHED_TOKENS "KEYBROKER_CACHED_TOKENS"
 #define F_CACHE_WRITE_TOKENS "KEYBROKER_CACHE_WRITE_TOKENS"
 #define F_REASONING_TOKENS "KEYBROKER_REASONING_TOKENS"
+#define F_IMAGES "KEYBROKER_IMAGES"
+#define F_AUDIO_SECONDS "KEYBROKER_AUDIO_SECONDS"
+#define F_VIDEO_SECONDS "KEYBROKER_VIDEO_SECONDS"
+#define F_CHARACTERS "KEYBROKER_CHARACTERS"
+#define F_OBJECT_ID "KEYBROKER_OBJECT_ID"
+#define F_BATCH "KEYBROKER_BATCH"
 #define F_COST_MICROUSD "KEYBROKER_COST_MICROUSD"
 #define F_LATENCY_MS "KEYBROKER_LATENCY_MS"
 #define F_TTFB_MS "KEYBROKER_TTFB_MS"
@@ -180,6 +186,23 @@ static int build_request(struct kb_record *rec, const struct kb_request *r) {
         ADD_U64(rec, F_CACHED_TOKENS, u ? u->cached_tokens : 0);
         ADD_U64(rec, F_CACHE_WRITE_TOKENS, u ? u->cache_write_tokens : 0);
         ADD_U64(rec, F_REASONING_TOKENS, u ? u->reasoning_tokens : 0);
+        /* The other billing units only on the records of the endpoints that
+         * bill by them (or when a count came anyway): a chat record stays
+         * as short as it was. */
+        kb_endpoint e = r->endpoint;
+        if (e == KB_ENDPOINT_IMAGES || (u && u->images))
+                ADD_U64(rec, F_IMAGES, u ? u->images : 0);
+        if (e == KB_ENDPOINT_AUDIO_TRANSCRIPTIONS || e == KB_ENDPOINT_AUDIO_TRANSLATIONS || (u && u->audio_msec))
+                ADDF(rec, F_AUDIO_SECONDS, "%" PRIu64 ".%03u", (u ? u->audio_msec : 0) / 1000,
+                     (unsigned) ((u ? u->audio_msec : 0) % 1000));
+        if (e == KB_ENDPOINT_VIDEOS || (u && u->video_seconds))
+                ADD_U64(rec, F_VIDEO_SECONDS, u ? u->video_seconds : 0);
+        if (e == KB_ENDPOINT_AUDIO_SPEECH || r->characters)
+                ADD_U64(rec, F_CHARACTERS, r->characters);
+        if (r->object_id[0])
+                ADD(rec, F_OBJECT_ID, r->object_id);
+        if (e == KB_ENDPOINT_BATCHES || e == KB_ENDPOINT_MESSAGE_BATCHES)
+                ADD(rec, F_BATCH, u && u->batch ? "1" : "0");
         ADD_I64(rec, F_COST_MICROUSD, r->cost_microusd);
         ADD_U64(rec, F_LATENCY_MS, r->latency_usec / USEC_PER_MSEC);
         ADD_U64(rec, F_TTFB_MS, r->ttfb_usec / USEC_PER_MSEC);

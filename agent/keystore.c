@@ -606,6 +606,16 @@ int kb_keystore_get(struct kb_keystore *ks, const char *name, struct kb_key **re
         return 0;
 }
 
+int kb_keystore_get_version(struct kb_keystore *ks, const char *name, unsigned version, struct kb_key **ret) {
+        if (!ks || !name)
+                return -ENOENT;
+        ssize_t i = find_entry(ks, name, version);
+        if (i < 0)
+                return -ENOENT;
+        *ret = kb_key_ref(ks->e[i].key);
+        return 0;
+}
+
 void kb_keystore_carry_stats(struct kb_keystore *to, const struct kb_keystore *from) {
         if (!to || !from)
                 return;

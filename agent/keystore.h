@@ -75,6 +75,9 @@ int kb_keystore_get(struct kb_keystore *ks, const char *name, struct kb_key **re
  * there is no master key or no keystore path. Secrets are validated as for
  * files (-EINVAL). */
 /* A new name at version 1; -EEXIST if the store already has the name. */
+/* That version of the key, active or not (an object made with it is used
+ * with it); -ENOENT when the keystore no longer has it. */
+int kb_keystore_get_version(struct kb_keystore *ks, const char *name, unsigned version, struct kb_key **ret);
 int kb_keystore_set(struct kb_keystore *ks, const char *name, const char *secret, size_t len, unsigned *ret_version);
 /* Version N+1 of an existing name, made active (a credentials-only name
  * becomes a sealed one at version 1); the previous versions are kept (the

@@ -12,6 +12,7 @@
 
 #include "admin.h"
 #include "broker.h"
+#include "objects.h"
 #include "fleet-store.h"
 #include "keywatch.h"
 #include "metrics.h"
@@ -533,6 +534,16 @@ int main(int argc, char **argv) {
                         strempty(d.b.config->agent.state_dir), strerror(-r));
                 return notify_failure(r, "cannot keep the instance id in state_dir");
         }
+        {
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "%s/objects", d.b.config->agent.state_dir) < 0)
+                        return notify_failure(-ENOMEM, "out of memory");
+                r = kb_objects_open(path, &d.b.objects);
+                if (r < 0) {
+                        fprintf(stderr, "<3>cannot open the object table %s: %s\n", path, strerror(-r));
+                        return notify_failure(r, "cannot open the object table in state_dir");
+                }
+        }
         /* Before serving: counters as they were, kill -9 included. */
         r = kb_quota_recover(&d.b.quota, d.b.config, d.b.instance, &d.b.seq);
         if (r < 0) {
@@ -560,6 +571,7 @@ int main(int argc, char **argv) {
         kb_keystore_free(d.b.keys);
         kb_quota_free(d.b.quota);
         kb_router_free(d.b.router);
+        kb_objects_free(d.b.objects);
         kb_config_unref(d.b.config);
         free(d.b.uid_conns);
         free(d.api.path);

@@ -7,6 +7,7 @@
 
 
 #include "broker.h"
+#include "objects.h"
 #include "fleet-quota.h"
 #include "router.h"
 
@@ -89,7 +90,7 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
         /* A team that denies unpriced calls never reaches a route without
          * a price for the model, fallbacks included: such candidates are
          * dropped from the plan here, once, and the rest go on as planned. */
-        if (kb_team_denies_unpriced(team)) {
+        if (kb_team_denies_unpriced(team) && r->model_cfg) {
                 const char *first = r->route->name;
                 size_t n = 0;
                 for (size_t i = 0; i < r->n_candidates; i++) {
@@ -106,17 +107,23 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
                 r->target = r->candidates[0].target;
                 r->route = r->target->route;
         }
-        r->price = kb_price_find(r->route, r->target->upstream_model, NULL);
+        r->price = r->target->upstream_model ? kb_price_find(r->route, r->target->upstream_model, NULL) : NULL;
 
         /* About four bytes of JSON per token: an over-estimate for prose,
-         * released at settle. */
-        r->est_input_tokens = (r->http->body.len + 3) / 4;
-        if (r->endpoint == KB_ENDPOINT_EMBEDDINGS || r->endpoint == KB_ENDPOINT_COUNT_TOKENS)
+         * released at settle. An upload's file parts are not text: not
+         * counted. A call without a model (files, batches, objects) reserves
+         * no tokens; what a batch or a video costs is settled when it is
+         * seen completed. */
+        uint64_t text_bytes = r->http->body.len - MIN(r->form_file_bytes, (uint64_t) r->http->body.len);
+        r->est_input_tokens = r->model_cfg ? (text_bytes + 3) / 4 : 0;
+        if (!r->model_cfg || r->endpoint == KB_ENDPOINT_EMBEDDINGS || r->endpoint == KB_ENDPOINT_COUNT_TOKENS ||
+            r->endpoint == KB_ENDPOINT_MODERATIONS || r->endpoint == KB_ENDPOINT_AUDIO_SPEECH)
                 r->est_output_tokens = 0;
         else
                 r->est_output_tokens = info->max_output_tokens ?: KB_DEFAULT_OUTPUT_RESERVE;
 
-        struct kb_usage est = { .input_tokens = r->est_input_tokens, .output_tokens = r->est_output_tokens };
+        struct kb_usage est = { .input_tokens = r->est_input_tokens, .output_tokens = r->est_output_tokens,
+                                .characters = r->characters };
         uint64_t tokens = kb_usage_quota_tokens(&est, r->family);
         int64_t cost = usage_cost(r, &est);
         struct kb_fleet *fleet = r->broker->fleet;
@@ -201,6 +208,24 @@ void kb_metering_attach(struct kb_request *r) {
                 kb_usage_tap_set_gate(r->tap, gate, r);
 }
 
+/* A batch's tokens and a video's seconds are billed once, to the request
+ * that first sees the object completed; later retrieves cost nothing. A
+ * call without a model is priced by the model the object reports. */
+static void bill_object_once(struct kb_request *r, struct kb_usage *u) {
+        if (!u->batch && u->video_seconds == 0)
+                return;
+        const struct kb_object *o = kb_objects_find(r->broker->objects, r->object_id);
+        if (o && !o->billed && kb_objects_set_billed(r->broker->objects, r->object_id) >= 0) {
+                if (!r->price)
+                        r->price = kb_price_find(r->route, NULL, u->upstream_model);
+                return;
+        }
+        u->batch = false;
+        u->video_seconds = 0;
+        u->input_tokens = u->output_tokens = u->cached_tokens = u->cache_write_tokens = u->reasoning_tokens = 0;
+        u->seen = false;
+}
+
 void kb_metering_settle(struct kb_request *r) {
         struct kb_usage billed = {};
 
@@ -209,6 +234,8 @@ void kb_metering_settle(struct kb_request *r) {
                 bool answered = r->upstream_status >= 200 && r->upstream_status < 300;
 
                 billed = *u;
+                billed.characters = r->characters;
+                bill_object_once(r, &billed);
                 if (r->sse) {
                         billed.output_tokens =
                                 r->quota_cut ? r->delivered_deltas : MAX(u->output_tokens, u->streamed_deltas);

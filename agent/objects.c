@@ -8,6 +8,7 @@
  * At open the log is replayed and written again with only what is alive. */
 
 #include <fcntl.h>
+#include <jansson.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -294,4 +295,40 @@ size_t kb_objects_count(const struct kb_objects *o) {
 
 uint64_t kb_objects_dropped(const struct kb_objects *o) {
         return o ? o->dropped : 0;
+}
+
+/* A list answer ({"data": [objects…], "first_id", "last_id", …}) with only
+ * the team's objects of that kind left in "data"; the page ids follow. */
+int kb_objects_filter_list(const struct kb_objects *o, const char *team, kb_object_kind kind, const char *json,
+                           size_t len, struct kb_buf *out) {
+        json_t *root = json_loadb(json, len, 0, NULL);
+        json_t *data = json_object_get(root, "data");
+        if (!json_is_array(data)) {
+                json_decref(root);
+                return -EBADMSG;
+        }
+        json_t *kept = json_array();
+        size_t i;
+        json_t *item;
+        json_array_foreach(data, i, item) {
+                const struct kb_object *obj = kb_objects_find(o, json_string_value(json_object_get(item, "id")));
+                if (kept && obj && obj->kind == kind && streq(obj->team, team))
+                        json_array_append(kept, item);
+        }
+        size_t n = kept ? json_array_size(kept) : 0;
+        int r = kept ? json_object_set_new(root, "data", kept) : -1;
+        if (r == 0 && json_object_get(root, "first_id"))
+                r = json_object_set_new(root, "first_id",
+                                        n ? json_copy(json_object_get(json_array_get(kept, 0), "id")) : json_null());
+        if (r == 0 && json_object_get(root, "last_id"))
+                r = json_object_set_new(root, "last_id",
+                                        n ? json_copy(json_object_get(json_array_get(kept, n - 1), "id")) : json_null());
+        char *s = r == 0 ? json_dumps(root, JSON_COMPACT) : NULL;
+        json_decref(root);
+        if (!s)
+                return -ENOMEM;
+        kb_buf_clear(out);
+        r = kb_buf_append(out, s, strlen(s));
+        free(s);
+        return r;
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "endpoint.h"
+#include "util.h"
 
 /* More objects than this are not remembered (the create still succeeds
  * for the app; kb_objects_dropped() counts them): the table's memory is
@@ -43,6 +44,12 @@ const struct kb_object *kb_objects_find(const struct kb_objects *o, const char *
 int kb_objects_add(struct kb_objects *o, const struct kb_object *obj);
 int kb_objects_set_billed(struct kb_objects *o, const char *id);
 int kb_objects_forget(struct kb_objects *o, const char *id);
+
+/* Replace out's list answer (json/len; may be out's own bytes: they are
+ * read first) with the team's objects of kind alone. -EBADMSG when it is not
+ * a JSON object with a "data" array. */
+int kb_objects_filter_list(const struct kb_objects *o, const char *team, kb_object_kind kind, const char *json,
+                           size_t len, struct kb_buf *out);
 
 size_t kb_objects_count(const struct kb_objects *o);
 uint64_t kb_objects_dropped(const struct kb_objects *o);

@@ -9,6 +9,8 @@
 #include <strings.h>
 
 #include "body.h"
+#include "multipart.h"
+#include "objects.h"
 #include "broker.h"
 #include "headers.h"
 #include "router.h"
@@ -135,8 +137,11 @@ static int build_url(struct kb_request *r) {
 
 /* ---- upstream callbacks ---- */
 
+/* A list answer is held whole (it is filtered at its end); this much at most. */
+#define KB_PROXY_HOLD_MAX ((size_t) 16 * 1024 * 1024)
+
 static void write_out(struct kb_request *r) {
-        if (r->out.len == 0)
+        if (r->out.len == 0 || r->hold_answer)
                 return;
         (void) kb_conn_write(r->conn, r->out.data, r->out.len);
         kb_buf_clear(&r->out);
@@ -176,6 +181,12 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
 
         r->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
         int q = kb_usage_tap_new(r->family, r->endpoint, r->sse, r->sse && r->hide_usage_chunk, &r->tap);
+        /* Audio, a file's bytes, batch results: relayed, never read or held. */
+        if (q >= 0 && (r->def->op == KB_OP_DOWNLOAD || (r->endpoint == KB_ENDPOINT_AUDIO_SPEECH && !r->sse)))
+                kb_usage_tap_set_raw(r->tap);
+        /* Only a successful list is filtered; an error passes as it is. */
+        if (status < 200 || status >= 300)
+                r->hold_answer = false;
         if (q >= 0)
                 kb_metering_attach(r);
         if (q >= 0)
@@ -213,6 +224,8 @@ static int relay_data(struct kb_request *r, const char *buf, size_t len) {
         int q = kb_usage_tap_feed(r->tap, buf, len, &r->out);
         if (q < 0 && q != -E2BIG)
                 return q;
+        if (r->hold_answer && r->out.len > KB_PROXY_HOLD_MAX)
+                return -EFBIG;
         write_out(r);
         /* A stream cut at a quota limit: stop the provider too. */
         if (r->quota_cut)
@@ -259,6 +272,16 @@ static void stream_error_event(struct kb_request *r, const char *code, const cha
 static void conclude(struct kb_request *r, int error, const char *message) {
         if (error == 0) {
                 (void) kb_usage_tap_finish(r->tap, &r->out);
+                if (r->hold_answer) {
+                        r->hold_answer = false;
+                        if (kb_objects_filter_list(r->broker->objects, r->team->name, r->def->object, r->out.data,
+                                                   r->out.len, &r->out) < 0) {
+                                /* never the unfiltered list: cut instead */
+                                kb_buf_clear(&r->out);
+                                kb_proxy_cut(r, "the provider's list answer could not be read");
+                                return;
+                        }
+                }
                 write_out(r);
                 r->outcome = r->upstream_status >= 200 && r->upstream_status < 300 ? KB_OUTCOME_OK
                                                                                   : KB_OUTCOME_UPSTREAM_ERROR;
@@ -306,6 +329,10 @@ static void conclude(struct kb_request *r, int error, const char *message) {
 }
 
 void kb_proxy_cut(struct kb_request *r, const char *why) {
+        if (r->hold_answer) {
+                r->hold_answer = false;
+                kb_buf_clear(&r->out);
+        }
         /* Never let the app mistake the cut for a clean end. */
         r->outcome = KB_OUTCOME_STREAM_INTERRUPTED;
         if (r->sse)
@@ -437,6 +464,24 @@ void kb_proxy_set_auth(struct kb_upstream_request *req, const struct kb_route *r
         kb_key_mark_used(key, kb_realtime_usec());
 }
 
+/* The body for one target: the model replaced in the JSON or the form;
+ * nothing to build for a call without a model. */
+static int build_body(struct kb_request *r, const char *upstream_model) {
+        if (!r->model_cfg)
+                return 0;
+        if (!r->multipart)
+                return kb_body_rewrite(r->http->body.data, r->http->body.len, upstream_model, r->add_include_usage,
+                                       &r->upstream_body);
+        struct kb_multipart *m = NULL;
+        int q = kb_multipart_new(kb_http_request_header(r->http, "content-type"), upstream_model, &m, NULL);
+        if (q >= 0)
+                q = kb_multipart_feed(m, r->http->body.data ?: "", r->http->body.len, &r->upstream_body);
+        if (q >= 0)
+                q = kb_multipart_finish(m, &r->upstream_body);
+        kb_multipart_free(m);
+        return q;
+}
+
 /* Build and start the call of one candidate. 0: started; else the
  * candidate could not be tried (r->last_error / last_error_message say why)
  * and the caller goes on to the next. */
@@ -460,7 +505,13 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
         r->last_error_message = NULL;
 
         if (route->key) {
-                q = kb_keystore_get(r->broker->keys, route->key, &r->key);
+                /* An object's call uses the key version that made it, while
+                 * the keystore still has it (a rotated-out version too). */
+                q = -ENOENT;
+                if (r->pin_key && streq(r->pin_key, route->key))
+                        q = kb_keystore_get_version(r->broker->keys, route->key, r->pin_key_version, &r->key);
+                if (q < 0)
+                        q = kb_keystore_get(r->broker->keys, route->key, &r->key);
                 if (q < 0) {
                         r->last_error = -ENOKEY;
                         attempt_feedback(r, KB_VERDICT_NONE);
@@ -470,8 +521,7 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
                         r->key_label = NULL;
         }
 
-        q = kb_body_rewrite(r->http->body.data, r->http->body.len, c->target->upstream_model, r->add_include_usage,
-                            &r->upstream_body);
+        q = build_body(r, c->target->upstream_model);
         if (q >= 0)
                 q = build_headers(r);
         if (q >= 0)
@@ -484,13 +534,15 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
                 return q;
         }
 
+        /* A call without a model sends the app's body as it came. */
+        bool as_sent = !r->model_cfg;
         struct kb_upstream_request req = {
-                .method = "POST",
+                .method = r->http->method,
                 .url = r->upstream_url,
                 .headers = (const char *const *) r->upstream_headers,
                 .n_headers = r->n_upstream_headers,
-                .body = r->upstream_body.data,
-                .body_len = r->upstream_body.len,
+                .body = as_sent ? r->http->body.data : r->upstream_body.data,
+                .body_len = as_sent ? r->http->body.len : r->upstream_body.len,
                 .timeout_usec = route->timeout_usec,
                 .connect_timeout_usec = route->connect_timeout_usec,
                 .ca_file = route->ca_file,

@@ -10,6 +10,7 @@
 #include <sys/queue.h>
 
 #include "config.h"
+#include "endpoint.h"
 #include "http.h"
 #include "identity.h"
 #include "usage.h"
@@ -50,6 +51,15 @@ struct kb_request {
 
         kb_endpoint endpoint;
         kb_family family;
+        const struct kb_endpoint_def *def; /* the endpoint table's row; NULL before the path matched */
+        char object_id[KB_OBJECT_ID_MAX + 1]; /* the path's {id}, or the id a create made; "" none */
+        struct kb_target own_target;    /* a call without a model: its route alone */
+        char *pin_key;                  /* an object's call: the key name and version that made it */
+        unsigned pin_key_version;
+        bool hold_answer;               /* a list: the answer is filtered to the team's objects at its end */
+        bool multipart;                 /* the body is multipart/form-data */
+        uint64_t characters;            /* speech: characters of the input to be spoken */
+        uint64_t form_file_bytes;       /* multipart: bytes of its file parts (not counted as tokens) */
         char *model;                    /* as asked */
         const struct kb_model *model_cfg;
         const struct kb_target *target;

@@ -57,7 +57,7 @@ int kb_upstream_request_validate(const struct kb_upstream_request *req) {
 
         if (!req->url || !req->method)
                 return -EINVAL;
-        if (!streq(req->method, "POST") && !streq(req->method, "GET"))
+        if (!streq(req->method, "POST") && !streq(req->method, "GET") && !streq(req->method, "DELETE"))
                 return -EINVAL;
         n = strlen(req->url);
         if (n > KB_UPSTREAM_MAX_URL)
@@ -212,6 +212,8 @@ int kb_upstream_easy_options(CURL *e, const struct kb_upstream_request *req) {
                     curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_len > 0 ? req->body : "") != CURLE_OK)
                         return -EIO;
         } else if (curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK)
+                return -EIO;
+        if (streq(req->method, "DELETE") && curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE") != CURLE_OK)
                 return -EIO;
         return 0;
 }

@@ -31,7 +31,7 @@ struct kb_upstream_call;
 #define KB_UPSTREAM_MAX_RESPONSE_HEADER_BYTES (64u * 1024u)
 
 struct kb_upstream_request {
-        const char *method;             /* "POST" or "GET" */
+        const char *method;             /* "POST", "GET" or "DELETE" */
         const char *url;                /* full URL */
         const char *const *headers;     /* "Name: value" lines, not holding secrets */
         size_t n_headers;
