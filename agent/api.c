@@ -13,6 +13,8 @@
 #include "body.h"
 #include "multipart.h"
 #include "objects.h"
+#include "api-internal.h"
+#include "upload.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
 #include "metrics.h"
@@ -202,6 +204,7 @@ void kb_request_finish(struct kb_request *r) {
         free(r->upstream_request_id);
         free(r->fallback_from);
         free(r->pin_key);
+        kb_upload_free(r->upload);
         kb_config_unref(r->config);
         free(r);
 }
@@ -354,7 +357,7 @@ static void refuse_admission(struct kb_request *r, const struct kb_admit_verdict
 
 /* ---- dispatch ---- */
 
-static void forward_admitted(struct kb_request *r, const struct kb_admit_verdict *v) {
+void kb_api_forward_admitted(struct kb_request *r, const struct kb_admit_verdict *v) {
         if (v->refusal != KB_REFUSAL_NONE) {
                 refuse_admission(r, v);
                 return;
@@ -400,37 +403,13 @@ static int inspect_form(struct kb_request *r, struct kb_body_info *info, const c
         return q;
 }
 
-static void serve_forward(struct kb_request *r) {
+/* The model is known (body or form): check it, plan, admit, forward. */
+void kb_api_serve_model(struct kb_request *r, struct kb_body_info *info_) {
         const struct kb_http_request *h = r->http;
-        struct kb_body_info info = {};
-        const char *why = NULL;
-        const char *ct = kb_http_request_header(h, "content-type");
+        struct kb_body_info info = *info_;
 
-        r->multipart = ct && strncasecmp(ct, "multipart/", 10) == 0;
-        int q = r->multipart ? inspect_form(r, &info, &why)
-                             : kb_body_inspect(h->body.data ?: "", h->body.len, &info, &why);
-        if (q == -ENOMEM) {
-                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
-                return;
-        }
-        if (q < 0) {
-                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST, "%s", why ?: "invalid body");
-                return;
-        }
-        if (!info.model && r->def->model_at == KB_MODEL_OPTIONAL && !info.model_not_string) {
-                kb_body_info_done(&info);
-                kb_api_serve_object(r, forward_admitted);
-                return;
-        }
-        if (!info.model) {
-                kb_body_info_done(&info);
-                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
-                            info.model_not_string ? "\"model\" must be a string"
-                            : r->multipart        ? "the form has no \"model\" field"
-                                                  : "request body has no \"model\"");
-                return;
-        }
         r->model = TAKE_PTR(info.model);
+        info_->model = NULL;
         r->stream = info.stream;
         if (r->endpoint == KB_ENDPOINT_AUDIO_SPEECH && !r->multipart)
                 r->characters = speech_characters(h->body.data ?: "", h->body.len);
@@ -458,8 +437,41 @@ static void serve_forward(struct kb_request *r) {
         r->hide_usage_chunk = add_usage;
         r->add_include_usage = add_usage;
         struct kb_admit_verdict v;
-        if (kb_metering_admit(r, &info, forward_admitted, &v) != KB_ADMIT_LATER)
-                forward_admitted(r, &v);
+        if (kb_metering_admit(r, &info, kb_api_forward_admitted, &v) != KB_ADMIT_LATER)
+                kb_api_forward_admitted(r, &v);
+}
+
+static void serve_forward(struct kb_request *r) {
+        const struct kb_http_request *h = r->http;
+        struct kb_body_info info = {};
+        const char *why = NULL;
+        const char *ct = kb_http_request_header(h, "content-type");
+
+        r->multipart = ct && strncasecmp(ct, "multipart/", 10) == 0;
+        int q = r->multipart ? inspect_form(r, &info, &why)
+                             : kb_body_inspect(h->body.data ?: "", h->body.len, &info, &why);
+        if (q == -ENOMEM) {
+                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "out of memory");
+                return;
+        }
+        if (q < 0) {
+                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST, "%s", why ?: "invalid body");
+                return;
+        }
+        if (!info.model && r->def->model_at == KB_MODEL_OPTIONAL && !info.model_not_string) {
+                kb_body_info_done(&info);
+                kb_api_serve_object(r, kb_api_forward_admitted);
+                return;
+        }
+        if (!info.model) {
+                kb_body_info_done(&info);
+                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
+                            info.model_not_string ? "\"model\" must be a string"
+                            : r->multipart        ? "the form has no \"model\" field"
+                                                  : "request body has no \"model\"");
+                return;
+        }
+        kb_api_serve_model(r, &info);
 }
 
 static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void *userdata) {
@@ -513,8 +525,10 @@ static void api_on_request(struct kb_conn *c, struct kb_http_request *http, void
                 serve_models(r);
                 break;
         default:
-                if (ep->model_at == KB_MODEL_NONE)
-                        kb_api_serve_object(r, forward_admitted);
+                if (http->body_streamed)
+                        kb_api_serve_upload(r);
+                else if (ep->model_at == KB_MODEL_NONE)
+                        kb_api_serve_object(r, kb_api_forward_admitted);
                 else
                         serve_forward(r);
         }
@@ -667,6 +681,7 @@ void kb_api_cut_all(struct kb_broker *b) {
 
 const struct kb_http_ops kb_api_ops = {
         .on_accept = api_on_accept,
+        .stream_body = kb_api_stream_body,
         .on_request = api_on_request,
         .write_error = api_write_error,
         .on_close = api_on_close,

@@ -137,6 +137,10 @@ void kb_api_serve_object(struct kb_request *r, kb_admitted_t next);
 void kb_api_objects_done(struct kb_request *r);
 /* api-objects.c: where a team's calls without a model go for a family. */
 const struct kb_route *kb_api_default_route(const struct kb_config *c, const struct kb_team *t, kb_family f);
+/* api.c: an upload that failed (upload.h's -errno), answered in the
+ * family's shape (400, 413, 408; nothing for an app that left); the caller
+ * finishes the request. */
+void kb_api_upload_error(struct kb_request *r, int error);
 /* api.c: end every request in flight (drain timeout): each gets its answer
  * cut the way an upstream failure would, and its journal record. */
 void kb_api_cut_all(struct kb_broker *b);

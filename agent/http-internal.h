@@ -69,6 +69,14 @@ struct kb_http_req {
         bool field_open;
         bool url_done;
         bool headers_done;
+        /* a streamed body (ops->stream_body): bytes wait in bq from bq_off */
+        bool streaming;
+        bool body_done;         /* its end was parsed */
+        int body_error;         /* -EFBIG, -ETIMEDOUT, -EPIPE */
+        uint64_t stream_max;
+        uint64_t stream_seen;
+        struct kb_buf bq;
+        size_t bq_off;
 };
 
 struct kb_conn {
@@ -142,6 +150,8 @@ struct kb_conn {
          * reading switched off (usually the app waits for its answer, and
          * the two epoll_ctl() calls per request are saved). */
         bool busy_in_hit:1;
+        bool body_notify:1;     /* on_body is due (from the timer) */
+        bool end_paused:1;      /* a streamed body's end paused the parser */
 };
 
 struct kb_http_server {
@@ -211,6 +221,8 @@ void kb_conn_close(struct kb_conn *c);
 void kb_conn_response_ended(struct kb_conn *c);
 void kb_conn_reject(struct kb_conn *c, int status, const char *code, const char *message);
 void kb_conn_after_flush(struct kb_conn *c);
+/* http.c: a streamed body wants more bytes from the app now. */
+bool kb_conn_body_wants_read(const struct kb_conn *c);
 /* http.c: send c's output before the loop next sleeps (now, when there is
  * no loop); kb_conn_flush() takes c off that list again. */
 void kb_conn_schedule_flush(struct kb_conn *c);

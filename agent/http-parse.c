@@ -23,6 +23,7 @@ struct kb_http_req *kb_http_req_free(struct kb_http_req *r) {
                 return NULL;
         kb_buf_free(&r->strs);
         kb_buf_free(&r->pub.body);
+        kb_buf_free(&r->bq);
         free(r->refs);
         free(r->pub.headers);
         free(r);
@@ -225,11 +226,6 @@ static int on_headers_complete(llhttp_t *p) {
                 fail(c, 400, "invalid_request", "invalid request: protocol upgrade is not supported");
                 return -1;
         }
-        if ((p->flags & F_CONTENT_LENGTH) && p->content_length > lim->max_body) {
-                fail(c, 413, "request_too_large", "request body exceeds %" PRIu64 " bytes", lim->max_body);
-                return -1;
-        }
-
         struct kb_http_header *h = NULL;
         if (r->n_refs > 0) {
                 h = calloc(r->n_refs, sizeof(*h));
@@ -251,7 +247,26 @@ static int on_headers_complete(llhttp_t *p) {
         r->pub.path = r->url_done ? r->strs.data + r->path_off : "";
         r->pub.http_minor = p->http_major == 1 ? p->http_minor : 0;
         r->headers_done = true;
+        r->pub.content_length = (p->flags & F_CONTENT_LENGTH) ? (int64_t) p->content_length : -1;
         c->head = p->method == HTTP_HEAD;
+
+        /* The owner may take the body as it comes (uploads): the request is
+         * handed over now, within the owner's own limit. */
+        uint64_t max = lim->max_body;
+        if (c->server->ops->stream_body) {
+                uint64_t smax = c->server->ops->stream_body(c, &r->pub, c->server->userdata);
+                if (smax > 0) {
+                        r->streaming = true;
+                        r->stream_max = max = smax;
+                        r->pub.body_streamed = true;
+                }
+        }
+        if ((p->flags & F_CONTENT_LENGTH) && p->content_length > max) {
+                fail(c, 413, "request_too_large", "request body exceeds %" PRIu64 " bytes", max);
+                return -1;
+        }
+        if (r->streaming)
+                c->req_ready = true;
 
         if (p->http_major == 1 && p->http_minor >= 1 && expects_continue(&r->pub) &&
             ((p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0)) &&
@@ -267,6 +282,25 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
         struct kb_http_req *r = c->req;
         uint64_t max = c->server->limits.max_body;
 
+        if (r->streaming) {
+                if (r->body_error)
+                        return 0;       /* discarded: the connection closes after the answer */
+                r->stream_seen += len;
+                if (r->stream_seen > r->stream_max) {
+                        r->body_error = -EFBIG;
+                        c->body_notify = true;
+                        return 0;
+                }
+                if (r->bq_off > 0 && r->bq_off >= r->bq.len / 2) {
+                        memmove(r->bq.data, r->bq.data + r->bq_off, r->bq.len - r->bq_off);
+                        r->bq.len -= r->bq_off;
+                        r->bq_off = 0;
+                }
+                if (kb_buf_append(&r->bq, at, len) < 0)
+                        return fail(c, 503, "overloaded", "out of memory");
+                c->body_notify = true;
+                return 0;
+        }
         if (len > max || r->pub.body.len > max - len)
                 return fail(c, 413, "request_too_large", "request body exceeds %" PRIu64 " bytes", max);
         if (kb_buf_append(&r->pub.body, at, len) < 0)
@@ -279,6 +313,14 @@ static int on_message_complete(llhttp_t *p) {
 
         c->req->pub.keep_alive = llhttp_should_keep_alive(p);
         c->keep_alive = c->req->pub.keep_alive;
+        if (c->req->streaming) {
+                /* handed over at its headers already */
+                c->req->body_done = true;
+                c->body_notify = true;
+                if (!c->req_ready)
+                        c->end_paused = true;
+                return HPE_PAUSED;
+        }
         c->req_ready = true;
         /* one request at a time: the rest of the buffer waits in the stash */
         return HPE_PAUSED;
@@ -312,7 +354,8 @@ size_t kb_conn_parse(struct kb_conn *c, const char *data, size_t len, uint64_t n
         c->exec_start = c->exec_end = NULL;
         if (e == HPE_OK)
                 return len;
-        if (e == HPE_PAUSED && c->req_ready) {
+        if (e == HPE_PAUSED && (c->req_ready || c->end_paused)) {
+                c->end_paused = false;
                 const char *pos = llhttp_get_error_pos(&c->parser);
                 return pos && pos >= data && pos <= data + len ? (size_t) (pos - data) : len;
         }

@@ -195,6 +195,11 @@ void kb_conn_response_ended(struct kb_conn *c) {
 
         if (s)
                 s->n_busy--;
+        /* answered before its body was all read (413, an early upstream
+         * answer): the next request cannot be found in what follows */
+        if (c->req && c->req->streaming && !c->req->body_done)
+                c->close_after = true;
+        c->body_notify = false;
         c->req = kb_http_req_free(c->req);
         c->handler = NULL;
         c->handler_userdata = NULL;
@@ -286,7 +291,12 @@ static void conn_peer_eof(struct kb_conn *c) {
         c->peer_eof = true;
         switch (c->state) {
         case CONN_BUSY:
-                if (c->server->rdhup_is_abort)
+                if (c->req && c->req->streaming && !c->req->body_done && !c->req->body_error) {
+                        /* the upload stopped short */
+                        c->req->body_error = -EPIPE;
+                        c->body_notify = true;
+                        c->close_after = true;
+                } else if (c->server->rdhup_is_abort)
                         kb_conn_mark_aborted(c);
                 else
                         c->close_after = true; /* AF_UNIX half-close: the peer still reads */
@@ -329,10 +339,13 @@ static void conn_read(struct kb_conn *c) {
 
         uint64_t now = kb_now_usec();
         c->last_activity = now;
+        bool streamed_end = c->req && c->req->streaming && c->req->body_done;
         size_t used = kb_conn_parse(c, buf, (size_t) n, now);
         if (c->finalized || c->state == CONN_CLOSING)
                 return;
-        if (c->req_ready && used < (size_t) n) {
+        /* pipelined bytes after a request, or after a streamed body's end */
+        bool ended_now = !streamed_end && c->req && c->req->streaming && c->req->body_done;
+        if ((c->req_ready || ended_now) && used < (size_t) n) {
                 c->stash = malloc((size_t) n - used);
                 if (!c->stash) {
                         kb_conn_close(c);
@@ -362,6 +375,9 @@ static int conn_on_io(sd_event_source *src, int fd, uint32_t revents, void *user
                         goto out;
         }
         if ((revents & EPOLLIN) && (c->io_events & EPOLLIN) && c->state == CONN_BUSY &&
+            kb_conn_body_wants_read(c))
+                conn_read(c);
+        else if ((revents & EPOLLIN) && (c->io_events & EPOLLIN) && c->state == CONN_BUSY &&
             !(revents & (EPOLLHUP | EPOLLRDHUP)))
                 c->busy_in_hit = true; /* kb_conn_update() stops reading now */
         else if ((revents & EPOLLIN) && (c->io_events & EPOLLIN) && c->state != CONN_BUSY)
@@ -402,6 +418,11 @@ static int conn_on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
                 if (c->state == CONN_BUSY && !c->aborted && c->handler && c->handler->on_writable)
                         c->handler->on_writable(c, c->handler_userdata);
         }
+        if (c->body_notify && !c->finalized) {
+                c->body_notify = false;
+                if (c->state == CONN_BUSY && !c->aborted && c->handler && c->handler->on_body)
+                        c->handler->on_body(c, c->handler_userdata);
+        }
         if (c->finalized || (c->aborted && c->state != CONN_BUSY))
                 goto out;
         conn_process(c);
@@ -428,6 +449,14 @@ static int conn_on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
                 break;
         }
         case CONN_BUSY:
+                /* an upload that stalls while we wait for it */
+                if (kb_conn_body_wants_read(c) && lim->header_timeout_usec > 0 &&
+                    now >= c->last_activity + lim->header_timeout_usec) {
+                        c->req->body_error = -ETIMEDOUT;
+                        c->close_after = true;
+                        if (c->handler && c->handler->on_body)
+                                c->handler->on_body(c, c->handler_userdata);
+                }
                 break;
         case CONN_CLOSING:
                 if (kb_conn_out_pending(c) == 0)
@@ -462,6 +491,8 @@ void kb_conn_update(struct kb_conn *c) {
                 if (c->state == CONN_BUSY && (c->io_events & EPOLLIN) && !c->busy_in_hit && !c->stash &&
                     !c->peer_eof && pending <= KB_CONN_HIGH_WATER)
                         ev |= EPOLLIN;
+                if (c->state == CONN_BUSY && kb_conn_body_wants_read(c))
+                        ev |= EPOLLIN;
                 if (c->state != CONN_BUSY)
                         c->busy_in_hit = false;
                 if ((readable_state || c->state == CONN_BUSY) && !c->peer_eof)
@@ -477,7 +508,8 @@ void kb_conn_update(struct kb_conn *c) {
         }
 
         uint64_t when = USEC_INFINITY;
-        if (c->kick || c->abort_notify || c->writable_notify || (c->aborted && c->state != CONN_BUSY) ||
+        if (c->kick || c->abort_notify || c->writable_notify || c->body_notify ||
+            (c->aborted && c->state != CONN_BUSY) ||
             (c->state == CONN_CLOSING && pending == 0) ||
             (c->state == CONN_IDLE && c->stash && pending <= KB_CONN_HIGH_WATER && !c->processing))
                 when = 1;
@@ -495,6 +527,8 @@ void kb_conn_update(struct kb_conn *c) {
                                        lim->header_timeout_usec;
                         break;
                 case CONN_BUSY:
+                        if (kb_conn_body_wants_read(c) && lim->header_timeout_usec > 0)
+                                when = c->last_activity + lim->header_timeout_usec;
                         break;
                 case CONN_CLOSING:
                 case CONN_LINGER:

@@ -29,7 +29,9 @@ struct kb_http_request {
         const char *path;       /* url without the query string */
         struct kb_http_header *headers; /* in arrival order; names as sent */
         size_t n_headers;
-        struct kb_buf body;     /* de-chunked body, NUL-terminated */
+        struct kb_buf body;     /* de-chunked body, NUL-terminated; empty when streamed */
+        bool body_streamed;     /* the body comes after on_request: kb_conn_body_read() */
+        int64_t content_length; /* as announced; -1: chunked */
         bool keep_alive;        /* the client wants the connection kept */
         unsigned http_minor;    /* 0 or 1 */
         uint64_t start_usec;    /* CLOCK_MONOTONIC of the request's first byte */
@@ -60,6 +62,11 @@ struct kb_http_ops {
          * message as set with kb_conn_set_refusal(), else
          * "too_many_connections") and closes. May call kb_conn_set_userdata. */
         int (*on_accept)(struct kb_conn *c, void *userdata);
+        /* At the end of a request's headers: a limit > 0 has its body
+         * streamed (on_request comes at once, the body is read with
+         * kb_conn_body_read() as it arrives, at most the limit: beyond it
+         * -EFBIG); 0 reads it whole first, within max_body. NULL: never. */
+        uint64_t (*stream_body)(struct kb_conn *c, const struct kb_http_request *req, void *userdata);
         /* A complete request (headers and body). The handler must answer with
          * kb_conn_respond() or kb_conn_begin()/kb_conn_write()/kb_conn_end(),
          * now or later. req stays valid until the response is ended. */
@@ -157,6 +164,15 @@ struct kb_conn_handler {
         /* the peer went away (EOF, reset, error) while its request was being
          * answered; writes now fail with -EPIPE; kb_conn_end() still required */
         void (*on_abort)(struct kb_conn *c, void *userdata);
+        /* a streamed body has more bytes, its end, or an error to read */
+        void (*on_body)(struct kb_conn *c, void *userdata);
 };
+
+/* A streamed body's next bytes: the count (> 0); 0 at its end; -EAGAIN when
+ * none is there yet (on_body says when); -EFBIG past the limit (answer 413),
+ * -ETIMEDOUT when the app stalled longer than header_timeout, -EPIPE when it
+ * went away. Reading from the app pauses while KB_CONN_BODY_HIGH bytes wait. */
+#define KB_CONN_BODY_HIGH (256u * 1024u)
+ssize_t kb_conn_body_read(struct kb_conn *c, void *buf, size_t len);
 /* Per-request callbacks; reset to none when the response ends. */
 void kb_conn_set_handler(struct kb_conn *c, const struct kb_conn_handler *h, void *userdata);

@@ -40,6 +40,10 @@ struct kb_multipart {
         bool is_model;
         struct kb_buf value;    /* a text field's bytes, up to KB_MULTIPART_FIELD_MAX + 1 */
 
+        bool defer;             /* stop at the model field's end until kb_multipart_set_model() */
+        bool waiting;           /* stopped there */
+        bool part_ended;        /* the current part's end was handled; its delimiter is next */
+
         size_t parts;
         size_t file_bytes;
         bool have_model;
@@ -240,6 +244,10 @@ static int part_end(struct kb_multipart *m, struct kb_buf *out) {
                 return 0;
         if (m->value.len == 0 || memchr(m->value.data, 0, m->value.len))
                 return fail(m, "the form's \"model\" field is empty");
+        if (m->defer && !m->model_out) {
+                m->waiting = true;
+                return 0;
+        }
         const char *v = m->model_out ?: m->value.data;
         return kb_buf_append(out, v, m->model_out ? strlen(v) : m->value.len);
 }
@@ -329,11 +337,18 @@ static int step(struct kb_multipart *m, const char *s, size_t n, bool end, struc
                 }
                 size_t body = (size_t) (hit - s);
                 r = part_body(m, s, body, out);
-                if (r >= 0)
+                if (r >= 0 && !m->part_ended) {
                         r = part_end(m, out);
+                        m->part_ended = true;
+                }
+                if (r >= 0 && m->waiting) {
+                        *used = body;   /* the delimiter waits with the rest */
+                        return r;
+                }
                 if (r >= 0)
                         r = kb_buf_append(out, hit, dl);
                 *used = body + dl;
+                m->part_ended = false;
                 m->state = ST_AFTER_DELIM;
                 return r;
         }
@@ -347,6 +362,8 @@ static int step(struct kb_multipart *m, const char *s, size_t n, bool end, struc
 static int run(struct kb_multipart *m, bool end, struct kb_buf *out) {
         size_t off = 0;
         for (;;) {
+                if (m->waiting)
+                        break;
                 enum state before = m->state;
                 bool first = m->first;
                 size_t used;
@@ -372,9 +389,35 @@ int kb_multipart_feed(struct kb_multipart *m, const char *buf, size_t len, struc
         return run(m, false, out);
 }
 
+void kb_multipart_defer_model(struct kb_multipart *m) {
+        m->defer = true;
+}
+
+bool kb_multipart_waiting(const struct kb_multipart *m) {
+        return m && m->waiting;
+}
+
+int kb_multipart_set_model(struct kb_multipart *m, const char *model, struct kb_buf *out) {
+        if (!m->waiting)
+                return -EINVAL;
+        free(m->model_out);
+        if (!(m->model_out = strdup(model)))
+                return -ENOMEM;
+        m->waiting = false;
+        int r = kb_buf_append(out, model, strlen(model));
+        return r < 0 ? r : run(m, false, out);
+}
+
+size_t kb_multipart_model_len(const struct kb_multipart *m) {
+        const char *v = kb_multipart_model(m);
+        return v ? strlen(v) : 0;
+}
+
 int kb_multipart_finish(struct kb_multipart *m, struct kb_buf *out) {
         if (m->error)
                 return -EBADMSG;
+        if (m->waiting)
+                return -EAGAIN;
         int r = run(m, true, out);
         if (r < 0)
                 return r;

@@ -30,7 +30,16 @@ struct kb_multipart *kb_multipart_free(struct kb_multipart *m);
  * only while a delimiter or the model field may be incomplete). 0, or
  * -EBADMSG (malformed: kb_multipart_error() says how), -ENOMEM. */
 int kb_multipart_feed(struct kb_multipart *m, const char *buf, size_t len, struct kb_buf *out);
-/* End of body: -EBADMSG unless the closing delimiter came. */
+/* Stop at the end of the model field (before writing its value) until
+ * kb_multipart_set_model() says what to write: the model decides the
+ * target, which decides the value. Input fed meanwhile is held. */
+void kb_multipart_defer_model(struct kb_multipart *m);
+bool kb_multipart_waiting(const struct kb_multipart *m);
+/* Write model as the field's value and go on with what is held. */
+int kb_multipart_set_model(struct kb_multipart *m, const char *model, struct kb_buf *out);
+size_t kb_multipart_model_len(const struct kb_multipart *m);
+/* End of body: -EBADMSG unless the closing delimiter came; -EAGAIN while
+ * waiting for the model. */
 int kb_multipart_finish(struct kb_multipart *m, struct kb_buf *out);
 const char *kb_multipart_error(const struct kb_multipart *m);
 

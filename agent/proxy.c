@@ -10,6 +10,7 @@
 
 #include "body.h"
 #include "multipart.h"
+#include "upload.h"
 #include "objects.h"
 #include "broker.h"
 #include "headers.h"
@@ -22,9 +23,16 @@ static void on_writable(struct kb_conn *c, void *userdata);
 
 static void on_abort(struct kb_conn *c, void *userdata);
 
+/* More of a streamed upload: curl may send again. */
+static void on_body(struct kb_conn *c, void *userdata) {
+        struct kb_request *r = userdata;
+        kb_upstream_call_body_ready(r->call);
+}
+
 static const struct kb_conn_handler conn_handler = {
         .on_writable = on_writable,
         .on_abort = on_abort,
+        .on_body = on_body,
 };
 
 /* What one attempt built: freed before the next attempt builds its own. */
@@ -302,6 +310,10 @@ static void conclude(struct kb_request *r, int error, const char *message) {
                 return;
         }
 
+        if (!r->response_started && kb_upload_error_code(r->upload) < 0) {
+                kb_api_upload_error(r, kb_upload_error_code(r->upload));
+                return;
+        }
         if (!r->response_started) {
                 if (error == -EMFILE || error == -ENFILE)
                         kb_api_error(r, 503, "broker_overloaded", KB_OUTCOME_BROKER_OVERLOADED,
@@ -416,10 +428,16 @@ static void on_done(void *userdata, int error, const char *message) {
         kb_request_finish(r);
 }
 
+static ssize_t on_read_body(void *userdata, char *buf, size_t len) {
+        struct kb_request *r = userdata;
+        return kb_upload_read(r->upload, buf, len);
+}
+
 static const struct kb_upstream_ops upstream_ops = {
         .on_response = on_response,
         .on_data = on_data,
         .on_done = on_done,
+        .read_body = on_read_body,
 };
 
 static void on_writable(struct kb_conn *c, void *userdata) {
@@ -467,6 +485,9 @@ void kb_proxy_set_auth(struct kb_upstream_request *req, const struct kb_route *r
 /* The body for one target: the model replaced in the JSON or the form;
  * nothing to build for a call without a model. */
 static int build_body(struct kb_request *r, const char *upstream_model) {
+        /* a streamed upload: the model goes in as the form passes */
+        if (r->upload)
+                return r->model_cfg ? kb_upload_set_model(r->upload, upstream_model) : 0;
         if (!r->model_cfg)
                 return 0;
         if (!r->multipart)
@@ -537,12 +558,14 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
         /* A call without a model sends the app's body as it came. */
         bool as_sent = !r->model_cfg;
         struct kb_upstream_request req = {
-                .method = r->http->method,
+                .method = r->upload ? "POST" : r->http->method,
                 .url = r->upstream_url,
                 .headers = (const char *const *) r->upstream_headers,
                 .n_headers = r->n_upstream_headers,
                 .body = as_sent ? r->http->body.data : r->upstream_body.data,
                 .body_len = as_sent ? r->http->body.len : r->upstream_body.len,
+                .body_streamed = r->upload != NULL,
+                .body_size = r->upload ? kb_upload_size(r->upload) : 0,
                 .timeout_usec = route->timeout_usec,
                 .connect_timeout_usec = route->connect_timeout_usec,
                 .ca_file = route->ca_file,
@@ -569,7 +592,8 @@ static unsigned max_attempts(const struct kb_request *r) {
 /* Whether a failed attempt may leave its answer for another: attempts left,
  * and a candidate left whose circuit lets it through now. */
 static bool can_fall_over(const struct kb_request *r) {
-        if (r->attempts >= max_attempts(r))
+        /* a streamed upload cannot be sent twice */
+        if (r->attempts >= max_attempts(r) || r->upload)
                 return false;
         uint64_t now = kb_now_usec();
         for (size_t i = r->next_candidate; i < r->n_candidates; i++)

@@ -38,6 +38,7 @@ struct kb_reservation;
 struct kb_price;
 struct kb_fleet_hold;
 struct kb_admit_verdict;
+struct kb_upload;
 
 struct kb_request {
         struct kb_broker *broker;
@@ -60,6 +61,7 @@ struct kb_request {
         bool multipart;                 /* the body is multipart/form-data */
         uint64_t characters;            /* speech: characters of the input to be spoken */
         uint64_t form_file_bytes;       /* multipart: bytes of its file parts (not counted as tokens) */
+        struct kb_upload *upload;       /* a streamed upload (upload.h), or NULL */
         char *model;                    /* as asked */
         const struct kb_model *model_cfg;
         const struct kb_target *target;

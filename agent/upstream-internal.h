@@ -30,6 +30,7 @@ struct kb_upstream_call {
         bool cancelled;         /* zombie: no callbacks any more, reaped when curl is left */
         bool in_done;           /* on_done is running; freed right after */
         bool paused;
+        bool send_paused;       /* read_body had nothing: curl waits for body_ready */
         bool resume_pending;    /* resume asked for while inside curl */
         bool response_sent;     /* on_response was called */
         bool finishing;         /* curl reported it done; on_response may still run */

@@ -99,6 +99,8 @@ int kb_upstream_request_validate(const struct kb_upstream_request *req) {
                 return -EINVAL;
         if (req->body_len > 0 && !streq(req->method, "POST"))
                 return -EINVAL;
+        if (req->body_streamed && (!streq(req->method, "POST") || req->body_size < -1))
+                return -EINVAL;
         return 0;
 }
 
@@ -206,7 +208,12 @@ int kb_upstream_easy_options(CURL *e, const struct kb_upstream_request *req) {
         if (req->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file) != CURLE_OK)
                 return -EIO;
 
-        if (streq(req->method, "POST")) {
+        if (req->body_streamed) {
+                /* POST with the body from the read callback; -1: chunked */
+                if (curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
+                    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_size) != CURLE_OK)
+                        return -EIO;
+        } else if (streq(req->method, "POST")) {
                 /* size first: POSTFIELDS alone would strlen() the body */
                 if (curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len) != CURLE_OK ||
                     curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_len > 0 ? req->body : "") != CURLE_OK)

@@ -309,6 +309,29 @@ static size_t on_curl_write(char *buf, size_t size, size_t nmemb, void *userdata
         return n;
 }
 
+static size_t on_curl_read(char *buf, size_t size, size_t nitems, void *userdata) {
+        struct kb_upstream_call *c = userdata;
+
+        if (c->cancelled || c->abort_error < 0 || c->fail_error < 0 || !c->ops.read_body)
+                return CURL_READFUNC_ABORT;
+        ssize_t r = c->ops.read_body(c->userdata, buf, size * nitems);
+        if (r == -EAGAIN) {
+                c->send_paused = true;
+                return CURL_READFUNC_PAUSE;
+        }
+        if (r < 0) {
+                c->abort_error = (int) r;
+                return CURL_READFUNC_ABORT;
+        }
+        return (size_t) r;
+}
+
+/* What curl must keep paused: receiving while the app is slow, sending
+ * while the app's body has not come. */
+static int pause_mask(const struct kb_upstream_call *c) {
+        return (c->paused ? CURLPAUSE_RECV : 0) | (c->send_paused ? CURLPAUSE_SEND : 0);
+}
+
 /* ---- finishing calls ---- */
 
 /* Outside curl only. Removes c from the multi, runs on_done, frees c. */
@@ -426,7 +449,7 @@ static void call_resume_now(struct kb_upstream_call *c) {
 
         upstream_enter(u);
         /* may hand held-back bytes to on_data right here */
-        cr = curl_easy_pause(c->easy, CURLPAUSE_CONT);
+        cr = curl_easy_pause(c->easy, pause_mask(c));
         /* BAD_FUNCTION_ARGUMENT: no connection yet, so curl had nothing paused */
         if (cr != CURLE_OK && cr != CURLE_BAD_FUNCTION_ARGUMENT && !c->cancelled && c->fail_error == 0) {
                 c->fail_error = c->abort_error < 0 ? c->abort_error : curlcode_to_errno(cr);
@@ -460,8 +483,7 @@ static int on_defer(sd_event_source *s, void *userdata) {
                         call_finish(c, error, c->errbuf[0] ? c->errbuf : NULL);
                 } else {
                         c->resume_pending = false;
-                        if (!c->paused)
-                                call_resume_now(c);
+                        call_resume_now(c);
                 }
         }
 
@@ -657,6 +679,9 @@ static int call_setup_easy(struct kb_upstream_call *c, const struct kb_upstream_
                 curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c->u) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, upstream_on_prereq) == CURLE_OK &&
                 curl_easy_setopt(e, CURLOPT_PREREQDATA, c) == CURLE_OK;
+        if (ok && req->body_streamed)
+                ok = curl_easy_setopt(e, CURLOPT_READFUNCTION, on_curl_read) == CURLE_OK &&
+                     curl_easy_setopt(e, CURLOPT_READDATA, c) == CURLE_OK;
         return ok ? kb_upstream_easy_options(e, req) : -EIO;
 }
 
@@ -723,8 +748,20 @@ void kb_upstream_call_pause(struct kb_upstream_call *c) {
         c->resume_pending = false;
 
         upstream_enter(c->u);
-        (void) curl_easy_pause(c->easy, CURLPAUSE_RECV);
+        (void) curl_easy_pause(c->easy, pause_mask(c));
         upstream_leave(c->u);
+}
+
+void kb_upstream_call_body_ready(struct kb_upstream_call *c) {
+        if (!c || c->cancelled || c->finishing || !c->send_paused)
+                return;
+        c->send_paused = false;
+        if (c->u->busy > 0) {
+                c->resume_pending = true;
+                upstream_schedule_defer(c->u);
+                return;
+        }
+        call_resume_now(c);
 }
 
 void kb_upstream_call_resume(struct kb_upstream_call *c) {

@@ -44,6 +44,11 @@ struct kb_upstream_request {
         size_t secret_len;
         const void *body;               /* must stay valid until on_done/cancel */
         size_t body_len;
+        /* A body produced while the call runs (an upload streamed from the
+         * app): read through ops->read_body; body/body_len unused. POST only.
+         * body_size: its length, or -1 when unknown (sent chunked). */
+        bool body_streamed;
+        int64_t body_size;
         uint64_t timeout_usec;          /* whole transfer; 0 = none */
         uint64_t connect_timeout_usec;
         const char *ca_file;            /* NULL = system default; verification always on */
@@ -57,6 +62,11 @@ struct kb_upstream_ops {
         /* Body bytes as they arrive (always consumed). Return 0, or a negative
          * errno to abort. May call kb_upstream_call_pause(). */
         int (*on_data)(void *userdata, const char *buf, size_t len);
+        /* A streamed request body: copy up to len bytes into buf. Returns the
+         * count, 0 at the end of the body, -EAGAIN when nothing is there yet
+         * (sending pauses until kb_upstream_call_body_ready()), or another
+         * -errno to abort the call. */
+        ssize_t (*read_body)(void *userdata, char *buf, size_t len);
         /* The transfer ended: error 0 = complete, else -ETIMEDOUT (timeout),
          * -ECONNREFUSED / -EHOSTUNREACH (connect failed), -ECONNRESET (cut),
          * -EPROTO (TLS/protocol), -ECANCELED (a callback aborted), -EIO other;
@@ -79,6 +89,9 @@ void kb_upstream_call_pause(struct kb_upstream_call *c);
 /* Continue; may deliver held data through on_data before returning. Must not
  * be called from inside a callback of the same call. */
 void kb_upstream_call_resume(struct kb_upstream_call *c);
+/* More of a streamed body is there (or its end): sending goes on. Safe from
+ * anywhere but inside read_body. */
+void kb_upstream_call_body_ready(struct kb_upstream_call *c);
 /* Abort and free; no on_done follows. Accepts NULL. Not from inside its own callbacks. */
 void kb_upstream_call_cancel(struct kb_upstream_call *c);
 /* Timing of the call: time to first response byte, from start, in µs (0 before). */

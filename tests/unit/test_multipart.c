@@ -105,6 +105,34 @@ static void test_fields(void **state) {
         kb_buf_free(&out);
 }
 
+/* The model is only known at its field's end; the target it picks decides
+ * what is written there: the stream waits, whatever the cut. */
+static void test_deferred_model(void **state) {
+        for (size_t step = 1; step <= sizeof(FORM); step += 5) {
+                struct kb_multipart *m = NULL;
+                struct kb_buf out = {};
+                assert_int_equal(kb_multipart_new(CT, NULL, &m, NULL), 0);
+                kb_multipart_defer_model(m);
+                bool set = false;
+                for (size_t i = 0; i < strlen(FORM); i += step) {
+                        assert_int_equal(kb_multipart_feed(m, FORM + i, MIN(step, strlen(FORM) - i), &out), 0);
+                        if (kb_multipart_waiting(m)) {
+                                assert_false(set);
+                                assert_string_equal(kb_multipart_model(m), "whisper");
+                                assert_int_equal(kb_multipart_finish(m, &out), -EAGAIN);
+                                assert_int_equal(kb_multipart_set_model(m, "whisper-1", &out), 0);
+                                set = true;
+                        }
+                }
+                assert_true(set);
+                assert_int_equal(kb_multipart_finish(m, &out), 0);
+                assert_int_equal(out.len, strlen(FORM_OUT));
+                assert_memory_equal(out.data, FORM_OUT, out.len);
+                kb_multipart_free(m);
+                kb_buf_free(&out);
+        }
+}
+
 static void test_endpoint_table(void **state) {
         const struct kb_endpoint_def *d;
         char id[KB_OBJECT_ID_MAX + 1];
@@ -165,6 +193,7 @@ int main(void) {
                 cmocka_unit_test(test_rewrite_every_cut),
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_fields),
+                cmocka_unit_test(test_deferred_model),
                 cmocka_unit_test(test_endpoint_table),
                 cmocka_unit_test(test_objects_persist),
         };

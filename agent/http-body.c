@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/* A request body streamed to its handler (uploads): the parser queues what
+ * arrives (http-parse.c), the handler takes it here at its own pace, and
+ * reading from the app stops while KB_CONN_BODY_HIGH bytes wait, so an
+ * upload of any size holds at most that much. */
+
+#include "http-internal.h"
+
+bool kb_conn_body_wants_read(const struct kb_conn *c) {
+        const struct kb_http_req *r = c->req;
+        return r && r->streaming && !r->body_done && !r->body_error && !c->peer_eof && !c->aborted &&
+               r->bq.len - r->bq_off < KB_CONN_BODY_HIGH;
+}
+
+ssize_t kb_conn_body_read(struct kb_conn *c, void *buf, size_t len) {
+        struct kb_http_req *r = c ? c->req : NULL;
+        if (!r || !r->streaming)
+                return -EINVAL;
+        size_t avail = r->bq.len - r->bq_off;
+        if (avail > 0 && len > 0) {
+                bool was_full = !kb_conn_body_wants_read(c);
+                size_t n = MIN(len, avail);
+                memcpy(buf, r->bq.data + r->bq_off, n);
+                r->bq_off += n;
+                if (r->bq_off == r->bq.len) {
+                        r->bq_off = 0;
+                        kb_buf_clear(&r->bq);
+                }
+                /* reading from the app again: its stall clock starts now */
+                if (was_full && kb_conn_body_wants_read(c)) {
+                        c->last_activity = kb_now_usec();
+                        kb_conn_update(c);
+                }
+                return (ssize_t) n;
+        }
+        if (r->body_error)
+                return r->body_error;
+        if (c->aborted)
+                return -EPIPE;
+        return r->body_done ? 0 : -EAGAIN;
+}
+
