@@ -188,6 +188,8 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
         n = kb_api_common_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
 
         r->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
+        /* a form's stream field may come after its model: the answer says */
+        r->stream = r->stream || r->sse;
         int q = kb_usage_tap_new(r->family, r->endpoint, r->sse, r->sse && r->hide_usage_chunk, &r->tap);
         /* Audio, a file's bytes, batch results: relayed, never read or held. */
         if (q >= 0 && (r->def->op == KB_OP_DOWNLOAD || (r->endpoint == KB_ENDPOINT_AUDIO_SPEECH && !r->sse)))
@@ -606,6 +608,13 @@ static bool can_fall_over(const struct kb_request *r) {
 static void give_up(struct kb_request *r) {
         const struct kb_route *route = r->route;
         const char *msg = r->last_error_message;
+
+        /* the app's upload was at fault, not the route */
+        if (kb_upload_error_code(r->upload) < 0) {
+                kb_api_upload_error(r, kb_upload_error_code(r->upload));
+                kb_request_finish(r);
+                return;
+        }
 
         if (r->attempts == 0 && r->last_error == 0) {
                 _cleanup_free_ char *names = NULL;
