@@ -244,6 +244,18 @@ sub proc_rss_kb($pid) {
         return $s =~ /^VmRSS:\s+(\d+)\s+kB/m ? $1 : undef;
 }
 
+# The peak RSS (VmHWM) since the last reset_hwm (or the start).
+sub proc_hwm_kb($pid) {
+        my $s = slurp("/proc/$pid/status") // return undef;
+        return $s =~ /^VmHWM:\s+(\d+)\s+kB/m ? $1 : undef;
+}
+
+sub reset_hwm($pid) {
+        open(my $fh, '>', "/proc/$pid/clear_refs") or return;
+        print $fh "5\n";
+        close $fh;
+}
+
 # utime+stime of a process, in clock ticks (USER_HZ, 100/s on Linux).
 # Whether pid runs under ASan (its quarantine keeps up to 256 MiB of freed
 # buffers out of reuse) or valgrind (its shadow memory): RSS then measures
@@ -1221,14 +1233,15 @@ sub check_common_headers($res, %o) {
 
 # An error of the agent's own making, OpenAI shape:
 # {"error":{"message","type","code"}}.
-sub check_openai_error($res, $status, $code, $name = "$status $code (OpenAI shape)") {
+# $code undef: the provider's own way of saying an unknown id ("code": null).
+sub check_openai_error($res, $status, $code, $name = "$status " . ($code // 'null') . " (OpenAI shape)") {
         return Test::More::subtest($name => sub {
                 Test::More::is($res->{status}, $status, "status $status") or Test::More::diag(show_res($res));
                 Test::More::like($res->{headers}{'content-type'} // '', qr{^application/json}, 'content-type json');
                 my $j = $res->{json};
                 Test::More::ok(ref $j eq 'HASH' && ref $j->{error} eq 'HASH', 'body is {"error":{…}}')
                         or return Test::More::diag(show_res($res));
-                Test::More::is($j->{error}{code}, $code, "error.code $code");
+                Test::More::is($j->{error}{code}, $code, 'error.code ' . ($code // 'null'));
                 Test::More::like($j->{error}{message} // '', qr/\S/, 'error.message non-empty');
                 Test::More::like($j->{error}{type} // '', qr/^\w+$/, 'error.type is a word');
                 check_common_headers($res);
