@@ -16,7 +16,9 @@ plan skip_all => 'journalctl not installed' unless grep { -x "$_/journalctl" } s
 # fields agent/journal.c writes for each.
 my %FIELDS = (
         '65ab453e95ed4c0e99aea91870cea75c' => [@REQUEST_FIELDS, 'KEYBROKER_INSTANCE', 'KEYBROKER_SEQ', 'KEYBROKER_TEST',
-                                               'KEYBROKER_REALTIME_USEC', 'KEYBROKER_HOST'],
+                                               'KEYBROKER_REALTIME_USEC', 'KEYBROKER_HOST', 'KEYBROKER_IMAGES',
+                                               'KEYBROKER_AUDIO_SECONDS', 'KEYBROKER_VIDEO_SECONDS',
+                                               'KEYBROKER_CHARACTERS', 'KEYBROKER_OBJECT_ID', 'KEYBROKER_BATCH'],
         '06f9068c76c44d218e62b7f8f75da06d' => [qw(KEYBROKER_KEY_NAME KEYBROKER_KEY_VERSION KEYBROKER_KEY_FINGERPRINT
                                                KEYBROKER_KEY_ACTION KEYBROKER_ADMIN_UID)],
         'd3d1e6b438f94b958707dfc486f2e5f9' => [qw(KEYBROKER_TEAM KEYBROKER_LIMIT KEYBROKER_USED KEYBROKER_LIMIT_VALUE
