@@ -18,7 +18,6 @@
 /* Limits on what a client may send. */
 #define MOCK_MAX_HEADER_BYTES (64 * 1024)
 #define MOCK_MAX_HEADERS 256
-#define MOCK_MAX_BODY (64 * 1024 * 1024)
 #define MOCK_READ_SIZE (64 * 1024)
 
 const struct mock_config *mock_cfg;
@@ -31,7 +30,7 @@ enum pending {
         PENDING_NONE,
         PENDING_CONTINUE, /* headers carried Expect: 100-continue */
         PENDING_REQUEST,  /* a full request is ready to answer */
-        PENDING_TOO_BIG,  /* headers or body over the limits: parse fails */
+        PENDING_TOO_BIG,  /* headers or body over the limits (or not storable): parse fails */
 };
 
 struct conn {
@@ -39,6 +38,7 @@ struct conn {
         llhttp_t parser;
         enum pending pending;
         int too_big_status;
+        const char *too_big_message;
         struct kb_buf url;
         struct kb_buf field;
         struct kb_buf value;
@@ -46,7 +46,7 @@ struct conn {
         size_t header_bytes;
         size_t n_headers;
         json_t *headers;
-        struct kb_buf body;
+        struct mock_body body;
         bool keep_alive;
 };
 
@@ -82,10 +82,7 @@ static int on_message_begin(llhttp_t *p) {
         kb_buf_clear(&c->url);
         kb_buf_clear(&c->field);
         kb_buf_clear(&c->value);
-        /* don't keep a huge upload's buffer for the life of the connection */
-        if (c->body.cap > MOCK_READ_SIZE)
-                kb_buf_free(&c->body);
-        kb_buf_clear(&c->body);
+        mock_body_reset(&c->body);
         c->in_value = false;
         c->header_bytes = 0;
         c->n_headers = 0;
@@ -94,10 +91,15 @@ static int on_message_begin(llhttp_t *p) {
 }
 
 /* Makes llhttp_execute() fail; feed() then answers with status. */
-static int too_big(struct conn *c, int status) {
+static int refuse(struct conn *c, int status, const char *message) {
         c->pending = PENDING_TOO_BIG;
         c->too_big_status = status;
+        c->too_big_message = message;
         return -1;
+}
+
+static int too_big(struct conn *c, int status) {
+        return refuse(c, status, "Request too large");
 }
 
 static int add_header_bytes(struct conn *c, size_t n) {
@@ -142,8 +144,12 @@ static int on_headers_complete(llhttp_t *p) {
         if (r < 0)
                 return -1;
         c->keep_alive = llhttp_should_keep_alive(p);
-        if (p->content_length > MOCK_MAX_BODY && !(p->flags & F_CHUNKED))
+        if (p->content_length > MOCK_MAX_REQUEST_BODY && !(p->flags & F_CHUNKED))
                 return too_big(c, 413);
+        /* A large upload goes to the spill file from its first byte. */
+        if (!(p->flags & F_CHUNKED) && p->content_length > MOCK_SPILL_BYTES &&
+            mock_body_spill(&c->body) < 0)
+                return refuse(c, 500, "Cannot store the request body");
 
         const char *expect = json_string_value(json_object_get(c->headers, "expect"));
         if (expect && strcasecmp(expect, "100-continue") == 0) {
@@ -155,9 +161,12 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t n) {
         struct conn *c = p->data;
-        if (c->body.len + n > MOCK_MAX_BODY)
+        int r = mock_body_append(&c->body, at, n);
+        if (r == -E2BIG)
                 return too_big(c, 413);
-        return kb_buf_append(&c->body, at, n) < 0 ? -1 : 0;
+        if (r < 0)
+                return refuse(c, 500, "Cannot store the request body");
+        return 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
@@ -186,14 +195,25 @@ static int log_request(struct mock_request *req) {
 
         pthread_mutex_lock(&log_lock);
         req->n = ++log_seq;
-        json_t *line = json_pack("{sI ss ss sO so}",
+        json_t *line = json_pack("{sI ss ss sO}",
                                  "n", (json_int_t) req->n,
                                  "method", req->method,
                                  "path", req->path,
-                                 "headers", req->headers,
-                                 "body", mock_json_string(req->body ?: "", req->body_len));
+                                 "headers", req->headers);
+        /* a large body is only counted (and its parts described) */
+        if (line && ((req->body_len <= MOCK_LOG_BODY_MAX &&
+                      json_object_set_new(line, "body", mock_json_string(req->body, req->body_len)) < 0) ||
+                     json_object_set_new(line, "body_bytes", json_integer((json_int_t) req->body_len)) < 0)) {
+                json_decref(line);
+                line = NULL;
+        }
         const char *query = strchr(req->url, '?');
         if (line && query && json_object_set_new(line, "query", mock_json_string(query + 1, strlen(query + 1))) < 0) {
+                json_decref(line);
+                line = NULL;
+        }
+        if (line && req->multipart && !req->multipart_error &&
+            json_object_set_new(line, "parts", mock_parts_json(req)) < 0) {
                 json_decref(line);
                 line = NULL;
         }
@@ -228,19 +248,27 @@ static int answer(struct conn *c) {
                 return -ENOMEM;
         path[strcspn(path, "?#")] = 0;
 
+        const char *body;
+        size_t body_len;
+        int r = mock_body_finish(&c->body, &body, &body_len);
+        if (r < 0)
+                return mock_send_error(c->fd, false, 500, "Cannot map the request body", true);
         struct mock_request req = {
                 .method = llhttp_method_name(llhttp_get_method(&c->parser)),
                 .url = c->url.data ?: "",
                 .path = path,
                 .headers = c->headers,
-                .body = c->body.data ?: "",
-                .body_len = c->body.len,
+                .body = body,
+                .body_len = body_len,
+                .mapped = c->body.map != NULL,
                 .keep_alive = c->keep_alive,
         };
-        int r = log_request(&req);
-        if (r < 0)
-                return r;
-        r = mock_respond(c->fd, &req);
+        r = mock_multipart_parse(&req);
+        if (r >= 0)
+                r = log_request(&req);
+        if (r >= 0)
+                r = mock_respond(c->fd, &req);
+        mock_multipart_free(&req);
         if (r == MOCK_KEEP && !c->keep_alive)
                 r = MOCK_CLOSE;
         return r;
@@ -255,7 +283,7 @@ static int feed(struct conn *c, const char *data, size_t len) {
                         return MOCK_KEEP;
                 if (e != HPE_PAUSED) {
                         if (c->pending == PENDING_TOO_BIG)
-                                return mock_send_error(c->fd, false, c->too_big_status, "Request too large", true);
+                                return mock_send_error(c->fd, false, c->too_big_status, c->too_big_message, true);
                         return mock_send_error(c->fd, false, 400, "Malformed HTTP request", true);
                 }
 
@@ -288,6 +316,7 @@ void *mock_conn_thread(void *fd_as_ptr) {
                 .fd = (int) (intptr_t) fd_as_ptr,
                 .headers = json_object(),
         };
+        mock_body_init(&c.body);
         _cleanup_free_ char *buf = malloc(MOCK_READ_SIZE);
 
         if (c.headers && buf) {
@@ -315,6 +344,7 @@ void *mock_conn_thread(void *fd_as_ptr) {
         kb_buf_free(&c.url);
         kb_buf_free(&c.field);
         kb_buf_free(&c.value);
-        kb_buf_free(&c.body);
+        mock_body_reset(&c.body);
+        kb_buf_free(&c.body.mem);
         return NULL;
 }

@@ -21,6 +21,14 @@
 #define MOCK_MAX_BODY_BYTES UINT64_C(268435456)
 #define MOCK_DEFAULT_MODEL "mock-model"
 
+/* Request bodies: up to 1 GiB; past 8 MiB they are spilled to an unlinked
+ * temporary file and mapped (body.c); only up to 64 MiB is parsed as JSON,
+ * and only up to 1 MiB goes into the request log. */
+#define MOCK_MAX_REQUEST_BODY (UINT64_C(1) << 30)
+#define MOCK_SPILL_BYTES ((size_t) 8 << 20)
+#define MOCK_MAX_JSON_BODY ((size_t) 64 << 20)
+#define MOCK_LOG_BODY_MAX ((size_t) 1 << 20)
+
 struct mock_config {
         const char *keys[MOCK_MAX_KEYS];
         size_t n_keys;
@@ -32,8 +40,19 @@ struct mock_config {
         const char *replay_dir; /* --replay-dir: captured responses for x-mock-replay */
 };
 
+/* One part of a multipart/form-data body (multipart.c). */
+struct mock_part {
+        char *name;          /* Content-Disposition name ("" when absent) */
+        char *filename;      /* NULL: no filename */
+        char *content_type;  /* NULL: no Content-Type */
+        char *value;         /* a field (no filename) of at most 4 KiB: its text, NUL-terminated */
+        const char *data;    /* the part's bytes, inside the request body */
+        size_t len;
+        char sha256[65];     /* hex */
+};
+
 /* One parsed request, as handed from the connection reader to the
- * responder. All strings are NUL-terminated. */
+ * responder. All strings are NUL-terminated, except body when mapped. */
 struct mock_request {
         uint64_t n;          /* sequence number, 1-based, shared with the log */
         const char *method;
@@ -42,8 +61,43 @@ struct mock_request {
         json_t *headers;     /* lowercased name -> string value */
         const char *body;
         size_t body_len;
+        bool mapped;         /* body is a mapping of a spilled body: not NUL-terminated */
         bool keep_alive;
+        bool multipart;      /* content-type multipart/form-data */
+        char *multipart_error; /* malformed multipart: what is wrong (owned) */
+        struct mock_part *parts;
+        size_t n_parts;
 };
+
+/* body.c: a request body being received. */
+struct mock_body {
+        struct kb_buf mem;   /* up to MOCK_SPILL_BYTES */
+        int fd;              /* the spill file, -1: in memory */
+        uint64_t len;
+        void *map;
+};
+void mock_body_init(struct mock_body *b);
+/* Spill from now on (a Content-Length over the spill size). */
+int mock_body_spill(struct mock_body *b);
+int mock_body_append(struct mock_body *b, const char *p, size_t n);
+/* The whole body, mapped when spilled; valid until mock_body_reset. */
+int mock_body_finish(struct mock_body *b, const char **ret, size_t *ret_len);
+void mock_body_reset(struct mock_body *b);
+/* Give back the pages of a mapped body below offset upto (they are read
+ * again from the file if touched), so a scan of a large upload never keeps
+ * it resident. No-op for a body in memory. */
+void mock_body_drop(const struct mock_request *req, size_t upto);
+
+/* multipart.c */
+/* Parses a multipart/form-data body into req->parts, or says in
+ * req->multipart_error what is wrong. -ENOMEM only. */
+int mock_multipart_parse(struct mock_request *req);
+void mock_multipart_free(struct mock_request *req);
+const struct mock_part *mock_part(const struct mock_request *req, const char *name);
+/* The text of a field (no filename, at most 4 KiB), or NULL. */
+const char *mock_part_value(const struct mock_request *req, const char *name);
+/* The log's "parts" array. */
+json_t *mock_parts_json(const struct mock_request *req);
 
 /* What the connection should do after a response. */
 enum {
@@ -73,6 +127,7 @@ struct mock_script {
         const char *tool_name;   /* MOCK_TURN_TOOL_CALL; borrowed from the body */
         const char *tool_args;   /* MOCK_TURN_TOOL_CALL: JSON object text */
         char *tool_result;       /* MOCK_TURN_TOOL_RESULT: the assistant text, owned */
+        int64_t created;         /* time(NULL) when the request was answered */
 };
 
 /* respond.c: the transport. */
@@ -86,6 +141,7 @@ struct mock_reply {
         bool reset;             /* x-mock-reset: end with an RST, not a FIN */
         const char *bad_usage;  /* x-mock-bad-usage: raw JSON put in place of usage numbers */
         uint64_t long_line;     /* x-mock-long-line-bytes: one SSE data line this long first */
+        json_t *root;           /* the JSON body (an object), or NULL */
         struct mock_script script;
 };
 
@@ -106,6 +162,18 @@ const char *mock_header(const struct mock_request *req, const char *name);
 uint64_t mock_knob(const struct mock_request *req, const char *name, uint64_t def, uint64_t max);
 /* Takes ownership of body (NULL: -ENOMEM). */
 int mock_send_json(struct mock_reply *r, int status, json_t *body);
+/* A body of len bytes with content-length: x-mock-cut-after N sends only
+ * its first N bytes, x-mock-event-delay-ms pauses at its middle. */
+int mock_send_bytes(struct mock_reply *r, int status, const char *content_type, const char *body, size_t len);
+/* content_length < 0: chunked. */
+int mock_append_head(struct kb_buf *b, bool anthropic, uint64_t n, int status, const char *content_type,
+                     int64_t content_length, bool close_after, const char *retry_after);
+/* x-mock-cut-after reached: close (or reset, with x-mock-reset) now. */
+int mock_end_connection(const struct mock_reply *r);
+void mock_sleep_ms(uint64_t ms);
+/* An error in the family's shape with a message of our own; param (OpenAI
+ * only, may be NULL) names the offending parameter. */
+int mock_fail(struct mock_reply *r, int status, const char *param, const char *fmt, ...) _printf_(4, 5);
 /* The SSE answer: begin sends the head; each event (data owned, or raw text
  * when data is NULL; event NULL: no "event:" line) returns 0, MOCK_CLOSE
  * (x-mock-cut-after reached) or -errno; end terminates the chunked body.
@@ -140,7 +208,107 @@ json_t *mock_output_text(const char *text);
 json_t *mock_embeddings_json(const struct mock_script *s);
 json_t *mock_messages_json(const struct mock_script *s, const char *text);
 json_t *mock_messages_start(const struct mock_script *s);
+json_t *mock_completion_usage(const struct mock_script *s);
+/* finish_reason NULL: a stream chunk ("finish_reason": null) */
+json_t *mock_completion_json(const struct mock_script *s, const char *text, const char *finish_reason);
 json_t *mock_models_json(bool anthropic);
 /* true when model may be served (no --models, or one of them) */
 bool mock_model_known(const char *model);
 json_t *mock_error_json(bool anthropic, int status, const char *model, const char *message);
+
+/* send.c: answers that are not JSON. Byte i of the mock's deterministic
+ * content is (i * 31 + 7) & 0xff. */
+static inline uint8_t mock_pattern_byte(uint64_t i) {
+        return (uint8_t) (i * 31 + 7);
+}
+/* head (may be empty) then pattern bytes, total bytes in all (head cut if
+ * longer). chunk > 0: chunked, chunk bytes per HTTP chunk (x-mock-cut-after
+ * counts chunks, x-mock-event-delay-ms sleeps between them); 0: with
+ * content-length (x-mock-cut-after counts bytes). */
+int mock_send_pattern(struct mock_reply *r, const char *content_type, const void *head, size_t head_len,
+                      uint64_t total, size_t chunk);
+/* The value of query parameter name, percent-decoded, or NULL. */
+char *mock_query(const struct mock_request *req, const char *name);
+/* "2024-01-01T00:00:00Z" */
+void mock_iso8601(int64_t t, char out[static 32]);
+
+/* store.c: the objects the mock keeps (files, batches, videos, stored
+ * responses, message batches), process-wide, under one mutex. */
+enum mock_kind { MOCK_OBJ_FILE, MOCK_OBJ_BATCH, MOCK_OBJ_VIDEO, MOCK_OBJ_RESPONSE, MOCK_OBJ_MSGBATCH };
+struct mock_obj {
+        enum mock_kind kind;
+        bool anthropic;
+        char *id;
+        json_t *json;   /* what a retrieve answers */
+        json_t *state;  /* private: lifecycle, the creating request's script, ... */
+        char *data;     /* files: the content, when kept */
+        size_t size;    /* files: the content's length (kept or not) */
+};
+void mock_store_lock(void);
+void mock_store_unlock(void);
+/* The functions below need the lock. add takes json, state (NULL: {}) and
+ * data; NULL on OOM (everything freed). */
+struct mock_obj *mock_store_add(enum mock_kind kind, bool anthropic, const char *id, json_t *json, json_t *state,
+                                char *data, size_t size);
+struct mock_obj *mock_store_find(enum mock_kind kind, bool anthropic, const char *id);
+void mock_store_remove(struct mock_obj *o);
+/* Copies of the kind's objects, newest first; keep (may be NULL) filters. */
+json_t *mock_store_all(enum mock_kind kind, bool anthropic, bool (*keep)(const struct mock_obj *o, const void *arg),
+                       const void *arg);
+/* List pages (take items, newest first): OpenAI's ?limit, ?after, ?order
+ * and {"object":"list",...}; Anthropic's ?limit, ?after_id, ?before_id. */
+json_t *mock_page_openai(const struct mock_request *req, json_t *items, size_t default_limit);
+json_t *mock_page_anthropic(const struct mock_request *req, json_t *items);
+
+/* route.c: the endpoints beyond the completion ones. -ENOENT: no such
+ * method and path. */
+int mock_route(struct mock_reply *r);
+
+struct mock_call {
+        struct mock_reply *r;
+        json_t *root;       /* JSON body (object) or NULL */
+        const char *id;     /* the path's {id} segment */
+};
+/* files.c */
+int mock_files_create(struct mock_call *c);
+int mock_files_list(struct mock_call *c);
+int mock_files_get(struct mock_call *c);
+int mock_files_content(struct mock_call *c);
+int mock_files_delete(struct mock_call *c);
+/* Adds an OpenAI file whose content is data (taken); under the lock. */
+struct mock_obj *mock_files_add_openai(const char *id, const char *filename, const char *purpose, char *data,
+                                       size_t size);
+/* batches.c */
+int mock_batches_create(struct mock_call *c);
+int mock_batches_list(struct mock_call *c);
+int mock_batches_get(struct mock_call *c);
+int mock_batches_cancel(struct mock_call *c);
+/* msgbatches.c */
+int mock_msgbatches_create(struct mock_call *c);
+int mock_msgbatches_list(struct mock_call *c);
+int mock_msgbatches_get(struct mock_call *c);
+int mock_msgbatches_results(struct mock_call *c);
+int mock_msgbatches_cancel(struct mock_call *c);
+int mock_msgbatches_delete(struct mock_call *c);
+/* media.c */
+/* A text field of either body kind: a JSON string, or a multipart field. */
+const char *mock_field(struct mock_call *c, const char *name);
+/* A JSON integer or a multipart field's digits; def when absent, -1 when
+ * not a number. */
+int64_t mock_int_field(struct mock_call *c, const char *name, int64_t def);
+int mock_moderations(struct mock_call *c);
+int mock_images(struct mock_call *c);
+int mock_speech(struct mock_call *c);
+int mock_transcribe(struct mock_call *c);
+/* videos.c: videos and the stored responses */
+int mock_videos_create(struct mock_call *c);
+int mock_videos_list(struct mock_call *c);
+int mock_videos_get(struct mock_call *c);
+int mock_videos_content(struct mock_call *c);
+int mock_videos_delete(struct mock_call *c);
+/* Keeps a /v1/responses answer (copied) for GET /v1/responses/{id}. */
+void mock_responses_keep(const struct mock_reply *r, json_t *response);
+int mock_responses_get(struct mock_call *c);
+int mock_responses_delete(struct mock_call *c);
+int mock_responses_input_items(struct mock_call *c);
+int mock_responses_cancel(struct mock_call *c);
