@@ -51,6 +51,14 @@ static json_t *build_body(struct mock_reply *r, enum mock_endpoint ep, const cha
         case MOCK_MESSAGES:
                 return r->script.turn == MOCK_TURN_TOOL_CALL ?
                         mock_messages_tool_json(&r->script) : mock_messages_json(&r->script, text);
+        case MOCK_COMPLETIONS: {
+                json_t *j = mock_completion_json(&r->script, text, "stop");
+                if (j && json_object_set_new(j, "usage", mock_completion_usage(&r->script)) < 0) {
+                        json_decref(j);
+                        return NULL;
+                }
+                return j;
+        }
         }
         return NULL;
 }
@@ -83,6 +91,8 @@ static int send_completion(struct mock_reply *r, enum mock_endpoint ep) {
                         body = build_body(r, ep, text.data);
                 }
         }
+        if (body && ep == MOCK_RESPONSES)
+                mock_responses_keep(r, body);
         return mock_send_json(r, 200, body);
 }
 
@@ -191,9 +201,12 @@ static int stream_responses(struct mock_reply *r) {
                 k = responses_event(&s, &seq, "response.output_item.done",
                                     json_pack("{si so}", "output_index", 0,
                                               "item", mock_responses_message(sc, text.data, true)));
-        if (k == 0)
-                k = responses_event(&s, &seq, "response.completed",
-                                    json_pack("{so}", "response", mock_responses_json(sc, text.data, true)));
+        if (k == 0) {
+                json_t *done = mock_responses_json(sc, text.data, true);
+                if (done)
+                        mock_responses_keep(r, done);
+                k = responses_event(&s, &seq, "response.completed", json_pack("{so}", "response", done));
+        }
         if (k == 0)
                 k = mock_sse_end(&s);
 out:
@@ -263,6 +276,35 @@ out:
         return k;
 }
 
+/* The legacy completions stream: O chunks of text, a "stop" chunk, the
+ * usage chunk (include_usage), [DONE]. */
+static int stream_completions(struct mock_reply *r) {
+        const struct mock_script *sc = &r->script;
+        struct mock_sse s = { .r = r };
+        int k = mock_sse_begin(&s);
+        for (uint64_t i = 0; k == 0 && i < sc->out; i++) {
+                _cleanup_free_ char *t = token(i);
+                k = mock_sse_event(&s, NULL, t ? mock_completion_json(sc, t, NULL) : NULL, NULL);
+        }
+        if (k == 0)
+                k = mock_sse_event(&s, NULL, mock_completion_json(sc, "", "stop"), NULL);
+        if (k == 0 && sc->include_usage) {
+                json_t *u = mock_completion_json(sc, "", NULL);
+                if (u && (json_object_set_new(u, "choices", json_array()) < 0 ||
+                          json_object_set_new(u, "usage", mock_completion_usage(sc)) < 0)) {
+                        json_decref(u);
+                        u = NULL;
+                }
+                k = mock_sse_event(&s, NULL, u, NULL);
+        }
+        if (k == 0)
+                k = mock_sse_event(&s, NULL, NULL, "[DONE]");
+        if (k == 0)
+                k = mock_sse_end(&s);
+        kb_buf_free(&s.buf);
+        return k;
+}
+
 int mock_answer(struct mock_reply *r, enum mock_endpoint ep, bool stream) {
         if (!stream)
                 return send_completion(r, ep);
@@ -270,6 +312,7 @@ int mock_answer(struct mock_reply *r, enum mock_endpoint ep, bool stream) {
         case MOCK_CHAT: return stream_chat(r);
         case MOCK_RESPONSES: return stream_responses(r);
         case MOCK_MESSAGES: return stream_messages(r);
+        case MOCK_COMPLETIONS: return stream_completions(r);
         }
         return -EINVAL;
 }

@@ -44,7 +44,8 @@ static void usage(FILE *f) {
               "Request headers script the answer: x-mock-input-tokens, x-mock-output-tokens,\n"
               "x-mock-cached-tokens, x-mock-cache-write-tokens, x-mock-reasoning-tokens,\n"
               "x-mock-status, x-mock-retry-after, x-mock-delay-ms, x-mock-event-delay-ms,\n"
-              "x-mock-cut-after, x-mock-hang, x-mock-body-bytes, x-mock-replay.\n"
+              "x-mock-cut-after, x-mock-hang, x-mock-body-bytes, x-mock-replay,\n"
+              "x-mock-audio-seconds, x-mock-batch-status.\n"
               "See tests/mock/README.md.\n", f);
 }
 

@@ -183,7 +183,7 @@ int mock_sse_event(struct mock_sse *s, const char *event, json_t *data, const ch
 int mock_sse_end(struct mock_sse *s);
 
 /* answer.c: the 200 answers of the completion endpoints. */
-enum mock_endpoint { MOCK_CHAT, MOCK_RESPONSES, MOCK_MESSAGES };
+enum mock_endpoint { MOCK_CHAT, MOCK_RESPONSES, MOCK_MESSAGES, MOCK_COMPLETIONS };
 int mock_answer(struct mock_reply *r, enum mock_endpoint ep, bool stream);
 
 /* tools.c */

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,7 @@ int mock_send_all(int fd, const void *p, size_t n) {
         return 0;
 }
 
-static void sleep_ms(uint64_t ms) {
+void mock_sleep_ms(uint64_t ms) {
         struct timespec ts = { .tv_sec = (time_t) (ms / 1000), .tv_nsec = (long) (ms % 1000) * 1000000L };
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
                 ;
@@ -77,9 +78,8 @@ static const char *reason_phrase(int status) {
         }
 }
 
-/* content_length < 0: chunked. */
-static int append_head(struct kb_buf *b, bool anthropic, uint64_t n, int status, const char *content_type,
-                       int64_t content_length, bool close_after, const char *retry_after) {
+int mock_append_head(struct kb_buf *b, bool anthropic, uint64_t n, int status, const char *content_type,
+                     int64_t content_length, bool close_after, const char *retry_after) {
         int r = kb_buf_appendf(b, "HTTP/1.1 %d %s\r\ncontent-type: %s\r\nx-mock-n: %" PRIu64 "\r\n",
                                status, reason_phrase(status), content_type, n);
         if (r < 0)
@@ -132,7 +132,7 @@ static int reset_connection(int fd) {
         return MOCK_CLOSE;
 }
 
-static int end_connection(const struct mock_reply *r) {
+int mock_end_connection(const struct mock_reply *r) {
         return r->reset ? reset_connection(r->fd) : cut_connection(r->fd);
 }
 
@@ -220,12 +220,14 @@ int mock_send_json(struct mock_reply *r, int status, json_t *body) {
                 free(text);
                 text = spoiled;
         }
-        size_t len = strlen(text);
+        return mock_send_bytes(r, status, "application/json", text, strlen(text));
+}
 
+int mock_send_bytes(struct mock_reply *r, int status, const char *content_type, const char *text, size_t len) {
         _cleanup_(kb_buf_free) struct kb_buf out = {};
         bool close_after = !r->req->keep_alive;
-        int k = append_head(&out, r->anthropic, r->req->n, status, "application/json", (int64_t) len,
-                            close_after, r->retry_after);
+        int k = mock_append_head(&out, r->anthropic, r->req->n, status, content_type, (int64_t) len,
+                                 close_after, r->retry_after);
         if (k < 0)
                 return k;
 
@@ -242,9 +244,9 @@ int mock_send_json(struct mock_reply *r, int status, json_t *body) {
         if (k < 0)
                 return k;
         if (r->cut_after >= 0)
-                return end_connection(r);
+                return mock_end_connection(r);
         if (first < len) {
-                sleep_ms(r->event_delay_ms);
+                mock_sleep_ms(r->event_delay_ms);
                 k = mock_send_all(r->fd, text + first, len - first);
                 if (k < 0)
                         return k;
@@ -254,6 +256,22 @@ int mock_send_json(struct mock_reply *r, int status, json_t *body) {
 
 static int send_error(struct mock_reply *r, int status, const char *message) {
         return mock_send_json(r, status, mock_error_json(r->anthropic, status, r->script.model, message));
+}
+
+int mock_fail(struct mock_reply *r, int status, const char *param, const char *fmt, ...) {
+        va_list ap;
+        _cleanup_free_ char *msg = NULL;
+        va_start(ap, fmt);
+        int k = vasprintf(&msg, fmt, ap);
+        va_end(ap);
+        if (k < 0)
+                return -ENOMEM;
+        json_t *e = mock_error_json(r->anthropic, status, r->script.model, msg);
+        if (e && param && !r->anthropic && json_object_set_new(json_object_get(e, "error"), "param", json_string(param)) < 0) {
+                json_decref(e);
+                e = NULL;
+        }
+        return mock_send_json(r, status, e);
 }
 
 int mock_send_error(int fd, bool anthropic, int status, const char *message, bool close_after) {
@@ -302,7 +320,7 @@ static int sse_long_line(struct mock_reply *r) {
 
 int mock_sse_begin(struct mock_sse *s) {
         _cleanup_(kb_buf_free) struct kb_buf out = {};
-        int k = append_head(&out, s->r->anthropic, s->r->req->n, 200, "text/event-stream", -1,
+        int k = mock_append_head(&out, s->r->anthropic, s->r->req->n, 200, "text/event-stream", -1,
                             !s->r->req->keep_alive, NULL);
         if (k < 0)
                 return k;
@@ -335,9 +353,9 @@ int mock_sse_event(struct mock_sse *s, const char *event, json_t *data, const ch
         }
 
         if (s->r->cut_after >= 0 && s->sent >= (uint64_t) s->r->cut_after)
-                return end_connection(s->r);
+                return mock_end_connection(s->r);
         if (s->sent > 0 && s->r->event_delay_ms > 0)
-                sleep_ms(s->r->event_delay_ms);
+                mock_sleep_ms(s->r->event_delay_ms);
 
         size_t len = strlen(raw) + strlen("data: \n\n") + (event ? strlen("event: \n") + strlen(event) : 0);
         kb_buf_clear(&s->buf);
@@ -358,7 +376,7 @@ int mock_sse_event(struct mock_sse *s, const char *event, json_t *data, const ch
 int mock_sse_end(struct mock_sse *s) {
         /* Even a cut after the last event leaves the chunked body open. */
         if (s->r->cut_after >= 0)
-                return end_connection(s->r);
+                return mock_end_connection(s->r);
         int k = mock_send_all(s->r->fd, "0\r\n\r\n", 5);
         if (k < 0)
                 return k;
@@ -398,10 +416,18 @@ static bool authorized(const struct mock_request *req) {
         return false;
 }
 
+static bool path_under(const char *path, const char *prefix) {
+        size_t n = strlen(prefix);
+        return strncmp(path, prefix, n) == 0 && (path[n] == 0 || path[n] == '/');
+}
+
+/* Anthropic: /v1/messages and below; /v1/models and /v1/files (and
+ * below) when the request carries anthropic-version. */
 static bool is_anthropic(const struct mock_request *req) {
-        if (streq(req->path, "/v1/messages") || streq(req->path, "/v1/messages/count_tokens"))
+        if (path_under(req->path, "/v1/messages"))
                 return true;
-        return streq(req->path, "/v1/models") && mock_header(req, "anthropic-version");
+        return (streq(req->path, "/v1/models") || path_under(req->path, "/v1/files")) &&
+                mock_header(req, "anthropic-version");
 }
 
 int mock_respond(int fd, const struct mock_request *req) {
@@ -409,15 +435,21 @@ int mock_respond(int fd, const struct mock_request *req) {
         if (h && !streq(h, "0"))
                 return hang(fd);
 
-        _cleanup_(json_decrefp) json_t *root = json_loadb(req->body, req->body_len, JSON_DECODE_ANY, NULL);
+        /* A JSON body is parsed up to 64 MiB; a larger one is only
+         * received (413 where JSON is needed). */
+        _cleanup_(json_decrefp) json_t *root = NULL;
+        if (!req->multipart && req->body_len <= MOCK_MAX_JSON_BODY)
+                root = json_loadb(req->body, req->body_len, JSON_DECODE_ANY, NULL);
         uint64_t cut = mock_knob(req, "x-mock-cut-after", UINT64_MAX, MOCK_MAX_BODY_BYTES);
-        const char *model = json_string_value(json_object_get(root, "model"));
+        const char *model = req->multipart ? mock_part_value(req, "model") :
+                json_string_value(json_object_get(root, "model"));
         struct mock_reply r = {
                 .fd = fd,
                 .req = req,
                 .anthropic = is_anthropic(req),
                 .event_delay_ms = mock_knob(req, "x-mock-event-delay-ms", 0, MOCK_MAX_DELAY_MS),
                 .cut_after = cut == UINT64_MAX ? -1 : (int64_t) cut,
+                .root = json_is_object(root) ? root : NULL,
                 .script = {
                         .n = req->n,
                         .model = model ?: MOCK_DEFAULT_MODEL,
@@ -426,6 +458,7 @@ int mock_respond(int fd, const struct mock_request *req) {
                         .cached = mock_knob(req, "x-mock-cached-tokens", 0, MOCK_MAX_TOKENS),
                         .cache_write = mock_knob(req, "x-mock-cache-write-tokens", 0, MOCK_MAX_TOKENS),
                         .reasoning = mock_knob(req, "x-mock-reasoning-tokens", 0, MOCK_MAX_TOKENS),
+                        .created = (int64_t) time(NULL),
                 },
         };
 
@@ -436,7 +469,7 @@ int mock_respond(int fd, const struct mock_request *req) {
 
         uint64_t delay = mock_knob(req, "x-mock-delay-ms", 0, MOCK_MAX_DELAY_MS);
         if (delay > 0)
-                sleep_ms(delay);
+                mock_sleep_ms(delay);
         /* A reset with no cut point: before any byte of the response. */
         if (r.reset && r.cut_after < 0)
                 return reset_connection(fd);
@@ -460,9 +493,11 @@ int mock_respond(int fd, const struct mock_request *req) {
         }
 
         bool post = streq(req->method, "POST");
-        enum { NONE, CHAT_EP, RESPONSES_EP, EMBEDDINGS_EP, MESSAGES_EP, COUNT_EP, MODELS_EP } ep = NONE;
+        enum { NONE, CHAT_EP, RESPONSES_EP, EMBEDDINGS_EP, MESSAGES_EP, COUNT_EP, MODELS_EP, COMPLETIONS_EP } ep = NONE;
         if (post && streq(req->path, "/v1/chat/completions"))
                 ep = CHAT_EP;
+        else if (post && streq(req->path, "/v1/completions"))
+                ep = COMPLETIONS_EP;
         else if (post && streq(req->path, "/v1/responses"))
                 ep = RESPONSES_EP;
         else if (post && streq(req->path, "/v1/embeddings"))
@@ -475,6 +510,9 @@ int mock_respond(int fd, const struct mock_request *req) {
                 ep = MODELS_EP;
 
         if (ep == NONE) {
+                int k = mock_route(&r);
+                if (k != -ENOENT)
+                        return k;
                 _cleanup_free_ char *msg = NULL;
                 if (r.anthropic)
                         msg = strdup("Not Found");
@@ -487,6 +525,9 @@ int mock_respond(int fd, const struct mock_request *req) {
         if (ep == MODELS_EP)
                 return mock_send_json(&r, 200, mock_models_json(r.anthropic));
 
+        if (req->body_len > MOCK_MAX_JSON_BODY)
+                return mock_fail(&r, 413, NULL, "The mock parses JSON bodies of up to 64 MiB; this one has %zu bytes",
+                                 req->body_len);
         if (!json_is_object(root))
                 return send_error(&r, 400, r.anthropic ?
                                   "Invalid JSON in request body" :
@@ -509,6 +550,8 @@ int mock_respond(int fd, const struct mock_request *req) {
         }
         case RESPONSES_EP:
                 return mock_answer(&r, MOCK_RESPONSES, stream);
+        case COMPLETIONS_EP:
+                return mock_answer(&r, MOCK_COMPLETIONS, stream);
         case EMBEDDINGS_EP:
                 r.script.base64 = streq_ptr(json_string_value(json_object_get(root, "encoding_format")), "base64");
                 return mock_send_json(&r, 200, mock_embeddings_json(&r.script));

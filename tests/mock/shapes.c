@@ -190,6 +190,27 @@ json_t *mock_messages_start(const struct mock_script *s) {
                          "cache_read_input_tokens", (json_int_t) s->cached);
 }
 
+json_t *mock_completion_usage(const struct mock_script *s) {
+        return json_pack("{sI sI sI}",
+                         "prompt_tokens", (json_int_t) s->in,
+                         "completion_tokens", (json_int_t) s->out,
+                         "total_tokens", (json_int_t) (s->in + s->out));
+}
+
+/* The legacy /v1/completions answer or stream chunk, without usage
+ * (finish_reason NULL: null). */
+json_t *mock_completion_json(const struct mock_script *s, const char *text, const char *finish_reason) {
+        _cleanup_free_ char *id = mock_id("cmpl-mock", s->n);
+        if (!id)
+                return NULL;
+        return json_pack("{ss ss sI ss s[{ss si sn ss?}]}",
+                         "id", id,
+                         "object", "text_completion",
+                         "created", (json_int_t) s->created,
+                         "model", s->model,
+                         "choices", "text", text, "index", 0, "logprobs", "finish_reason", finish_reason);
+}
+
 static const char *const default_models[] = { "mock-model", "mock-model-large" };
 
 bool mock_model_known(const char *model) {
