@@ -12,6 +12,7 @@ use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
 use FindBin;
 use MIME::Base64 ();
+use Digest::SHA qw(sha256_hex);
 
 my $root = "$FindBin::Bin/../..";
 my $mock = $ENV{KB_MOCK} // "$root/" . ($ENV{BUILD} // 'build') . "/kb-mock";
@@ -63,8 +64,9 @@ package LaxJSON {
 }
 my $json = LaxJSON->new;
 
-# curl(path, body => ..., headers => [...], key => 0|KEY, method => ..., max_time => s)
-# returns { rc, status, headers => {lc name => value}, body }.
+# curl(path, body => ..., ctype => ..., form => [-F args], headers => [...], key => 0|KEY,
+#      method => ..., max_time => s, slurp => 0)
+# returns { rc, status, headers => {lc name => value}, body, body_file }.
 my $seq = 0;
 sub curl {
         my ($path, %o) = @_;
@@ -77,8 +79,9 @@ sub curl {
                 open(my $f, '>', "$dir/req$seq") or die;
                 print $f $o{body};
                 close $f;
-                push @a, '-H', 'content-type: application/json', '--data-binary', "\@$dir/req$seq";
+                push @a, '-H', 'content-type: ' . ($o{ctype} // 'application/json'), '--data-binary', "\@$dir/req$seq";
         }
+        push @a, map { ('-F', $_) } @{ $o{form} // [] };
         my $key = exists $o{key} ? $o{key} : $KEY;
         push @a, '-H', "authorization: Bearer $key" if $key;
         push @a, map { ('-H', $_) } @{ $o{headers} // [] };
@@ -95,8 +98,8 @@ sub curl {
                 }
         }
         my $body = '';
-        if (open(my $f, '<', $bf)) { local $/; $body = <$f> // ''; }
-        return { rc => $rc, status => $code + 0, headers => \%h, body => $body };
+        if (($o{slurp} // 1) && open(my $f, '<', $bf)) { local $/; $body = <$f> // ''; }
+        return { rc => $rc, status => $code + 0, headers => \%h, body => $body, body_file => $bf };
 }
 
 sub sse_events {
@@ -503,6 +506,431 @@ is_deeply([map { $_->{n} } @all], [1 .. scalar @all], 'log: one line per request
         is_deeply(\@models, [qw(p1 p2 p3)], 'pipelining: three answers, in order');
 }
 
+# --- Legacy completions ---------------------------------------------------
+sub log_line { my ($n) = @_; (grep { $_->{n} == $n } log_lines())[0] // {} }
+sub toks { join(' ', map { "tok$_" } 0 .. $_[0] - 1) }
+my $now = time;
+$r = curl('/v1/completions', body => '{"model":"davinci-002","prompt":"x"}', headers => ['x-mock-output-tokens: 3']);
+$j = $json->decode($r->{body});
+my $n_cmpl = $r->{headers}{'x-mock-n'};
+is_deeply([@$j{qw(id object model)}], ["cmpl-mock$n_cmpl", 'text_completion', 'davinci-002'], 'completions: id, object, model');
+ok(abs($j->{created} - $now) < 60, 'completions: created is the real time');
+is_deeply($j->{choices}, [{ text => 'tok0 tok1 tok2 ', index => 0, logprobs => undef, finish_reason => 'stop' }],
+          'completions: the choice');
+is_deeply($j->{usage}, { prompt_tokens => 11, completion_tokens => 3, total_tokens => 14 }, 'completions: usage');
+$r = curl('/v1/completions', body => '{"model":"d","stream":true,"stream_options":{"include_usage":true}}',
+          headers => ['x-mock-output-tokens: 2', 'x-mock-input-tokens: 4']);
+@ev = sse_events($r->{body});
+is($r->{rc}, 0, 'completions sse: terminated');
+is($r->{headers}{'content-type'}, 'text/event-stream', 'completions sse: content-type');
+is(scalar @ev, 2 + 1 + 1 + 1, 'completions sse: 2 text chunks, stop, usage, [DONE]');
+is_deeply($ev[1]{json}{choices}, [{ text => 'tok1 ', index => 0, logprobs => undef, finish_reason => undef }],
+          'completions sse: a text chunk');
+is_deeply([$ev[0]{json}{object}, $ev[0]{json}{id}], ['text_completion', "cmpl-mock$r->{headers}{'x-mock-n'}"],
+          'completions sse: object and id');
+ok(!exists $ev[0]{json}{usage}, 'completions sse: no usage key in text chunks');
+is_deeply($ev[2]{json}{choices}, [{ text => '', index => 0, logprobs => undef, finish_reason => 'stop' }],
+          'completions sse: the stop chunk');
+is_deeply([$ev[3]{json}{choices}, $ev[3]{json}{usage}], [[], { prompt_tokens => 4, completion_tokens => 2, total_tokens => 6 }],
+          'completions sse: the usage chunk');
+is($ev[4]{data}, '[DONE]', 'completions sse: [DONE]');
+$r = curl('/v1/completions', body => '{"stream":true}', headers => ['x-mock-cut-after: 2']);
+is_deeply([$r->{rc}, scalar(sse_events($r->{body}))], [18, 2], 'completions sse: x-mock-cut-after');
+
+# --- Moderations ----------------------------------------------------------
+$r = curl('/v1/moderations', body => '{"input":"hello"}');
+$j = $json->decode($r->{body});
+is_deeply([$j->{id}, $j->{model}, scalar @{ $j->{results} }],
+          ["modr-mock$r->{headers}{'x-mock-n'}", 'omni-moderation-latest', 1], 'moderations: id, default model, one result');
+is($j->{results}[0]{flagged}, JSON::PP::false, 'moderations: not flagged');
+ok(!(grep { $j->{results}[0]{categories}{$_} } qw(harassment hate self-harm sexual violence))
+   && 5 == grep { exists $j->{results}[0]{categories}{$_} } qw(harassment hate self-harm sexual violence),
+   'moderations: categories all false');
+is_deeply([map { $j->{results}[0]{category_scores}{$_} } qw(harassment hate self-harm sexual violence)], [(0.0001) x 5],
+          'moderations: scores 0.0001');
+ok(!exists $j->{usage}, 'moderations: no usage');
+$r = curl('/v1/moderations', body => '{"model":"text-moderation-latest","input":["a","b","c"]}');
+$j = $json->decode($r->{body});
+is_deeply([$j->{model}, scalar @{ $j->{results} }], ['text-moderation-latest', 3], 'moderations: one result per input');
+$r = curl('/v1/moderations', body => '{}');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'input'], 'moderations: no input: 400');
+
+# --- Images -----------------------------------------------------------------
+my $PNG = "\x89PNG\r\n\x1a\n";
+$r = curl('/v1/images/generations', body => '{"model":"gpt-image-1","prompt":"a cat","n":2}',
+          headers => ['x-mock-input-tokens: 20', 'x-mock-output-tokens: 30']);
+$j = $json->decode($r->{body});
+is(scalar @{ $j->{data} }, 2, 'images: n images');
+is(substr(MIME::Base64::decode_base64($j->{data}[1]{b64_json}), 0, 8), $PNG, 'images: b64_json is a PNG');
+ok(abs($j->{created} - $now) < 60, 'images: created');
+is_deeply($j->{usage}, { total_tokens => 50, input_tokens => 20, output_tokens => 30,
+                         input_tokens_details => { text_tokens => 20, image_tokens => 0 } }, 'images: gpt-image-1 usage');
+$r = curl('/v1/images/generations', body => '{"model":"dall-e-3","prompt":"a dog","response_format":"url"}');
+$j = $json->decode($r->{body});
+my $n_img = $r->{headers}{'x-mock-n'};
+is_deeply($j->{data}, [{ url => "https://mock.invalid/img/$n_img-0.png", revised_prompt => 'a dog' }], 'images: dall-e url');
+ok(!exists $j->{usage}, 'images: dall-e has no usage');
+$r = curl('/v1/images/generations', body => '{"model":"dall-e-2","prompt":"a dog","response_format":"b64_json"}');
+$j = $json->decode($r->{body});
+ok($j->{data}[0]{b64_json} && !exists $j->{usage}, 'images: dall-e b64_json, no usage');
+$r = curl('/v1/images/generations', body => '{"prompt":"x","n":11}');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'n'], 'images: n > 10: 400');
+$r = curl('/v1/images/generations', body => '{"n":1}');
+is($r->{status}, 400, 'images: no prompt: 400');
+my $imgfile = "$dir/in.png";
+{ open(my $f, '>', $imgfile) or die; binmode $f; print $f $PNG, "pixels" x 100; close $f }
+$r = curl('/v1/images/edits', form => ['model=gpt-image-1', 'prompt=add a hat', 'n=3', "image[]=\@$imgfile",
+                                       "image[]=\@$imgfile;type=image/png", "mask=\@$imgfile"]);
+$j = $json->decode($r->{body});
+is_deeply([$r->{status}, scalar @{ $j->{data} }, $j->{usage}{input_tokens}], [200, 3, 11], 'images edits: multipart, n, usage');
+{
+        my $l = log_line($r->{headers}{'x-mock-n'});
+        my @img = grep { $_->{name} eq 'image[]' } @{ $l->{parts} // [] };
+        is(scalar @img, 2, 'images edits: log: both image[] parts');
+        is_deeply([@{ $img[1] }{qw(filename content_type bytes sha256)}], ['in.png', 'image/png', 608, sha256_hex($PNG . "pixels" x 100)],
+                  'images edits: log: filename, content_type, bytes, sha256');
+        my ($p) = grep { $_->{name} eq 'prompt' } @{ $l->{parts} // [] };
+        is_deeply($p, { name => 'prompt', bytes => 9, sha256 => sha256_hex('add a hat'), value => 'add a hat' },
+                  'images edits: log: a text field with its value');
+        ok(!exists $img[0]{value}, 'images edits: log: no value for a file part');
+}
+$r = curl('/v1/images/edits', form => ['prompt=x']);
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'image'], 'images edits: no image: 400');
+
+# --- Audio: speech ------------------------------------------------------------
+sub pattern { my ($n) = @_; join('', map { chr(($_ * 31 + 7) & 0xff) } 0 .. $n - 1) }
+$r = curl('/v1/audio/speech', body => '{"model":"tts-1","input":"hello","voice":"alloy"}');
+is_deeply([$r->{status}, $r->{headers}{'content-type'}, $r->{headers}{'transfer-encoding'}], [200, 'audio/mpeg', 'chunked'],
+          'speech: 200 audio/mpeg, chunked');
+is(length $r->{body}, 4 + 500, 'speech: 4 + strlen(input) * 100 bytes');
+is($r->{body}, 'MOCK' . pattern(500), 'speech: "MOCK" then the deterministic bytes');
+for my $c (['wav', 'audio/wav'], ['pcm', 'audio/pcm'], ['opus', 'audio/ogg'], ['aac', 'audio/aac'], ['flac', 'audio/flac']) {
+        $r = curl('/v1/audio/speech', body => qq({"input":"a","response_format":"$c->[0]"}));
+        is($r->{headers}{'content-type'}, $c->[1], "speech: $c->[0] is $c->[1]");
+}
+$r = curl('/v1/audio/speech', body => '{"input":"a"}', headers => ['x-mock-body-bytes: 100000']);
+is(length $r->{body}, 100000, 'speech: x-mock-body-bytes sets the length');
+$t = time;
+$r = curl('/v1/audio/speech', body => '{"input":"ab"}', headers => ['x-mock-event-delay-ms: 100']);
+ok(time - $t >= 0.29 && length $r->{body} == 204, 'speech: in at least 4 chunks, x-mock-event-delay-ms between them');
+$r = curl('/v1/audio/speech', body => '{"input":"ab"}', headers => ['x-mock-cut-after: 2']);
+is_deeply([$r->{rc}, length $r->{body}], [18, 102], 'speech: x-mock-cut-after 2 chunks');
+$r = curl('/v1/audio/speech', body => '{"voice":"alloy"}');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'input'], 'speech: no input: 400');
+
+# --- Audio: transcriptions and translations ----------------------------------
+my $wav = "$dir/a.wav";
+{ open(my $f, '>', $wav) or die; print $f 'w' x 40000; close $f }   # 2.5 s at 16000 bytes/s
+my @T3 = (headers => ['x-mock-output-tokens: 3']);
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=gpt-4o-transcribe'], @T3);
+is_deeply($json->decode($r->{body}), { text => toks(3), usage => { type => 'tokens', input_tokens => 11,
+          input_token_details => { text_tokens => 0, audio_tokens => 11 }, output_tokens => 3, total_tokens => 14 } },
+          'transcriptions: json, token usage');
+{
+        my ($p) = grep { $_->{name} eq 'file' } @{ log_line($r->{headers}{'x-mock-n'})->{parts} // [] };
+        is_deeply([@$p{qw(filename bytes sha256)}], ['a.wav', 40000, sha256_hex('w' x 40000)], 'transcriptions: log: the file part');
+}
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=whisper-1'], @T3);
+is_deeply($json->decode($r->{body}), { text => toks(3), usage => { type => 'duration', seconds => 3 } },
+          'transcriptions: whisper-1 json, duration usage (ceil of 2.5 s)');
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=whisper-1', 'response_format=verbose_json'], @T3);
+$j = $json->decode($r->{body});
+is_deeply([@$j{qw(task language duration text)}, $j->{usage}], ['transcribe', 'english', 2.5, toks(3), { type => 'duration', seconds => 3 }],
+          'transcriptions: verbose_json');
+is_deeply([@{ $j->{segments}[0] }{qw(id start end text tokens)}], [0, 0, 2.5, toks(3), [1, 2]], 'transcriptions: verbose_json segment');
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=gpt-4o-mini-transcribe', 'response_format=text'], @T3);
+is_deeply([$r->{headers}{'content-type'}, $r->{body}], ['text/plain; charset=utf-8', toks(3) . "\n"], 'transcriptions: text');
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=whisper-1', 'response_format=srt'], @T3);
+is($r->{body}, "1\n00:00:00,000 --> 00:00:02,500\n" . toks(3) . "\n\n", 'transcriptions: srt');
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=whisper-1', 'response_format=vtt'],
+          headers => ['x-mock-output-tokens: 1', 'x-mock-audio-seconds: 3725.25']);
+is($r->{body}, "WEBVTT\n\n00:00:00.000 --> 01:02:05.300\ntok0\n\n", 'transcriptions: vtt, x-mock-audio-seconds');
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=gpt-4o-transcribe', 'stream=true'], @T3);
+is($r->{headers}{'content-type'}, 'text/event-stream', 'transcriptions stream: SSE');
+like($r->{body}, qr/\A(data: [^\n]+\n\n)+\z/, 'transcriptions stream: data lines only');
+@ev = sse_events($r->{body});
+is_deeply([map { $_->{json}{delta} } @ev[0 .. 2]], ['tok0 ', 'tok1 ', 'tok2 '], 'transcriptions stream: transcript.text.delta x O');
+is_deeply($ev[3]{json}, { type => 'transcript.text.done', text => toks(3), usage => { type => 'tokens', input_tokens => 11,
+          input_token_details => { text_tokens => 0, audio_tokens => 11 }, output_tokens => 3, total_tokens => 14 } },
+          'transcriptions stream: transcript.text.done with usage, no [DONE]');
+is(scalar @ev, 4, 'transcriptions stream: 4 events');
+$r = curl('/v1/audio/translations', form => ["file=\@$wav", 'model=whisper-1', 'response_format=verbose_json'],
+          headers => ['x-mock-audio-seconds: 7']);
+$j = $json->decode($r->{body});
+is_deeply([$j->{task}, $j->{duration}, $j->{usage}{seconds}], ['translate', 7, 7], 'translations: verbose_json');
+$r = curl('/v1/audio/transcriptions', form => ['model=whisper-1']);
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'file'], 'transcriptions: no file: 400');
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav"]);
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'model'], 'transcriptions: no model: 400');
+$r = curl('/v1/audio/transcriptions', form => ["file=\@$wav", 'model=whisper-1', 'stream=true']);
+is($r->{status}, 400, 'transcriptions: whisper-1 does not stream: 400');
+
+# --- Multipart: malformed bodies -----------------------------------------------
+for my $c (['multipart/form-data', "--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nb\r\n--XX--\r\n", qr/no boundary/],
+           ['multipart/form-data; boundary=XX', "--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nb\r\n", qr/missing closing delimiter/],
+           ['multipart/form-data; boundary="XX"', "--XX\r\n\r\nb\r\n--XX--\r\n", qr/part 1 has no headers/],
+           ['multipart/form-data; boundary=XX', "nothing here", qr/does not occur/]) {
+        $r = curl('/v1/files', body => $c->[1], ctype => $c->[0]);
+        is($r->{status}, 400, "malformed multipart ($c->[0]): 400");
+        like($json->decode($r->{body})->{error}{message}, $c->[2], "malformed multipart: the message says why ($c->[2])");
+}
+$r = curl('/v1/files', body => "--XX\r\n\r\nb\r\n--XX--\r\n", ctype => 'multipart/form-data; boundary=XX',
+          headers => ['anthropic-version: 2023-06-01']);
+is_deeply([$r->{status}, $json->decode($r->{body})->{type}], [400, 'error'], 'malformed multipart: Anthropic shape on Anthropic files');
+$r = curl('/v1/files', body => '{"purpose":"batch"}');
+is($r->{status}, 400, 'files: a JSON body: 400');
+my $big_json = '{"model":"m","input":"' . ('x' x (1 << 21)) . '"}';
+$r = curl('/v1/embeddings', body => $big_json);
+{
+        my $l = log_line($r->{headers}{'x-mock-n'});
+        is_deeply([$r->{status}, exists $l->{body}, $l->{body_bytes}], [200, '', length $big_json],
+                  'log: a body over 1 MiB is counted, not logged');
+}
+
+# --- OpenAI files -------------------------------------------------------------
+my $jsonl = "$dir/in.jsonl";
+{
+        open(my $f, '>', $jsonl) or die;
+        print $f qq({"custom_id":"req-a","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o","messages":[]}}\n\n);
+        print $f qq({"custom_id":"req-b","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[]}}\n);
+        close $f;
+}
+my $jsonl_bytes = -s $jsonl;
+$r = curl('/v1/files', form => ['purpose=batch', "file=\@$jsonl"]);
+$j = $json->decode($r->{body});
+my $fid = $j->{id};
+is($fid, "file-mock$r->{headers}{'x-mock-n'}", 'files: id file-mock<n>');
+is_deeply([@$j{qw(object bytes filename purpose status expires_at status_details)}],
+          ['file', $jsonl_bytes, 'in.jsonl', 'batch', 'processed', undef, undef], 'files: the file object');
+ok(abs($j->{created_at} - $now) < 60, 'files: created_at');
+$r = curl('/v1/files', form => ['purpose=assistants', "file=\@$wav"]);
+my $fid2 = $json->decode($r->{body})->{id};
+$r = curl('/v1/files');
+$j = $json->decode($r->{body});
+is_deeply([$j->{object}, $j->{data}[0]{id}, $j->{data}[1]{id}, $j->{first_id}, $j->{has_more}], ['list', $fid2, $fid, $fid2, JSON::PP::false],
+          'files: list, newest first');
+$r = curl('/v1/files?purpose=batch');
+is_deeply([map { $_->{id} } @{ $json->decode($r->{body})->{data} }], [$fid], 'files: ?purpose=');
+$r = curl('/v1/files?limit=1');
+$j = $json->decode($r->{body});
+is_deeply([scalar @{ $j->{data} }, $j->{has_more}], [1, JSON::PP::true], 'files: ?limit= and has_more');
+$r = curl("/v1/files?limit=1&after=$fid2");
+is($json->decode($r->{body})->{data}[0]{id}, $fid, 'files: ?after=');
+$r = curl("/v1/files/$fid");
+is($json->decode($r->{body})->{id}, $fid, 'files: retrieve');
+$r = curl("/v1/files/$fid/content");
+is_deeply([$r->{status}, $r->{headers}{'content-type'}, $r->{body}], [200, 'application/octet-stream', do { local (@ARGV, $/) = $jsonl; <> }],
+          'files: content, byte for byte');
+$r = curl("/v1/files/$fid2", method => 'DELETE');
+is_deeply($json->decode($r->{body}), { id => $fid2, object => 'file', deleted => JSON::PP::true }, 'files: delete');
+$r = curl("/v1/files/$fid2");
+is_deeply([$r->{status}, $json->decode($r->{body})],
+          [404, { error => { message => "No such File object: $fid2", type => 'invalid_request_error', param => 'id', code => undef } }],
+          'files: unknown id: 404 in OpenAI\'s shape');
+$r = curl("/v1/files/$fid2/content");
+is($r->{status}, 404, 'files: content of an unknown id: 404');
+$r = curl('/v1/files', form => ["file=\@$wav"]);
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'purpose'], 'files: no purpose: 400');
+$r = curl('/v1/files', form => ['purpose=nope', "file=\@$wav"]);
+is($r->{status}, 400, 'files: unknown purpose: 400');
+$r = curl('/v1/files', method => 'PUT');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{message}], [404, 'Invalid URL (PUT /v1/files)'],
+          'wrong method on a known path: 404 Invalid URL');
+
+# --- OpenAI batches -----------------------------------------------------------------
+$r = curl('/v1/batches', body => qq({"input_file_id":"$fid","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"team":"a"}}),
+          headers => ['x-mock-input-tokens: 5', 'x-mock-output-tokens: 2']);
+$j = $json->decode($r->{body});
+my $bid = $j->{id};
+is($bid, "batch_mock$r->{headers}{'x-mock-n'}", 'batches: id batch_mock<n>');
+is_deeply([@$j{qw(object endpoint errors input_file_id completion_window status output_file_id error_file_id in_progress_at
+                  completed_at cancelled_at model)}, $j->{request_counts}, $j->{metadata}],
+          ['batch', '/v1/chat/completions', undef, $fid, '24h', 'validating', undef, undef, undef, undef, undef, 'gpt-4o',
+           { total => 2, completed => 0, failed => 0 }, { team => 'a' }], 'batches: the created batch');
+is($j->{expires_at} - $j->{created_at}, 86400, 'batches: expires_at 24 h after created_at');
+my @steps = map { $json->decode(curl("/v1/batches/$bid")->{body}) } 1 .. 3;
+is_deeply([map { $_->{status} } @steps], [qw(in_progress finalizing completed)], 'batches: each retrieve one step');
+ok($steps[0]{in_progress_at} && $steps[1]{finalizing_at} && $steps[2]{completed_at}, 'batches: the timestamps');
+$j = $steps[2];
+like($j->{output_file_id}, qr/^file-mockout\d+$/, 'batches: output_file_id');
+is_deeply($j->{request_counts}, { total => 2, completed => 2, failed => 0 }, 'batches: request_counts');
+is_deeply($j->{usage}, { input_tokens => 10, output_tokens => 4, total_tokens => 14, input_tokens_details => { cached_tokens => 0 },
+                         output_tokens_details => { reasoning_tokens => 0 } }, 'batches: usage = the scripted usage x N');
+is($json->decode(curl("/v1/batches/$bid")->{body})->{status}, 'completed', 'batches: completed stays');
+$r = curl("/v1/files/$j->{output_file_id}");
+is_deeply([@{ $json->decode($r->{body}) }{qw(purpose status)}], ['batch_output', 'processed'], 'batches: the output file object');
+$r = curl("/v1/files/$j->{output_file_id}/content");
+{
+        my @lines = map { $json->decode($_) } split /\n/, $r->{body};
+        is_deeply([map { $_->{custom_id} } @lines], ['req-a', 'req-b'], 'batches: one output line per input line');
+        is_deeply([@{ $lines[1] }{qw(error)}, $lines[1]{response}{status_code}, $lines[1]{response}{body}{object},
+                   $lines[1]{response}{body}{model}, $lines[1]{response}{body}{usage}{prompt_tokens},
+                   $lines[1]{response}{body}{usage}{completion_tokens}],
+                  [undef, 200, 'chat.completion', 'gpt-4o-mini', 5, 2], 'batches: an output line');
+        like($lines[0]{id}, qr/^batch_req_/, 'batches: line ids batch_req_...');
+}
+$r = curl("/v1/batches/$bid/cancel", method => 'POST');
+is($r->{status}, 400, 'batches: cancelling a completed batch: 400');
+$r = curl('/v1/batches', body => qq({"input_file_id":"$fid","endpoint":"/v1/chat/completions","completion_window":"24h"}));
+my $bid2 = $json->decode($r->{body})->{id};
+$r = curl("/v1/batches/$bid2/cancel", method => 'POST');
+$j = $json->decode($r->{body});
+is_deeply([$j->{status}, !!$j->{cancelling_at}], ['cancelling', 1], 'batches: cancel: cancelling');
+$j = $json->decode(curl("/v1/batches/$bid2")->{body});
+is_deeply([$j->{status}, !!$j->{cancelled_at}], ['cancelled', 1], 'batches: then cancelled');
+$r = curl('/v1/batches', body => qq({"input_file_id":"$fid","endpoint":"/v1/chat/completions","completion_window":"24h"}));
+my $bid3 = $json->decode($r->{body})->{id};
+$j = $json->decode(curl("/v1/batches/$bid3", headers => ['x-mock-batch-status: failed'])->{body});
+is_deeply([$j->{status}, !!$j->{failed_at}, $j->{errors}{object}], ['failed', 1, 'list'], 'batches: x-mock-batch-status forces a status');
+$j = $json->decode(curl("/v1/batches/$bid3", headers => ['x-mock-batch-status: completed'])->{body});
+ok($j->{status} eq 'completed' && $j->{output_file_id}, 'batches: x-mock-batch-status completed');
+$r = curl('/v1/batches?limit=2');
+$j = $json->decode($r->{body});
+is_deeply([$j->{object}, map({ $_->{id} } @{ $j->{data} }), $j->{has_more}], ['list', $bid3, $bid2, JSON::PP::true],
+          'batches: list, newest first, limit');
+$r = curl('/v1/batches/batch_nope');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{message}], [404, "No batch found with id 'batch_nope'."],
+          'batches: unknown id: 404');
+$r = curl('/v1/batches', body => '{"input_file_id":"file-nope","endpoint":"/v1/chat/completions","completion_window":"24h"}');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'input_file_id'], 'batches: unknown input file: 400');
+
+# --- Videos ---------------------------------------------------------------------
+$r = curl('/v1/videos', body => '{"prompt":"a cat on a skateboard","seconds":"8"}');
+$j = $json->decode($r->{body});
+my $vid = $j->{id};
+is($vid, "video_mock$r->{headers}{'x-mock-n'}", 'videos: id video_mock<n>');
+is_deeply([@$j{qw(object model status progress completed_at expires_at size seconds quality remixed_from_video_id error)}],
+          ['video', 'sora-2', 'queued', 0, undef, undef, '720x1280', '8', 'standard', undef, undef], 'videos: the queued video');
+$r = curl("/v1/videos/$vid/content");
+is($r->{status}, 400, 'videos: content before completion: 400');
+$j = $json->decode(curl("/v1/videos/$vid")->{body});
+is_deeply([@$j{qw(status progress)}], ['in_progress', 50], 'videos: retrieve 1: in_progress');
+$j = $json->decode(curl("/v1/videos/$vid")->{body});
+ok($j->{status} eq 'completed' && $j->{progress} == 100 && $j->{completed_at}, 'videos: retrieve 2: completed');
+$r = curl("/v1/videos/$vid/content");
+is_deeply([$r->{status}, $r->{headers}{'content-type'}, length $r->{body}, substr($r->{body}, 4, 4)], [200, 'video/mp4', 65536, 'ftyp'],
+          'videos: content: 64 KiB of video/mp4');
+$r = curl('/v1/videos', form => ['prompt=a dog', 'model=sora-2-pro', 'seconds=12', 'size=1280x720']);
+$j = $json->decode($r->{body});
+is_deeply([@$j{qw(model seconds size)}], ['sora-2-pro', '12', '1280x720'], 'videos: multipart create');
+$r = curl('/v1/videos');
+$j = $json->decode($r->{body});
+is_deeply([$j->{object}, scalar @{ $j->{data} }, $j->{last_id}, $j->{has_more}], ['list', 2, $vid, JSON::PP::false], 'videos: list');
+$r = curl("/v1/videos/$vid", method => 'DELETE');
+is_deeply($json->decode($r->{body}), { id => $vid, object => 'video.deleted', deleted => JSON::PP::true }, 'videos: delete');
+$r = curl("/v1/videos/$vid");
+is($r->{status}, 404, 'videos: unknown id: 404');
+$r = curl('/v1/videos', body => '{"prompt":"x","seconds":"5"}');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{param}], [400, 'seconds'], 'videos: seconds not 4, 8, 12: 400');
+$r = curl('/v1/videos', body => '{"seconds":"4"}');
+is($r->{status}, 400, 'videos: no prompt: 400');
+
+# --- Stored responses -----------------------------------------------------------
+$r = curl('/v1/responses', body => '{"model":"r2","input":"what is up"}');
+my $stored = $json->decode($r->{body});
+my $rid = $stored->{id};
+my $n_rid = $r->{headers}{'x-mock-n'};
+$r = curl("/v1/responses/$rid");
+is_deeply($json->decode($r->{body}), $stored, 'responses: GET /v1/responses/{id} is the answer');
+$r = curl("/v1/responses/$rid/input_items");
+is_deeply($json->decode($r->{body}), { object => 'list', data => [{ id => "msg_in$n_rid", type => 'message', role => 'user',
+          content => [{ type => 'input_text', text => 'what is up' }] }], first_id => "msg_in$n_rid", last_id => "msg_in$n_rid",
+          has_more => JSON::PP::false }, 'responses: input_items');
+$r = curl('/v1/responses', body => '{"model":"r2","stream":true,"input":[{"role":"user","content":"a"}]}');
+@ev = sse_events($r->{body});
+my $done = $ev[-1]{json}{response};
+$r = curl("/v1/responses/$done->{id}");
+is_deeply($json->decode($r->{body}), $done, 'responses: a stream\'s response.completed is stored');
+$j = $json->decode(curl("/v1/responses/$done->{id}/input_items")->{body});
+is_deeply([$j->{data}[0]{role}, $j->{data}[0]{content}], ['user', [{ type => 'input_text', text => 'a' }]],
+          'responses: input_items of an array input');
+$r = curl("/v1/responses/$rid/cancel", method => 'POST');
+is($json->decode($r->{body})->{status}, 'cancelled', 'responses: cancel');
+$r = curl("/v1/responses/$rid", method => 'DELETE');
+is_deeply($json->decode($r->{body}), { id => $rid, object => 'response', deleted => JSON::PP::true }, 'responses: delete');
+$r = curl("/v1/responses/$rid");
+is_deeply([$r->{status}, $json->decode($r->{body})], [404, { error => { message => "Response with id '$rid' not found.",
+          type => 'invalid_request_error', param => undef, code => undef } }], 'responses: unknown id: 404');
+$r = curl('/v1/responses', body => '{"store":false}');
+is(curl('/v1/responses/' . $json->decode($r->{body})->{id})->{status}, 404, 'responses: "store": false is not stored');
+
+# --- Anthropic message batches -----------------------------------------------------
+my @AV = ('anthropic-version: 2023-06-01');
+$r = curl('/v1/messages/batches', headers => [@AV, 'x-mock-input-tokens: 3', 'x-mock-output-tokens: 2'],
+          body => '{"requests":[{"custom_id":"one","params":{"model":"claude-a","max_tokens":9,"messages":[]}},'
+                . '{"custom_id":"two","params":{"model":"claude-b","max_tokens":9,"messages":[]}}]}');
+$j = $json->decode($r->{body});
+my $mb = $j->{id};
+is($mb, "msgbatch_mock$r->{headers}{'x-mock-n'}", 'message batches: id msgbatch_mock<n>');
+is($r->{headers}{'request-id'}, "req_mock$r->{headers}{'x-mock-n'}", 'message batches: Anthropic headers');
+is_deeply([@$j{qw(type processing_status ended_at archived_at cancel_initiated_at results_url)}, $j->{request_counts}],
+          ['message_batch', 'in_progress', undef, undef, undef, undef,
+           { processing => 2, succeeded => 0, errored => 0, canceled => 0, expired => 0 }], 'message batches: the created batch');
+like($j->{created_at}, qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, 'message batches: created_at ISO 8601');
+$r = curl("/v1/messages/batches/$mb/results");
+is_deeply([$r->{status}, $json->decode($r->{body})->{type}], [400, 'error'], 'message batches: no results before it ends: 400');
+$r = curl("/v1/messages/batches/$mb", method => 'DELETE');
+is($r->{status}, 400, 'message batches: no delete before it ends: 400');
+$j = $json->decode(curl("/v1/messages/batches/$mb")->{body});
+is($j->{processing_status}, 'in_progress', 'message batches: retrieve 1: in_progress');
+$j = $json->decode(curl("/v1/messages/batches/$mb")->{body});
+is_deeply([$j->{processing_status}, $j->{request_counts}, $j->{results_url}],
+          ['ended', { processing => 0, succeeded => 2, errored => 0, canceled => 0, expired => 0 },
+           "http://127.0.0.1:$port/v1/messages/batches/$mb/results"], 'message batches: retrieve 2: ended');
+like($j->{ended_at}, qr/^\d{4}-\d\d-\d\dT/, 'message batches: ended_at');
+$r = curl("/v1/messages/batches/$mb/results");
+is($r->{headers}{'content-type'}, 'application/binary', 'message batches: results content-type');
+{
+        my @lines = map { $json->decode($_) } split /\n/, $r->{body};
+        is_deeply([map { "$_->{custom_id}/$_->{result}{type}/$_->{result}{message}{model}" } @lines],
+                  ['one/succeeded/claude-a', 'two/succeeded/claude-b'], 'message batches: one result per request');
+        is_deeply([@{ $lines[0]{result}{message} }{qw(type role stop_reason)}, $lines[0]{result}{message}{usage}{input_tokens},
+                   $lines[0]{result}{message}{usage}{output_tokens}, $lines[0]{result}{message}{content}[0]{text}],
+                  ['message', 'assistant', 'end_turn', 3, 2, 'tok0 tok1 '], 'message batches: a message with the scripted usage');
+}
+$r = curl('/v1/messages/batches', body => '{"requests":[{"custom_id":"c","params":{"model":"m","max_tokens":1,"messages":[]}}]}');
+my $mb2 = $json->decode($r->{body})->{id};
+$j = $json->decode(curl("/v1/messages/batches/$mb2/cancel", method => 'POST')->{body});
+is_deeply([$j->{processing_status}, !!$j->{cancel_initiated_at}], ['canceling', 1], 'message batches: cancel: canceling');
+$j = $json->decode(curl("/v1/messages/batches/$mb2")->{body});
+is_deeply([$j->{processing_status}, $j->{request_counts}{canceled}], ['ended', 1], 'message batches: then ended, canceled');
+$r = curl("/v1/messages/batches/$mb2/results");
+is_deeply($json->decode($r->{body}), { custom_id => 'c', result => { type => 'canceled' } }, 'message batches: canceled result');
+$j = $json->decode(curl('/v1/messages/batches?limit=1')->{body});
+is_deeply([map({ $_->{id} } @{ $j->{data} }), $j->{has_more}, $j->{first_id}], [$mb2, JSON::PP::true, $mb2],
+          'message batches: list, newest first');
+$j = $json->decode(curl("/v1/messages/batches?after_id=$mb2")->{body});
+is($j->{data}[0]{id}, $mb, 'message batches: list after_id');
+$r = curl("/v1/messages/batches/$mb", method => 'DELETE');
+is_deeply($json->decode($r->{body}), { id => $mb, type => 'message_batch_deleted' }, 'message batches: delete');
+$r = curl("/v1/messages/batches/$mb");
+is_deeply([$r->{status}, $json->decode($r->{body})->{type}, $json->decode($r->{body})->{error}{type}], [404, 'error', 'not_found_error'],
+          'message batches: unknown id: 404 in Anthropic\'s shape');
+$r = curl('/v1/messages/batches', body => '{"requests":[]}');
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{type}], [400, 'invalid_request_error'], 'message batches: no requests: 400');
+
+# --- Anthropic files --------------------------------------------------------------
+$r = curl('/v1/files', headers => [@AV], form => ["file=\@$imgfile;type=image/png"]);
+$j = $json->decode($r->{body});
+my $afid = $j->{id};
+is($afid, "file_mock$r->{headers}{'x-mock-n'}", 'anthropic files: id file_mock<n>');
+is_deeply([@$j{qw(type filename mime_type size_bytes downloadable)}], ['file', 'in.png', 'image/png', 608, JSON::PP::false],
+          'anthropic files: the file object');
+like($j->{created_at}, qr/^\d{4}-\d\d-\d\dT/, 'anthropic files: created_at');
+$j = $json->decode(curl('/v1/files', headers => [@AV])->{body});
+is_deeply([map({ $_->{id} } @{ $j->{data} }), $j->{has_more}], [$afid, JSON::PP::false], 'anthropic files: list (Anthropic files only)');
+is($json->decode(curl("/v1/files/$afid", headers => [@AV])->{body})->{id}, $afid, 'anthropic files: retrieve');
+$r = curl("/v1/files/$afid/content", headers => [@AV]);
+is_deeply([$r->{headers}{'content-type'}, $r->{body}], ['image/png', $PNG . "pixels" x 100], 'anthropic files: content');
+is(curl("/v1/files/$afid")->{status}, 404, 'anthropic files: not an OpenAI file');
+$r = curl("/v1/files/$afid", headers => [@AV], method => 'DELETE');
+is_deeply($json->decode($r->{body}), { id => $afid, type => 'file_deleted' }, 'anthropic files: delete');
+$r = curl("/v1/files/$afid", headers => [@AV]);
+is_deeply([$r->{status}, $json->decode($r->{body})->{error}{type}], [404, 'not_found_error'], 'anthropic files: unknown id: 404');
+
+# --- Every line counts its body --------------------------------------------------
+ok(!(grep { !defined $_->{body_bytes} } log_lines()), 'log: body_bytes on every line');
+
 # --- SIGTERM --------------------------------------------------------------
 kill 'TERM', $pid;
 my $waited = 0;
@@ -518,5 +946,62 @@ is($r->{status}, 200, 'no --require-key: anything goes');
 kill 'TERM', $pid2;
 waitpid($pid2, 0);
 delete $mocks{$pid2};
+
+# --- A 100 MB upload: spilled to a file, never held in memory; --models -------
+{
+        my $blog = "$dir/big.log";
+        my ($bpid, $bport) = start_mock('--log', $blog, '--models', 'whisper-1,gpt-image-1');
+        $base = "http://127.0.0.1:$bport";
+        my $big = "$dir/big.bin";
+        system("head -c 100000000 /dev/urandom > '$big'") == 0 or die "head: $?";
+        my ($want) = split ' ', `sha256sum '$big'`;
+        my $hwm = sub {
+                open(my $f, '<', "/proc/$bpid/status") or return 0;
+                my ($kb) = map { /^VmHWM:\s+(\d+)/ ? $1 : () } <$f>;
+                return $kb // 0;
+        };
+        my $blines = sub { open(my $f, '<', $blog) or return (); map { $json->decode($_) } <$f> };
+        my $before = $hwm->();
+        for my $how (['content-length', []], ['chunked', ['transfer-encoding: chunked']]) {
+                $r = curl('/v1/files', key => undef, form => ['purpose=user_data', "file=\@$big"], headers => $how->[1],
+                          max_time => 120);
+                $j = $json->decode($r->{body});
+                is_deeply([$r->{status}, $j->{bytes}, $j->{filename}], [200, 100000000, 'big.bin'],
+                          "100 MB upload ($how->[0]): accepted, bytes");
+                my ($l) = grep { $_->{n} == $r->{headers}{'x-mock-n'} } $blines->();
+                my ($fp) = grep { $_->{name} eq 'file' } @{ $l->{parts} // [] };
+                is_deeply([$fp->{bytes}, $fp->{sha256}, exists $l->{body}], [100000000, $want, ''],
+                          "100 MB upload ($how->[0]): logged part's bytes and sha256 are the file's; no body");
+                ok($l->{body_bytes} > 100000000, "100 MB upload ($how->[0]): body_bytes");
+        }
+        my $grown = $hwm->() - $before;
+        ok($before > 0 && $grown < 64 * 1024, "100 MB uploads: the mock's peak RSS grew by less than 64 MiB ($grown KiB)");
+        # more than 16 MiB: only its size is kept, the content is the deterministic bytes
+        $r = curl("/v1/files/$j->{id}/content", key => undef, slurp => 0, max_time => 120);
+        is(-s $r->{body_file}, 100000000, '100 MB upload: content of the same length');
+        open(my $f, '<', $r->{body_file}) or die;
+        read($f, my $head, 64);
+        close $f;
+        is($head, pattern(64), '100 MB upload: content is the deterministic bytes');
+        unlink $big, $r->{body_file};
+
+        $r = curl('/v1/audio/transcriptions', key => undef, form => ["file=\@$wav", 'model=gpt-4o-transcribe']);
+        is_deeply([$r->{status}, $json->decode($r->{body})->{error}{code}], [404, 'model_not_found'],
+                  '--models: a multipart model not served: 404 model_not_found');
+        $r = curl('/v1/audio/transcriptions', key => undef, form => ["file=\@$wav", 'model=whisper-1']);
+        is($r->{status}, 200, '--models: a served multipart model: 200');
+        $r = curl('/v1/images/generations', key => undef, body => '{"model":"dall-e-3","prompt":"x"}');
+        is($r->{status}, 404, '--models: a JSON model not served: 404');
+        $r = curl('/v1/messages/batches', key => undef, body => '{"requests":[{"custom_id":"a","params":{"model":"whisper-1"}},'
+                  . '{"custom_id":"b","params":{"model":"claude-x"}}]}');
+        my $mbx = $json->decode($r->{body})->{id};
+        curl("/v1/messages/batches/$mbx", key => undef) for 1 .. 2;
+        $r = curl("/v1/messages/batches/$mbx/results", key => undef);
+        is_deeply([map { $_->{result}{type} } map { $json->decode($_) } split /\n/, $r->{body}], ['succeeded', 'errored'],
+                  '--models: a message batch request for a model not served errors');
+        kill 'TERM', $bpid;
+        waitpid($bpid, 0);
+        delete $mocks{$bpid};
+}
 
 done_testing();
