@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
+#include "batch-poll.h"
 #include "fleet-quota.h"
 #include "fleet-store.h"
 #include "quota-recovery.h"
@@ -120,6 +121,7 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         kb_keystore_free(b->keys);
         b->keys = ks;
         kb_routing_reconfigure(b);
+        kb_batch_poll_reconfigure(b->batch_poll);
         (void) kb_broker_watch_keys(b);
         struct kb_http_limits lim = kb_api_limits(c);
         if (b->api)

@@ -38,6 +38,7 @@ struct kb_broker {
         struct kb_quota *quota;
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
         struct kb_objects *objects;     /* provider objects made through us, by team (objects.h) */
+        struct kb_batch_poll *batch_poll; /* open batches retrieved in the background (batch-poll.h) */
         sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
         struct kb_keywatch *keywatch;   /* credentials_dir and the keystore file, on disk */
         struct kb_store *store;         /* [agent] quota_store: the fleet's Redis, or NULL */

@@ -12,6 +12,7 @@
 
 #include "admin.h"
 #include "broker.h"
+#include "batch-poll.h"
 #include "objects.h"
 #include "fleet-store.h"
 #include "keywatch.h"
@@ -421,6 +422,11 @@ static int run(struct daemon *d) {
                 fprintf(stderr, "<3>cannot set up libcurl: %s\n", strerror(-r));
                 return r;
         }
+        r = kb_batch_poll_new(b, &b->batch_poll);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot set up the batch poll: %s\n", strerror(-r));
+                return r;
+        }
         /* a key replaced on disk is taken without a reload; failing to
          * watch is logged and not fatal */
         (void) kb_broker_watch_keys(b);
@@ -557,6 +563,8 @@ int main(int argc, char **argv) {
                 (void) notify_failure(r, NULL);
         }
 
+        /* its calls are the upstream's: gone first */
+        kb_batch_poll_free(d.b.batch_poll);
         kb_upstream_free(d.b.upstream);
         kb_journal_free(d.b.journal, 5 * USEC_PER_SEC);
         kb_metrics_free(d.b.metrics);

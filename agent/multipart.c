@@ -169,7 +169,7 @@ static int part_headers(struct kb_multipart *m, const char *hdr, size_t n) {
         bool disposition = false;
         char line[KB_MULTIPART_HEADERS_MAX + 1];
 
-        if (n == 0)
+        if (n == 0 || !hdr)
                 return fail(m, "a multipart part has no headers (Content-Disposition is required)");
         if (++m->parts > KB_MULTIPART_PARTS_MAX)
                 return fail(m, "more than 1024 parts in the multipart body");

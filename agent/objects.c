@@ -289,6 +289,17 @@ int kb_objects_forget(struct kb_objects *o, const char *id) {
         return mark(o, '-', id);
 }
 
+int kb_objects_foreach(const struct kb_objects *o, int (*cb)(const struct kb_object *obj, void *userdata),
+                       void *userdata) {
+        for (size_t i = 0; o && i < o->n_buckets; i++)
+                for (struct entry *e = o->buckets[i]; e; e = e->next) {
+                        int r = cb(&e->obj, userdata);
+                        if (r != 0)
+                                return r;
+                }
+        return 0;
+}
+
 size_t kb_objects_count(const struct kb_objects *o) {
         return o ? o->n : 0;
 }

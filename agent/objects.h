@@ -51,5 +51,10 @@ int kb_objects_forget(struct kb_objects *o, const char *id);
 int kb_objects_filter_list(const struct kb_objects *o, const char *team, kb_object_kind kind, const char *json,
                            size_t len, struct kb_buf *out);
 
+/* Each object, in no order, until cb returns non-zero (returned). cb must
+ * not change the table. */
+int kb_objects_foreach(const struct kb_objects *o, int (*cb)(const struct kb_object *obj, void *userdata),
+                       void *userdata);
+
 size_t kb_objects_count(const struct kb_objects *o);
 uint64_t kb_objects_dropped(const struct kb_objects *o);

@@ -31,7 +31,3 @@ int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root);
  * parse (or on OOM). What the other members hold is not judged. */
 json_t *kb_usage_pick(const char *s, size_t n, const char *const *keys, size_t n_keys);
 
-/* usage-answer.c: the same from the answer's text. An answer that is not
- * well-formed (or whose counts jansson would refuse) yields nothing, as a
- * failed parse would. 0 or -ENOMEM. */
-int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, size_t n);

@@ -301,8 +301,11 @@ static int usage_object(struct kb_usage *u, kb_endpoint endpoint, json_t *root) 
                         u->seen = true;
                 }
         }
-        if (endpoint == KB_ENDPOINT_BATCHES && streq_ptr(status, "completed") &&
-            json_is_object(json_object_get(root, "usage"))) {
+        /* a batch ended any way (cancelled and expired ones bill what they
+         * did) with its usage */
+        bool ended = streq_ptr(status, "completed") || streq_ptr(status, "failed") ||
+                     streq_ptr(status, "expired") || streq_ptr(status, "cancelled");
+        if (endpoint == KB_ENDPOINT_BATCHES && ended && json_is_object(json_object_get(root, "usage"))) {
                 usage_openai_responses(u, json_object_get(root, "usage"));
                 u->batch = true;
         }

@@ -132,6 +132,12 @@ typedef int (*kb_usage_gate_t)(void *userdata, const struct kb_usage *u);
 void kb_usage_tap_set_gate(struct kb_usage_tap *t, kb_usage_gate_t gate, void *userdata);
 bool kb_usage_tap_stopped(const struct kb_usage_tap *t);
 
+/* usage-answer.c: the usage of a whole JSON answer of endpoint, as a tap
+ * reads it at its end (also an object's status). An answer that is not
+ * well-formed (or whose counts jansson would refuse) yields nothing, as a
+ * failed parse would. 0 or -ENOMEM. Free the strings it sets. */
+int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, size_t n);
+
 /* For tests: lower the 16 MiB size limit (limit > 0). */
 void kb_usage_tap_set_limit(struct kb_usage_tap *t, size_t limit);
 

@@ -220,6 +220,29 @@ subtest 'Anthropic: message batches and files' => sub {
         is_deeply([map { $_->{id} } @{$res->{json}{data}}], [$f], 'its own Anthropic files listed');
 };
 
+subtest 'a batch no app retrieves is billed by the background poll' => sub {
+        my $c2 = { %$cfg, agent => { batch_poll => '1s' } };
+        my $poller = start_broker(config => $c2, keys => { 'oai-key' => $oai_key, 'anth-key' => $anth_key });
+        my $res = upload([], $jsonl);
+        $res = req($poller, method => 'POST', path => '/v1/files', curl => ['-F', 'purpose=batch', '-F', "file=\@$jsonl"]);
+        my $file = $res->{json}{id};
+        $res = req($poller, path => '/v1/batches', headers => ['x-mock-input-tokens' => 100, 'x-mock-output-tokens' => 50],
+                   json => { input_file_id => $file, endpoint => '/v1/chat/completions', completion_window => '24h' });
+        is($res->{status}, 200, 'a batch made') or return diag(KB::show_res($res));
+        my $batch = $res->{json}{id};
+        my ($rec) = $poller->journal_wait({ KEYBROKER_OBJECT_ID => $batch, KEYBROKER_BATCH => 1 }, 20);
+        ok($rec, 'its usage record came without any app asking') or return;
+        check_fields($rec, { KEYBROKER_TEAM => 'ops', KEYBROKER_INPUT_TOKENS => 200, KEYBROKER_OUTPUT_TOKENS => 100,
+                             KEYBROKER_COST_MICROUSD => 200, KEYBROKER_PEER_UID => '', KEYBROKER_ENDPOINT => 'batches',
+                             KEYBROKER_KEY => qr/^oai-key\@\d+$/ }, 'billed once, as the broker\'s own call');
+        sleep 2.5;
+        my @all = $poller->journal({ KEYBROKER_OBJECT_ID => $batch, KEYBROKER_BATCH => 1 });
+        is(scalar @all, 1, 'and only once');
+        $res = req($poller, path => "/v1/batches/$batch");
+        is(record($res)->{KEYBROKER_BATCH}, 0, 'an app\'s retrieve after it bills nothing');
+        $poller->stop;
+};
+
 subtest 'the table survives a restart' => sub {
         $broker->stop;
         $broker->respawn;

@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: MIT */
+/* Layer: like admin and preflight, a driver of its own on the broker's loop.
+ * Every batch_poll, the batches made through this broker and not yet seen
+ * ended are retrieved through the route and key version that made them; one
+ * seen ended is billed once, as an app's retrieve would bill it: its tokens
+ * priced with the batch prices, settled to the team's limits and budgets,
+ * and journaled as a request record with no peer (the broker's own call). */
+
+#include "batch-poll.h"
+#include "broker.h"
+#include "fleet-quota.h"
+#include "objects.h"
+
+#define POLL_MAX_IN_FLIGHT 16
+#define POLL_BODY_MAX (1024u * 1024u)
+
+struct poll_call {
+        struct kb_batch_poll *bp;
+        struct poll_call *next;
+        struct kb_upstream_call *call;
+        struct kb_config *config;
+        char *id, *team, *url;
+        const struct kb_route *route;
+        struct kb_key *key;
+        char *key_label;
+        long status;
+        struct kb_buf body;
+        uint64_t start_usec;
+};
+
+struct kb_batch_poll {
+        struct kb_broker *b;
+        sd_event_source *timer;
+        struct poll_call *calls;
+        size_t n_calls;
+        uint64_t polls, billed;
+};
+
+static void call_free(struct poll_call *c) {
+        kb_upstream_call_cancel(c->call);
+        kb_key_unref(c->key);
+        kb_config_unref(c->config);
+        kb_buf_free(&c->body);
+        free(c->id);
+        free(c->team);
+        free(c->url);
+        free(c->key_label);
+        free(c);
+}
+
+static void call_remove(struct poll_call *c) {
+        struct kb_batch_poll *bp = c->bp;
+        for (struct poll_call **p = &bp->calls; *p; p = &(*p)->next)
+                if (*p == c) {
+                        *p = c->next;
+                        bp->n_calls--;
+                        break;
+                }
+        c->call = NULL;
+        call_free(c);
+}
+
+static int on_response(void *userdata, long status, const struct kb_http_header *h, size_t n) {
+        struct poll_call *c = userdata;
+        c->status = status;
+        return 0;
+}
+
+static int on_data(void *userdata, const char *buf, size_t len) {
+        struct poll_call *c = userdata;
+        if (c->body.len + len > POLL_BODY_MAX)
+                return -EFBIG;
+        return kb_buf_append(&c->body, buf, len);
+}
+
+/* The batch ended: bill it once, as metering.c bills an app's retrieve. */
+static void bill(struct poll_call *c, const struct kb_usage *u) {
+        struct kb_broker *b = c->bp->b;
+        const struct kb_team *team = kb_config_find_team(c->config, c->team);
+        uint64_t now = kb_realtime_usec();
+        struct kb_request r = {
+                .broker = b,
+                .config = c->config,
+                .team = team,
+                .endpoint = KB_ENDPOINT_BATCHES,
+                .family = c->route->family,
+                .route = c->route,
+                .key_label = c->key_label,
+                .status = 200,
+                .upstream_status = 200,
+                .outcome = KB_OUTCOME_OK,
+                .billed = *u,
+                .billed_set = true,
+                .price = kb_price_find(c->route, NULL, u->upstream_model),
+                .settled_usec = now,
+                .latency_usec = kb_now_usec() - c->start_usec,
+        };
+        unsigned char raw[16];
+        kb_random_bytes(raw, sizeof(raw));
+        for (size_t i = 0; i < sizeof(raw); i++)
+                snprintf(r.id + 2 * i, 3, "%02x", raw[i]);
+        snprintf(r.object_id, sizeof(r.object_id), "%s", c->id);
+        r.cost_microusd = kb_usage_cost_microusd(u, r.family, r.price);
+
+        uint64_t tokens = kb_usage_quota_tokens(u, r.family);
+        struct kb_reservation *res = NULL;
+        if (team && kb_quota_reserve_unchecked(b->quota, team->name, now, 0, 0, &res) >= 0) {
+                kb_quota_settle(res, now, tokens, r.cost_microusd);
+                r.seq = ++b->seq;
+                if (b->fleet && kb_quota_team_is_fleet(b->quota, team->name))
+                        kb_fleet_settle(b->fleet, NULL, team->name, r.id, r.seq, now, now, tokens,
+                                        (uint64_t) MAX(r.cost_microusd, (int64_t) 0));
+        }
+        (void) kb_journal_request(b->journal, &r);
+        c->bp->billed++;
+}
+
+static void on_done(void *userdata, int error, const char *message) {
+        struct poll_call *c = userdata;
+        struct kb_batch_poll *bp = c->bp;
+
+        c->call = NULL;
+        if (error == 0 && c->status == 200) {
+                struct kb_usage u = {};
+                (void) kb_usage_answer(&u, KB_ENDPOINT_BATCHES, c->body.data ?: "", c->body.len);
+                const char *st = u.object_status;
+                bool ended = streq_ptr(st, "completed") || streq_ptr(st, "failed") || streq_ptr(st, "expired") ||
+                             streq_ptr(st, "cancelled");
+                const struct kb_object *o = kb_objects_find(bp->b->objects, c->id);
+                if (ended && o && !o->billed && kb_objects_set_billed(bp->b->objects, c->id) >= 0 && u.batch)
+                        bill(c, &u);
+                free(u.upstream_model);
+                free(u.upstream_request_id);
+                free(u.object_status);
+        } else if (c->status == 404)
+                /* the provider no longer has it: nothing will ever be billed */
+                (void) kb_objects_set_billed(bp->b->objects, c->id);
+        call_remove(c);
+}
+
+static const struct kb_upstream_ops poll_ops = {
+        .on_response = on_response,
+        .on_data = on_data,
+        .on_done = on_done,
+};
+
+static bool in_flight(const struct kb_batch_poll *bp, const char *id) {
+        for (const struct poll_call *c = bp->calls; c; c = c->next)
+                if (streq(c->id, id))
+                        return true;
+        return false;
+}
+
+static int start_one(const struct kb_object *o, void *userdata) {
+        struct kb_batch_poll *bp = userdata;
+        struct kb_broker *b = bp->b;
+
+        if (bp->n_calls >= POLL_MAX_IN_FLIGHT)
+                return 1;
+        if (o->kind != KB_OBJECT_BATCH || o->billed || in_flight(bp, o->id))
+                return 0;
+        const struct kb_route *route = kb_config_find_route(b->config, o->route);
+        if (!route || route->family != KB_FAMILY_OPENAI)
+                return 0;
+        struct poll_call *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->bp = bp;
+        c->config = kb_config_ref(b->config);
+        c->route = route;
+        c->start_usec = kb_now_usec();
+        if (!(c->id = strdup(o->id)) || !(c->team = strdup(o->team)) ||
+            asprintf(&c->url, "%s/batches/%s", route->base_url, o->id) < 0) {
+                c->url = NULL;
+                call_free(c);
+                return -ENOMEM;
+        }
+        if (route->key) {
+                int q = o->key && streq(o->key, route->key)
+                                ? kb_keystore_get_version(b->keys, route->key, o->key_version, &c->key)
+                                : -ENOENT;
+                if (q < 0 && kb_keystore_get(b->keys, route->key, &c->key) < 0) {
+                        call_free(c);
+                        return 0;
+                }
+                if (asprintf(&c->key_label, "%s@%u", kb_key_name(c->key), kb_key_version(c->key)) < 0)
+                        c->key_label = NULL;
+        }
+        struct kb_upstream_request req = {
+                .method = "GET",
+                .url = c->url,
+                .headers = (const char *const *) route->headers,
+                .n_headers = route->n_headers,
+                .timeout_usec = MIN(route->timeout_usec ?: 60 * USEC_PER_SEC, 60 * USEC_PER_SEC),
+                .connect_timeout_usec = route->connect_timeout_usec,
+                .ca_file = route->ca_file,
+        };
+        kb_proxy_set_auth(&req, route, c->key);
+        int q = kb_upstream_start(b->upstream, &req, &poll_ops, c, &c->call);
+        kb_broker_release_key(b, c->key);
+        if (q < 0) {
+                c->call = NULL;
+                call_free(c);
+                return 0;
+        }
+        c->next = bp->calls;
+        bp->calls = c;
+        bp->n_calls++;
+        bp->polls++;
+        return 0;
+}
+
+static void arm(struct kb_batch_poll *bp);
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct kb_batch_poll *bp = userdata;
+        (void) kb_objects_foreach(bp->b->objects, start_one, bp);
+        arm(bp);
+        return 0;
+}
+
+static void arm(struct kb_batch_poll *bp) {
+        uint64_t every = bp->b->config->agent.batch_poll_usec;
+        if (every == 0) {
+                (void) sd_event_source_set_enabled(bp->timer, SD_EVENT_OFF);
+                return;
+        }
+        if (sd_event_source_set_time(bp->timer, kb_now_usec() + every) >= 0)
+                (void) sd_event_source_set_enabled(bp->timer, SD_EVENT_ONESHOT);
+}
+
+int kb_batch_poll_new(struct kb_broker *b, struct kb_batch_poll **ret) {
+        struct kb_batch_poll *bp = calloc(1, sizeof(*bp));
+        if (!bp)
+                return -ENOMEM;
+        bp->b = b;
+        int r = sd_event_add_time(b->event, &bp->timer, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_SEC, on_timer, bp);
+        if (r < 0) {
+                free(bp);
+                return r;
+        }
+        arm(bp);
+        *ret = bp;
+        return 0;
+}
+
+void kb_batch_poll_reconfigure(struct kb_batch_poll *bp) {
+        if (bp)
+                arm(bp);
+}
+
+struct kb_batch_poll *kb_batch_poll_free(struct kb_batch_poll *bp) {
+        if (!bp)
+                return NULL;
+        while (bp->calls) {
+                struct poll_call *c = bp->calls;
+                bp->calls = c->next;
+                call_free(c);
+        }
+        sd_event_source_disable_unref(bp->timer);
+        free(bp);
+        return NULL;
+}
