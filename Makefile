@@ -120,7 +120,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIBAGENT)
 	$(call say,CC,$@)$(CC) $(KB_CFLAGS) $(CFLAGS) -o $@ $< $(LIBAGENT) $(LIBS) -lcmocka
 
 # keybrokerctl usage's logic lives in client/, not in libkbagent.a.
-USAGE_REPORT_SRCS := client/usage-report.c client/usage-time.c
+USAGE_REPORT_SRCS := client/usage-report.c client/usage-print.c client/usage-time.c
 $(BUILD)/tests/test_usage_report: tests/unit/test_usage_report.c $(USAGE_REPORT_SRCS) client/usage-report.h $(LIBAGENT)
 	@mkdir -p $(dir $@)
 	$(call say,CC,$@)$(CC) $(KB_CFLAGS) -Iclient $(CFLAGS) -o $@ $< $(USAGE_REPORT_SRCS) $(LIBAGENT) $(LIBS) -lcmocka
