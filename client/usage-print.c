@@ -91,13 +91,38 @@ static int sanitize(const char *s, size_t n, bool keep_ws, char **ret, size_t *r
         return 0;
 }
 
-#define N_NUM_COLS (5 + _USAGE_ERR_MAX + 2)
+/* The other billing units come last in a row's cells (CSV keeps the
+ * columns it always had first); the table shows each right after COST_USD,
+ * and only when the report has any. */
+#define N_UNIT_COLS 5
+#define N_NUM_COLS (5 + _USAGE_ERR_MAX + 2 + N_UNIT_COLS)
+#define FIRST_UNIT_COL (N_NUM_COLS - N_UNIT_COLS)
 
 static const char *const table_num_headers[N_NUM_COLS] = {
         "REQUESTS", "INPUT", "OUTPUT", "CACHED", "COST_USD",
         "QUOTA", "429", "TIMEOUT", "NOTFOUND", "5XX", "CUT", "ABORT",
         "P50_MS", "P95_MS",
+        "IMAGES", "AUDIO_S", "VIDEO_S", "CHARS", "BATCHES",
 };
+
+static uint64_t unit_total(const struct usage_totals *t, size_t u) {
+        const uint64_t v[N_UNIT_COLS] = { t->images, t->audio_msec, t->video_seconds, t->characters, t->batches };
+        return v[u];
+}
+
+/* Table column order: the first five, the units the report has, the rest.
+ * Returns how many columns are shown. */
+static size_t table_columns(const struct usage_totals *total, size_t order[N_NUM_COLS]) {
+        size_t n = 0;
+        for (size_t c = 0; c < 5; c++)
+                order[n++] = c;
+        for (size_t u = 0; u < N_UNIT_COLS; u++)
+                if (unit_total(total, u) > 0)
+                        order[n++] = FIRST_UNIT_COL + u;
+        for (size_t c = 5; c < FIRST_UNIT_COL; c++)
+                order[n++] = c;
+        return n;
+}
 
 /* The numeric cells of a row, as text. empty: what a missing percentile shows. */
 static void number_cells(const struct usage_totals *t, char cells[N_NUM_COLS][32], const char *empty) {
@@ -119,6 +144,11 @@ static void number_cells(const struct usage_totals *t, char cells[N_NUM_COLS][32
                 snprintf(cells[c++], 32, "%" PRIu64, v);
         else
                 snprintf(cells[c++], 32, "%s", empty);
+        snprintf(cells[c++], 32, "%" PRIu64, t->images);
+        snprintf(cells[c++], 32, "%" PRIu64 ".%03u", t->audio_msec / 1000, (unsigned) (t->audio_msec % 1000));
+        snprintf(cells[c++], 32, "%" PRIu64, t->video_seconds);
+        snprintf(cells[c++], 32, "%" PRIu64, t->characters);
+        snprintf(cells[c++], 32, "%" PRIu64, t->batches);
 }
 
 static int finish(FILE *f) {
@@ -182,8 +212,9 @@ int usage_report_print_table(struct usage_report *r, FILE *f) {
                         }
                 fprintf(f, "%-*s  ", (int) kw[i], h);
         }
-        for (size_t c = 0; c < N_NUM_COLS; c++)
-                fprintf(f, "%*s%s", (int) nw[c], table_num_headers[c], c + 1 < N_NUM_COLS ? "  " : "\n");
+        size_t order[N_NUM_COLS], n_cols = table_columns(&r->total, order);
+        for (size_t i = 0; i < n_cols; i++)
+                fprintf(f, "%*s%s", (int) nw[order[i]], table_num_headers[order[i]], i + 1 < n_cols ? "  " : "\n");
 
         for (size_t g = 0; g <= n_rows; g++) {
                 const struct usage_totals *t = g < n_rows ? &r->groups[g]->t : &r->total;
@@ -194,8 +225,8 @@ int usage_report_print_table(struct usage_report *r, FILE *f) {
                         fprintf(f, "%s%*s  ", cell, (int) (kw[i] - w), "");
                 }
                 number_cells(t, num, "-");
-                for (size_t c = 0; c < N_NUM_COLS; c++)
-                        fprintf(f, "%*s%s", (int) nw[c], num[c], c + 1 < N_NUM_COLS ? "  " : "\n");
+                for (size_t i = 0; i < n_cols; i++)
+                        fprintf(f, "%*s%s", (int) nw[order[i]], num[order[i]], i + 1 < n_cols ? "  " : "\n");
         }
         k = finish(f);
 out:
@@ -243,6 +274,7 @@ static void json_totals(FILE *f, const struct usage_totals *t) {
         char usd[32];
         uint64_t v;
 
+
         fprintf(f, "\"requests\":%" PRIu64 ",\"input_tokens\":%" PRIu64 ",\"output_tokens\":%" PRIu64
                    ",\"cached_tokens\":%" PRIu64 ",\"cost_usd\":%s,\"cost_microusd\":%" PRId64 ",\"errors\":{",
                 t->requests, t->input_tokens, t->output_tokens, t->cached_tokens,
@@ -259,6 +291,10 @@ static void json_totals(FILE *f, const struct usage_totals *t) {
                 fprintf(f, "%" PRIu64, v);
         else
                 fputs("null", f);
+        fprintf(f, ",\"images\":%" PRIu64 ",\"audio_seconds\":%" PRIu64 ".%03u,\"video_seconds\":%" PRIu64
+                   ",\"characters\":%" PRIu64 ",\"batches\":%" PRIu64,
+                t->images, t->audio_msec / 1000, (unsigned) (t->audio_msec % 1000), t->video_seconds,
+                t->characters, t->batches);
 }
 
 int usage_report_print_json(struct usage_report *r, FILE *f) {
@@ -325,7 +361,7 @@ int usage_report_print_csv(struct usage_report *r, FILE *f) {
                 fprintf(f, "%s,", num_headers[c]);
         for (size_t e = 0; e < _USAGE_ERR_MAX; e++)
                 fprintf(f, "%s,", usage_err_names[e]);
-        fputs("latency_p50_ms,latency_p95_ms\n", f);
+        fputs("latency_p50_ms,latency_p95_ms,images,audio_seconds,video_seconds,characters,batches\n", f);
         for (size_t g = 0; g < r->n_groups; g++) {
                 for (size_t i = 0; i < r->n_by; i++) {
                         k = csv_text(f, r->groups[g]->val[i], r->groups[g]->val_len[i]);

@@ -21,6 +21,8 @@ void usage_record_reset(struct usage_record *rec) {
         rec->host.len = rec->journal_host.len = 0;
         rec->test = false;
         rec->input_tokens = rec->output_tokens = rec->cached_tokens = 0;
+        rec->images = rec->audio_msec = rec->video_seconds = rec->characters = 0;
+        rec->batch = false;
         rec->cost_microusd = 0;
         rec->outcome[0] = 0;
         rec->upstream_status = 0;
@@ -58,6 +60,24 @@ static bool parse_i64(const char *v, size_t len, int64_t *ret) {
         if (neg ? m > (uint64_t) INT64_MAX + 1 : m > (uint64_t) INT64_MAX)
                 return false;
         *ret = neg ? (int64_t) (0 - m) : (int64_t) m;
+        return true;
+}
+
+/* "12.345" seconds (at most 3 decimals) as milliseconds. */
+static bool parse_msec(const char *v, size_t len, uint64_t *ret) {
+        const char *dot = memchr(v, '.', len);
+        uint64_t whole = 0, frac = 0;
+        size_t wl = dot ? (size_t) (dot - v) : len;
+        if (!parse_u64(v, wl, &whole) || whole > UINT64_MAX / 1000)
+                return false;
+        if (dot) {
+                size_t fl = len - wl - 1;
+                if (fl == 0 || fl > 3 || !parse_u64(dot + 1, fl, &frac))
+                        return false;
+                for (size_t i = fl; i < 3; i++)
+                        frac *= 10;
+        }
+        *ret = whole * 1000 + frac;
         return true;
 }
 
@@ -99,6 +119,16 @@ int usage_record_parse_item(struct usage_record *rec, const void *data, size_t l
                 (void) parse_u64(v, vlen, &rec->output_tokens);
         else if (FIELD_IS("CACHED_TOKENS"))
                 (void) parse_u64(v, vlen, &rec->cached_tokens);
+        else if (FIELD_IS("IMAGES"))
+                (void) parse_u64(v, vlen, &rec->images);
+        else if (FIELD_IS("AUDIO_SECONDS"))
+                (void) parse_msec(v, vlen, &rec->audio_msec);
+        else if (FIELD_IS("VIDEO_SECONDS"))
+                (void) parse_u64(v, vlen, &rec->video_seconds);
+        else if (FIELD_IS("CHARACTERS"))
+                (void) parse_u64(v, vlen, &rec->characters);
+        else if (FIELD_IS("BATCH"))
+                rec->batch = vlen == 1 && *v == '1';
         else if (FIELD_IS("COST_MICROUSD"))
                 (void) parse_i64(v, vlen, &rec->cost_microusd);
         else if (FIELD_IS("OUTCOME")) {
@@ -339,6 +369,11 @@ static int totals_add(struct usage_totals *t, const struct usage_record *rec, co
             __builtin_add_overflow(n.input_tokens, rec->input_tokens, &n.input_tokens) ||
             __builtin_add_overflow(n.output_tokens, rec->output_tokens, &n.output_tokens) ||
             __builtin_add_overflow(n.cached_tokens, rec->cached_tokens, &n.cached_tokens) ||
+            __builtin_add_overflow(n.images, rec->images, &n.images) ||
+            __builtin_add_overflow(n.audio_msec, rec->audio_msec, &n.audio_msec) ||
+            __builtin_add_overflow(n.video_seconds, rec->video_seconds, &n.video_seconds) ||
+            __builtin_add_overflow(n.characters, rec->characters, &n.characters) ||
+            __builtin_add_overflow(n.batches, (uint64_t) rec->batch, &n.batches) ||
             __builtin_add_overflow(n.cost_microusd, rec->cost_microusd, &n.cost_microusd))
                 return -ERANGE;
         for (size_t e = 0; e < _USAGE_ERR_MAX; e++)

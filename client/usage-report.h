@@ -59,6 +59,10 @@ struct usage_record {
         struct usage_str team, model, route, key, unit;
         struct usage_str host, journal_host;    /* KEYBROKER_HOST; _HOSTNAME */
         uint64_t input_tokens, output_tokens, cached_tokens;
+        /* the other billing units (usage.h): images, audio in ms, video
+         * seconds, speech characters; batch: a batch's usage record */
+        uint64_t images, audio_msec, video_seconds, characters;
+        bool batch;
         int64_t cost_microusd;
         char outcome[32];
         unsigned upstream_status;
@@ -114,6 +118,7 @@ const char *usage_err_to_string(usage_err e);
 struct usage_totals {
         uint64_t requests;
         uint64_t input_tokens, output_tokens, cached_tokens;
+        uint64_t images, audio_msec, video_seconds, characters, batches;
         int64_t cost_microusd;
         uint64_t errors[_USAGE_ERR_MAX];
         struct usage_hist latency;

@@ -215,7 +215,8 @@ subtest 'table and CSV' => sub {
         is($r->{exit}, 0, 'csv: exit 0') or diag($r->{stderr});
         @l = split /\n/, $r->{stdout};
         is($l[0], 'team,model,requests,input_tokens,output_tokens,cached_tokens,cost_usd,quota_rejected,upstream_429,'
-                . 'timeouts,model_not_found,upstream_5xx,stream_interrupted,client_abort,latency_p50_ms,latency_p95_ms',
+                . 'timeouts,model_not_found,upstream_5xx,stream_interrupted,client_abort,latency_p50_ms,latency_p95_ms,'
+                . 'images,audio_seconds,video_seconds,characters,batches',
            'CSV header');
         my $models = sums($recs{$TA}, 'team', 'model');
         is(scalar(@l) - 1, scalar(keys %$models), 'one row per group, no total row');

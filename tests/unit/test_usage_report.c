@@ -181,6 +181,49 @@ static int item(struct usage_record *rec, const char *s) {
         return usage_record_parse_item(rec, s, strlen(s));
 }
 
+static char *capture(struct usage_report *r, int (*print)(struct usage_report *, FILE *));
+
+/* The other billing units: parsed, summed, shown in the table only when
+ * the report has them, always in JSON and CSV. */
+static void test_units(void **state) {
+        struct usage_record *rec = malloc(sizeof(*rec));
+        _cleanup_usage_report_ struct usage_report *r = NULL;
+        usage_by by[] = { USAGE_BY_MODEL };
+
+        assert_non_null(rec);
+        assert_int_equal(usage_report_new(by, 1, &r), 0);
+        _cleanup_free_ char *plain = capture(r, usage_report_print_table);
+        assert_null(strstr(plain, "IMAGES"));
+        for (int i = 0; i < 2; i++) {
+                usage_record_reset(rec);
+                assert_int_equal(item(rec, "KEYBROKER_MODEL=whisper"), 1);
+                assert_int_equal(item(rec, "KEYBROKER_AUDIO_SECONDS=12.5"), 1);
+                assert_int_equal(item(rec, "KEYBROKER_IMAGES=3"), 1);
+                assert_int_equal(item(rec, "KEYBROKER_VIDEO_SECONDS=8"), 1);
+                assert_int_equal(item(rec, "KEYBROKER_CHARACTERS=20"), 1);
+                assert_int_equal(item(rec, i ? "KEYBROKER_BATCH=1" : "KEYBROKER_BATCH=0"), 1);
+                assert_int_equal(usage_report_add(r, rec), 0);
+        }
+        usage_record_reset(rec);
+        assert_int_equal(item(rec, "KEYBROKER_AUDIO_SECONDS=1.2345"), 1);
+        assert_int_equal(rec->audio_msec, 0); /* more than milliseconds: not a journal value */
+        const struct usage_totals *t = usage_report_total(r);
+        assert_int_equal(t->audio_msec, 25000);
+        assert_int_equal(t->images, 6);
+        assert_int_equal(t->video_seconds, 16);
+        assert_int_equal(t->characters, 40);
+        assert_int_equal(t->batches, 1);
+        _cleanup_free_ char *table = capture(r, usage_report_print_table);
+        assert_non_null(strstr(table, "COST_USD  IMAGES  AUDIO_S  VIDEO_S  CHARS  BATCHES  QUOTA"));
+        assert_non_null(strstr(table, "25.000"));
+        _cleanup_free_ char *json = capture(r, usage_report_print_json);
+        assert_non_null(strstr(json, "\"images\":6,\"audio_seconds\":25.000,\"video_seconds\":16,\"characters\":40,"
+                                     "\"batches\":1}"));
+        _cleanup_free_ char *csv = capture(r, usage_report_print_csv);
+        assert_non_null(strstr(csv, ",6,25.000,16,40,1\n"));
+        free(rec);
+}
+
 static void test_record_parse(void **state) {
         struct usage_record *rec = malloc(sizeof(*rec));
         char big[USAGE_VALUE_MAX + 100];
@@ -425,11 +468,13 @@ static void test_grouping(void **state) {
         _cleanup_free_ char *csv = capture(r2, usage_report_print_csv);
         assert_true(strncmp(csv, "day,model,route,requests,input_tokens,output_tokens,cached_tokens,cost_usd,"
                                  "quota_rejected,upstream_429,timeouts,model_not_found,upstream_5xx,"
-                                 "stream_interrupted,client_abort,latency_p50_ms,latency_p95_ms\n2026-11-24,,,1,",
+                                 "stream_interrupted,client_abort,latency_p50_ms,latency_p95_ms,images,audio_seconds,"
+                                 "video_seconds,characters,batches\n2026-11-24,,,1,",
                             strlen("day,model,route,requests,input_tokens,output_tokens,cached_tokens,cost_usd,"
                                    "quota_rejected,upstream_429,timeouts,model_not_found,upstream_5xx,"
-                                   "stream_interrupted,client_abort,latency_p50_ms,latency_p95_ms\n2026-11-24,,,1,")) == 0);
-        assert_non_null(strstr(csv, "\n2026-11-25,claude,anth,1,1,0,0,0.000000,0,1,0,0,0,0,0,50,50\n"));
+                                   "stream_interrupted,client_abort,latency_p50_ms,latency_p95_ms,images,audio_seconds,"
+                                   "video_seconds,characters,batches\n2026-11-24,,,1,")) == 0);
+        assert_non_null(strstr(csv, "\n2026-11-25,claude,anth,1,1,0,0,0.000000,0,1,0,0,0,0,0,50,50,0,0.000,0,0,0\n"));
         assert_non_null(strstr(csv, "\n2026-11-25,gpt-mini,oai,11,"));
 
         /* Bad construction. */
@@ -688,6 +733,7 @@ int main(void) {
                 cmocka_unit_test(test_time_bad),
                 cmocka_unit_test(test_by),
                 cmocka_unit_test(test_record_parse),
+                cmocka_unit_test(test_units),
                 cmocka_unit_test(test_grouping),
                 cmocka_unit_test(test_empty),
                 cmocka_unit_test(test_cost_exact),
