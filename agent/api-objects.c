@@ -169,9 +169,21 @@ void kb_api_objects_done(struct kb_request *r) {
                 (void) kb_objects_forget(r->broker->objects, r->object_id);
                 return;
         }
-        if (d->op != KB_OP_CREATE || !r->tap)
+        if (!r->tap)
                 return;
-        const char *id = kb_usage_tap_get(r->tap)->upstream_request_id;
+        const struct kb_usage *u = kb_usage_tap_get(r->tap);
+        /* a batch's output and error files: the batch's team's */
+        if (d->object == KB_OBJECT_BATCH)
+                for (size_t i = 0; i < ELEMENTSOF(u->object_files); i++)
+                        if (u->object_files[i] && !kb_objects_find(r->broker->objects, u->object_files[i]))
+                                (void) kb_objects_add(r->broker->objects, &(struct kb_object) {
+                                        .id = u->object_files[i], .kind = KB_OBJECT_FILE, .team = r->team->name,
+                                        .route = r->route->name, .key = r->key ? kb_key_name(r->key) : NULL,
+                                        .key_version = r->key ? kb_key_version(r->key) : 0,
+                                        .created_usec = kb_realtime_usec() });
+        if (d->op != KB_OP_CREATE)
+                return;
+        const char *id = u->upstream_request_id;
         if (!id || strlen(id) > KB_OBJECT_ID_MAX)
                 return;
         struct kb_object o = {

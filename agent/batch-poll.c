@@ -127,11 +127,20 @@ static void on_done(void *userdata, int error, const char *message) {
                 bool ended = streq_ptr(st, "completed") || streq_ptr(st, "failed") || streq_ptr(st, "expired") ||
                              streq_ptr(st, "cancelled");
                 const struct kb_object *o = kb_objects_find(bp->b->objects, c->id);
+                for (size_t i = 0; o && i < ELEMENTSOF(u.object_files); i++)
+                        if (u.object_files[i] && !kb_objects_find(bp->b->objects, u.object_files[i]))
+                                (void) kb_objects_add(bp->b->objects, &(struct kb_object) {
+                                        .id = u.object_files[i], .kind = KB_OBJECT_FILE, .team = o->team,
+                                        .route = o->route, .key = o->key, .key_version = o->key_version,
+                                        .created_usec = kb_realtime_usec() });
+                o = kb_objects_find(bp->b->objects, c->id);
                 if (ended && o && !o->billed && kb_objects_set_billed(bp->b->objects, c->id) >= 0 && u.batch)
                         bill(c, &u);
                 free(u.upstream_model);
                 free(u.upstream_request_id);
                 free(u.object_status);
+                free(u.object_files[0]);
+                free(u.object_files[1]);
         } else if (c->status == 404)
                 /* the provider no longer has it: nothing will ever be billed */
                 (void) kb_objects_set_billed(bp->b->objects, c->id);

@@ -109,6 +109,8 @@ void kb_usage_tap_free(struct kb_usage_tap *t) {
         free(t->usage.upstream_model);
         free(t->usage.upstream_request_id);
         free(t->usage.object_status);
+        free(t->usage.object_files[0]);
+        free(t->usage.object_files[1]);
         kb_buf_free(&t->body);
         kb_buf_free(&t->line);
         kb_buf_free(&t->data);
@@ -291,6 +293,11 @@ static int usage_object(struct kb_usage *u, kb_endpoint endpoint, json_t *root) 
         if (r < 0)
                 return r;
         const char *status = json_string_value(json_object_get(root, key));
+        /* the files a batch made are its team's too */
+        if (endpoint == KB_ENDPOINT_BATCHES &&
+            ((r = take_string(root, "output_file_id", &u->object_files[0])) < 0 ||
+             (r = take_string(root, "error_file_id", &u->object_files[1])) < 0))
+                return r;
         if (endpoint == KB_ENDPOINT_VIDEOS && streq_ptr(status, "completed")) {
                 /* "seconds" is a string ("4") in the API, a number in some SDK mocks */
                 json_t *v = json_object_get(root, "seconds");

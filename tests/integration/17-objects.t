@@ -135,6 +135,12 @@ subtest 'batches: from the team\'s own file, usage journaled once at completion'
                 }
         }
         ok($done && $billed, 'completed, and retrieved again after');
+        my $out = $res->{json}{output_file_id};
+        like($out // '', qr/^file-/, 'the batch names its output file');
+        $res = req($broker, path => "/v1/files/$out/content");
+        is($res->{status}, 200, 'the output file is the batch\'s team\'s');
+        like($res->{body}, qr/"custom_id":"r1"/, 'its results');
+        is(req($broker, path => "/v1/files/$out/content", @SEARCH)->{status}, 404, 'and no other team\'s');
         $res = req($broker, path => '/v1/batches');
         is_deeply([map { $_->{id} } @{$res->{json}{data}}], [$batch], 'ops lists its batch');
         $res = req($broker, path => '/v1/batches', @SEARCH);
