@@ -192,7 +192,9 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
         r->stream = r->stream || r->sse;
         int q = kb_usage_tap_new(r->family, r->endpoint, r->sse, r->sse && r->hide_usage_chunk, &r->tap);
         /* Audio, a file's bytes, batch results: relayed, never read or held. */
-        if (q >= 0 && (r->def->op == KB_OP_DOWNLOAD || (r->endpoint == KB_ENDPOINT_AUDIO_SPEECH && !r->sse)))
+        if (q >= 0 && r->endpoint == KB_ENDPOINT_MESSAGE_BATCHES && r->def->op == KB_OP_DOWNLOAD)
+                kb_usage_tap_set_jsonl(r->tap);
+        else if (q >= 0 && (r->def->op == KB_OP_DOWNLOAD || (r->endpoint == KB_ENDPOINT_AUDIO_SPEECH && !r->sse)))
                 kb_usage_tap_set_raw(r->tap);
         /* Only a successful list is filtered; an error passes as it is. */
         if (status < 200 || status >= 300)

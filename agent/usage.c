@@ -15,9 +15,6 @@
  * event is over, so an idle stream holds next to nothing. */
 #define KB_USAGE_KEEP_CAP ((size_t) 16 * 1024)
 
-/* Longer "model"/"id" strings are not recorded: they end up in journal
- * fields and no provider sends anything close. */
-#define KB_USAGE_MAX_STRING 256
 
 struct kb_usage_tap {
         kb_family family;
@@ -36,6 +33,7 @@ struct kb_usage_tap {
         /* JSON body */
         struct kb_buf body;
         bool body_skip;
+        bool jsonl;             /* a JSONL answer (batch results): usage summed line by line */
 
         /* SSE framing */
         struct kb_buf line;     /* the current line while it spans feeds */
@@ -125,6 +123,56 @@ void kb_usage_tap_set_gate(struct kb_usage_tap *t, kb_usage_gate_t gate, void *u
                 t->hide = true;
 }
 
+/* Clear a buffer between events, giving the memory back if one event made
+ * it big. */
+static void buf_reset(struct kb_buf *b) {
+        if (b->cap > KB_USAGE_KEEP_CAP)
+                kb_buf_free(b);
+        else
+                kb_buf_clear(b);
+}
+
+void kb_usage_tap_set_jsonl(struct kb_usage_tap *t) {
+        if (t && !t->stream)
+                t->jsonl = true;
+}
+
+static int jsonl_feed(struct kb_usage_tap *t, const char *buf, size_t len, bool end) {
+        size_t start = 0;
+        for (size_t i = 0; i <= len; i++) {
+                bool eol = i < len && buf[i] == '\n';
+                if (!eol && !(end && i == len))
+                        continue;
+                size_t n = i - start;
+                int r = 0;
+                if (t->body_skip)
+                        t->body_skip = false; /* the over-long line ends here: skipped */
+                else if (t->body.len > 0 || !eol) {
+                        if (t->body.len + n > t->limit) {
+                                t->overflow = true;
+                                buf_reset(&t->body);
+                        } else if ((r = kb_buf_append(&t->body, buf + start, n)) >= 0 && t->body.len > 0)
+                                r = kb_usage_add_batch_result(&t->usage, t->body.data, t->body.len);
+                        buf_reset(&t->body);
+                } else if (n > 0)
+                        r = kb_usage_add_batch_result(&t->usage, buf + start, n);
+                if (r < 0)
+                        return r;
+                start = i + 1;
+        }
+        /* a line that continues in the next piece */
+        if (!end && start < len) {
+                if (t->body.len + (len - start) > t->limit) {
+                        t->overflow = true;
+                        t->body_skip = true;
+                        buf_reset(&t->body);
+                        return 0;
+                }
+                return kb_buf_append(&t->body, buf + start, len - start);
+        }
+        return 0;
+}
+
 void kb_usage_tap_set_raw(struct kb_usage_tap *t) {
         if (t && !t->stream)
                 t->body_skip = true;
@@ -153,225 +201,6 @@ const struct kb_usage *kb_usage_tap_get(const struct kb_usage_tap *t) {
         return t ? &t->usage : NULL;
 }
 
-/* Clear a buffer between events, giving the memory back if one event made
- * it big. */
-static void buf_reset(struct kb_buf *b) {
-        if (b->cap > KB_USAGE_KEEP_CAP)
-                kb_buf_free(b);
-        else
-                kb_buf_clear(b);
-}
-
-/* ---- reading usage out of parsed JSON ---- */
-
-/* Token counts are taken only when they are JSON integers in [0, INT64_MAX];
- * negative, fractional or non-numeric values are ignored and the previous
- * value (0 if none) stays. Integers beyond INT64_MAX never get here: jansson
- * rejects the whole document, which then counts as malformed. */
-static bool get_count(json_t *obj, const char *key, uint64_t *ret) {
-        json_t *v = json_object_get(obj, key);
-        if (!json_is_integer(v))
-                return false;
-        json_int_t n = json_integer_value(v);
-        if (n < 0)
-                return false;
-        *ret = (uint64_t) n;
-        return true;
-}
-
-static void get_nested_count(json_t *obj, const char *outer, const char *key, uint64_t *ret) {
-        json_t *o = json_object_get(obj, outer);
-        if (json_is_object(o))
-                (void) get_count(o, key, ret);
-}
-
-/* First seen wins: in a stream every chunk repeats model and id. */
-static int take_string(json_t *obj, const char *key, char **field) {
-        if (*field || !json_is_object(obj))
-                return 0;
-        json_t *v = json_object_get(obj, key);
-        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > KB_USAGE_MAX_STRING)
-                return 0;
-        /* json_string_value stops at an embedded NUL, which is what we want. */
-        char *s = strdup(json_string_value(v));
-        if (!s)
-                return -ENOMEM;
-        *field = s;
-        return 0;
-}
-
-static int take_model_id(struct kb_usage *u, json_t *obj) {
-        int r = take_string(obj, "model", &u->upstream_model);
-        if (r < 0)
-                return r;
-        return take_string(obj, "id", &u->upstream_request_id);
-}
-
-/* Which counts each shape reports, where (outer: the *_details object they
- * sit in, or NULL), and which kb_usage field they go to. One table for both
- * readers: jansson's (SSE events) and the text one (JSON answers,
- * usage-answer.c). */
-#define COUNT(o, k, f) { o, k, offsetof(struct kb_usage, f) }
-const struct kb_usage_count kb_usage_counts_openai_chat[] = {
-        COUNT(NULL, "prompt_tokens", input_tokens),
-        COUNT(NULL, "completion_tokens", output_tokens),
-        COUNT("prompt_tokens_details", "cached_tokens", cached_tokens),
-        COUNT("prompt_tokens_details", "cache_write_tokens", cache_write_tokens),
-        COUNT("completion_tokens_details", "reasoning_tokens", reasoning_tokens),
-        {},
-};
-const struct kb_usage_count kb_usage_counts_openai_responses[] = {
-        COUNT(NULL, "input_tokens", input_tokens),
-        COUNT(NULL, "output_tokens", output_tokens),
-        COUNT("input_tokens_details", "cached_tokens", cached_tokens),
-        COUNT("input_tokens_details", "cache_write_tokens", cache_write_tokens),
-        COUNT("output_tokens_details", "reasoning_tokens", reasoning_tokens),
-        {},
-};
-/* Fields present replace what message_start said: message_delta's
- * output_tokens is cumulative, and newer API versions repeat the input and
- * cache counts there too. */
-const struct kb_usage_count kb_usage_counts_anthropic[] = {
-        COUNT(NULL, "input_tokens", input_tokens),
-        COUNT(NULL, "output_tokens", output_tokens),
-        COUNT(NULL, "cache_read_input_tokens", cached_tokens),
-        COUNT(NULL, "cache_creation_input_tokens", cache_write_tokens),
-        COUNT("cache_creation", "ephemeral_1h_input_tokens", cache_write_1h_tokens),
-        COUNT("output_tokens_details", "thinking_tokens", reasoning_tokens),
-        {},
-};
-#undef COUNT
-
-static void usage_counts(struct kb_usage *u, json_t *usage, const struct kb_usage_count *c) {
-        if (!json_is_object(usage))
-                return;
-        u->seen = true;
-        for (; c->key; c++) {
-                uint64_t *field = (uint64_t *) ((char *) u + c->offset);
-                if (c->outer)
-                        get_nested_count(usage, c->outer, c->key, field);
-                else
-                        (void) get_count(usage, c->key, field);
-        }
-}
-
-static void usage_openai_chat(struct kb_usage *u, json_t *usage) {
-        usage_counts(u, usage, kb_usage_counts_openai_chat);
-}
-
-static void usage_openai_responses(struct kb_usage *u, json_t *usage) {
-        usage_counts(u, usage, kb_usage_counts_openai_responses);
-}
-
-static void usage_anthropic(struct kb_usage *u, json_t *usage) {
-        usage_counts(u, usage, kb_usage_counts_anthropic);
-}
-
-/* Transcription usage: tokens (gpt-4o-transcribe), or seconds of audio
- * (whisper: usage.type "duration"); verbose_json also says "duration". */
-static void usage_audio(struct kb_usage *u, json_t *root) {
-        json_t *usage = json_object_get(root, "usage");
-        json_t *secs = json_object_get(usage, "seconds");
-        json_t *duration = json_object_get(root, "duration");
-
-        if (json_is_object(usage) && !streq_ptr(json_string_value(json_object_get(usage, "type")), "duration"))
-                usage_openai_responses(u, usage);
-        if (json_is_number(secs) && json_number_value(secs) >= 0 && json_number_value(secs) < 1e9) {
-                u->audio_msec = (uint64_t) llround(json_number_value(secs) * 1000);
-                u->seen = true;
-        } else if (json_is_number(duration) && json_number_value(duration) >= 0 && json_number_value(duration) < 1e9) {
-                u->audio_msec = (uint64_t) llround(json_number_value(duration) * 1000);
-                u->seen = true;
-        }
-}
-
-/* An object answer (video, batch, message batch): its status, and the usage
- * a finished one reports. */
-static int usage_object(struct kb_usage *u, kb_endpoint endpoint, json_t *root) {
-        const char *key = endpoint == KB_ENDPOINT_MESSAGE_BATCHES ? "processing_status" : "status";
-        int r = take_string(root, key, &u->object_status);
-        if (r < 0)
-                return r;
-        const char *status = json_string_value(json_object_get(root, key));
-        /* the files a batch made are its team's too */
-        if (endpoint == KB_ENDPOINT_BATCHES &&
-            ((r = take_string(root, "output_file_id", &u->object_files[0])) < 0 ||
-             (r = take_string(root, "error_file_id", &u->object_files[1])) < 0))
-                return r;
-        if (endpoint == KB_ENDPOINT_VIDEOS && streq_ptr(status, "completed")) {
-                /* "seconds" is a string ("4") in the API, a number in some SDK mocks */
-                json_t *v = json_object_get(root, "seconds");
-                const char *t = json_string_value(v);
-                double d = t ? strtod(t, NULL) : json_is_number(v) ? json_number_value(v) : 0;
-                if (d > 0 && d < 1e6) {
-                        u->video_seconds = (uint64_t) ceil(d);
-                        u->seen = true;
-                }
-        }
-        /* a batch ended any way (cancelled and expired ones bill what they
-         * did) with its usage */
-        bool ended = streq_ptr(status, "completed") || streq_ptr(status, "failed") ||
-                     streq_ptr(status, "expired") || streq_ptr(status, "cancelled");
-        if (endpoint == KB_ENDPOINT_BATCHES && ended && json_is_object(json_object_get(root, "usage"))) {
-                usage_openai_responses(u, json_object_get(root, "usage"));
-                u->batch = true;
-        }
-        return 0;
-}
-
-int kb_usage_from_json(struct kb_usage *u, kb_endpoint endpoint, json_t *root) {
-        if (!json_is_object(root))
-                return 0;
-
-        switch (endpoint) {
-        case KB_ENDPOINT_CHAT:
-        case KB_ENDPOINT_EMBEDDINGS:
-        case KB_ENDPOINT_COMPLETIONS:
-        case KB_ENDPOINT_MODERATIONS:
-                usage_openai_chat(u, json_object_get(root, "usage"));
-                break;
-        case KB_ENDPOINT_RESPONSES:
-        case KB_ENDPOINT_AUDIO_SPEECH:
-                usage_openai_responses(u, json_object_get(root, "usage"));
-                break;
-        case KB_ENDPOINT_IMAGES: {
-                json_t *data = json_object_get(root, "data");
-                usage_openai_responses(u, json_object_get(root, "usage"));
-                if (json_is_array(data)) {
-                        u->images = json_array_size(data);
-                        u->seen = true;
-                }
-                break;
-        }
-        case KB_ENDPOINT_AUDIO_TRANSCRIPTIONS:
-        case KB_ENDPOINT_AUDIO_TRANSLATIONS:
-                usage_audio(u, root);
-                break;
-        case KB_ENDPOINT_VIDEOS:
-        case KB_ENDPOINT_BATCHES:
-        case KB_ENDPOINT_MESSAGE_BATCHES: {
-                int r = usage_object(u, endpoint, root);
-                if (r < 0)
-                        return r;
-                break;
-        }
-        case KB_ENDPOINT_MESSAGES:
-                usage_anthropic(u, json_object_get(root, "usage"));
-                break;
-        case KB_ENDPOINT_COUNT_TOKENS:
-                if (get_count(root, "input_tokens", &u->input_tokens))
-                        u->seen = true;
-                return 0;
-        case KB_ENDPOINT_FILES:
-        case KB_ENDPOINT_RESPONSES_GET:
-                /* a stored response's usage was billed when it was made */
-                break;
-        default:
-                return 0;
-        }
-
-        return take_model_id(u, root);
-}
 
 /* ---- SSE events ---- */
 
@@ -466,13 +295,13 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                 json_t *usage = json_object_get(root, "usage");
                 json_t *choices = json_object_get(root, "choices");
 
-                usage_openai_chat(u, usage);
+                kb_usage_read_openai_chat(u, usage);
                 if (chunk_has_delta(choices) || chunk_has_text(choices))
                         u->streamed_deltas++;
                 if (t->hide_usage && json_is_object(usage) && json_is_array(choices) &&
                     json_array_size(choices) == 0)
                         *ret_hide = true;
-                return take_model_id(u, root);
+                return kb_usage_take_model_id(u, root);
         }
         case KB_ENDPOINT_RESPONSES: {
                 json_t *resp = json_object_get(root, "response");
@@ -481,10 +310,10 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                         u->streamed_deltas++;
                 if (!json_is_object(resp))
                         return 0;
-                usage_openai_responses(u, json_object_get(resp, "usage"));
+                kb_usage_read_openai_responses(u, json_object_get(resp, "usage"));
                 if (is_openai_terminal_response(type))
                         u->stream_done = true;
-                return take_model_id(u, resp);
+                return kb_usage_take_model_id(u, resp);
         }
         case KB_ENDPOINT_MESSAGES:
                 if (streq(type, "message_start")) {
@@ -492,11 +321,11 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
 
                         if (!json_is_object(msg))
                                 return 0;
-                        usage_anthropic(u, json_object_get(msg, "usage"));
-                        return take_model_id(u, msg);
+                        kb_usage_read_anthropic(u, json_object_get(msg, "usage"));
+                        return kb_usage_take_model_id(u, msg);
                 }
                 if (streq(type, "message_delta")) {
-                        usage_anthropic(u, json_object_get(root, "usage"));
+                        kb_usage_read_anthropic(u, json_object_get(root, "usage"));
                         return 0;
                 }
                 if (streq(type, "message_stop"))
@@ -514,9 +343,9 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                         u->streamed_deltas++;
                 if (type && (ends_with(type, ".completed") || ends_with(type, ".done"))) {
                         if (t->endpoint == KB_ENDPOINT_AUDIO_TRANSCRIPTIONS)
-                                usage_audio(u, root);
+                                kb_usage_read_audio(u, root);
                         else
-                                usage_openai_responses(u, json_object_get(root, "usage"));
+                                kb_usage_read_openai_responses(u, json_object_get(root, "usage"));
                         if (t->endpoint == KB_ENDPOINT_IMAGES && ends_with(type, ".completed")) {
                                 u->images++;
                                 u->seen = true;
@@ -749,6 +578,8 @@ int kb_usage_tap_feed(struct kb_usage_tap *t, const char *buf, size_t len, struc
 
         if (t->stream)
                 return sse_feed(t, buf, len, out);
+        if (t->jsonl)
+                return jsonl_feed(t, buf, len, false);
 
         if (t->body_skip)
                 return 0;
@@ -776,6 +607,11 @@ int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out) {
                 return 0;
         }
 
+        if (t->jsonl) {
+                r = jsonl_feed(t, "", 0, true);
+                kb_buf_free(&t->body);
+                return r;
+        }
         if (!t->stream) {
                 r = 0;
                 if (!t->body_skip && t->body.len > 0)
@@ -804,83 +640,4 @@ int kb_usage_tap_finish(struct kb_usage_tap *t, struct kb_buf *out) {
         }
         kb_buf_free(&t->raw);
         return r < 0 ? r : 0;
-}
-
-const struct kb_price *kb_price_find(const struct kb_route *route, const char *upstream_model,
-                                     const char *reported_model) {
-        if (!route)
-                return NULL;
-        for (size_t pass = 0; pass < 2; pass++) {
-                const char *m = pass == 0 ? upstream_model : reported_model;
-                if (!m)
-                        continue;
-                for (size_t i = 0; i < route->n_prices; i++)
-                        if (streq(route->prices[i].model, m))
-                                return &route->prices[i];
-        }
-        return NULL;
-}
-
-/* a * b without overflow surprises: token counts and prices are bounded by
- * what jansson and the config parser accept, so 128-bit is plenty. */
-typedef unsigned __int128 u128;
-
-static uint64_t add_sat(uint64_t a, uint64_t b);
-
-int64_t kb_usage_cost_microusd(const struct kb_usage *u, kb_family family, const struct kb_price *p) {
-        if (!p)
-                return 0;
-
-        uint64_t input_price = p->input >= 0 ? (uint64_t) p->input : 0;
-        uint64_t output_price = p->output >= 0 ? (uint64_t) p->output : 0;
-        if (u->batch && p->batch_input >= 0)
-                input_price = (uint64_t) p->batch_input;
-        if (u->batch && p->batch_output >= 0)
-                output_price = (uint64_t) p->batch_output;
-        uint64_t cached_price = p->cached_input >= 0 ? (uint64_t) p->cached_input : input_price;
-        uint64_t write_price = p->cache_write >= 0 ? (uint64_t) p->cache_write : input_price;
-        uint64_t write_1h_price = p->cache_write_1h >= 0 ? (uint64_t) p->cache_write_1h : write_price;
-
-        uint64_t cached = u->cached_tokens;
-        uint64_t uncached = u->input_tokens;
-        /* OpenAI's prompt count includes what was read from and written to
-         * the cache; Anthropic's input_tokens is the rest alone. */
-        if (family == KB_FAMILY_OPENAI)
-                uncached = uncached > add_sat(cached, u->cache_write_tokens) ?
-                                   uncached - cached - u->cache_write_tokens : 0;
-        /* Anthropic's 1-hour cache writes are a part of cache_creation, dearer */
-        uint64_t write_1h = MIN(u->cache_write_1h_tokens, u->cache_write_tokens);
-
-        u128 sum = (u128) uncached * input_price + (u128) cached * cached_price +
-                   (u128) (u->cache_write_tokens - write_1h) * write_price + (u128) write_1h * write_1h_price +
-                   (u128) u->output_tokens * output_price;
-        /* The other units, on the same scale (micro-USD times 1M): per image,
-         * per second of audio (from milliseconds) and video, per 1M characters. */
-        if (p->image > 0)
-                sum += (u128) u->images * (uint64_t) p->image * 1000000;
-        if (p->second > 0)
-                sum += (u128) u->audio_msec * (uint64_t) p->second * 1000;
-        if (p->video_second > 0)
-                sum += (u128) u->video_seconds * (uint64_t) p->video_second * 1000000;
-        if (p->character > 0)
-                sum += (u128) u->characters * (uint64_t) p->character;
-        u128 cost = (sum + 500000) / 1000000;
-        if (p->request > 0)
-                cost += (uint64_t) p->request;
-        return cost > INT64_MAX ? INT64_MAX : (int64_t) cost;
-}
-
-static uint64_t add_sat(uint64_t a, uint64_t b) {
-        return a > UINT64_MAX - b ? UINT64_MAX : a + b;
-}
-
-uint64_t kb_usage_quota_tokens(const struct kb_usage *u, kb_family family) {
-        uint64_t t;
-
-        if (!u)
-                return 0;
-        t = add_sat(u->input_tokens, u->output_tokens);
-        if (family == KB_FAMILY_ANTHROPIC)
-                t = add_sat(t, add_sat(u->cached_tokens, u->cache_write_tokens));
-        return t;
 }

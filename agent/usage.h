@@ -83,6 +83,10 @@ void kb_usage_tap_free(struct kb_usage_tap *t);
 /* A JSON-less answer (audio, a file's content, batch results): bytes pass,
  * nothing is held or read. */
 void kb_usage_tap_set_raw(struct kb_usage_tap *t);
+/* Anthropic's message batch results (JSONL): bytes pass unheld; the usage
+ * of each succeeded request is added up (a line over the limit is skipped),
+ * and the total is a batch's (batch set). */
+void kb_usage_tap_set_jsonl(struct kb_usage_tap *t);
 
 /* Feed the next upstream bytes. Bytes to forward to the app are appended to
  * out (for non-hiding taps exactly the input bytes, appended at once; for

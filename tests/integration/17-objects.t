@@ -213,6 +213,13 @@ subtest 'Anthropic: message batches and files' => sub {
                    headers => ['anthropic-version' => '2023-06-01']);
         is($res->{status}, 200, 'results');
         like($res->{body}, qr/"custom_id":"a"/, 'the results lines');
+        my $rec = record($res);
+        check_fields($rec, { KEYBROKER_ENDPOINT => 'message_batches', KEYBROKER_BATCH => 1, KEYBROKER_INPUT_TOKENS => 11,
+                             KEYBROKER_OUTPUT_TOKENS => 7, KEYBROKER_OBJECT_ID => $id },
+                     'the results carry the batch\'s usage, summed from its lines');
+        $res = req($broker, path => "/v1/messages/batches/$id/results", @SEARCH,
+                   headers => ['anthropic-version' => '2023-06-01']);
+        check_fields(record($res), { KEYBROKER_BATCH => 0, KEYBROKER_INPUT_TOKENS => 0 }, 'billed once');
 
         my $txt = "$tmp/notes.txt";
         KB::spew($txt, "notes\n");
