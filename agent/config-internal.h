@@ -80,6 +80,12 @@ int kb_cfg_expand_credentials(const char *v, char **ret);
 int kb_cfg_parse_retry_on(const char *v, struct kb_route *rt, const char **ret_bad);
 /* A decimal with up to 6 places ("0.15") as millionths; -EINVAL, -ERANGE. */
 int kb_cfg_parse_micro(const char *s, int64_t *ret);
+/* config-price.c: a bad USD amount of key said; a route's price line. */
+int kb_cfg_micro_fail(struct parser *p, const char *key, const char *v, int r);
+int kb_cfg_p_price(struct parser *p, const struct key_def *k, void *base, const char *v);
+/* config-values.c: splits on blanks; the tokens point into buf; max + 1
+ * when there are more than max. */
+size_t kb_cfg_split_words(char *buf, char **words, size_t max);
 /* config-store.c: the fleet keys' value parsers. */
 int kb_cfg_p_quota_scope(struct parser *p, const struct key_def *k, void *base, const char *v);
 int kb_cfg_p_store_offline(struct parser *p, const struct key_def *k, void *base, const char *v);

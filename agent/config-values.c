@@ -72,46 +72,8 @@ static int parse_u64(const char *s, uint64_t *ret) {
         return 0;
 }
 
-/* Exact decimal to millionths: money must not drift through floating point. */
-int kb_cfg_parse_micro(const char *s, int64_t *ret) {
-        const char *dot = strchr(s, '.');
-        size_t il = dot ? (size_t) (dot - s) : strlen(s);
-        if (il == 0)
-                return -EINVAL;
-        int64_t v = 0;
-        for (size_t i = 0; i < il; i++) {
-                if (!isdigit((unsigned char) s[i]))
-                        return -EINVAL;
-                if (v > (INT64_MAX / 1000000 - 9) / 10)
-                        return -ERANGE;
-                v = v * 10 + (s[i] - '0');
-        }
-        v *= 1000000;
-        if (dot) {
-                size_t fl = strlen(dot + 1);
-                if (fl == 0)
-                        return -EINVAL;
-                if (fl > 6)
-                        return -EDOM;
-                int64_t scale = 100000;
-                for (size_t i = 1; i <= fl; i++, scale /= 10) {
-                        if (!isdigit((unsigned char) dot[i]))
-                                return -EINVAL;
-                        v += (dot[i] - '0') * scale;
-                }
-        }
-        *ret = v;
-        return 0;
-}
-
-static int micro_fail(struct parser *p, const char *key, const char *v, int r) {
-        if (r == -EDOM)
-                return bad_value(p, key, "'%s' has more than 6 decimals", v);
-        return bad_value(p, key, "'%s' is not a USD amount like 0.15", v);
-}
-
 /* Splits on blanks; the tokens point into buf. */
-static size_t split_words(char *buf, char **words, size_t max) {
+size_t kb_cfg_split_words(char *buf, char **words, size_t max) {
         size_t n = 0;
         char *save = NULL;
         for (char *w = strtok_r(buf, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
@@ -208,7 +170,7 @@ int kb_cfg_parse_retry_on(const char *v, struct kb_route *rt, const char **ret_b
         char *words[64];
         if (!buf)
                 return -ENOMEM;
-        size_t n = split_words(buf, words, ELEMENTSOF(words));
+        size_t n = kb_cfg_split_words(buf, words, ELEMENTSOF(words));
         if (n == 0 || n > ELEMENTSOF(words)) {
                 *ret_bad = NULL;
                 return -EINVAL;
@@ -286,7 +248,7 @@ static int p_usd(struct parser *p, const struct key_def *k, void *base, const ch
         int64_t n;
         int r = kb_cfg_parse_micro(v, &n);
         if (r < 0)
-                return micro_fail(p, k->name, v, r);
+                return kb_cfg_micro_fail(p, k->name, v, r);
         *FIELD(base, k, int64_t) = n;
         return 0;
 }
@@ -339,7 +301,7 @@ static int each_word(struct parser *p, const struct key_def *k, void *base, cons
         char *words[64];
         if (!buf)
                 return kb_cfg_oom(p);
-        size_t n = split_words(buf, words, ELEMENTSOF(words));
+        size_t n = kb_cfg_split_words(buf, words, ELEMENTSOF(words));
         if (n == 0 || n > ELEMENTSOF(words))
                 return bad_value(p, k->name, "expected 1 to %zu %s per line", ELEMENTSOF(words), what);
         for (size_t i = 0; i < n; i++) {
@@ -421,7 +383,7 @@ static int p_models(struct parser *p, const struct key_def *k, void *base, const
         char *words[64];
         if (!buf)
                 return kb_cfg_oom(p);
-        size_t n = split_words(buf, words, ELEMENTSOF(words));
+        size_t n = kb_cfg_split_words(buf, words, ELEMENTSOF(words));
         if (n == 0 || n > ELEMENTSOF(words))
                 return bad_value(p, k->name, "expected 1 to %zu model names per line", ELEMENTSOF(words));
         for (size_t i = 0; i < n; i++) {
@@ -599,58 +561,6 @@ static int p_header(struct parser *p, const struct key_def *k, void *base, const
         return 0;
 }
 
-static int p_price(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        static const char *const fields[] = { "input", "output", "cached_input", "cache_write", "request",
-                                              "cache_write_1h", "image", "second", "video_second", "character",
-                                              "batch_input", "batch_output" };
-        struct kb_route *rt = base;
-        _cleanup_free_ char *buf = strdup(v);
-        char *words[1 + ELEMENTSOF(fields) + 1];
-        if (!buf)
-                return kb_cfg_oom(p);
-        size_t n = split_words(buf, words, ELEMENTSOF(words));
-        if (n < 2 || n > ELEMENTSOF(words) || strchr(words[0], '='))
-                return bad_value(p, k->name, "expected 'MODEL input=USD output=USD ...' or 'MODEL request=USD'");
-        if (!kb_cfg_valid_model_name(words[0]))
-                return bad_value(p, k->name, "'%s' is not a model name", words[0]);
-        for (size_t i = 0; i < rt->n_prices; i++)
-                if (streq(rt->prices[i].model, words[0]))
-                        return bad_value(p, k->name, "price for '%s' given twice, first on line %u", words[0],
-                                         rt->prices[i].line);
-        int64_t vals[ELEMENTSOF(fields)];
-        for (size_t i = 0; i < ELEMENTSOF(vals); i++)
-                vals[i] = -1;
-        for (size_t i = 1; i < n; i++) {
-                char *eq = strchr(words[i], '=');
-                size_t f;
-                if (eq)
-                        *eq = 0;
-                for (f = 0; f < ELEMENTSOF(fields); f++)
-                        if (streq(words[i], fields[f]))
-                                break;
-                if (!eq || f == ELEMENTSOF(fields))
-                        return bad_value(p, k->name, "unknown price field '%s'", words[i]);
-                if (vals[f] >= 0)
-                        return bad_value(p, k->name, "'%s' given twice", fields[f]);
-                int r = kb_cfg_parse_micro(eq + 1, &vals[f]);
-                if (r < 0)
-                        return micro_fail(p, k->name, eq + 1, r);
-        }
-        char *model = strdup(words[0]);
-        struct kb_price *pr = model ? ARRAY_ADD(rt->prices, rt->n_prices) : NULL;
-        if (!pr) {
-                free(model);
-                return kb_cfg_oom(p);
-        }
-        *pr = (struct kb_price) {
-                .model = model, .input = vals[0], .output = vals[1], .cached_input = vals[2],
-                .cache_write = vals[3], .request = vals[4], .cache_write_1h = vals[5], .image = vals[6],
-                .second = vals[7], .video_second = vals[8], .character = vals[9], .batch_input = vals[10],
-                .batch_output = vals[11], .line = p->line,
-        };
-        return 0;
-}
-
 /* Options after ROUTE UPSTREAM_MODEL on a target line, each at most once:
  * weight=N, rollback_on_error_ratio=R, min_requests=N (the last only with
  * the ratio). */
@@ -692,7 +602,7 @@ static int add_target(struct parser *p, const struct key_def *k, void *base, con
         char *words[6];
         if (!buf)
                 return kb_cfg_oom(p);
-        size_t n = split_words(buf, words, ELEMENTSOF(words));
+        size_t n = kb_cfg_split_words(buf, words, ELEMENTSOF(words));
         if (n < 2 || n > (fallback ? 2U : 5U))
                 return bad_value(p, k->name, "expected 'ROUTE UPSTREAM_MODEL%s'%s", fallback ? "" : " [weight=N]",
                                  fallback ? "" : " (then optionally rollback_on_error_ratio=R min_requests=N)");
@@ -789,7 +699,7 @@ const struct key_def kb_cfg_route_keys[] = {
         RK("timeout", timeout_usec, p_duration, .nonzero = true),
         RK("connect_timeout", connect_timeout_usec, p_duration, .nonzero = true),
         RK("ca_file", ca_file, p_text),
-        RK("price", prices, p_price, .multi = true),
+        RK("price", prices, kb_cfg_p_price, .multi = true),
         RK("retry_on", retry_statuses, p_retry_on),
         RK("breaker_failures", breaker_failures, p_unsigned, .max = 1000000),
         RK("breaker_error_ratio", breaker_error_ratio, p_ratio),

@@ -40,3 +40,31 @@ ssize_t kb_conn_body_read(struct kb_conn *c, void *buf, size_t len) {
         return r->body_done ? 0 : -EAGAIN;
 }
 
+
+void kb_conn_body_notify(struct kb_conn *c) {
+        if (!c->body_notify || c->finalized)
+                return;
+        c->body_notify = false;
+        if (c->state == CONN_BUSY && !c->aborted && c->handler && c->handler->on_body)
+                c->handler->on_body(c, c->handler_userdata);
+}
+
+void kb_conn_body_check_stall(struct kb_conn *c, uint64_t now) {
+        uint64_t limit = c->server->limits.header_timeout_usec;
+        if (!kb_conn_body_wants_read(c) || limit == 0 || now < c->last_activity + limit)
+                return;
+        c->req->body_error = -ETIMEDOUT;
+        c->close_after = true;
+        if (c->handler && c->handler->on_body)
+                c->handler->on_body(c, c->handler_userdata);
+}
+
+bool kb_conn_body_cut(struct kb_conn *c) {
+        struct kb_http_req *r = c->req;
+        if (!r || !r->streaming || r->body_done || r->body_error)
+                return false;
+        r->body_error = -EPIPE;
+        c->body_notify = true;
+        c->close_after = true;
+        return true;
+}

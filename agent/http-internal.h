@@ -221,8 +221,15 @@ void kb_conn_close(struct kb_conn *c);
 void kb_conn_response_ended(struct kb_conn *c);
 void kb_conn_reject(struct kb_conn *c, int status, const char *code, const char *message);
 void kb_conn_after_flush(struct kb_conn *c);
-/* http.c: a streamed body wants more bytes from the app now. */
+/* http-body.c: a streamed body wants more bytes from the app now. */
 bool kb_conn_body_wants_read(const struct kb_conn *c);
+/* http-body.c: tell the handler what the body did (from the timer). */
+void kb_conn_body_notify(struct kb_conn *c);
+/* http-body.c: the app stalled an upload past header_timeout: -ETIMEDOUT. */
+void kb_conn_body_check_stall(struct kb_conn *c, uint64_t now);
+/* http-body.c: the app's side closed before its upload ended: -EPIPE
+ * (true), or there is no such upload (false). */
+bool kb_conn_body_cut(struct kb_conn *c);
 /* http.c: send c's output before the loop next sleeps (now, when there is
  * no loop); kb_conn_flush() takes c off that list again. */
 void kb_conn_schedule_flush(struct kb_conn *c);

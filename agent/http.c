@@ -291,12 +291,10 @@ static void conn_peer_eof(struct kb_conn *c) {
         c->peer_eof = true;
         switch (c->state) {
         case CONN_BUSY:
-                if (c->req && c->req->streaming && !c->req->body_done && !c->req->body_error) {
-                        /* the upload stopped short */
-                        c->req->body_error = -EPIPE;
-                        c->body_notify = true;
-                        c->close_after = true;
-                } else if (c->server->rdhup_is_abort)
+                /* an upload that stopped short fails; else: */
+                if (kb_conn_body_cut(c))
+                        break;
+                if (c->server->rdhup_is_abort)
                         kb_conn_mark_aborted(c);
                 else
                         c->close_after = true; /* AF_UNIX half-close: the peer still reads */
@@ -418,11 +416,7 @@ static int conn_on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
                 if (c->state == CONN_BUSY && !c->aborted && c->handler && c->handler->on_writable)
                         c->handler->on_writable(c, c->handler_userdata);
         }
-        if (c->body_notify && !c->finalized) {
-                c->body_notify = false;
-                if (c->state == CONN_BUSY && !c->aborted && c->handler && c->handler->on_body)
-                        c->handler->on_body(c, c->handler_userdata);
-        }
+        kb_conn_body_notify(c);
         if (c->finalized || (c->aborted && c->state != CONN_BUSY))
                 goto out;
         conn_process(c);
@@ -449,14 +443,7 @@ static int conn_on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
                 break;
         }
         case CONN_BUSY:
-                /* an upload that stalls while we wait for it */
-                if (kb_conn_body_wants_read(c) && lim->header_timeout_usec > 0 &&
-                    now >= c->last_activity + lim->header_timeout_usec) {
-                        c->req->body_error = -ETIMEDOUT;
-                        c->close_after = true;
-                        if (c->handler && c->handler->on_body)
-                                c->handler->on_body(c, c->handler_userdata);
-                }
+                kb_conn_body_check_stall(c, now);
                 break;
         case CONN_CLOSING:
                 if (kb_conn_out_pending(c) == 0)

@@ -341,6 +341,12 @@ static const struct bad_case bad_cases[] = {
         { "[foo:bar]\n", "b.conf:1: unknown section [foo:bar]" },
         { "[agent]\nlisten = /x\nlisen = /y\n", "b.conf:3: unknown key 'lisen' in [agent]" },
         { TEAM "budget = 5\n", "b.conf:3: unknown key 'budget' in [team:t]" },
+        { TEAM "default_route = nowhere\n", "b.conf:3: team 't': default_route: unknown route 'nowhere'" },
+        { "[route:a]\nfamily = openai\nbase_url = https://a\n[route:b]\nfamily = openai\nbase_url = https://b\n"
+          "[team:t]\nusers = 0\ndefault_route = a\ndefault_route = b\n",
+          "b.conf:10: team 't': a second default_route for the openai API ('a', then 'b'): give one per family" },
+        { "[route:a]\nfamily = openai\nbase_url = https://a\nprice = m image=0.04 pixels=2\n",
+          "b.conf:4: invalid value for 'price': unknown price field 'pixels'" },
         { ROUTE "weight = 5\n", "b.conf:4: unknown key 'weight' in [route:r]" },
         { "listen = /x\n", "b.conf:1: 'listen' outside of a section" },
         { "[agent\n", "b.conf:1: missing ']' in section header" },

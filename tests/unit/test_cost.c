@@ -63,6 +63,31 @@ static void test_cost_cache_writes(void **state) {
         (void) state;
 }
 
+/* The other billing units: per image, per second of audio (from ms), per
+ * second of video, per 1M characters; a batch's tokens at the batch prices. */
+static void test_cost_units(void **state) {
+        struct kb_price p = { .input = 5000000, .output = 40000000, .cached_input = -1, .cache_write = -1,
+                              .cache_write_1h = -1, .request = -1, .image = 40000, .second = 100,
+                              .video_second = 100000, .character = 15000000, .batch_input = -1, .batch_output = -1 };
+        struct kb_usage img = { .input_tokens = 11, .output_tokens = 7, .images = 2 };
+        assert_int_equal(kb_usage_cost_microusd(&img, KB_FAMILY_OPENAI, &p), 55 + 280 + 80000);
+        struct kb_usage audio = { .audio_msec = 12500 };
+        assert_int_equal(kb_usage_cost_microusd(&audio, KB_FAMILY_OPENAI, &p), 1250);
+        struct kb_usage video = { .video_seconds = 8 };
+        assert_int_equal(kb_usage_cost_microusd(&video, KB_FAMILY_OPENAI, &p), 800000);
+        struct kb_usage speech = { .characters = 20 };
+        assert_int_equal(kb_usage_cost_microusd(&speech, KB_FAMILY_OPENAI, &p), 300);
+        struct kb_usage batch = { .input_tokens = 2000, .output_tokens = 1000, .batch = true };
+        /* no batch prices: the token prices */
+        assert_int_equal(kb_usage_cost_microusd(&batch, KB_FAMILY_OPENAI, &p), 10000 + 40000);
+        p.batch_input = 2500000;
+        p.batch_output = 20000000;
+        assert_int_equal(kb_usage_cost_microusd(&batch, KB_FAMILY_OPENAI, &p), 5000 + 20000);
+        batch.batch = false;
+        assert_int_equal(kb_usage_cost_microusd(&batch, KB_FAMILY_OPENAI, &p), 10000 + 40000);
+        (void) state;
+}
+
 static void test_cost_rounding_and_request(void **state) {
         struct kb_price p = { .input = 1, .output = 0, .cached_input = -1, .cache_write = -1, .request = -1 };
         struct kb_usage u = { .input_tokens = 499999 };
@@ -103,6 +128,7 @@ int main(void) {
                 cmocka_unit_test(test_cost_openai),
                 cmocka_unit_test(test_cost_anthropic),
                 cmocka_unit_test(test_cost_cache_writes),
+                cmocka_unit_test(test_cost_units),
                 cmocka_unit_test(test_cost_rounding_and_request),
                 cmocka_unit_test(test_price_find),
         };
