@@ -224,6 +224,50 @@ static int answer_parsed(struct kb_usage *u, kb_endpoint endpoint, const char *s
         return r;
 }
 
+/* "HH:MM:SS,mmm" (SRT) or "[HH:]MM:SS.mmm" (VTT) at p, as milliseconds. */
+static bool cue_time(const char *p, const char *end, uint64_t *ret) {
+        uint64_t part[3] = {}, ms = 0;
+        size_t n = 0;
+        while (p < end && *p == ' ')
+                p++;
+        for (;;) {
+                if (p >= end || *p < '0' || *p > '9' || n == 3)
+                        return false;
+                while (p < end && *p >= '0' && *p <= '9' && part[n] < 100000)
+                        part[n] = part[n] * 10 + (uint64_t) (*p++ - '0');
+                n++;
+                if (p < end && *p == ':') {
+                        p++;
+                        continue;
+                }
+                break;
+        }
+        if (n < 2 || p >= end || (*p != ',' && *p != '.'))
+                return false;
+        p++;
+        for (int d = 0; d < 3; d++) {
+                if (p >= end || *p < '0' || *p > '9')
+                        return false;
+                ms = ms * 10 + (uint64_t) (*p++ - '0');
+        }
+        uint64_t h = n == 3 ? part[0] : 0, m = part[n - 2], sec = part[n - 1];
+        *ret = ((h * 60 + m) * 60 + sec) * 1000 + ms;
+        return true;
+}
+
+/* An SRT or VTT transcript says how long the audio was: where its last cue
+ * ends. (A plain-text one says nothing.) */
+static void subtitles_duration(struct kb_usage *u, const char *s, size_t n) {
+        const char *last = NULL;
+        for (const char *p = s; (p = memmem(p, (size_t) (s + n - p), "-->", 3)); p += 3)
+                last = p;
+        uint64_t ms;
+        if (last && cue_time(last + 3, s + n, &ms)) {
+                u->audio_msec = ms;
+                u->seen = true;
+        }
+}
+
 int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, size_t n) {
         static const char *const keys[] = { "model", "id", "input_tokens" };
         struct pick p = { .keys = keys, .n_keys = ELEMENTSOF(keys), .usage_as_text = true };
@@ -233,6 +277,11 @@ int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, siz
 
         /* The endpoints beyond the hot five answer small objects and read
          * more than usage: jansson reads them whole. */
+        if ((endpoint == KB_ENDPOINT_AUDIO_TRANSCRIPTIONS || endpoint == KB_ENDPOINT_AUDIO_TRANSLATIONS) &&
+            (n == 0 || s[0] != '{')) {
+                subtitles_duration(u, s, n);
+                return 0;
+        }
         if (!counts && endpoint != KB_ENDPOINT_COUNT_TOKENS)
                 return answer_parsed(u, endpoint, s, n) == -ENOMEM ? -ENOMEM : 0;
         r = pick_scan(s, n, &p);

@@ -143,12 +143,19 @@ subtest 'transcriptions: the file first, the model after it (as the Node SDK sen
         check_fields($rec, { KEYBROKER_AUDIO_SECONDS => '13.000', KEYBROKER_COST_MICROUSD => 1300 },
                      'billed by the provider\'s seconds');
 
+        # SRT and VTT say where the last cue ends; plain text says nothing
+        # (the README says so).
         for my $fmt (qw(text srt vtt)) {
                 $res = req($broker, method => 'POST', path => '/v1/audio/transcriptions',
+                           headers => ['x-mock-audio-seconds' => '12.5'],
                            curl => ['-F', 'model=whisper', '-F', "file=\@$wav", '-F', "response_format=$fmt"]);
-                is($res->{status}, 200, "$fmt 200");
+                is($res->{status}, 200, "$fmt answered");
                 like($res->{headers}{'content-type'} // '', qr{^text/}, "$fmt is text");
                 like($res->{body}, qr/tok0/, "$fmt body relayed");
+                $rec = record($res) or next;
+                check_fields($rec, $fmt eq 'text' ? { KEYBROKER_AUDIO_SECONDS => '0.000' }
+                                                  : { KEYBROKER_AUDIO_SECONDS => '12.500', KEYBROKER_COST_MICROUSD => 1250 },
+                             "$fmt: seconds from the transcript");
         }
 
         $res = req($broker, method => 'POST', path => '/v1/audio/transcriptions', stream => 1,
