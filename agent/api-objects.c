@@ -10,7 +10,9 @@
 #include <strings.h>
 
 #include "broker.h"
+#include "batch-file.h"
 #include "objects.h"
+#include "upload.h"
 #include "router.h"
 
 /* default_route of the family, else the route of the team's first allowed
@@ -73,7 +75,48 @@ static const struct kb_object *owned(struct kb_request *r, const char *id, kb_ob
 
 /* A batch is made from a file: the team must own it too. Message batches
  * carry their requests: each request's model must be one the team may use. */
-static bool check_create_body(struct kb_request *r) {
+/* A model named in a batch file is the provider's: the team may use it
+ * when it may use a model of ours that is it, or that sends it on this route. */
+static bool team_may_send(const struct kb_request *r, const struct kb_route *route, const char *name) {
+        if (kb_team_allows_model(r->team, name))
+                return true;
+        for (size_t i = 0; i < r->config->n_models; i++) {
+                const struct kb_model *m = &r->config->models[i];
+                if (!kb_team_allows_model(r->team, m->name))
+                        continue;
+                for (size_t k = 0; k < m->n_targets; k++)
+                        if (m->targets[k].route == route && streq_ptr(m->targets[k].upstream_model, name))
+                                return true;
+                for (size_t k = 0; k < m->n_fallbacks; k++)
+                        if (m->fallbacks[k].route == route && streq_ptr(m->fallbacks[k].upstream_model, name))
+                                return true;
+        }
+        return false;
+}
+
+/* The batch's input file was read as it was uploaded: each model it asks
+ * for must be one the team may use; what it holds must fit the limits. */
+static bool check_batch_models(struct kb_request *r, const struct kb_object *file, const struct kb_route *route) {
+        _cleanup_free_ char *models = strdup(file->models);
+        char *save = NULL;
+        if (!models)
+                return true;
+        for (char *m = strtok_r(models, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
+                if (!team_may_send(r, route, m)) {
+                        kb_api_fail(r, 403, "model_not_allowed", KB_OUTCOME_FORBIDDEN,
+                                    "the batch's input file %s asks for model '%s', which team '%s' may not use",
+                                    file->id, m, r->team->name);
+                        return false;
+                }
+                if (!r->batch_price)
+                        r->batch_price = kb_price_find(route, NULL, m);
+        }
+        /* about four bytes per token, as for any request body */
+        r->batch_est_tokens = (file->bytes + 3) / 4;
+        return true;
+}
+
+static bool check_create_body(struct kb_request *r, const struct kb_route *route) {
         if (r->endpoint != KB_ENDPOINT_BATCHES && r->endpoint != KB_ENDPOINT_MESSAGE_BATCHES)
                 return true;
         json_t *root = json_loadb(r->http->body.data ?: "", r->http->body.len, 0, NULL);
@@ -85,11 +128,13 @@ static bool check_create_body(struct kb_request *r) {
         bool ok = true;
         if (r->endpoint == KB_ENDPOINT_BATCHES) {
                 const char *file = json_string_value(json_object_get(root, "input_file_id"));
-                if (file && !owned(r, file, KB_OBJECT_FILE)) {
+                const struct kb_object *o = file ? owned(r, file, KB_OBJECT_FILE) : NULL;
+                if (file && !o) {
                         snprintf(r->object_id, sizeof(r->object_id), "%.*s", KB_OBJECT_ID_MAX, file);
                         refuse_unknown_object(r, kind_noun(KB_OBJECT_FILE), file);
                         ok = false;
-                }
+                } else if (o && o->models)
+                        ok = check_batch_models(r, o, route);
         } else {
                 size_t i;
                 json_t *req;
@@ -138,7 +183,7 @@ void kb_api_serve_object(struct kb_request *r, kb_admitted_t next) {
                                     r->team->name, kb_family_to_string(r->family), r->team->name);
                         return;
                 }
-                if (d->op == KB_OP_CREATE && !check_create_body(r))
+                if (d->op == KB_OP_CREATE && !check_create_body(r, route))
                         return;
         }
         r->hold_answer = d->op == KB_OP_LIST;
@@ -186,6 +231,8 @@ void kb_api_objects_done(struct kb_request *r) {
         const char *id = u->upstream_request_id;
         if (!id || strlen(id) > KB_OBJECT_ID_MAX)
                 return;
+        const struct kb_batch_file *bf = kb_upload_batch_file(r->upload);
+        _cleanup_free_ char *models = bf ? kb_batch_file_models(bf) : NULL;
         struct kb_object o = {
                 .id = id,
                 .kind = d->object,
@@ -194,6 +241,9 @@ void kb_api_objects_done(struct kb_request *r) {
                 .key = r->key ? kb_key_name(r->key) : NULL,
                 .key_version = r->key ? kb_key_version(r->key) : 0,
                 .created_usec = kb_realtime_usec(),
+                .models = models,
+                .lines = bf ? bf->lines : 0,
+                .bytes = bf ? bf->bytes : 0,
         };
         if (kb_objects_add(r->broker->objects, &o) >= 0 || kb_objects_find(r->broker->objects, id))
                 snprintf(r->object_id, sizeof(r->object_id), "%s", id);

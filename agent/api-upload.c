@@ -87,6 +87,9 @@ void kb_api_serve_upload(struct kb_request *r) {
                 return;
         }
         r->multipart = true;
+        /* an OpenAI file may be a batch's input: its models are learned as it passes */
+        if (r->endpoint == KB_ENDPOINT_FILES && r->family == KB_FAMILY_OPENAI)
+                kb_upload_scan_batch_file(r->upload);
         if (!want_model) {
                 kb_api_serve_object(r, kb_api_forward_admitted);
                 return;

@@ -126,6 +126,13 @@ kb_admit kb_metering_admit(struct kb_request *r, const struct kb_body_info *info
                                 .characters = r->characters };
         uint64_t tokens = kb_usage_quota_tokens(&est, r->family);
         int64_t cost = usage_cost(r, &est);
+        /* A batch: what its input file asks must fit the team's limits now;
+         * it is settled when the batch ends, not held until then. */
+        if (r->batch_est_tokens) {
+                struct kb_usage b = { .input_tokens = r->batch_est_tokens, .batch = true };
+                tokens = kb_usage_quota_tokens(&b, r->family);
+                cost = kb_usage_cost_microusd(&b, r->family, r->batch_price);
+        }
         struct kb_fleet *fleet = r->broker->fleet;
         r->admitted_usec = now;
 

@@ -40,6 +40,8 @@ struct kb_multipart {
         bool is_model;
         struct kb_buf value;    /* a text field's bytes, up to KB_MULTIPART_FIELD_MAX + 1 */
 
+        kb_multipart_file_cb on_file;
+        void *on_file_userdata;
         bool defer;             /* stop at the model field's end until kb_multipart_set_model() */
         bool waiting;           /* stopped there */
         bool part_ended;        /* the current part's end was handled; its delimiter is next */
@@ -216,8 +218,11 @@ static int part_headers(struct kb_multipart *m, const char *hdr, size_t n) {
 /* A part's body bytes. The model's value is held until its part ends;
  * other bytes pass. */
 static int part_body(struct kb_multipart *m, const char *p, size_t n, struct kb_buf *out) {
-        if (m->is_file)
+        if (m->is_file) {
                 m->file_bytes += n;
+                if (m->on_file && n > 0)
+                        m->on_file(m->on_file_userdata, m->name, p, n, false);
+        }
         else if (m->value.len <= KB_MULTIPART_FIELD_MAX) {
                 size_t take = MIN(n, KB_MULTIPART_FIELD_MAX + 1 - m->value.len);
                 if (kb_buf_append(&m->value, p, take) < 0)
@@ -232,6 +237,8 @@ static int part_body(struct kb_multipart *m, const char *p, size_t n, struct kb_
 }
 
 static int part_end(struct kb_multipart *m, struct kb_buf *out) {
+        if (m->is_file && m->on_file)
+                m->on_file(m->on_file_userdata, m->name, "", 0, true);
         if (m->is_file || m->value.len > KB_MULTIPART_FIELD_MAX || !m->name[0])
                 return 0;
         if (m->n_kept < KEPT_FIELDS && !kb_multipart_field(m, m->name)) {
@@ -387,6 +394,11 @@ int kb_multipart_feed(struct kb_multipart *m, const char *buf, size_t len, struc
         if (kb_buf_append(&m->hold, buf, len) < 0)
                 return -ENOMEM;
         return run(m, false, out);
+}
+
+void kb_multipart_on_file(struct kb_multipart *m, kb_multipart_file_cb cb, void *userdata) {
+        m->on_file = cb;
+        m->on_file_userdata = userdata;
 }
 
 void kb_multipart_defer_model(struct kb_multipart *m) {

@@ -43,6 +43,11 @@ size_t kb_multipart_model_len(const struct kb_multipart *m);
 int kb_multipart_finish(struct kb_multipart *m, struct kb_buf *out);
 const char *kb_multipart_error(const struct kb_multipart *m);
 
+/* Each piece of a file part's body (filename= given), as it passes, with
+ * the part's name; end true once at the part's end (len 0). */
+typedef void (*kb_multipart_file_cb)(void *userdata, const char *name, const char *buf, size_t len, bool end);
+void kb_multipart_on_file(struct kb_multipart *m, kb_multipart_file_cb cb, void *userdata);
+
 /* The form's model field as sent (NULL until its part ended), and whether
  * the form held one. */
 const char *kb_multipart_model(const struct kb_multipart *m);

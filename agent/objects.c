@@ -2,7 +2,7 @@
 /* The object table: a chained hash of ids, and its log. One line per
  * change, tab-separated (names are config identifiers and provider ids,
  * neither holds a tab or a newline):
- *   +  ID KIND TEAM ROUTE KEY VERSION CREATED_USEC
+ *   +  ID KIND TEAM ROUTE KEY VERSION CREATED_USEC [MODELS LINES BYTES]
  *   b  ID          (billed)
  *   -  ID          (deleted)
  * At open the log is replayed and written again with only what is alive. */
@@ -65,7 +65,8 @@ static bool field_ok(const char *s) {
 }
 
 static int insert(struct kb_objects *o, const struct kb_object *obj) {
-        if (!field_ok(obj->id) || !field_ok(obj->team) || !field_ok(obj->route) || (obj->key && !field_ok(obj->key)))
+        if (!field_ok(obj->id) || !field_ok(obj->team) || !field_ok(obj->route) || (obj->key && !field_ok(obj->key)) ||
+            (obj->models && (strpbrk(obj->models, "\t\n\r") || strlen(obj->models) > 4096)))
                 return -EINVAL;
         struct entry **p = slot_of(o, obj->id);
         if (!*p && o->n >= KB_OBJECTS_MAX) {
@@ -82,8 +83,8 @@ static int insert(struct kb_objects *o, const struct kb_object *obj) {
         if (!e)
                 return -ENOMEM;
         size_t li = strlen(obj->id) + 1, lt = strlen(obj->team) + 1, lr = strlen(obj->route) + 1,
-               lk = obj->key ? strlen(obj->key) + 1 : 0;
-        e->strings = malloc(li + lt + lr + lk);
+               lk = obj->key ? strlen(obj->key) + 1 : 0, lm = obj->models ? strlen(obj->models) + 1 : 0;
+        e->strings = malloc(li + lt + lr + lk + lm);
         if (!e->strings) {
                 free(e);
                 return -ENOMEM;
@@ -93,6 +94,7 @@ static int insert(struct kb_objects *o, const struct kb_object *obj) {
         e->obj.team = memcpy(e->strings + li, obj->team, lt);
         e->obj.route = memcpy(e->strings + li + lt, obj->route, lr);
         e->obj.key = obj->key ? memcpy(e->strings + li + lt + lr, obj->key, lk) : NULL;
+        e->obj.models = obj->models ? memcpy(e->strings + li + lt + lr + lk, obj->models, lm) : NULL;
         if (*p) {
                 struct entry *old = *p;
                 e->next = old->next;
@@ -116,9 +118,14 @@ static void remove_id(struct kb_objects *o, const char *id) {
 }
 
 static int format_add(const struct kb_object *obj, char *buf, size_t size) {
-        int n = snprintf(buf, size, "+\t%s\t%s\t%s\t%s\t%s\t%u\t%" PRIu64 "\n", obj->id,
-                         kb_object_kind_to_string(obj->kind), obj->team, obj->route, obj->key ?: "-",
-                         obj->key_version, obj->created_usec);
+        int n = obj->models
+                        ? snprintf(buf, size, "+\t%s\t%s\t%s\t%s\t%s\t%u\t%" PRIu64 "\t%s\t%" PRIu64 "\t%" PRIu64 "\n",
+                                   obj->id, kb_object_kind_to_string(obj->kind), obj->team, obj->route,
+                                   obj->key ?: "-", obj->key_version, obj->created_usec,
+                                   *obj->models ? obj->models : "-", obj->lines, obj->bytes)
+                        : snprintf(buf, size, "+\t%s\t%s\t%s\t%s\t%s\t%u\t%" PRIu64 "\n", obj->id,
+                                   kb_object_kind_to_string(obj->kind), obj->team, obj->route, obj->key ?: "-",
+                                   obj->key_version, obj->created_usec);
         return n < 0 || (size_t) n >= size ? -E2BIG : n;
 }
 
@@ -132,7 +139,7 @@ static int append_line(struct kb_objects *o, const char *line, size_t n) {
 }
 
 static void replay_line(struct kb_objects *o, char *line) {
-        char *f[8];
+        char *f[11];
         size_t n = 0;
         for (char *s = line, *tab; n < ELEMENTSOF(f); s = tab + 1) {
                 f[n++] = s;
@@ -147,7 +154,7 @@ static void replay_line(struct kb_objects *o, char *line) {
                 struct entry **p = slot_of(o, f[1]);
                 if (*p)
                         (*p)->obj.billed = true;
-        } else if (n == 8 && streq(f[0], "+")) {
+        } else if ((n == 8 || n == 11) && streq(f[0], "+")) {
                 struct kb_object obj = {
                         .id = f[1],
                         .kind = kb_object_kind_from_string(f[2]),
@@ -156,6 +163,9 @@ static void replay_line(struct kb_objects *o, char *line) {
                         .key = streq(f[5], "-") ? NULL : f[5],
                         .key_version = (unsigned) strtoul(f[6], NULL, 10),
                         .created_usec = strtoull(f[7], NULL, 10),
+                        .models = n == 11 ? (streq(f[8], "-") ? "" : f[8]) : NULL,
+                        .lines = n == 11 ? strtoull(f[9], NULL, 10) : 0,
+                        .bytes = n == 11 ? strtoull(f[10], NULL, 10) : 0,
                 };
                 (void) insert(o, &obj);
         }
@@ -169,7 +179,7 @@ static int compact(struct kb_objects *o) {
         _cleanup_fclose_ FILE *f = fopen(tmp, "we");
         if (!f)
                 return -errno;
-        char line[1024];
+        char line[8192];
         for (size_t i = 0; i < o->n_buckets; i++)
                 for (struct entry *e = o->buckets[i]; e; e = e->next) {
                         int n = format_add(&e->obj, line, sizeof(line));
@@ -258,7 +268,7 @@ const struct kb_object *kb_objects_find(const struct kb_objects *o, const char *
 }
 
 int kb_objects_add(struct kb_objects *o, const struct kb_object *obj) {
-        char line[1024];
+        char line[8192];
         int r = insert(o, obj);
         if (r < 0)
                 return r;

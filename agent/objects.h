@@ -30,6 +30,11 @@ struct kb_object {
         unsigned key_version;
         uint64_t created_usec;  /* realtime */
         bool billed;            /* its usage (batch, video) has been journaled */
+        /* a batch input file read as it was uploaded (batch-file.h): its
+         * models, comma-separated (NULL: unknown), requests and bytes */
+        const char *models;
+        uint64_t lines;
+        uint64_t bytes;
 };
 
 /* path NULL: memory only (tests, no state_dir). A log that cannot be read

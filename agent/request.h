@@ -62,6 +62,9 @@ struct kb_request {
         uint64_t characters;            /* speech: characters of the input to be spoken */
         uint64_t form_file_bytes;       /* multipart: bytes of its file parts (not counted as tokens) */
         struct kb_upload *upload;       /* a streamed upload (upload.h), or NULL */
+        /* a batch's create: what its input file asks, checked at admission */
+        uint64_t batch_est_tokens;
+        const struct kb_price *batch_price;
         char *model;                    /* as asked */
         const struct kb_model *model_cfg;
         const struct kb_target *target;

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "batch-file.h"
 #include "http.h"
 #include "multipart.h"
 #include "upload.h"
@@ -23,6 +24,9 @@ struct kb_upload {
         int error;
         int64_t app_size;       /* Content-Length, -1 chunked */
         char *spill_dir;
+
+        bool scan;              /* the file part is read as a batch input file */
+        struct kb_batch_file bf;
 
         struct kb_buf out;      /* bytes for upstream */
         size_t out_off;
@@ -56,6 +60,7 @@ struct kb_upload *kb_upload_free(struct kb_upload *u) {
         if (!u)
                 return NULL;
         kb_multipart_free(u->mp);
+        kb_batch_file_done(&u->bf);
         kb_buf_free(&u->out);
         if (u->spill_fd >= 0)
                 close(u->spill_fd);
@@ -201,6 +206,25 @@ ssize_t kb_upload_read(struct kb_upload *u, char *buf, size_t len) {
         if (u->error)
                 return u->error;
         return u->in_done ? 0 : -EAGAIN;
+}
+
+static void on_file(void *userdata, const char *name, const char *buf, size_t len, bool end) {
+        struct kb_upload *u = userdata;
+        if (!streq(name, "file"))
+                return;
+        if (end)
+                kb_batch_file_end(&u->bf);
+        else
+                kb_batch_file_feed(&u->bf, buf, len);
+}
+
+void kb_upload_scan_batch_file(struct kb_upload *u) {
+        u->scan = true;
+        kb_multipart_on_file(u->mp, on_file, u);
+}
+
+const struct kb_batch_file *kb_upload_batch_file(const struct kb_upload *u) {
+        return u && u->scan ? &u->bf : NULL;
 }
 
 int kb_upload_error_code(const struct kb_upload *u) {

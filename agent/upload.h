@@ -48,5 +48,10 @@ uint64_t kb_upload_file_bytes(const struct kb_upload *u);
 /* For curl's read callback: bytes (> 0), 0 at the end, -EAGAIN (wait for
  * the app: call again after its on_body), or the pump's -errno. */
 ssize_t kb_upload_read(struct kb_upload *u, char *buf, size_t len);
+/* Read the form's "file" part as a batch input file (batch-file.h) as it
+ * passes; what was read, or NULL when not asked. */
+void kb_upload_scan_batch_file(struct kb_upload *u);
+struct kb_batch_file;
+const struct kb_batch_file *kb_upload_batch_file(const struct kb_upload *u);
 int kb_upload_error_code(const struct kb_upload *u);  /* the -errno that ended it, 0 none */
 const char *kb_upload_error(const struct kb_upload *u);

@@ -25,6 +25,7 @@ $cfg->{'route:oai'}{price} = [
 ];
 $cfg->{'model:sora'} = { target => 'oai sora-2' };
 $cfg->{'team:search'}{default_route} = ['oai', 'anth'];
+$cfg->{'team:tiny'} = { users => '1002', models => 'gpt-mini', tokens_per_minute => 100 };
 my $broker = start_broker(config => $cfg, keys => { 'oai-key' => $oai_key, 'anth-key' => $anth_key });
 my $tmp = tmpdir('objects');
 my @SEARCH = (uid => 1001, gid => 2001);
@@ -145,6 +146,43 @@ subtest 'batches: from the team\'s own file, usage journaled once at completion'
         is_deeply([map { $_->{id} } @{$res->{json}{data}}], [$batch], 'ops lists its batch');
         $res = req($broker, path => '/v1/batches', @SEARCH);
         is_deeply($res->{json}{data}, [], 'search lists none');
+};
+
+subtest 'a batch file is read as it is uploaded: its models and size are checked at create' => sub {
+        my $big = "$tmp/big-model.jsonl";
+        KB::spew($big, KB::json_encode({ custom_id => 'x', method => 'POST', url => '/v1/chat/completions',
+                                         body => { model => 'gpt-4o-2024-08-06', messages => [] } }) . "\n");
+        my $res = upload(\@SEARCH, $big);
+        is($res->{status}, 200, 'search uploads a file asking for gpt-4o') or return diag(KB::show_res($res));
+        my $f = $res->{json}{id};
+        my $n = $mock->count;
+        $res = req($broker, path => '/v1/batches', @SEARCH,
+                   json => { input_file_id => $f, endpoint => '/v1/chat/completions', completion_window => '24h' });
+        check_openai_error($res, 403, 'model_not_allowed', 'a batch asking for a model the team may not use: 403');
+        like($res->{json}{error}{message} // '', qr/gpt-4o-2024-08-06/, 'naming the model');
+        is($mock->count, $n, 'the provider never saw the batch');
+
+        # The upstream name of a model the team may use is fine (gpt-mini -> gpt-4o-mini-2024-07-18).
+        $res = req($broker, path => '/v1/batches', @SEARCH,
+                   json => { input_file_id => $search_file, endpoint => '/v1/chat/completions', completion_window => '24h' });
+        is($res->{status}, 200, 'a batch asking for the upstream model of an allowed one');
+
+        my $lines = "$tmp/many.jsonl";
+        KB::spew($lines, join('', map { KB::json_encode({ custom_id => "l$_", method => 'POST', url => '/v1/chat/completions',
+                                        body => { model => 'gpt-4o-mini-2024-07-18', messages => [{ role => 'user', content => 'x' x 40 }] } }) . "\n" } 1 .. 10));
+        my @TINY = (uid => 1002, gid => 1002);
+        $res = upload(\@TINY, $lines);
+        is($res->{status}, 200, 'a team with tokens_per_minute = 100 uploads a 1.5 KB batch file');
+        $res = req($broker, path => '/v1/batches', @TINY,
+                   json => { input_file_id => $res->{json}{id}, endpoint => '/v1/chat/completions', completion_window => '24h' });
+        check_openai_error($res, 429, 'quota_exceeded', 'what the file asks is more than the team\'s whole limit: 429 at create');
+
+        my $junk = "$tmp/junk.bin";
+        KB::spew($junk, "not json\n\x00\x01");
+        $res = upload(\@SEARCH, $junk);
+        $res = req($broker, path => '/v1/batches', @SEARCH,
+                   json => { input_file_id => $res->{json}{id}, endpoint => '/v1/chat/completions', completion_window => '24h' });
+        is($res->{status}, 200, 'a file the broker cannot read is not judged (the provider is)');
 };
 
 subtest 'videos: billed per second once, when first seen completed' => sub {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "batch-file.h"
 #include "endpoint.h"
 #include "multipart.h"
 #include "objects.h"
@@ -133,6 +134,32 @@ static void test_deferred_model(void **state) {
         }
 }
 
+/* A batch input file read in pieces: lines, bytes, models; anything that is
+ * not one JSON object per line makes it unreadable. */
+static void test_batch_file(void **state) {
+        static const char jsonl[] =
+                "{\"custom_id\":\"a\",\"body\":{\"model\":\"gpt-4o\"}}\n"
+                "{\"custom_id\":\"b\",\"body\":{\"model\":\"o3\"}}\r\n"
+                "{\"custom_id\":\"c\",\"body\":{\"model\":\"gpt-4o\"}}";
+        for (size_t step = 1; step < sizeof(jsonl); step += 3) {
+                struct kb_batch_file f = {};
+                for (size_t i = 0; i < strlen(jsonl); i += step)
+                        kb_batch_file_feed(&f, jsonl + i, MIN(step, strlen(jsonl) - i));
+                kb_batch_file_end(&f);
+                _cleanup_free_ char *m = kb_batch_file_models(&f);
+                assert_string_equal(m, "gpt-4o,o3");
+                assert_int_equal(f.lines, 3);
+                assert_int_equal(f.bytes, strlen(jsonl));
+                kb_batch_file_done(&f);
+        }
+        struct kb_batch_file g = {};
+        kb_batch_file_feed(&g, "{}\nnot json\n", 12);
+        kb_batch_file_end(&g);
+        assert_null(kb_batch_file_models(&g));
+        kb_batch_file_done(&g);
+        (void) state;
+}
+
 static void test_endpoint_table(void **state) {
         const struct kb_endpoint_def *d;
         char id[KB_OBJECT_ID_MAX + 1];
@@ -165,6 +192,12 @@ static void test_objects_persist(void **state) {
         struct kb_object a = { .id = "file-1", .kind = KB_OBJECT_FILE, .team = "ml", .route = "openai",
                                .key = "k", .key_version = 2, .created_usec = 5 };
         struct kb_object b = { .id = "batch_1", .kind = KB_OBJECT_BATCH, .team = "web", .route = "openai" };
+        struct kb_object in = { .id = "file-in", .kind = KB_OBJECT_FILE, .team = "web", .route = "openai",
+                                .models = "gpt-4o,o3", .lines = 7, .bytes = 900 };
+        struct kb_object nomodel = { .id = "file-nm", .kind = KB_OBJECT_FILE, .team = "web", .route = "openai",
+                                     .models = "", .lines = 2, .bytes = 10 };
+        assert_int_equal(kb_objects_add(o, &in), 0);
+        assert_int_equal(kb_objects_add(o, &nomodel), 0);
         assert_int_equal(kb_objects_add(o, &a), 0);
         assert_int_equal(kb_objects_add(o, &b), 0);
         assert_int_equal(kb_objects_set_billed(o, "batch_1"), 0);
@@ -175,7 +208,13 @@ static void test_objects_persist(void **state) {
         o = kb_objects_free(o);
 
         assert_int_equal(kb_objects_open(path, &o), 0);
-        assert_int_equal(kb_objects_count(o), 2);
+        assert_int_equal(kb_objects_count(o), 4);
+        const struct kb_object *fi = kb_objects_find(o, "file-in");
+        assert_string_equal(fi->models, "gpt-4o,o3");
+        assert_int_equal(fi->lines, 7);
+        assert_int_equal(fi->bytes, 900);
+        assert_string_equal(kb_objects_find(o, "file-nm")->models, "");
+        assert_null(kb_objects_find(o, "batch_1")->models);
         const struct kb_object *f = kb_objects_find(o, "file-1");
         assert_non_null(f);
         assert_string_equal(f->team, "ml");
@@ -194,6 +233,7 @@ int main(void) {
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_fields),
                 cmocka_unit_test(test_deferred_model),
+                cmocka_unit_test(test_batch_file),
                 cmocka_unit_test(test_endpoint_table),
                 cmocka_unit_test(test_objects_persist),
         };
