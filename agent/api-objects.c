@@ -11,6 +11,7 @@
 
 #include "broker.h"
 #include "batch-file.h"
+#include "fleet-objects.h"
 #include "objects.h"
 #include "upload.h"
 #include "router.h"
@@ -75,6 +76,18 @@ static const struct kb_object *owned(struct kb_request *r, const char *id, kb_ob
 
 /* A batch is made from a file: the team must own it too. Message batches
  * carry their requests: each request's model must be one the team may use. */
+/* The quota store answered about an object this host did not know. */
+static void on_fleet_object(void *userdata, const struct kb_object *o) {
+        struct kb_request *r = userdata;
+        r->object_lookup = NULL;
+        const struct kb_object *mine = o ? kb_objects_find(r->broker->objects, o->id) : NULL;
+        if (o && !mine)
+                (void) kb_objects_cache(r->broker->objects, o);
+        else if (o && mine && o->billed)
+                (void) kb_objects_set_billed(r->broker->objects, o->id);
+        kb_api_serve_object(r, r->admitted);
+}
+
 /* A model named in a batch file is the provider's: the team may use it
  * when it may use a model of ours that is it, or that sends it on this route. */
 static bool team_may_send(const struct kb_request *r, const struct kb_route *route, const char *name) {
@@ -116,7 +129,11 @@ static bool check_batch_models(struct kb_request *r, const struct kb_object *fil
         return true;
 }
 
-static bool check_create_body(struct kb_request *r, const struct kb_route *route) {
+static void on_fleet_object(void *userdata, const struct kb_object *o);
+
+/* 1: go on; 0: answered; -EINPROGRESS: the quota store is asked about the
+ * batch's input file (made through another host?), and the call resumes. */
+static int check_create_body(struct kb_request *r, const struct kb_route *route, kb_admitted_t next) {
         if (r->endpoint != KB_ENDPOINT_BATCHES && r->endpoint != KB_ENDPOINT_MESSAGE_BATCHES)
                 return true;
         json_t *root = json_loadb(r->http->body.data ?: "", r->http->body.len, 0, NULL);
@@ -129,6 +146,12 @@ static bool check_create_body(struct kb_request *r, const struct kb_route *route
         if (r->endpoint == KB_ENDPOINT_BATCHES) {
                 const char *file = json_string_value(json_object_get(root, "input_file_id"));
                 const struct kb_object *o = file ? owned(r, file, KB_OBJECT_FILE) : NULL;
+                if (file && !o && !r->admitted && !kb_objects_find(r->broker->objects, file) &&
+                    kb_fleet_objects_get(r->broker->fleet_objects, file, on_fleet_object, r, &r->object_lookup) >= 0) {
+                        r->admitted = next;
+                        json_decref(root);
+                        return -EINPROGRESS;
+                }
                 if (file && !o) {
                         snprintf(r->object_id, sizeof(r->object_id), "%.*s", KB_OBJECT_ID_MAX, file);
                         refuse_unknown_object(r, kind_noun(KB_OBJECT_FILE), file);
@@ -159,6 +182,16 @@ void kb_api_serve_object(struct kb_request *r, kb_admitted_t next) {
 
         if (r->object_id[0]) {
                 const struct kb_object *o = owned(r, r->object_id, d->object);
+                /* made through another host of the fleet? And one billed
+                 * when it ended: has another host billed it since? */
+                bool billable = o && !o->billed && (o->kind == KB_OBJECT_BATCH || o->kind == KB_OBJECT_VIDEO ||
+                                                    o->kind == KB_OBJECT_MESSAGE_BATCH);
+                if ((billable || (!o && !kb_objects_find(r->broker->objects, r->object_id))) && !r->admitted) {
+                        r->admitted = next;
+                        if (kb_fleet_objects_get(r->broker->fleet_objects, r->object_id, on_fleet_object, r,
+                                                 &r->object_lookup) >= 0)
+                                return;
+                }
                 if (!o) {
                         refuse_unknown_object(r, kind_noun(d->object), r->object_id);
                         return;
@@ -183,7 +216,7 @@ void kb_api_serve_object(struct kb_request *r, kb_admitted_t next) {
                                     r->team->name, kb_family_to_string(r->family), r->team->name);
                         return;
                 }
-                if (d->op == KB_OP_CREATE && !check_create_body(r, route))
+                if (d->op == KB_OP_CREATE && check_create_body(r, route, next) <= 0)
                         return;
         }
         r->hold_answer = d->op == KB_OP_LIST;

@@ -15,6 +15,7 @@
 #include "objects.h"
 #include "api-internal.h"
 #include "upload.h"
+#include "fleet-objects.h"
 #include "broker.h"
 #include "keybroker/keybroker.h"
 #include "metrics.h"
@@ -205,6 +206,7 @@ void kb_request_finish(struct kb_request *r) {
         free(r->fallback_from);
         free(r->pin_key);
         kb_upload_free(r->upload);
+        kb_fleet_lookup_cancel(r->object_lookup);
         kb_config_unref(r->config);
         free(r);
 }

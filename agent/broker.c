@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
+#include "fleet-objects.h"
 #include "batch-poll.h"
 #include "fleet-quota.h"
 #include "fleet-store.h"
@@ -196,7 +197,23 @@ void kb_broker_drop_store(struct kb_broker *b) {
          * fleet that asked is still there */
         b->store = kb_store_free(b->store);
         b->fleet = kb_fleet_free(b->fleet);
+        b->fleet_objects = kb_fleet_objects_free(b->fleet_objects);
 }
+
+static void mirror_put(void *userdata, const struct kb_object *o) {
+        struct kb_broker *b = userdata;
+        kb_fleet_objects_put(b->fleet_objects, o);
+}
+
+static void mirror_forget(void *userdata, const char *id) {
+        struct kb_broker *b = userdata;
+        kb_fleet_objects_forget(b->fleet_objects, id);
+}
+
+const struct kb_objects_mirror kb_broker_objects_mirror = {
+        .put = mirror_put,
+        .forget = mirror_forget,
+};
 
 static bool store_settings_equal(const struct kb_agent_config *a, const struct kb_agent_config *o) {
         return streq_ptr(a->quota_store, o->quota_store) && streq_ptr(a->quota_store_password, o->quota_store_password) &&
@@ -225,6 +242,8 @@ int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old) {
         r = kb_store_new(b->event, &o, on_store_event, b, &b->store);
         if (r >= 0)
                 r = kb_fleet_new(b->store, b->quota, b->instance, &b->seq, &b->fleet);
+        if (r >= 0)
+                r = kb_fleet_objects_new(b->store, &b->fleet_objects);
         if (r >= 0) {
                 kb_fleet_set_backfill(b->fleet, backfill, b);
                 kb_fleet_set_handler(b->fleet, on_fleet_event, b);

@@ -39,6 +39,7 @@ struct kb_broker {
         struct kb_router *router;       /* circuits, splits, canaries (routing.c sets it up) */
         struct kb_objects *objects;     /* provider objects made through us, by team (objects.h) */
         struct kb_batch_poll *batch_poll; /* open batches retrieved in the background (batch-poll.h) */
+        struct kb_fleet_objects *fleet_objects; /* the object table in the quota store, with store */
         sd_event_source *reseal_timer;  /* kb_keys_reseal_idle() while keys are readable */
         struct kb_keywatch *keywatch;   /* credentials_dir and the keystore file, on disk */
         struct kb_store *store;         /* [agent] quota_store: the fleet's Redis, or NULL */
@@ -81,6 +82,8 @@ int kb_broker_connect_store(struct kb_broker *b, const struct kb_config *old);
 /* broker.c: the share of a fleet team's limits this host enforces while the
  * store is away (offline_share, or 1 / brokers last seen). */
 void kb_broker_offline_share(struct kb_broker *b);
+/* broker.c: what the object table mirrors to the quota store. */
+extern const struct kb_objects_mirror kb_broker_objects_mirror;
 /* broker.c: disconnect from the quota store (at a reload that changes it, at
  * exit). */
 void kb_broker_drop_store(struct kb_broker *b);

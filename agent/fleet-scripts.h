@@ -164,8 +164,10 @@ static const char fleet_script_settle[] =
         "    local FL = T .. 'fl'\n"
         "    redis.call('HDEL', RES, rid)\n"
         "    redis.call('HINCRBY', FL, lease .. '|n', -1)\n"
-        "    redis.call('HINCRBY', FL, lease .. '|tk', '-' .. htk)\n"
-        "    redis.call('HINCRBY', FL, lease .. '|co', '-' .. hco)\n"
+        /* HINCRBY refuses "-0": a call that held nothing (no tokens: files,
+         * batches) must not take the store offline */
+        "    if htk ~= '0' then redis.call('HINCRBY', FL, lease .. '|tk', '-' .. htk) end\n"
+        "    if hco ~= '0' then redis.call('HINCRBY', FL, lease .. '|co', '-' .. hco) end\n"
         "    held = true\n"
         "  end\n"
         "end\n"

@@ -549,6 +549,7 @@ int main(int argc, char **argv) {
                         fprintf(stderr, "<3>cannot open the object table %s: %s\n", path, strerror(-r));
                         return notify_failure(r, "cannot open the object table in state_dir");
                 }
+                kb_objects_set_mirror(d.b.objects, &kb_broker_objects_mirror, &d.b);
         }
         /* Before serving: counters as they were, kill -9 included. */
         r = kb_quota_recover(&d.b.quota, d.b.config, d.b.instance, &d.b.seq);

@@ -29,6 +29,8 @@ struct kb_objects {
         uint64_t dropped;
         char *path;
         int fd;                 /* the log, O_APPEND; -1: memory only */
+        const struct kb_objects_mirror *mirror;
+        void *mirror_userdata;
 };
 
 static size_t bucket_of(const struct kb_objects *o, const char *id) {
@@ -267,13 +269,31 @@ const struct kb_object *kb_objects_find(const struct kb_objects *o, const char *
         return e ? &e->obj : NULL;
 }
 
-int kb_objects_add(struct kb_objects *o, const struct kb_object *obj) {
+void kb_objects_set_mirror(struct kb_objects *o, const struct kb_objects_mirror *m, void *userdata) {
+        o->mirror = m;
+        o->mirror_userdata = userdata;
+}
+
+static int add(struct kb_objects *o, const struct kb_object *obj, bool mirror) {
         char line[8192];
         int r = insert(o, obj);
         if (r < 0)
                 return r;
+        if (mirror && o->mirror)
+                o->mirror->put(o->mirror_userdata, kb_objects_find(o, obj->id));
         int n = format_add(obj, line, sizeof(line));
         return n < 0 ? n : append_line(o, line, (size_t) n);
+}
+
+int kb_objects_add(struct kb_objects *o, const struct kb_object *obj) {
+        return add(o, obj, true);
+}
+
+int kb_objects_cache(struct kb_objects *o, const struct kb_object *obj) {
+        int r = add(o, obj, false);
+        if (r >= 0 && obj->billed)
+                r = kb_objects_set_billed(o, obj->id);
+        return r;
 }
 
 static int mark(struct kb_objects *o, char what, const char *id) {
@@ -288,7 +308,11 @@ int kb_objects_set_billed(struct kb_objects *o, const char *id) {
         struct entry *e = o ? *slot_of(o, id) : NULL;
         if (!e)
                 return -ENOENT;
+        if (e->obj.billed)
+                return 0;
         e->obj.billed = true;
+        if (o->mirror)
+                o->mirror->put(o->mirror_userdata, &e->obj);
         return mark(o, 'b', id);
 }
 
@@ -296,6 +320,8 @@ int kb_objects_forget(struct kb_objects *o, const char *id) {
         if (!o || !*slot_of(o, id))
                 return -ENOENT;
         remove_id(o, id);
+        if (o->mirror)
+                o->mirror->forget(o->mirror_userdata, id);
         return mark(o, '-', id);
 }
 

@@ -61,5 +61,17 @@ int kb_objects_filter_list(const struct kb_objects *o, const char *team, kb_obje
 int kb_objects_foreach(const struct kb_objects *o, int (*cb)(const struct kb_object *obj, void *userdata),
                        void *userdata);
 
+/* An object learned from elsewhere (the fleet store): kept like any other,
+ * not mirrored back. */
+int kb_objects_cache(struct kb_objects *o, const struct kb_object *obj);
+
+/* The owner's mirror (the fleet store): told of every add, billing and
+ * removal made here. NULL: none. */
+struct kb_objects_mirror {
+        void (*put)(void *userdata, const struct kb_object *obj);
+        void (*forget)(void *userdata, const char *id);
+};
+void kb_objects_set_mirror(struct kb_objects *o, const struct kb_objects_mirror *m, void *userdata);
+
 size_t kb_objects_count(const struct kb_objects *o);
 uint64_t kb_objects_dropped(const struct kb_objects *o);

@@ -39,6 +39,7 @@ struct kb_price;
 struct kb_fleet_hold;
 struct kb_admit_verdict;
 struct kb_upload;
+struct kb_fleet_lookup;
 
 struct kb_request {
         struct kb_broker *broker;
@@ -62,6 +63,7 @@ struct kb_request {
         uint64_t characters;            /* speech: characters of the input to be spoken */
         uint64_t form_file_bytes;       /* multipart: bytes of its file parts (not counted as tokens) */
         struct kb_upload *upload;       /* a streamed upload (upload.h), or NULL */
+        struct kb_fleet_lookup *object_lookup; /* the quota store asked about object_id */
         /* a batch's create: what its input file asks, checked at admission */
         uint64_t batch_est_tokens;
         const struct kb_price *batch_price;

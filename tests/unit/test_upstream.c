@@ -983,7 +983,12 @@ static void test_bad_input(void **state) {
 
         EXPECT_BAD(r.url = NULL, -EINVAL);
         EXPECT_BAD(r.method = NULL, -EINVAL);
-        EXPECT_BAD(r.method = "DELETE", -EINVAL);
+        EXPECT_BAD(r.method = "PUT", -EINVAL);
+        /* DELETE is sent (objects), but never with a body */
+        EXPECT_BAD((r.method = "DELETE", r.body = "x", r.body_len = 1), -EINVAL);
+        /* a streamed body is a POST's, of a size or -1 */
+        EXPECT_BAD((r.method = "GET", r.body_streamed = true, r.body_size = -1), -EINVAL);
+        EXPECT_BAD((r.method = "POST", r.body_streamed = true, r.body_size = -2), -EINVAL);
         EXPECT_BAD(r.method = "get", -EINVAL);
         EXPECT_BAD(r.url = "ftp://127.0.0.1/", -EINVAL);
         EXPECT_BAD(r.url = "file:///etc/passwd", -EINVAL);
