@@ -3,6 +3,7 @@
  * and the config's life cycle. Values are parsed in config-values.c. */
 #include "config.h"
 
+#include <assert.h>
 #include <fcntl.h>
 #include <ini.h>
 #include <stdarg.h>
@@ -297,6 +298,8 @@ static int handler(void *user, _unused_ const char *section, const char *name, c
                                     section_name(p));
                 return 0;
         }
+        /* the key tables are sized by MAX_KEYS (test_conf_doc checks it) */
+        assert(i < MAX_KEYS);
         if (p->seen[i] && !keys[i].multi) {
                 kb_cfg_fail(p, p->line, "'%s' given twice, first on line %u", name, p->seen[i]);
                 return 0;

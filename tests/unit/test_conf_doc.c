@@ -214,6 +214,12 @@ static void check_section(enum section_kind sec, const struct key_def *table, co
         struct doc d = {};
 
         assert_non_null(path);
+        /* the parser keeps a line number per key of a section: MAX_KEYS */
+        size_t n_keys = 0;
+        while (table[n_keys].name)
+                n_keys++;
+        if (n_keys > MAX_KEYS)
+                fail_msg("%s has %zu keys; the parser keeps room for MAX_KEYS = %u", table_name, n_keys, MAX_KEYS);
         read_page(path, &text);
         assert_int_equal(doc_parse(text, &d), 0);
 
