@@ -1,10 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* One hash field per object: "KIND\tTEAM\tROUTE\tKEY\tVERSION\tCREATED\t
- * BILLED\tMODELS\tLINES\tBYTES" (KEY and MODELS "-" when none), the same
- * names objects.c keeps. */
+/* One hash field per object, its value kb_object_format()'s record. */
 
 #include <hiredis/hiredis.h>
-#include <inttypes.h>
 #include <stdio.h>
 
 #include "fleet-objects.h"
@@ -57,13 +54,7 @@ static void ignore_reply(void *userdata, const redisReply *reply) {
 
 void kb_fleet_objects_put(struct kb_fleet_objects *fo, const struct kb_object *o) {
         char value[8192];
-        if (!fo || !o)
-                return;
-        int n = snprintf(value, sizeof(value), "%s\t%s\t%s\t%s\t%u\t%" PRIu64 "\t%d\t%s\t%" PRIu64 "\t%" PRIu64,
-                         kb_object_kind_to_string(o->kind), o->team, o->route, o->key ?: "-", o->key_version,
-                         o->created_usec, o->billed ? 1 : 0, o->models ? (*o->models ? o->models : ",") : "-",
-                         o->lines, o->bytes);
-        if (n < 0 || (size_t) n >= sizeof(value))
+        if (!fo || !o || kb_object_format(o, value, sizeof(value)) < 0)
                 return;
         const char *argv[] = { kb_store_prefix(fo->store), o->id, value };
         (void) kb_store_eval(fo->store, (unsigned) fo->s_put, 3, argv, NULL, ignore_reply, NULL);
@@ -76,34 +67,6 @@ void kb_fleet_objects_forget(struct kb_fleet_objects *fo, const char *id) {
         (void) kb_store_eval(fo->store, (unsigned) fo->s_del, 2, argv, NULL, ignore_reply, NULL);
 }
 
-/* The stored value back into an object (strings point into buf). */
-static bool parse(char *buf, const char *id, struct kb_object *o) {
-        char *f[10];
-        size_t n = 0;
-        for (char *s = buf, *tab; n < ELEMENTSOF(f); s = tab + 1) {
-                f[n++] = s;
-                if (!(tab = strchr(s, '\t')))
-                        break;
-                *tab = 0;
-        }
-        if (n != 10 || !*f[1] || !*f[2])
-                return false;
-        *o = (struct kb_object) {
-                .id = id,
-                .kind = kb_object_kind_from_string(f[0]),
-                .team = f[1],
-                .route = f[2],
-                .key = streq(f[3], "-") ? NULL : f[3],
-                .key_version = (unsigned) strtoul(f[4], NULL, 10),
-                .created_usec = strtoull(f[5], NULL, 10),
-                .billed = streq(f[6], "1"),
-                .models = streq(f[7], "-") ? NULL : streq(f[7], ",") ? "" : f[7],
-                .lines = strtoull(f[8], NULL, 10),
-                .bytes = strtoull(f[9], NULL, 10),
-        };
-        return o->kind != KB_OBJECT_NONE;
-}
-
 static void on_got(void *userdata, const redisReply *reply) {
         struct kb_fleet_lookup *l = userdata;
         struct kb_object o;
@@ -113,7 +76,7 @@ static void on_got(void *userdata, const redisReply *reply) {
         if (!l->cancelled && reply && reply->type == REDIS_REPLY_STRING && reply->len < sizeof(buf)) {
                 memcpy(buf, reply->str, reply->len);
                 buf[reply->len] = 0;
-                found = parse(buf, l->id, &o);
+                found = kb_object_parse(buf, l->id, &o) >= 0;
         }
         if (!l->cancelled)
                 l->cb(l->userdata, found ? &o : NULL);

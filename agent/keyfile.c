@@ -518,21 +518,6 @@ static char *serialise(unsigned char *sk, const struct kb_keyfile_entry *e, size
         return json_dumps(o, JSON_SORT_KEYS | JSON_INDENT(1));
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return -errno;
-                if (k == 0)
-                        return -EIO;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 int kb_keyfile_write(const char *path, unsigned char *sk, const struct kb_keyfile_entry *e, size_t n) {
         _cleanup_free_ char *text = serialise(sk, e, n);
         if (!text)
@@ -552,9 +537,9 @@ int kb_keyfile_write(const char *path, unsigned char *sk, const struct kb_keyfil
                 return -errno;
         int r = fchmod(fd, 0600) < 0 ? -errno : 0;
         if (r == 0)
-                r = write_all(fd, text, strlen(text));
+                r = kb_write_all(fd, text, strlen(text));
         if (r == 0)
-                r = write_all(fd, "\n", 1);
+                r = kb_write_all(fd, "\n", 1);
         if (r == 0 && fsync(fd) < 0)
                 r = -errno;
         if (r == 0 && close(TAKE_FD(fd)) < 0)

@@ -2,7 +2,7 @@
 /* The object table: a chained hash of ids, and its log. One line per
  * change, tab-separated (names are config identifiers and provider ids,
  * neither holds a tab or a newline):
- *   +  ID KIND TEAM ROUTE KEY VERSION CREATED_USEC [MODELS LINES BYTES]
+ *   +  ID RECORD   (kb_object_format(): the object's fields, billed included)
  *   b  ID          (billed)
  *   -  ID          (deleted)
  * At open the log is replayed and written again with only what is alive. */
@@ -119,16 +119,52 @@ static void remove_id(struct kb_objects *o, const char *id) {
         o->n--;
 }
 
-static int format_add(const struct kb_object *obj, char *buf, size_t size) {
-        int n = obj->models
-                        ? snprintf(buf, size, "+\t%s\t%s\t%s\t%s\t%s\t%u\t%" PRIu64 "\t%s\t%" PRIu64 "\t%" PRIu64 "\n",
-                                   obj->id, kb_object_kind_to_string(obj->kind), obj->team, obj->route,
-                                   obj->key ?: "-", obj->key_version, obj->created_usec,
-                                   *obj->models ? obj->models : "-", obj->lines, obj->bytes)
-                        : snprintf(buf, size, "+\t%s\t%s\t%s\t%s\t%s\t%u\t%" PRIu64 "\n", obj->id,
-                                   kb_object_kind_to_string(obj->kind), obj->team, obj->route, obj->key ?: "-",
-                                   obj->key_version, obj->created_usec);
+int kb_object_format(const struct kb_object *obj, char *buf, size_t size) {
+        int n = snprintf(buf, size, "%s\t%s\t%s\t%s\t%u\t%" PRIu64 "\t%d\t%s\t%" PRIu64 "\t%" PRIu64,
+                         kb_object_kind_to_string(obj->kind), obj->team, obj->route, obj->key ?: "-",
+                         obj->key_version, obj->created_usec, obj->billed ? 1 : 0,
+                         obj->models ? (*obj->models ? obj->models : ",") : "-", obj->lines, obj->bytes);
         return n < 0 || (size_t) n >= size ? -E2BIG : n;
+}
+
+int kb_object_parse(char *record, const char *id, struct kb_object *ret) {
+        char *f[10];
+        size_t n = 0;
+        for (char *s = record, *tab; n < ELEMENTSOF(f); s = tab + 1) {
+                f[n++] = s;
+                if (!(tab = strchr(s, '\t')))
+                        break;
+                *tab = 0;
+        }
+        if (n != ELEMENTSOF(f) || !*f[1] || !*f[2])
+                return -EBADMSG;
+        *ret = (struct kb_object) {
+                .id = id,
+                .kind = kb_object_kind_from_string(f[0]),
+                .team = f[1],
+                .route = f[2],
+                .key = streq(f[3], "-") ? NULL : f[3],
+                .key_version = (unsigned) strtoul(f[4], NULL, 10),
+                .created_usec = strtoull(f[5], NULL, 10),
+                .billed = streq(f[6], "1"),
+                .models = streq(f[7], "-") ? NULL : streq(f[7], ",") ? "" : f[7],
+                .lines = strtoull(f[8], NULL, 10),
+                .bytes = strtoull(f[9], NULL, 10),
+        };
+        return ret->kind == KB_OBJECT_NONE ? -EBADMSG : 0;
+}
+
+/* "+\tID\tRECORD\n" */
+static int format_add(const struct kb_object *obj, char *buf, size_t size) {
+        int n = snprintf(buf, size, "+\t%s\t", obj->id);
+        if (n < 0 || (size_t) n >= size)
+                return -E2BIG;
+        int k = kb_object_format(obj, buf + n, size - (size_t) n - 1);
+        if (k < 0)
+                return k;
+        buf[n + k] = '\n';
+        buf[n + k + 1] = 0;
+        return n + k + 1;
 }
 
 static int append_line(struct kb_objects *o, const char *line, size_t n) {
@@ -141,36 +177,22 @@ static int append_line(struct kb_objects *o, const char *line, size_t n) {
 }
 
 static void replay_line(struct kb_objects *o, char *line) {
-        char *f[11];
-        size_t n = 0;
-        for (char *s = line, *tab; n < ELEMENTSOF(f); s = tab + 1) {
-                f[n++] = s;
-                tab = strchr(s, '\t');
-                if (!tab)
-                        break;
-                *tab = 0;
-        }
-        if (n == 2 && streq(f[0], "-"))
-                remove_id(o, f[1]);
-        else if (n == 2 && streq(f[0], "b")) {
-                struct entry **p = slot_of(o, f[1]);
+        char *id = strchr(line, '\t'), *rest;
+        if (!id)
+                return;
+        *id++ = 0;
+        rest = strchr(id, '\t');
+        if (rest)
+                *rest++ = 0;
+        struct kb_object obj;
+        if (streq(line, "-") && !rest)
+                remove_id(o, id);
+        else if (streq(line, "b") && !rest) {
+                struct entry **p = slot_of(o, id);
                 if (*p)
                         (*p)->obj.billed = true;
-        } else if ((n == 8 || n == 11) && streq(f[0], "+")) {
-                struct kb_object obj = {
-                        .id = f[1],
-                        .kind = kb_object_kind_from_string(f[2]),
-                        .team = f[3],
-                        .route = f[4],
-                        .key = streq(f[5], "-") ? NULL : f[5],
-                        .key_version = (unsigned) strtoul(f[6], NULL, 10),
-                        .created_usec = strtoull(f[7], NULL, 10),
-                        .models = n == 11 ? (streq(f[8], "-") ? "" : f[8]) : NULL,
-                        .lines = n == 11 ? strtoull(f[9], NULL, 10) : 0,
-                        .bytes = n == 11 ? strtoull(f[10], NULL, 10) : 0,
-                };
+        } else if (streq(line, "+") && rest && kb_object_parse(rest, id, &obj) >= 0)
                 (void) insert(o, &obj);
-        }
 }
 
 /* Write what is alive to a new file and put it in the log's place. */
@@ -187,8 +209,6 @@ static int compact(struct kb_objects *o) {
                         int n = format_add(&e->obj, line, sizeof(line));
                         if (n > 0)
                                 fwrite(line, 1, (size_t) n, f);
-                        if (e->obj.billed)
-                                fprintf(f, "b\t%s\n", e->obj.id);
                 }
         if (fflush(f) != 0 || fsync(fileno(f)) < 0 || rename(tmp, o->path) < 0) {
                 int r = -errno;
@@ -276,6 +296,8 @@ void kb_objects_set_mirror(struct kb_objects *o, const struct kb_objects_mirror 
 
 static int add(struct kb_objects *o, const struct kb_object *obj, bool mirror) {
         char line[8192];
+        if (!o || !obj)
+                return -EINVAL;
         int r = insert(o, obj);
         if (r < 0)
                 return r;

@@ -73,5 +73,12 @@ struct kb_objects_mirror {
 };
 void kb_objects_set_mirror(struct kb_objects *o, const struct kb_objects_mirror *m, void *userdata);
 
+/* One object's fields as a line of text (no id, no newline), as the log
+ * and the fleet store keep it: "KIND\tTEAM\tROUTE\tKEY\tVERSION\tCREATED\t
+ * BILLED\tMODELS\tLINES\tBYTES". Returns its length or -E2BIG. */
+int kb_object_format(const struct kb_object *obj, char *buf, size_t size);
+/* The reverse, in place (ret's strings point into record). -EBADMSG. */
+int kb_object_parse(char *record, const char *id, struct kb_object *ret);
+
 size_t kb_objects_count(const struct kb_objects *o);
 uint64_t kb_objects_dropped(const struct kb_objects *o);

@@ -69,21 +69,6 @@ static int team_to_json(const struct quota_team *t, json_t **ret) {
         return 0;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 static int fsync_parent(const char *path) {
         _cleanup_free_ char *dir = strdup(path);
         _cleanup_close_ int fd = -1;
@@ -156,9 +141,9 @@ int kb_quota_save(const struct kb_quota *q, const char *path, const char *cursor
                 return r;
         }
 
-        r = write_all(fd, text, strlen(text));
+        r = kb_write_all(fd, text, strlen(text));
         if (r >= 0)
-                r = write_all(fd, "\n", 1);
+                r = kb_write_all(fd, "\n", 1);
         if (r >= 0 && fsync(fd) < 0)
                 r = -errno;
         if (r >= 0 && close(TAKE_FD(fd)) < 0)

@@ -89,21 +89,6 @@ static int pread_all(int fd, void *buf, size_t n, uint64_t off) {
         return 0;
 }
 
-static int write_all(int fd, const void *buf, size_t n) {
-        size_t done = 0;
-
-        while (done < n) {
-                ssize_t k = write(fd, (const char *) buf + done, n - done);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                done += (size_t) k;
-        }
-        return 0;
-}
-
 static void seg_name(uint64_t no, char ret[SEG_NAME_LEN + 1]) {
         snprintf(ret, SEG_NAME_LEN + 1, "%016" PRIx64 ".seg", no);
 }
@@ -454,7 +439,7 @@ static int new_segment(struct kb_spool *s) {
         fd = openat(s->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return -errno;
-        r = write_all(fd, SEG_MAGIC, SEG_HEADER);
+        r = kb_write_all(fd, SEG_MAGIC, SEG_HEADER);
         if (r >= 0)
                 r = add_seg(s, s->next_no, SEG_HEADER, 0);
         if (r < 0) {
@@ -517,7 +502,7 @@ int kb_spool_append(struct kb_spool *s, const struct iovec *items, size_t n) {
                         return r;
         }
         struct seg *w = &s->segs[s->n_segs - 1];
-        r = write_all(s->write_fd, buf, total);
+        r = kb_write_all(s->write_fd, buf, total);
         if (r < 0) {
                 /* Nothing half-written may stay: the next record would
                  * follow garbage. If even that fails, seal the segment. */

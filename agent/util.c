@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "util.h"
 
+#include <unistd.h>
 #include <ctype.h>
 #include <stdarg.h>
 #include <sodium.h>
@@ -204,4 +205,20 @@ uint64_t kb_fnv1a64(const void *p, size_t n) {
                 h *= UINT64_C(0x100000001b3);
         }
         return h;
+}
+
+int kb_write_all(int fd, const void *buf, size_t n) {
+        const char *p = buf;
+        while (n > 0) {
+                ssize_t k = write(fd, p, n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return -errno;
+                if (k == 0)
+                        return -EIO;
+                p += k;
+                n -= (size_t) k;
+        }
+        return 0;
 }

@@ -96,6 +96,10 @@ int kb_parse_duration(const char *s, uint64_t *ret_usec);
 void kb_random_bytes(void *buf, size_t n);
 uint32_t kb_random_u32(void);
 
+/* Write all of buf (a short write, EINTR: go on). 0 or -errno (-EIO when
+ * the fd takes nothing). */
+int kb_write_all(int fd, const void *buf, size_t n);
+
 /* FNV-1a, 64 bit: the spool's record checksum and the usage report's hash
  * table. Not for anything an attacker may choose to collide. */
 uint64_t kb_fnv1a64(const void *p, size_t n);

@@ -18,6 +18,7 @@
 #include "admin.h"
 #include "harness.h"
 #include "keystore.h"
+#include "objects.h"
 #include "fleet-store.h"
 #include "keywatch.h"
 #include "router.h"
@@ -422,6 +423,9 @@ static struct fuzz_broker *fuzz_broker_new(void) {
         kb_journal_set_sender(b->journal, check_record, NULL);
         if ((r = kb_upstream_new(b->event, &b->upstream)) < 0)
                 die("upstream", r);
+        /* the object table in memory: fuzzed answers make and use objects */
+        if ((r = kb_objects_open(NULL, &b->objects)) < 0)
+                die("objects", r);
 
         int fd = kb_http_listen_unix(fb->api_path, 0600);
         if (fd < 0)
@@ -458,6 +462,7 @@ static void fuzz_broker_cleanup(void) {
         kb_keystore_free(b->keys);
         kb_quota_free(b->quota);
         kb_router_free(b->router);
+        kb_objects_free(b->objects);
         kb_config_unref(b->config);
         free(b->uid_conns);
         sd_event_source_disable_unref(b->reseal_timer);

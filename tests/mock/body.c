@@ -38,27 +38,13 @@ static int open_spill_file(void) {
         return fd;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 int mock_body_spill(struct mock_body *b) {
         if (b->fd >= 0)
                 return 0;
         _cleanup_close_ int fd = open_spill_file();
         if (fd < 0)
                 return fd;
-        int r = write_all(fd, b->mem.data, b->mem.len);
+        int r = kb_write_all(fd, b->mem.data, b->mem.len);
         if (r < 0)
                 return r;
         kb_buf_free(&b->mem);
@@ -72,7 +58,7 @@ int mock_body_append(struct mock_body *b, const char *p, size_t n) {
                 return -E2BIG;
         if (b->fd < 0 && b->len + n > MOCK_SPILL_BYTES && (r = mock_body_spill(b)) < 0)
                 return r;
-        r = b->fd >= 0 ? write_all(b->fd, p, n) : kb_buf_append(&b->mem, p, n);
+        r = b->fd >= 0 ? kb_write_all(b->fd, p, n) : kb_buf_append(&b->mem, p, n);
         if (r < 0)
                 return r;
         b->len += n;
