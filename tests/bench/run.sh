@@ -453,6 +453,8 @@ add_row "$HOLD_CONNS concurrent 5 s streams on a cold broker" "all flow: every f
 } | tee "$TMP/results.md"
 # keybrokerctl usage over 1,000,000 journal records (its own table).
 BUILD=$BUILD "$HERE/usage-bench.sh" | tee -a "$TMP/results.md"
+# Uploads streamed through the broker (its own section).
+. "$HERE/upload-bench.sh"
 # The quota store's cost: local counters vs Redis (its own section).
 . "$HERE/store-bench.sh"
 # keybrokerd vs nginx as a key-injecting reverse proxy (its own section).
