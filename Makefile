@@ -204,7 +204,7 @@ fuzz-smoke: fuzz-regress
 # memcheck on a representative integration subset: tests/integration/lib/KB.pm
 # starts keybrokerd under valgrind when KB_VALGRIND=1 (errors and definite
 # leaks exit 99, which the tests see as a failed stop).
-VALGRIND_TESTS ?= tests/integration/10-basic.t tests/integration/20-stream.t tests/integration/40-limits.t \
+VALGRIND_TESTS ?= tests/integration/10-basic.t tests/integration/16-endpoints.t tests/integration/18-fleet-objects.t tests/integration/20-stream.t tests/integration/40-limits.t \
 	tests/integration/41-quota.t tests/integration/55-preflight.t tests/integration/60-upstream-errors.t \
 	tests/integration/70-secrets.t tests/integration/81-hostile-clients.t tests/integration/82-hostile-upstreams.t \
 	tests/integration/88-fleet-store-keys.t tests/integration/90-admin.t tests/integration/91-rotation.t

@@ -14,7 +14,8 @@ my %keys = ('oai-key' => fixture_secret('oai'), 'anth-key' => fixture_secret('an
 my $mock = start_mock(require_key => [values %keys]);
 my $redis = start_redis();
 my $cfg = standard_config(mock => $mock);
-$cfg->{agent} = { quota_store => $redis->{url} };
+# memcheck is slower than a store round trip's default bound
+$cfg->{agent} = { quota_store => $redis->{url}, quota_store_timeout => $ENV{KB_VALGRIND} ? '1s' : '50ms' };
 $cfg->{'route:oai'}{price} = 'gpt-4o-mini-2024-07-18 input=1 output=2';
 my ($a, $b) = start_fleet(n => 2, config => $cfg, keys => \%keys);
 # The files of a batch: an upload of its team is made through A, the batch
