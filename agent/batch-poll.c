@@ -4,11 +4,14 @@
  * ended are retrieved through the route and key version that made them; one
  * seen ended is billed once, as an app's retrieve would bill it: its tokens
  * priced with the batch prices, settled to the team's limits and budgets,
- * and journaled as a request record with no peer (the broker's own call). */
+ * and journaled as a request record with no peer (the broker's own call).
+ * An Anthropic message batch reports no usage: once ended, its results are
+ * fetched and summed line by line as they pass (usage.h's JSONL tap). */
 
 #include "batch-poll.h"
 #include "broker.h"
 #include "fleet-quota.h"
+#include "headers.h"
 #include "objects.h"
 
 #define POLL_MAX_IN_FLIGHT 16
@@ -26,6 +29,10 @@ struct poll_call {
         long status;
         struct kb_buf body;
         uint64_t start_usec;
+        kb_endpoint endpoint;           /* batches or message_batches */
+        struct kb_usage_tap *results;   /* a message batch's results, being summed */
+        const char *headers[KB_UPSTREAM_MAX_HEADERS];
+        size_t n_headers;
 };
 
 struct kb_batch_poll {
@@ -38,6 +45,7 @@ struct kb_batch_poll {
 
 static void call_free(struct poll_call *c) {
         kb_upstream_call_cancel(c->call);
+        kb_usage_tap_free(c->results);
         kb_key_unref(c->key);
         kb_config_unref(c->config);
         kb_buf_free(&c->body);
@@ -68,6 +76,12 @@ static int on_response(void *userdata, long status, const struct kb_http_header 
 
 static int on_data(void *userdata, const char *buf, size_t len) {
         struct poll_call *c = userdata;
+        if (c->results) {
+                /* summed as it passes; nothing is kept */
+                int r = kb_usage_tap_feed(c->results, buf, len, &c->body);
+                kb_buf_clear(&c->body);
+                return r;
+        }
         if (c->body.len + len > POLL_BODY_MAX)
                 return -EFBIG;
         return kb_buf_append(&c->body, buf, len);
@@ -82,7 +96,7 @@ static void bill(struct poll_call *c, const struct kb_usage *u) {
                 .broker = b,
                 .config = c->config,
                 .team = team,
-                .endpoint = KB_ENDPOINT_BATCHES,
+                .endpoint = c->endpoint,
                 .family = c->route->family,
                 .route = c->route,
                 .key_label = c->key_label,
@@ -115,27 +129,61 @@ static void bill(struct poll_call *c, const struct kb_usage *u) {
         c->bp->billed++;
 }
 
+static int start_call(struct poll_call *c, const char *path);
+
+/* The files a batch made are its team's (an app's retrieve does the same). */
+static void adopt_files(struct kb_batch_poll *bp, const struct kb_object *o, const struct kb_usage *u) {
+        for (size_t i = 0; o && i < ELEMENTSOF(u->object_files); i++)
+                if (u->object_files[i] && !kb_objects_find(bp->b->objects, u->object_files[i]))
+                        (void) kb_objects_add(bp->b->objects, &(struct kb_object) {
+                                .id = u->object_files[i], .kind = KB_OBJECT_FILE, .team = o->team,
+                                .route = o->route, .key = o->key, .key_version = o->key_version,
+                                .created_usec = kb_realtime_usec() });
+}
+
+static void bill_once(struct poll_call *c, const struct kb_usage *u) {
+        struct kb_batch_poll *bp = c->bp;
+        const struct kb_object *o = kb_objects_find(bp->b->objects, c->id);
+        if (o && !o->billed && kb_objects_set_billed(bp->b->objects, c->id) >= 0 && u->batch)
+                bill(c, u);
+}
+
 static void on_done(void *userdata, int error, const char *message) {
         struct poll_call *c = userdata;
         struct kb_batch_poll *bp = c->bp;
 
         c->call = NULL;
-        if (error == 0 && c->status == 200) {
+        if (c->results) {
+                /* a message batch's results: whole, or not billed (polled again) */
+                if (error == 0 && c->status == 200 && kb_usage_tap_finish(c->results, &c->body) >= 0)
+                        bill_once(c, kb_usage_tap_get(c->results));
+        } else if (error == 0 && c->status == 200) {
                 struct kb_usage u = {};
-                (void) kb_usage_answer(&u, KB_ENDPOINT_BATCHES, c->body.data ?: "", c->body.len);
+                (void) kb_usage_answer(&u, c->endpoint, c->body.data ?: "", c->body.len);
                 const char *st = u.object_status;
-                bool ended = streq_ptr(st, "completed") || streq_ptr(st, "failed") || streq_ptr(st, "expired") ||
-                             streq_ptr(st, "cancelled");
-                const struct kb_object *o = kb_objects_find(bp->b->objects, c->id);
-                for (size_t i = 0; o && i < ELEMENTSOF(u.object_files); i++)
-                        if (u.object_files[i] && !kb_objects_find(bp->b->objects, u.object_files[i]))
-                                (void) kb_objects_add(bp->b->objects, &(struct kb_object) {
-                                        .id = u.object_files[i], .kind = KB_OBJECT_FILE, .team = o->team,
-                                        .route = o->route, .key = o->key, .key_version = o->key_version,
-                                        .created_usec = kb_realtime_usec() });
-                o = kb_objects_find(bp->b->objects, c->id);
-                if (ended && o && !o->billed && kb_objects_set_billed(bp->b->objects, c->id) >= 0 && u.batch)
-                        bill(c, &u);
+                bool ended = c->endpoint == KB_ENDPOINT_MESSAGE_BATCHES
+                                     ? streq_ptr(st, "ended")
+                                     : streq_ptr(st, "completed") || streq_ptr(st, "failed") ||
+                                               streq_ptr(st, "expired") || streq_ptr(st, "cancelled");
+                adopt_files(bp, kb_objects_find(bp->b->objects, c->id), &u);
+                if (ended && c->endpoint == KB_ENDPOINT_MESSAGE_BATCHES) {
+                        free(u.upstream_model);
+                        free(u.upstream_request_id);
+                        free(u.object_status);
+                        /* the same call goes on with the results */
+                        kb_buf_free(&c->body);
+                        c->status = 0;
+                        if (kb_usage_tap_new(KB_FAMILY_ANTHROPIC, KB_ENDPOINT_MESSAGE_BATCHES, false, false,
+                                             &c->results) >= 0) {
+                                kb_usage_tap_set_jsonl(c->results);
+                                if (start_call(c, "results") >= 0)
+                                        return;
+                        }
+                        call_remove(c);
+                        return;
+                }
+                if (ended)
+                        bill_once(c, &u);
                 free(u.upstream_model);
                 free(u.upstream_request_id);
                 free(u.object_status);
@@ -160,16 +208,46 @@ static bool in_flight(const struct kb_batch_poll *bp, const char *id) {
         return false;
 }
 
+/* GET BASE/batches/ID or BASE/messages/batches/ID[/results]. */
+static int start_call(struct poll_call *c, const char *suffix) {
+        struct kb_broker *b = c->bp->b;
+        const struct kb_route *route = c->route;
+
+        free(c->url);
+        if (asprintf(&c->url, "%s/%s/%s%s%s", route->base_url,
+                     c->endpoint == KB_ENDPOINT_MESSAGE_BATCHES ? "messages/batches" : "batches", c->id,
+                     suffix ? "/" : "", strempty(suffix)) < 0) {
+                c->url = NULL;
+                return -ENOMEM;
+        }
+        struct kb_upstream_request req = {
+                .method = "GET",
+                .url = c->url,
+                .headers = c->headers,
+                .n_headers = c->n_headers,
+                .timeout_usec = MIN(route->timeout_usec ?: 60 * USEC_PER_SEC, 60 * USEC_PER_SEC),
+                .connect_timeout_usec = route->connect_timeout_usec,
+                .ca_file = route->ca_file,
+        };
+        kb_proxy_set_auth(&req, route, c->key);
+        int q = kb_upstream_start(b->upstream, &req, &poll_ops, c, &c->call);
+        kb_broker_release_key(b, c->key);
+        if (q < 0)
+                c->call = NULL;
+        return q;
+}
+
 static int start_one(const struct kb_object *o, void *userdata) {
         struct kb_batch_poll *bp = userdata;
         struct kb_broker *b = bp->b;
 
         if (bp->n_calls >= POLL_MAX_IN_FLIGHT)
                 return 1;
-        if (o->kind != KB_OBJECT_BATCH || o->billed || in_flight(bp, o->id))
+        if ((o->kind != KB_OBJECT_BATCH && o->kind != KB_OBJECT_MESSAGE_BATCH) || o->billed || in_flight(bp, o->id))
                 return 0;
         const struct kb_route *route = kb_config_find_route(b->config, o->route);
-        if (!route || route->family != KB_FAMILY_OPENAI)
+        kb_family want = o->kind == KB_OBJECT_BATCH ? KB_FAMILY_OPENAI : KB_FAMILY_ANTHROPIC;
+        if (!route || route->family != want)
                 return 0;
         struct poll_call *c = calloc(1, sizeof(*c));
         if (!c)
@@ -177,10 +255,13 @@ static int start_one(const struct kb_object *o, void *userdata) {
         c->bp = bp;
         c->config = kb_config_ref(b->config);
         c->route = route;
+        c->endpoint = o->kind == KB_OBJECT_BATCH ? KB_ENDPOINT_BATCHES : KB_ENDPOINT_MESSAGE_BATCHES;
         c->start_usec = kb_now_usec();
-        if (!(c->id = strdup(o->id)) || !(c->team = strdup(o->team)) ||
-            asprintf(&c->url, "%s/batches/%s", route->base_url, o->id) < 0) {
-                c->url = NULL;
+        for (size_t i = 0; i < route->n_headers && c->n_headers < KB_UPSTREAM_MAX_HEADERS - 1; i++)
+                c->headers[c->n_headers++] = route->headers[i];
+        if (want == KB_FAMILY_ANTHROPIC && !kb_route_sets_header(route, "anthropic-version"))
+                c->headers[c->n_headers++] = "anthropic-version: 2023-06-01";
+        if (!(c->id = strdup(o->id)) || !(c->team = strdup(o->team))) {
                 call_free(c);
                 return -ENOMEM;
         }
@@ -195,20 +276,7 @@ static int start_one(const struct kb_object *o, void *userdata) {
                 if (asprintf(&c->key_label, "%s@%u", kb_key_name(c->key), kb_key_version(c->key)) < 0)
                         c->key_label = NULL;
         }
-        struct kb_upstream_request req = {
-                .method = "GET",
-                .url = c->url,
-                .headers = (const char *const *) route->headers,
-                .n_headers = route->n_headers,
-                .timeout_usec = MIN(route->timeout_usec ?: 60 * USEC_PER_SEC, 60 * USEC_PER_SEC),
-                .connect_timeout_usec = route->connect_timeout_usec,
-                .ca_file = route->ca_file,
-        };
-        kb_proxy_set_auth(&req, route, c->key);
-        int q = kb_upstream_start(b->upstream, &req, &poll_ops, c, &c->call);
-        kb_broker_release_key(b, c->key);
-        if (q < 0) {
-                c->call = NULL;
+        if (start_call(c, NULL) < 0) {
                 call_free(c);
                 return 0;
         }

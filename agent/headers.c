@@ -70,3 +70,11 @@ char *kb_header_relay_rename(const char *name) {
 bool kb_header_safe(const char *s) {
         return !strpbrk(s, "\r\n");
 }
+
+bool kb_route_sets_header(const struct kb_route *r, const char *name) {
+        size_t n = strlen(name);
+        for (size_t i = 0; i < r->n_headers; i++)
+                if (strncasecmp(r->headers[i], name, n) == 0 && r->headers[i][n] == ':')
+                        return true;
+        return false;
+}

@@ -28,3 +28,6 @@ char *kb_header_relay_rename(const char *name);
 
 /* A header value or name safe to emit: no CR, LF or NUL. */
 bool kb_header_safe(const char *s);
+
+/* Whether the route's own header lines set name (case-insensitive). */
+bool kb_route_sets_header(const struct kb_route *r, const char *name);

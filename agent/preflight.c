@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "broker.h"
+#include "headers.h"
 #include "preflight.h"
 
 enum {
@@ -180,14 +181,6 @@ static int build_body(struct kb_preflight *p, unsigned which) {
         return s ? kb_buf_append(&p->req_body, s, strlen(s)) : -ENOMEM;
 }
 
-static bool route_sets_header(const struct kb_route *r, const char *name) {
-        size_t n = strlen(name);
-        for (size_t i = 0; i < r->n_headers; i++)
-                if (strncasecmp(r->headers[i], name, n) == 0 && r->headers[i][n] == ':')
-                        return true;
-        return false;
-}
-
 static int start_call(struct kb_preflight *p, unsigned which) {
         const struct kb_route *route = p->route;
         bool post = which != CALL_MODELS;
@@ -205,7 +198,7 @@ static int start_call(struct kb_preflight *p, unsigned which) {
         p->n_headers = 0;
         for (size_t i = 0; i < route->n_headers && p->n_headers < KB_UPSTREAM_MAX_HEADERS - 2; i++)
                 p->headers[p->n_headers++] = route->headers[i];
-        if (route->family == KB_FAMILY_ANTHROPIC && !route_sets_header(route, "anthropic-version"))
+        if (route->family == KB_FAMILY_ANTHROPIC && !kb_route_sets_header(route, "anthropic-version"))
                 p->headers[p->n_headers++] = "anthropic-version: 2023-06-01";
         if (post) {
                 p->headers[p->n_headers++] = "Content-Type: application/json";

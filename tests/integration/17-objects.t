@@ -291,6 +291,22 @@ subtest 'a batch no app retrieves is billed by the background poll' => sub {
         is(scalar @all, 1, 'and only once');
         $res = req($poller, path => "/v1/batches/$batch");
         is(record($res)->{KEYBROKER_BATCH}, 0, 'an app\'s retrieve after it bills nothing');
+
+        # An Anthropic message batch: ended, its results fetched and summed by the poll.
+        my $body = { requests => [map { { custom_id => "m$_", params => { model => 'claude-haiku', max_tokens => 5,
+                                                                          messages => [{ role => 'user', content => 'x' }] } } } 1 .. 3] };
+        $res = req($poller, path => '/v1/messages/batches', @SEARCH, json => $body,
+                   headers => ['anthropic-version' => '2023-06-01']);
+        is($res->{status}, 200, 'a message batch made') or return diag(KB::show_res($res));
+        my $mb = $res->{json}{id};
+        ($rec) = $poller->journal_wait({ KEYBROKER_OBJECT_ID => $mb, KEYBROKER_BATCH => 1 }, 20);
+        ok($rec, 'its usage record came from the poll') or return;
+        check_fields($rec, { KEYBROKER_TEAM => 'search', KEYBROKER_ENDPOINT => 'message_batches',
+                             KEYBROKER_INPUT_TOKENS => 33, KEYBROKER_OUTPUT_TOKENS => 21, KEYBROKER_PEER_UID => '' },
+                     'the three requests\' usage, summed from the results');
+        $res = req($poller, path => "/v1/messages/batches/$mb/results", @SEARCH,
+                   headers => ['anthropic-version' => '2023-06-01']);
+        is(record($res)->{KEYBROKER_BATCH}, 0, 'an app downloading the results after it bills nothing');
         $poller->stop;
 };
 
