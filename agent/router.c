@@ -1,17 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* Routing state: circuit breakers, weights, canaries, and the plan of one
- * request. Split persistence is at the end of this file. */
+ * request. Splits set by hand and their persistence: router-split.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <sys/stat.h>
 
-#include "router.h"
+#include "router-internal.h"
 #include "util.h"
 
-#define WEIGHT_LIMIT 1000000U
-#define SPLITS_FILE_MAX (4U * 1024U * 1024U)
 
 int kb_router_pick(const struct kb_model *m, kb_family family, uint32_t rnd, const struct kb_target **ret) {
         uint64_t total = 0;
@@ -37,52 +35,6 @@ int kb_router_pick(const struct kb_model *m, kb_family family, uint32_t rnd, con
         }
         return -ENOENT; /* not reached */
 }
-
-struct bucket {
-        uint64_t epoch;
-        uint32_t ok, fail;
-};
-
-struct route_state {
-        char *name;
-        unsigned failures_max;
-        double ratio_max;
-        uint64_t window_usec;
-        unsigned min_requests;
-        uint64_t cooldown_usec;
-        uint64_t probe_stale_usec;      /* a probe out longer than this was lost */
-
-        kb_circuit circuit;
-        unsigned consecutive;
-        uint64_t opened_at;
-        bool probe_out;
-        uint64_t probe_at;
-        struct bucket buckets[KB_ROUTER_WINDOW_BUCKETS];
-        uint64_t latencies[KB_ROUTER_LATENCY_RING];
-        size_t n_latencies, latency_pos;
-};
-
-struct target_state {
-        char *model, *route, *upstream;
-        kb_family family;
-        unsigned config_weight;
-        bool overridden;
-        unsigned weight;                /* when overridden */
-        double rollback_ratio;          /* < 0: no canary stop condition */
-        unsigned min_requests;
-        uint8_t *history;               /* ring of min_requests bits, 1 = failure */
-        unsigned hist_n, hist_pos, hist_fail;
-        bool rolled_back;
-};
-
-struct kb_router {
-        struct route_state *routes;
-        size_t n_routes;
-        struct target_state *targets;   /* grouped by model, in config order */
-        size_t n_targets;
-        kb_router_event_t cb;
-        void *userdata;
-};
 
 static const char *const circuit_names[_KB_CIRCUIT_MAX] = {
         [KB_CIRCUIT_CLOSED] = "closed",
@@ -150,7 +102,7 @@ void kb_router_set_event_handler(struct kb_router *r, kb_router_event_t cb, void
         r->userdata = userdata;
 }
 
-static void emit(struct kb_router *r, const struct kb_route_event *ev) {
+void router_emit(struct kb_router *r, const struct kb_route_event *ev) {
         if (r->cb)
                 r->cb(r->userdata, ev);
 }
@@ -170,14 +122,14 @@ static struct target_state *find_target_in(struct target_state *ts, size_t n, co
         return NULL;
 }
 
-static struct target_state *find_target(const struct kb_router *r, const char *model, const char *route,
+struct target_state *router_find_target(const struct kb_router *r, const char *model, const char *route,
                                         const char *upstream) {
         if (!model || !route || !upstream)
                 return NULL;
         return find_target_in(r->targets, r->n_targets, model, route, upstream);
 }
 
-static void history_reset(struct target_state *t) {
+void router_history_reset(struct target_state *t) {
         if (t->history)
                 memset(t->history, 0, (t->min_requests + 7) / 8);
         t->hist_n = t->hist_pos = t->hist_fail = 0;
@@ -243,7 +195,7 @@ int kb_router_configure(struct kb_router *r, const struct kb_config *c, uint64_t
                                 goto oom;
                         if (s->rollback_ratio >= 0 && !(s->history = calloc((s->min_requests + 7) / 8, 1)))
                                 goto oom;
-                        struct target_state *old = find_target(r, m->name, t->route->name, t->upstream_model);
+                        struct target_state *old = router_find_target(r, m->name, t->route->name, t->upstream_model);
                         if (!old)
                                 continue;
                         s->overridden = old->overridden;
@@ -336,7 +288,7 @@ int kb_router_acquire(struct kb_router *r, const char *route, uint64_t now) {
                         return -EAGAIN;
                 s->circuit = KB_CIRCUIT_HALF_OPEN;
                 s->probe_out = false;
-                emit(r, &(struct kb_route_event) {
+                router_emit(r, &(struct kb_route_event) {
                         .kind = KB_ROUTE_CIRCUIT_HALF_OPEN, .route = s->name, .admin_uid = -1,
                         .reason = "cooldown over: one probe request goes through",
                         .consecutive_failures = s->consecutive,
@@ -354,7 +306,7 @@ static void circuit_open(struct kb_router *r, struct route_state *s, uint64_t no
         s->circuit = KB_CIRCUIT_OPEN;
         s->opened_at = now;
         s->probe_out = false;
-        emit(r, &(struct kb_route_event) {
+        router_emit(r, &(struct kb_route_event) {
                 .kind = KB_ROUTE_CIRCUIT_OPENED, .route = s->name, .reason = reason, .error_ratio = ratio,
                 .requests = requests, .consecutive_failures = s->consecutive, .admin_uid = -1,
         });
@@ -410,7 +362,7 @@ static void breaker_feedback(struct kb_router *r, struct route_state *s, const s
                 s->circuit = KB_CIRCUIT_CLOSED;
                 s->consecutive = 0;
                 memset(s->buckets, 0, sizeof(s->buckets));
-                emit(r, &(struct kb_route_event) {
+                router_emit(r, &(struct kb_route_event) {
                         .kind = KB_ROUTE_CIRCUIT_CLOSED, .route = s->name, .admin_uid = -1,
                         .reason = "the half-open probe succeeded",
                 });
@@ -422,12 +374,12 @@ static void breaker_feedback(struct kb_router *r, struct route_state *s, const s
 
 /* ---- weights and canaries ---- */
 
-static unsigned effective(const struct target_state *t) {
+unsigned router_effective(const struct target_state *t) {
         return t->overridden ? t->weight : t->config_weight;
 }
 
 /* Targets of one model are adjacent in r->targets. */
-static size_t model_targets(const struct kb_router *r, const char *model, struct target_state **ret_first) {
+size_t router_model_targets(const struct kb_router *r, const char *model, struct target_state **ret_first) {
         size_t i = 0, n = 0;
         while (i < r->n_targets && !streq(r->targets[i].model, model))
                 i++;
@@ -444,9 +396,9 @@ static bool route_ambiguous(const struct target_state *ts, size_t n, const char 
         return k > 1;
 }
 
-static char *weights_of(const struct kb_router *r, const char *model) {
+char *router_weights_of(const struct kb_router *r, const char *model) {
         struct target_state *ts;
-        size_t n = model_targets(r, model, &ts);
+        size_t n = router_model_targets(r, model, &ts);
         struct kb_buf b = {};
 
         if (kb_buf_append(&b, "", 0) < 0)
@@ -455,9 +407,9 @@ static char *weights_of(const struct kb_router *r, const char *model) {
                 int q;
                 if (route_ambiguous(ts, n, ts[i].route))
                         q = kb_buf_appendf(&b, "%s%s/%s=%u", i ? "," : "", ts[i].route, ts[i].upstream,
-                                           effective(&ts[i]));
+                                           router_effective(&ts[i]));
                 else
-                        q = kb_buf_appendf(&b, "%s%s=%u", i ? "," : "", ts[i].route, effective(&ts[i]));
+                        q = kb_buf_appendf(&b, "%s%s=%u", i ? "," : "", ts[i].route, router_effective(&ts[i]));
                 if (q < 0) {
                         kb_buf_free(&b);
                         return NULL;
@@ -469,20 +421,20 @@ static char *weights_of(const struct kb_router *r, const char *model) {
 char *kb_router_weights_string(const struct kb_router *r, const struct kb_model *m) {
         if (!r || !m)
                 return NULL;
-        return weights_of(r, m->name);
+        return router_weights_of(r, m->name);
 }
 
 unsigned kb_router_weight(const struct kb_router *r, const struct kb_model *m, const struct kb_target *t,
                           bool *ret_overridden) {
-        const struct target_state *s = r && m ? find_target(r, m->name, t->route->name, t->upstream_model) : NULL;
+        const struct target_state *s = r && m ? router_find_target(r, m->name, t->route->name, t->upstream_model) : NULL;
         if (ret_overridden)
                 *ret_overridden = s && s->overridden;
-        return s ? effective(s) : t->weight;
+        return s ? router_effective(s) : t->weight;
 }
 
 static void canary_feedback(struct kb_router *r, const struct kb_attempt_result *a) {
-        struct target_state *t = find_target(r, a->model, a->route, a->upstream_model);
-        if (!t || !t->history || t->rolled_back || effective(t) == 0 || a->verdict == KB_VERDICT_NONE)
+        struct target_state *t = router_find_target(r, a->model, a->route, a->upstream_model);
+        if (!t || !t->history || t->rolled_back || router_effective(t) == 0 || a->verdict == KB_VERDICT_NONE)
                 return;
 
         uint8_t mask = (uint8_t) (1u << (t->hist_pos % 8));
@@ -503,10 +455,10 @@ static void canary_feedback(struct kb_router *r, const struct kb_attempt_result 
 
         /* Rolling back to nothing would leave the model without a target. */
         struct target_state *ts;
-        size_t n = model_targets(r, t->model, &ts);
+        size_t n = router_model_targets(r, t->model, &ts);
         bool other = false;
         for (size_t i = 0; i < n; i++)
-                if (&ts[i] != t && ts[i].family == t->family && effective(&ts[i]) > 0)
+                if (&ts[i] != t && ts[i].family == t->family && router_effective(&ts[i]) > 0)
                         other = true;
         if (!other)
                 return;
@@ -514,11 +466,11 @@ static void canary_feedback(struct kb_router *r, const struct kb_attempt_result 
         t->overridden = true;
         t->weight = 0;
         t->rolled_back = true;
-        _cleanup_free_ char *w = weights_of(r, t->model);
+        _cleanup_free_ char *w = router_weights_of(r, t->model);
         char reason[160];
         snprintf(reason, sizeof(reason), "error ratio %.2f over the last %u attempts is above %.2f", ratio,
                  t->hist_n, t->rollback_ratio);
-        emit(r, &(struct kb_route_event) {
+        router_emit(r, &(struct kb_route_event) {
                 .kind = KB_ROUTE_CANARY_ROLLED_BACK, .route = t->route, .model = t->model, .weights = w,
                 .reason = reason, .error_ratio = ratio, .requests = t->hist_n, .admin_uid = -1,
         });
@@ -623,186 +575,4 @@ int kb_router_route_view(const struct kb_router *r, const char *route, uint64_t 
         }
         *ret = v;
         return 0;
-}
-
-/* ---- model split ---- */
-
-static struct target_state *resolve_split_name(struct target_state *ts, size_t n, const char *name) {
-        const char *slash = strchr(name, '/');
-        size_t rl = slash ? (size_t) (slash - name) : strlen(name);
-        struct target_state *found = NULL;
-
-        for (size_t i = 0; i < n; i++) {
-                if (strlen(ts[i].route) != rl || strncmp(ts[i].route, name, rl) != 0)
-                        continue;
-                if (slash && !streq(ts[i].upstream, slash + 1))
-                        continue;
-                if (found)
-                        return NULL; /* ambiguous: the route is a target twice */
-                found = &ts[i];
-        }
-        return found;
-}
-
-int kb_router_set_split(struct kb_router *r, const struct kb_model *m, const struct kb_split_entry *e, size_t n,
-                        int64_t admin_uid, const char **ret_why) {
-        struct target_state *ts, *idx[KB_SPLIT_MAX_ENTRIES];
-        const char *why_dummy;
-        const char **why = ret_why ?: &why_dummy;
-
-        if (!r || !m || (!e && n > 0))
-                return -EINVAL;
-        size_t nt = model_targets(r, m->name, &ts);
-        if (n == 0 || n > KB_SPLIT_MAX_ENTRIES) {
-                *why = "give from 1 to 64 weights";
-                return -EINVAL;
-        }
-        for (size_t i = 0; i < n; i++) {
-                if (!e[i].name || e[i].weight > WEIGHT_LIMIT) {
-                        *why = "a weight is an integer from 0 to 1000000";
-                        return -EINVAL;
-                }
-                idx[i] = resolve_split_name(ts, nt, e[i].name);
-                if (!idx[i]) {
-                        *why = "not a target of this model (a route that is a target twice is named "
-                               "ROUTE/UPSTREAM_MODEL)";
-                        return -ENOENT;
-                }
-                for (size_t k = 0; k < i; k++)
-                        if (idx[k] == idx[i]) {
-                                *why = "a target is named twice";
-                                return -EINVAL;
-                        }
-        }
-        uint64_t sum = 0;
-        for (size_t i = 0; i < nt; i++) {
-                uint64_t wt = effective(&ts[i]);
-                for (size_t k = 0; k < n; k++)
-                        if (idx[k] == &ts[i])
-                                wt = e[k].weight;
-                sum += wt;
-        }
-        if (sum == 0) {
-                *why = "the split would leave no target with a non-zero weight";
-                return -EDOM;
-        }
-
-        bool changed = false;
-        for (size_t k = 0; k < n; k++) {
-                struct target_state *t = idx[k];
-                unsigned before = effective(t);
-                t->overridden = e[k].weight != t->config_weight;
-                t->weight = t->overridden ? (unsigned) e[k].weight : 0;
-                /* An operator's decision gives a canary a fresh history. */
-                t->rolled_back = false;
-                history_reset(t);
-                changed |= before != effective(t);
-        }
-        if (changed) {
-                _cleanup_free_ char *w = weights_of(r, m->name);
-                emit(r, &(struct kb_route_event) {
-                        .kind = KB_ROUTE_SPLIT_CHANGED, .model = m->name, .weights = w,
-                        .reason = admin_uid >= 0 ? "set by an admin" : "set", .admin_uid = admin_uid,
-                });
-        }
-        return 0;
-}
-
-/* ---- persistence ---- */
-
-int kb_router_save_splits(const struct kb_router *r, const char *path) {
-        _cleanup_free_ char *tmp = NULL, *text = NULL;
-        json_t *arr = json_array();
-
-        if (!r || !path) {
-                json_decref(arr);
-                return -EINVAL;
-        }
-        for (size_t i = 0; arr && i < r->n_targets; i++) {
-                const struct target_state *t = &r->targets[i];
-                if (!t->overridden)
-                        continue;
-                if (json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I}", "model", t->model, "route",
-                                                         t->route, "upstream_model", t->upstream, "weight",
-                                                         (json_int_t) t->weight)) < 0) {
-                        json_decref(arr);
-                        arr = NULL;
-                }
-        }
-        json_t *doc = arr ? json_pack("{s:i, s:o}", "version", 1, "splits", arr) : NULL;
-        text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
-        json_decref(doc);
-        if (!text || asprintf(&tmp, "%s.tmp", path) < 0) {
-                tmp = NULL;
-                return -ENOMEM;
-        }
-        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-        if (fd < 0)
-                return -errno;
-        size_t len = strlen(text), off = 0;
-        while (off < len) {
-                ssize_t k = write(fd, text + off, len - off);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0) {
-                        int e = -errno;
-                        (void) unlink(tmp);
-                        return e;
-                }
-                off += (size_t) k;
-        }
-        if (write(fd, "\n", 1) != 1 || fsync(fd) < 0 || rename(tmp, path) < 0) {
-                int e = -errno;
-                (void) unlink(tmp);
-                return e ?: -EIO;
-        }
-        return 0;
-}
-
-int kb_router_load_splits(struct kb_router *r, const char *path) {
-        json_error_t err;
-        struct stat st;
-
-        if (!r || !path)
-                return -EINVAL;
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode) || st.st_size > (off_t) SPLITS_FILE_MAX)
-                return -EBADMSG;
-        json_t *doc = json_loadfd(fd, JSON_REJECT_DUPLICATES, &err);
-        json_t *arr = json_object_get(doc, "splits");
-        json_t *v = json_object_get(doc, "version");
-        if (!doc || !json_is_array(arr) || !json_is_integer(v) || json_integer_value(v) != 1) {
-                json_decref(doc);
-                return -EBADMSG;
-        }
-        /* All or nothing: check every entry before taking any. */
-        size_t i;
-        json_t *e;
-        json_array_foreach(arr, i, e) {
-                json_t *w = json_object_get(e, "weight");
-                if (!json_is_string(json_object_get(e, "model")) || !json_is_string(json_object_get(e, "route")) ||
-                    !json_is_string(json_object_get(e, "upstream_model")) || !json_is_integer(w) ||
-                    json_integer_value(w) < 0 || json_integer_value(w) > WEIGHT_LIMIT) {
-                        json_decref(doc);
-                        return -EBADMSG;
-                }
-        }
-        int n = 0;
-        json_array_foreach(arr, i, e) {
-                struct target_state *t = find_target(r, json_string_value(json_object_get(e, "model")),
-                                                     json_string_value(json_object_get(e, "route")),
-                                                     json_string_value(json_object_get(e, "upstream_model")));
-                unsigned wt = (unsigned) json_integer_value(json_object_get(e, "weight"));
-                if (!t)
-                        continue;
-                t->overridden = wt != t->config_weight;
-                t->weight = t->overridden ? wt : 0;
-                n += t->overridden;
-        }
-        json_decref(doc);
-        return n;
 }
