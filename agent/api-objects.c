@@ -146,8 +146,9 @@ static int check_create_body(struct kb_request *r, const struct kb_route *route,
         if (r->endpoint == KB_ENDPOINT_BATCHES) {
                 const char *file = json_string_value(json_object_get(root, "input_file_id"));
                 const struct kb_object *o = file ? owned(r, file, KB_OBJECT_FILE) : NULL;
-                if (file && !o && !r->admitted && !kb_objects_find(r->broker->objects, file) &&
+                if (file && !o && !r->store_asked && !kb_objects_find(r->broker->objects, file) &&
                     kb_fleet_objects_get(r->broker->fleet_objects, file, on_fleet_object, r, &r->object_lookup) >= 0) {
+                        r->store_asked = true;
                         r->admitted = next;
                         json_decref(root);
                         return -EINPROGRESS;
@@ -186,7 +187,8 @@ void kb_api_serve_object(struct kb_request *r, kb_admitted_t next) {
                  * when it ended: has another host billed it since? */
                 bool billable = o && !o->billed && (o->kind == KB_OBJECT_BATCH || o->kind == KB_OBJECT_VIDEO ||
                                                     o->kind == KB_OBJECT_MESSAGE_BATCH);
-                if ((billable || (!o && !kb_objects_find(r->broker->objects, r->object_id))) && !r->admitted) {
+                if ((billable || (!o && !kb_objects_find(r->broker->objects, r->object_id))) && !r->store_asked) {
+                        r->store_asked = true;
                         r->admitted = next;
                         if (kb_fleet_objects_get(r->broker->fleet_objects, r->object_id, on_fleet_object, r,
                                                  &r->object_lookup) >= 0)
@@ -252,13 +254,8 @@ void kb_api_objects_done(struct kb_request *r) {
         const struct kb_usage *u = kb_usage_tap_get(r->tap);
         /* a batch's output and error files: the batch's team's */
         if (d->object == KB_OBJECT_BATCH)
-                for (size_t i = 0; i < ELEMENTSOF(u->object_files); i++)
-                        if (u->object_files[i] && !kb_objects_find(r->broker->objects, u->object_files[i]))
-                                (void) kb_objects_add(r->broker->objects, &(struct kb_object) {
-                                        .id = u->object_files[i], .kind = KB_OBJECT_FILE, .team = r->team->name,
-                                        .route = r->route->name, .key = r->key ? kb_key_name(r->key) : NULL,
-                                        .key_version = r->key ? kb_key_version(r->key) : 0,
-                                        .created_usec = kb_realtime_usec() });
+                kb_objects_adopt_files(r->broker->objects, kb_objects_find(r->broker->objects, r->object_id),
+                                       u->object_files, ELEMENTSOF(u->object_files));
         if (d->op != KB_OP_CREATE)
                 return;
         const char *id = u->upstream_request_id;

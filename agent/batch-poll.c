@@ -131,16 +131,6 @@ static void bill(struct poll_call *c, const struct kb_usage *u) {
 
 static int start_call(struct poll_call *c, const char *path);
 
-/* The files a batch made are its team's (an app's retrieve does the same). */
-static void adopt_files(struct kb_batch_poll *bp, const struct kb_object *o, const struct kb_usage *u) {
-        for (size_t i = 0; o && i < ELEMENTSOF(u->object_files); i++)
-                if (u->object_files[i] && !kb_objects_find(bp->b->objects, u->object_files[i]))
-                        (void) kb_objects_add(bp->b->objects, &(struct kb_object) {
-                                .id = u->object_files[i], .kind = KB_OBJECT_FILE, .team = o->team,
-                                .route = o->route, .key = o->key, .key_version = o->key_version,
-                                .created_usec = kb_realtime_usec() });
-}
-
 static void bill_once(struct poll_call *c, const struct kb_usage *u) {
         struct kb_batch_poll *bp = c->bp;
         const struct kb_object *o = kb_objects_find(bp->b->objects, c->id);
@@ -160,12 +150,9 @@ static void on_done(void *userdata, int error, const char *message) {
         } else if (error == 0 && c->status == 200) {
                 struct kb_usage u = {};
                 (void) kb_usage_answer(&u, c->endpoint, c->body.data ?: "", c->body.len);
-                const char *st = u.object_status;
-                bool ended = c->endpoint == KB_ENDPOINT_MESSAGE_BATCHES
-                                     ? streq_ptr(st, "ended")
-                                     : streq_ptr(st, "completed") || streq_ptr(st, "failed") ||
-                                               streq_ptr(st, "expired") || streq_ptr(st, "cancelled");
-                adopt_files(bp, kb_objects_find(bp->b->objects, c->id), &u);
+                bool ended = u.object_ended;
+                kb_objects_adopt_files(bp->b->objects, kb_objects_find(bp->b->objects, c->id), u.object_files,
+                                       ELEMENTSOF(u.object_files));
                 if (ended && c->endpoint == KB_ENDPOINT_MESSAGE_BATCHES) {
                         free(u.upstream_model);
                         free(u.upstream_request_id);

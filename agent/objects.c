@@ -358,6 +358,15 @@ int kb_objects_foreach(const struct kb_objects *o, int (*cb)(const struct kb_obj
         return 0;
 }
 
+void kb_objects_adopt_files(struct kb_objects *o, const struct kb_object *owner, char *const *ids, size_t n) {
+        for (size_t i = 0; owner && i < n; i++)
+                if (ids[i] && !kb_objects_find(o, ids[i]))
+                        (void) kb_objects_add(o, &(struct kb_object) {
+                                .id = ids[i], .kind = KB_OBJECT_FILE, .team = owner->team, .route = owner->route,
+                                .key = owner->key, .key_version = owner->key_version,
+                                .created_usec = kb_realtime_usec() });
+}
+
 size_t kb_objects_count(const struct kb_objects *o) {
         return o ? o->n : 0;
 }

@@ -61,6 +61,10 @@ int kb_objects_filter_list(const struct kb_objects *o, const char *team, kb_obje
 int kb_objects_foreach(const struct kb_objects *o, int (*cb)(const struct kb_object *obj, void *userdata),
                        void *userdata);
 
+/* Files an object made (a batch's output and error files): its team's,
+ * reached through its route and key version. NULL ids are skipped. */
+void kb_objects_adopt_files(struct kb_objects *o, const struct kb_object *owner, char *const *ids, size_t n);
+
 /* An object learned from elsewhere (the fleet store): kept like any other,
  * not mirrored back. */
 int kb_objects_cache(struct kb_objects *o, const struct kb_object *obj);

@@ -64,6 +64,7 @@ struct kb_request {
         uint64_t form_file_bytes;       /* multipart: bytes of its file parts (not counted as tokens) */
         struct kb_upload *upload;       /* a streamed upload (upload.h), or NULL */
         struct kb_fleet_lookup *object_lookup; /* the quota store asked about object_id */
+        bool store_asked;               /* ... once per call: its answer resumes serve_object */
         /* a batch's create: what its input file asks, checked at admission */
         uint64_t batch_est_tokens;
         const struct kb_price *batch_price;

@@ -165,9 +165,12 @@ static int usage_object(struct kb_usage *u, kb_endpoint endpoint, json_t *root) 
         }
         /* a batch ended any way (cancelled and expired ones bill what they
          * did) with its usage */
-        bool ended = streq_ptr(status, "completed") || streq_ptr(status, "failed") ||
-                     streq_ptr(status, "expired") || streq_ptr(status, "cancelled");
-        if (endpoint == KB_ENDPOINT_BATCHES && ended && json_is_object(json_object_get(root, "usage"))) {
+        u->object_ended = endpoint == KB_ENDPOINT_MESSAGE_BATCHES
+                                  ? streq_ptr(status, "ended")
+                                  : endpoint == KB_ENDPOINT_BATCHES &&
+                                            (streq_ptr(status, "completed") || streq_ptr(status, "failed") ||
+                                             streq_ptr(status, "expired") || streq_ptr(status, "cancelled"));
+        if (endpoint == KB_ENDPOINT_BATCHES && u->object_ended && json_is_object(json_object_get(root, "usage"))) {
                 kb_usage_read_openai_responses(u, json_object_get(root, "usage"));
                 u->batch = true;
         }

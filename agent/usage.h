@@ -52,6 +52,7 @@ struct kb_usage {
         uint64_t characters;         /* speech: characters of the request's input (set by the caller) */
         bool batch;                  /* the tokens are a batch's, seen completed: batch prices */
         char *object_status;         /* "status" / "processing_status" of an object answer, malloc'd, or NULL */
+        bool object_ended;           /* a batch or message batch that has ended, however */
         char *object_files[2];       /* a batch's output_file_id and error_file_id, malloc'd, or NULL */
         char *upstream_model;        /* "model" as the provider reported it, malloc'd, or NULL */
         char *upstream_request_id;   /* body "id" (chatcmpl-…, msg_…, resp_…) when seen, malloc'd, or NULL */
