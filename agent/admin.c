@@ -377,16 +377,33 @@ int kb_admin_parse_target(const char *method, const char *url, struct kb_admin_t
                 want = "POST";
         } else if (plen > 8 && strncmp(p, "/models/", 8) == 0) {
                 /* A model name may hold '/': the endpoint is the last segment. */
-                size_t nlen = plen - 8;
-                if (nlen <= 6 || strncmp(p + plen - 6, "/split", 6) != 0)
+                static const struct {
+                        const char *seg, *method;
+                        kb_admin_endpoint endpoint;
+                } model_eps[] = {
+                        { "/split", "PUT", KB_ADMIN_MODEL_SPLIT },
+                        { "/promote", "POST", KB_ADMIN_MODEL_PROMOTE },
+                        { "/promote", "DELETE", KB_ADMIN_MODEL_PROMOTE_ABORT },
+                        { "/status", "GET", KB_ADMIN_MODEL_STATUS },
+                        { "/baseline", "PUT", KB_ADMIN_MODEL_BASELINE },
+                };
+                size_t nlen = 0;
+                for (size_t i = 0; i < ELEMENTSOF(model_eps); i++) {
+                        size_t sl = strlen(model_eps[i].seg);
+                        if (plen - 8 <= sl || strncmp(p + plen - sl, model_eps[i].seg, sl) != 0)
+                                continue;
+                        nlen = plen - 8 - sl;
+                        t.endpoint = model_eps[i].endpoint;
+                        want = model_eps[i].method;
+                        if (streq(method, want))
+                                break;
+                }
+                if (t.endpoint == KB_ADMIN_NONE)
                         return -ENOENT;
-                nlen -= 6;
                 if (!kb_admin_model_name_valid(p + 8, nlen))
                         return -EINVAL;
                 memcpy(t.model, p + 8, nlen);
                 t.model[nlen] = 0;
-                t.endpoint = KB_ADMIN_MODEL_SPLIT;
-                want = "PUT";
         } else if (plen > 6 && strncmp(p, "/keys/", 6) == 0) {
                 const char *name = p + 6;
                 size_t rest = plen - 6;
@@ -478,7 +495,8 @@ static void admin_on_request(struct kb_conn *c, struct kb_http_request *req, voi
 
         /* Only PUT /keys/NAME has a use for a body; anything else sent
          * might be a misdirected secret. */
-        if (t.endpoint != KB_ADMIN_KEY_SET && t.endpoint != KB_ADMIN_ROUTE_CHECK && t.endpoint != KB_ADMIN_MODEL_SPLIT)
+        if (t.endpoint != KB_ADMIN_KEY_SET && t.endpoint != KB_ADMIN_ROUTE_CHECK && t.endpoint != KB_ADMIN_MODEL_SPLIT &&
+            t.endpoint != KB_ADMIN_MODEL_PROMOTE && t.endpoint != KB_ADMIN_MODEL_BASELINE)
                 kb_admin_body_wipe(req);
 
         switch (t.endpoint) {
@@ -505,6 +523,16 @@ static void admin_on_request(struct kb_conn *c, struct kb_http_request *req, voi
                 break;
         case KB_ADMIN_MODEL_SPLIT:
                 kb_admin_serve_model_split(c, b, req, &t, id->uid);
+                break;
+        case KB_ADMIN_MODEL_PROMOTE:
+        case KB_ADMIN_MODEL_PROMOTE_ABORT:
+                kb_admin_serve_promote(c, b, req, &t, id->uid);
+                break;
+        case KB_ADMIN_MODEL_STATUS:
+                kb_admin_serve_model_status(c, b, &t);
+                break;
+        case KB_ADMIN_MODEL_BASELINE:
+                kb_admin_serve_baseline(c, b, req, &t, id->uid);
                 break;
         case KB_ADMIN_KEY_SET:
         case KB_ADMIN_KEY_ROLLBACK:

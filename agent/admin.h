@@ -40,6 +40,10 @@ typedef enum kb_admin_endpoint {
         KB_ADMIN_ROUTE_CHECK,   /* POST /routes/NAME/check */
         KB_ADMIN_MODEL_SPLIT,   /* PUT /models/NAME/split */
         KB_ADMIN_METRICS,       /* GET /metrics (metrics.c) */
+        KB_ADMIN_MODEL_PROMOTE, /* POST /models/NAME/promote (admin-promote.c) */
+        KB_ADMIN_MODEL_PROMOTE_ABORT, /* DELETE /models/NAME/promote */
+        KB_ADMIN_MODEL_STATUS,  /* GET /models/NAME/status */
+        KB_ADMIN_MODEL_BASELINE, /* PUT /models/NAME/baseline */
 } kb_admin_endpoint;
 
 #define KB_ADMIN_MODEL_NAME_MAX 256
@@ -92,6 +96,13 @@ bool kb_admin_model_name_valid(const char *s, size_t n);
 /* PUT /models/NAME/split: body {"weights":{"ROUTE":N,...}}. */
 void kb_admin_serve_model_split(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
                                 const struct kb_admin_target *t, uid_t admin_uid);
+/* admin-promote.c: staged promotion (POST starts, DELETE aborts), the
+ * model's promotion state and gates, and the baseline it is judged against. */
+void kb_admin_serve_promote(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
+                            const struct kb_admin_target *t, uid_t admin_uid);
+void kb_admin_serve_model_status(struct kb_conn *c, struct kb_broker *b, const struct kb_admin_target *t);
+void kb_admin_serve_baseline(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
+                             const struct kb_admin_target *t, uid_t admin_uid);
 /* Adds a route's runtime state to its GET /routes object: "circuit",
  * "consecutive_failures", "window_requests", "error_ratio",
  * "p50_latency_ms", "open_remaining_s". */

@@ -21,7 +21,7 @@ enum section_kind { SEC_NONE, SEC_AGENT, SEC_TEAM, SEC_ROUTE, SEC_MODEL, _SEC_MA
 
 /* Cross references are checked once the whole file is read, since a model
  * may name a route defined further down. */
-enum ref_kind { REF_TARGET, REF_FALLBACK, REF_TEAM_MODEL, REF_KEY, REF_TEAM_ROUTE };
+enum ref_kind { REF_TARGET, REF_FALLBACK, REF_TEAM_MODEL, REF_KEY, REF_TEAM_ROUTE, REF_SHADOW };
 struct ref {
         enum ref_kind kind;
         size_t owner; /* index of the model, team or route */
@@ -92,6 +92,16 @@ int kb_cfg_p_store_offline(struct parser *p, const struct key_def *k, void *base
 int kb_cfg_p_offline_share(struct parser *p, const struct key_def *k, void *base, const char *v);
 /* quota_store: a URL into *ret (strings malloc'd); -EINVAL with *ret_why. */
 int kb_cfg_parse_store_url(const char *v, struct kb_store_addr *ret, const char **ret_why);
+
+/* config-playbook.c: the routing playbook's keys (features, status_ok,
+ * shadow), and the shadow's checks once every route is known. */
+int kb_cfg_p_features(struct parser *p, const struct key_def *k, void *base, const char *v);
+int kb_cfg_p_status_ok(struct parser *p, const struct key_def *k, void *base, const char *v);
+int kb_cfg_p_shadow(struct parser *p, const struct key_def *k, void *base, const char *v);
+int kb_cfg_resolve_shadow(struct parser *p, const struct ref *ref);
+/* config-values.c, shared with config-playbook.c */
+int kb_cfg_parse_ratio(const char *s, double *ret);
+int kb_cfg_add_ref(struct parser *p, enum ref_kind kind, size_t owner, size_t item, const char *name);
 
 /* NULL-name terminated. */
 extern const struct key_def kb_cfg_agent_keys[];

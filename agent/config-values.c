@@ -149,7 +149,7 @@ static int p_unsigned(struct parser *p, const struct key_def *k, void *base, con
 }
 
 /* A ratio from 0 to 1, read exactly (to millionths) like a USD amount. */
-static int parse_ratio(const char *s, double *ret) {
+int kb_cfg_parse_ratio(const char *s, double *ret) {
         int64_t m;
         if (kb_cfg_parse_micro(s, &m) < 0 || m > 1000000)
                 return -EINVAL;
@@ -158,7 +158,7 @@ static int parse_ratio(const char *s, double *ret) {
 }
 
 static int p_ratio(struct parser *p, const struct key_def *k, void *base, const char *v) {
-        if (parse_ratio(v, FIELD(base, k, double)) < 0)
+        if (kb_cfg_parse_ratio(v, FIELD(base, k, double)) < 0)
                 return bad_value(p, k->name, "'%s' is not a ratio from 0 to 1 like 0.5", v);
         return 0;
 }
@@ -367,7 +367,7 @@ static int p_units(struct parser *p, const struct key_def *k, void *base, const 
         return each_word(p, k, base, v, "unit names", add_unit);
 }
 
-static int add_ref(struct parser *p, enum ref_kind kind, size_t owner, size_t item, const char *name) {
+int kb_cfg_add_ref(struct parser *p, enum ref_kind kind, size_t owner, size_t item, const char *name) {
         struct ref *ref = ARRAY_ADD(p->refs, p->n_refs);
         if (!ref)
                 return kb_cfg_oom(p);
@@ -396,7 +396,7 @@ static int p_models(struct parser *p, const struct key_def *k, void *base, const
                 int r = add_word(p, k, base, words[i]);
                 if (r < 0)
                         return r;
-                r = add_ref(p, REF_TEAM_MODEL, p->idx, t->n_models - 1, NULL);
+                r = kb_cfg_add_ref(p, REF_TEAM_MODEL, p->idx, t->n_models - 1, NULL);
                 if (r < 0)
                         return r;
         }
@@ -410,7 +410,7 @@ static int p_default_route(struct parser *p, const struct key_def *k, void *base
         int r = add_word(p, k, base, v);
         if (r < 0)
                 return r;
-        return add_ref(p, REF_TEAM_ROUTE, p->idx, t->n_default_routes - 1, NULL);
+        return kb_cfg_add_ref(p, REF_TEAM_ROUTE, p->idx, t->n_default_routes - 1, NULL);
 }
 
 static int p_store_url(struct parser *p, const struct key_def *k, void *base, const char *v) {
@@ -510,7 +510,7 @@ static int p_keyname(struct parser *p, const struct key_def *k, void *base, cons
         int r = set_string(p, FIELD(base, k, char *), v);
         if (r < 0)
                 return r;
-        return add_ref(p, REF_KEY, p->idx, 0, NULL);
+        return kb_cfg_add_ref(p, REF_KEY, p->idx, 0, NULL);
 }
 
 static int p_auth(struct parser *p, const struct key_def *k, void *base, const char *v) {
@@ -576,7 +576,7 @@ static int target_options(struct parser *p, const struct key_def *k, struct kb_t
                         t->weight = (unsigned) u;
                         seen_weight = true;
                 } else if (strncmp(w, "rollback_on_error_ratio=", 24) == 0 && !seen_ratio) {
-                        if (parse_ratio(w + 24, &t->rollback_on_error_ratio) < 0)
+                        if (kb_cfg_parse_ratio(w + 24, &t->rollback_on_error_ratio) < 0)
                                 return bad_value(p, k->name, "'%s' is not rollback_on_error_ratio=R with R from 0 to 1",
                                                  w);
                         seen_ratio = true;
@@ -626,7 +626,7 @@ static int add_target(struct parser *p, const struct key_def *k, void *base, con
         *t = opts;
         t->upstream_model = um;
         t->line = p->line;
-        return add_ref(p, fallback ? REF_FALLBACK : REF_TARGET, p->idx,
+        return kb_cfg_add_ref(p, fallback ? REF_FALLBACK : REF_TARGET, p->idx,
                        (fallback ? m->n_fallbacks : m->n_targets) - 1, words[0]);
 }
 
@@ -706,6 +706,11 @@ const struct key_def kb_cfg_route_keys[] = {
         RK("breaker_window", breaker_window_usec, p_duration, .nonzero = true),
         RK("breaker_min_requests", breaker_min_requests, p_unsigned, .nonzero = true, .max = 1000000),
         RK("breaker_cooldown", breaker_cooldown_usec, p_duration, .nonzero = true),
+        RK("owner", owner, p_text),
+        RK("key_owner", key_owner, p_text),
+        RK("status_url", status_url, p_url),
+        RK("status_ok", status_ok_minor, kb_cfg_p_status_ok),
+        RK("features", features, kb_cfg_p_features),
         {},
 };
 
@@ -715,5 +720,7 @@ const struct key_def kb_cfg_model_keys[] = {
         { .name = "fallback", .parse = p_fallback, .multi = true },
         MK("max_attempts", max_attempts, p_unsigned, .nonzero = true, .max = MAX_ATTEMPTS_MAX),
         MK("retry_after_max", retry_after_max_usec, p_duration),
+        MK("features", features, kb_cfg_p_features),
+        { .name = "shadow", .parse = kb_cfg_p_shadow },
         {},
 };

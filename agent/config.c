@@ -362,6 +362,9 @@ static int resolve_refs(struct parser *p, bool check_keys) {
                         }
                         break;
                 }
+                case REF_SHADOW:
+                        /* after the targets: they may come later in the section */
+                        break;
                 case REF_KEY: {
                         const struct kb_route *rt = &c->routes[ref->owner];
                         if (check_keys && !key_readable(c->agent.credentials_dir, rt->key))
@@ -372,6 +375,9 @@ static int resolve_refs(struct parser *p, bool check_keys) {
                 }
                 }
         }
+        for (size_t i = 0; i < p->n_refs; i++)
+                if (p->refs[i].kind == REF_SHADOW && kb_cfg_resolve_shadow(p, &p->refs[i]) < 0)
+                        return -EINVAL;
         return 0;
 }
 
@@ -551,6 +557,9 @@ struct kb_config *kb_config_unref(struct kb_config *c) {
                 free(rt->auth_header);
                 strv_free(rt->headers, rt->n_headers);
                 free(rt->ca_file);
+                free(rt->owner);
+                free(rt->key_owner);
+                free(rt->status_url);
                 for (size_t j = 0; j < rt->n_prices; j++)
                         free(rt->prices[j].model);
                 free(rt->prices);
@@ -560,6 +569,9 @@ struct kb_config *kb_config_unref(struct kb_config *c) {
                 free(c->models[i].name);
                 targets_free(c->models[i].targets, c->models[i].n_targets);
                 targets_free(c->models[i].fallbacks, c->models[i].n_fallbacks);
+                if (c->models[i].shadow)
+                        free(c->models[i].shadow->upstream_model);
+                free(c->models[i].shadow);
         }
         free(c->models);
         free(c->path);

@@ -70,7 +70,26 @@ struct kb_route {
         uint64_t breaker_window_usec;   /* the sliding window of that ratio */
         unsigned breaker_min_requests;  /* attempts in the window before the ratio counts */
         uint64_t breaker_cooldown_usec; /* open this long, then one probe (half-open) */
+
+        /* The routing playbook (preflight's owner, status and features checks). */
+        char *owner;            /* who answers for the route */
+        char *key_owner;        /* who answers for its key (else the keystore's record) */
+        char *status_url;       /* the provider's Statuspage JSON, fetched through the route's TLS settings */
+        bool status_ok_minor;   /* status_ok = minor: a "minor" indicator still passes */
+        unsigned features;      /* KB_FEATURE_* the workload needs on this route */
 };
+
+/* features = tools structured_output vision reasoning streaming */
+enum {
+        KB_FEATURE_TOOLS = 1u << 0,
+        KB_FEATURE_STRUCTURED_OUTPUT = 1u << 1,
+        KB_FEATURE_VISION = 1u << 2,
+        KB_FEATURE_REASONING = 1u << 3,
+        KB_FEATURE_STREAMING = 1u << 4,
+        _KB_FEATURE_ALL = (1u << 5) - 1,
+};
+/* "tools", … for bit i; NULL past the last. */
+const char *kb_feature_to_string(unsigned bit_index);
 
 /* Default [route:*] retry_on: 429 500 502 503 504 529 connect timeout. */
 #define KB_RETRY_ON_DEFAULT "429 500 502 503 504 529 connect timeout"
@@ -86,6 +105,17 @@ struct kb_target {
         unsigned min_requests;
 };
 
+/* shadow = ROUTE UPSTREAM_MODEL sample=R budget_usd_per_day=USD: a sample
+ * of the model's live requests is mirrored to ROUTE once the real answer
+ * is on its way, compared, and charged to this daily cap only. */
+struct kb_shadow {
+        struct kb_route *route; /* points into kb_config.routes; never one of the model's targets */
+        char *upstream_model;
+        uint32_t sample_ppm;            /* 1..1000000 */
+        int64_t budget_microusd_per_day; /* > 0 */
+        unsigned line;
+};
+
 struct kb_model {
         char *name;
         struct kb_target *targets;
@@ -95,6 +125,8 @@ struct kb_model {
         unsigned line;
         unsigned max_attempts;          /* calls per request, fallbacks included; default 3 */
         uint64_t retry_after_max_usec;  /* longest Retry-After honoured between attempts; default 5s */
+        unsigned features;              /* KB_FEATURE_* the workload needs */
+        struct kb_shadow *shadow;       /* NULL: none */
 };
 
 /* Limits: 0 means "no limit". USD budgets are held in micro-USD. */

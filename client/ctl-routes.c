@@ -8,10 +8,17 @@
 #define WEIGHT_MAX 1000000
 
 static void help_model(void) {
-        printf("Usage: keybrokerctl [OPTIONS] model split NAME ROUTE=WEIGHT...\n"
+        printf("Usage: keybrokerctl [OPTIONS] model COMMAND NAME ...\n"
                "\n"
                "Commands:\n"
-               "  split   change the weights of a model's targets live\n");
+               "  split NAME ROUTE=WEIGHT...   change the weights of a model's targets live\n"
+               "  compare NAME [--since T]     shadow pairs: agreement, errors, latency, tokens, cost\n"
+               "  baseline NAME [--since T]    save the current route's figures as evidence\n"
+               "  promote NAME ROUTE --steps A,B,... --hold D [gates]   staged promotion\n"
+               "  promote NAME --abort         stop a promotion, put the split back\n"
+               "  status NAME                  a promotion's step, gates and time left\n"
+               "\n"
+               "Each command has --help.\n");
 }
 
 static void help_model_split(void) {
@@ -128,7 +135,15 @@ int ctl_cmd_model(const struct ctl *ctl, int argc, char **argv) {
                 help_model();
                 return CTL_EXIT_OK;
         }
-        if (!streq(argv[1], "split"))
-                return ctl_usage_error("model", "unknown command '%s'; see keybrokerctl model --help", argv[1]);
-        return cmd_split(ctl, argc - 1, argv + 1);
+        if (streq(argv[1], "split"))
+                return cmd_split(ctl, argc - 1, argv + 1);
+        if (streq(argv[1], "compare"))
+                return ctl_cmd_model_compare(ctl, argc - 1, argv + 1);
+        if (streq(argv[1], "baseline"))
+                return ctl_cmd_model_baseline(ctl, argc - 1, argv + 1);
+        if (streq(argv[1], "promote"))
+                return ctl_cmd_model_promote(ctl, argc - 1, argv + 1);
+        if (streq(argv[1], "status"))
+                return ctl_cmd_model_status(ctl, argc - 1, argv + 1);
+        return ctl_usage_error("model", "unknown command '%s'; see keybrokerctl model --help", argv[1]);
 }

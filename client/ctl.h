@@ -77,6 +77,14 @@ const char *ctl_format_time(const char *iso, char *buf, size_t size);
 /* A JSON integer/real/string as text into buf ("-" for null/absent). */
 const char *ctl_json_scalar(const json_t *v, char *buf, size_t size);
 
+/* ctl-compare.c: model compare NAME [--since T] (shadow pairs, read from
+ * the journal). argv[0] is "compare". */
+int ctl_cmd_model_compare(const struct ctl *ctl, int argc, char **argv);
+/* ctl-promote.c: model baseline / promote / status. argv[0] is the command. */
+int ctl_cmd_model_baseline(const struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_model_promote(const struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_model_status(const struct ctl *ctl, int argc, char **argv);
+
 /* ctl-secret.c */
 /* Read a secret for name from stdin: a no-echo prompt on the tty when stdin
  * is one, else stdin to EOF. On success *ret points to a NUL-terminated
