@@ -537,6 +537,92 @@ static void test_routing_keys(void **state) {
         kb_config_unref(c);
 }
 
+static void test_playbook_keys(void **state) {
+        struct kb_config *c = NULL;
+        _cleanup_free_ char *err = NULL;
+        static const char text[] =
+                "[route:d]\nfamily = openai\nbase_url = https://d\n"
+                "owner = platform-llm\nkey_owner = secops\n"
+                "status_url = https://status.example/api/v2/status.json\nstatus_ok = minor\n"
+                "features = streaming tools\n"
+                "[route:g]\nfamily = openai\nbase_url = https://g\n"
+                "[route:a]\nfamily = anthropic\nbase_url = https://a\n"
+                "[model:m]\n"
+                "shadow = g gw/m-2 budget_usd_per_day=2.5 sample=0.05\n"
+                "features = vision structured_output reasoning\n"
+                "target = d m-1\n"
+                "[model:x]\ntarget = d a\n";
+
+        if (kb_config_load_string("p.conf", text, false, &c, &err) < 0)
+                fail_msg("%s", strempty(err));
+        const struct kb_route *d = kb_config_find_route(c, "d"), *g = kb_config_find_route(c, "g");
+        assert_string_equal(d->owner, "platform-llm");
+        assert_string_equal(d->key_owner, "secops");
+        assert_string_equal(d->status_url, "https://status.example/api/v2/status.json");
+        assert_true(d->status_ok_minor);
+        assert_int_equal(d->features, KB_FEATURE_STREAMING | KB_FEATURE_TOOLS);
+        assert_null(g->owner);
+        assert_null(g->status_url);
+        assert_false(g->status_ok_minor);
+        assert_int_equal(g->features, 0);
+        const struct kb_model *m = kb_config_find_model(c, "m"), *x = kb_config_find_model(c, "x");
+        assert_int_equal(m->features, KB_FEATURE_VISION | KB_FEATURE_STRUCTURED_OUTPUT | KB_FEATURE_REASONING);
+        assert_non_null(m->shadow);
+        assert_ptr_equal(m->shadow->route, g);
+        assert_string_equal(m->shadow->upstream_model, "gw/m-2");
+        assert_int_equal(m->shadow->sample_ppm, 50000);
+        assert_int_equal(m->shadow->budget_microusd_per_day, 2500000);
+        assert_null(x->shadow);
+        for (unsigned i = 0; i < 5; i++)
+                assert_non_null(kb_feature_to_string(i));
+        assert_null(kb_feature_to_string(5));
+        kb_config_unref(c);
+
+        static const struct {
+                const char *text, *error;
+        } bad[] = {
+                { "[route:r]\nfamily = openai\nbase_url = https://r\nstatus_ok = major\n",
+                  "q.conf:4: invalid value for 'status_ok': 'major' is not none or minor" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\nstatus_url = ftp://x\n",
+                  "q.conf:4: invalid value for 'status_url': 'ftp://x' is not an http:// or https:// URL" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\nfeatures = tools telepathy\n",
+                  "q.conf:4: invalid value for 'features': 'telepathy' is not a feature" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\nowner = \x01\n",
+                  "q.conf:4: invalid value for 'owner'" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = r b sample=0.1 budget_usd_per_day=1\n",
+                  "q.conf:6: model 'm': shadow: route 'r' is already a target of the model" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[route:s]\nfamily = openai\nbase_url = https://s\n"
+                  "[model:m]\nshadow = s b sample=0.1 budget_usd_per_day=1\ntarget = r a\nfallback = s c\n",
+                  "q.conf:8: model 'm': shadow: route 's' is already a fallback of the model" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[route:s]\nfamily = anthropic\nbase_url = https://s\n"
+                  "[model:m]\ntarget = r a\nshadow = s b sample=0.1 budget_usd_per_day=1\n",
+                  "q.conf:9: model 'm': shadow: route 's' speaks the anthropic API, the model's route 'r' the openai API" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = nope b sample=0.1 budget_usd_per_day=1\n",
+                  "q.conf:6: model 'm': shadow: unknown route 'nope'" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = r b sample=0 budget_usd_per_day=1\n",
+                  "q.conf:6: invalid value for 'shadow': 'sample=0' is not sample=R with R above 0, at most 1" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = r b sample=1.5 budget_usd_per_day=1\n",
+                  "q.conf:6: invalid value for 'shadow': 'sample=1.5' is not sample=R" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = r b sample=0.5 budget_usd_per_day=0\n",
+                  "q.conf:6: invalid value for 'shadow': 'budget_usd_per_day=0' is not budget_usd_per_day=USD with USD above 0" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = r b sample=0.5\n",
+                  "q.conf:6: invalid value for 'shadow': expected 'ROUTE UPSTREAM_MODEL sample=R budget_usd_per_day=USD'" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = r b sample=0.5 sample=0.4\n",
+                  "q.conf:6: invalid value for 'shadow': 'sample=0.4' is not sample=R or budget_usd_per_day=USD (each once)" },
+                { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\n"
+                  "shadow = r b sample=0.5 budget_usd_per_day=1\nshadow = r b sample=0.5 budget_usd_per_day=1\n",
+                  "q.conf:7: 'shadow' given twice, first on line 6" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                struct kb_config *b = NULL;
+                _cleanup_free_ char *e = NULL;
+                int r = kb_config_load_string("q.conf", bad[i].text, false, &b, &e);
+                if (r != -EINVAL || !e || strncmp(e, bad[i].error, strlen(bad[i].error)) != 0)
+                        fail_msg("case %zu: r=%d err='%s', want '%s'", i, r, strempty(e), bad[i].error);
+                assert_null(b);
+        }
+}
+
 static void test_line_too_long(void **state) {
         struct kb_buf b = {};
         _cleanup_free_ char *err = NULL;
@@ -758,6 +844,7 @@ int main(void) {
                 cmocka_unit_test(test_comments),
                 cmocka_unit_test(test_bad),
                 cmocka_unit_test(test_routing_keys),
+                cmocka_unit_test(test_playbook_keys),
                 cmocka_unit_test(test_line_too_long),
                 cmocka_unit_test(test_check_keys),
                 cmocka_unit_test(test_load_file),
