@@ -17,7 +17,7 @@ bool kb_admin_model_name_valid(const char *s, size_t n) {
         return true;
 }
 
-static json_t *weights_json(struct kb_broker *b, const struct kb_model *m) {
+json_t *kb_admin_model_weights(struct kb_broker *b, const struct kb_model *m) {
         json_t *w = json_object();
         for (size_t i = 0; w && i < m->n_targets; i++) {
                 const struct kb_target *t = &m->targets[i];
@@ -83,7 +83,7 @@ void kb_admin_serve_model_split(struct kb_conn *c, struct kb_broker *b, struct k
         /* Kept across restarts; a failure to write is said, not hidden: the
          * split is live but will not survive a restart. */
         r = kb_routing_save(b);
-        json_t *ans = json_pack("{s:s, s:o, s:b}", "model", m->name, "weights", weights_json(b, m), "persisted", r >= 0);
+        json_t *ans = json_pack("{s:s, s:o, s:b}", "model", m->name, "weights", kb_admin_model_weights(b, m), "persisted", r >= 0);
         if (ans && r < 0)
                 json_object_set_new(ans, "warning", json_string(strerror(-r)));
         kb_admin_respond(c, 200, ans);

@@ -281,17 +281,18 @@ static void serve_route_check(struct kb_conn *c, struct kb_broker *b, struct kb_
                               const struct kb_admin_target *t, struct admin_conn *ac) {
         _cleanup_free_ char *model = NULL, *error = NULL;
         const char *why = NULL;
+        unsigned checks = 0;
 
         if (!ac || ac->preflight) {
                 kb_admin_error(c, 500, "internal_error", "no state for this connection");
                 return;
         }
-        int r = kb_preflight_parse_body(req->body.data, req->body.len, &model, &why);
+        int r = kb_preflight_parse_body(req->body.data, req->body.len, &model, &checks, &why);
         if (r < 0) {
                 kb_admin_error(c, r == -ENOMEM ? 500 : 400, "invalid_request", "%s", why ?: strerror(-r));
                 return;
         }
-        r = kb_preflight_start(b, t->name, model, route_check_done, c, &ac->preflight, &error);
+        r = kb_preflight_start(b, t->name, model, checks, route_check_done, c, &ac->preflight, &error);
         if (r < 0)
                 kb_admin_error(c, r == -ENOENT ? 404 : r == -ENOMEDIUM ? 400 : 500,
                                r == -ENOENT ? "not_found" : r == -ENOMEDIUM ? "invalid_request" : "internal_error",

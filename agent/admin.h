@@ -93,6 +93,10 @@ int kb_admin_secret_from_body(const char *body, size_t len, size_t *ret_len, con
 /* A model name as the admin API takes it in a path: 1..256 printable ASCII
  * characters without blanks, '[', ']', '*', '"', '\', '%', '?', '#'. */
 bool kb_admin_model_name_valid(const char *s, size_t n);
+/* The weights of m's targets now, as split and promote answers show them:
+ * {"ROUTE":N}, or {"ROUTE/UPSTREAM_MODEL":N} for a route that is a target of
+ * m twice. NULL on OOM. */
+json_t *kb_admin_model_weights(struct kb_broker *b, const struct kb_model *m);
 /* PUT /models/NAME/split: body {"weights":{"ROUTE":N,...}}. */
 void kb_admin_serve_model_split(struct kb_conn *c, struct kb_broker *b, struct kb_http_request *req,
                                 const struct kb_admin_target *t, uid_t admin_uid);

@@ -19,7 +19,9 @@
 #include "broker.h"
 #include "keybroker/keybroker.h"
 #include "metrics.h"
+#include "promote.h"
 #include "router.h"
+#include "shadow.h"
 
 struct api_conn {
         struct kb_broker *broker;
@@ -194,6 +196,11 @@ void kb_request_finish(struct kb_request *r) {
         if (q < 0 && q != -EAGAIN)
                 fprintf(stderr, "<4>request %s: cannot queue journal record: %s\n", r->id, strerror(-q));
         kb_metrics_request(b->metrics, r);
+        /* A promotion judges the call by its outcome; before the release,
+         * which frees the usage tap. */
+        kb_promote_observe(b, r);
+        /* After the answer and its record: the shadow never delays either. */
+        kb_shadow_start(b->shadows, TAKE_PTR(r->shadow), r);
         kb_proxy_release(r);
         LIST_REMOVE(r, live);
         b->n_in_flight--;
@@ -364,6 +371,10 @@ void kb_api_forward_admitted(struct kb_request *r, const struct kb_admit_verdict
                 refuse_admission(r, v);
                 return;
         }
+        /* Decided now, while the app's body is at hand: the shadow copies
+         * it, and proxy.c keeps a copy of the answer only for a sample. */
+        if (kb_shadow_sample(r->broker->shadows, r, &r->shadow) < 0)
+                r->shadow = NULL;
         kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage);
 }
 

@@ -44,6 +44,8 @@ struct kb_broker {
         struct kb_keywatch *keywatch;   /* credentials_dir and the keystore file, on disk */
         struct kb_store *store;         /* [agent] quota_store: the fleet's Redis, or NULL */
         struct kb_fleet *fleet;         /* team quotas in it (fleet-quota.h), with store */
+        struct kb_promoter *promoter;   /* staged promotions and baselines (promote.h) */
+        struct kb_shadows *shadows;     /* shadow calls in flight and their daily spend (shadow.h) */
         char instance[33];              /* this host's broker identity, kept in state_dir */
         char hostname[256];             /* KEYBROKER_HOST of its records, read at start */
         uint64_t seq;                   /* last settle sequence number */

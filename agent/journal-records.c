@@ -11,7 +11,9 @@
 
 #include "keybroker/keybroker.h"
 #include "request.h"
+#include "promote.h"
 #include "router.h"
+#include "shadow.h"
 #include "broker.h"
 #include "usage.h"
 
@@ -383,9 +385,10 @@ int kb_journal_quota(struct kb_journal *j, const char *team, const char *limit, 
         return kb_journal_submit(j, TAKE_PTR(rec));
 }
 
-int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, bool ok,
+int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, int result,
                          const char *detail, uint64_t latency_ms, const char *evidence) {
         _cleanup_record_ struct kb_record *rec = NULL;
+        const char *word = result < 0 ? "skipped" : result ? "passed" : "FAILED";
         bool summary;
 
         if (!j || !route || !check)
@@ -397,17 +400,19 @@ int kb_journal_preflight(struct kb_journal *j, const char *route, const char *mo
         ADD(rec, F_MESSAGE_ID, KB_MID_PREFLIGHT);
         if (summary)
                 ADDF(rec, F_MESSAGE, "preflight of route %.*s (model %.*s): %s: %.*s, %" PRIu64 " ms", MSG_NAME_MAX,
-                     route, MSG_NAME_MAX, dash_if_empty(model), ok ? "passed" : "FAILED", MSG_ERROR_MAX,
-                     dash_if_empty(detail), latency_ms);
+                     route, MSG_NAME_MAX, dash_if_empty(model), word, MSG_ERROR_MAX, dash_if_empty(detail), latency_ms);
         else
                 ADDF(rec, F_MESSAGE, "preflight of route %.*s: %.*s %s: %.*s (%" PRIu64 " ms)", MSG_NAME_MAX, route,
-                     MSG_NAME_MAX, check, ok ? "ok" : "FAILED", MSG_ERROR_MAX, dash_if_empty(detail), latency_ms);
-        ADD(rec, F_PRIORITY, ok ? "6" : "4");
+                     MSG_NAME_MAX, check, result < 0 ? "skipped" : result ? "ok" : "FAILED", MSG_ERROR_MAX,
+                     dash_if_empty(detail), latency_ms);
+        ADD(rec, F_PRIORITY, result == 0 ? "4" : "6");
         ADD_CAPPED(rec, F_ROUTE, route);
         if (model)
                 ADD_CAPPED(rec, F_MODEL, model);
         ADD_CAPPED(rec, "KEYBROKER_CHECK", check);
-        ADD(rec, "KEYBROKER_CHECK_OK", ok ? "1" : "0");
+        if (result >= 0)
+                ADD(rec, "KEYBROKER_CHECK_OK", result ? "1" : "0");
+        ADD(rec, "KEYBROKER_CHECK_RESULT", result < 0 ? "skipped" : result ? "passed" : "failed");
         ADD_CAPPED(rec, "KEYBROKER_CHECK_DETAIL", detail);
         ADDF(rec, F_LATENCY_MS, "%" PRIu64, latency_ms);
         if (evidence)
@@ -466,4 +471,169 @@ int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev) {
         if (!j || !ev || !kb_route_event_to_string(ev->kind))
                 return -EINVAL;
         return SUBMIT_NEW(j, build_route, ev);
+}
+
+/* "$1.000021" (micro-USD) for a MESSAGE. */
+static const char *usd(int64_t v, char buf[static 32]) {
+        uint64_t m = v < 0 ? 0 - (uint64_t) v : (uint64_t) v;
+        snprintf(buf, 32, "%s$%" PRIu64 ".%06u", v < 0 ? "-" : "", m / 1000000, (unsigned) (m % 1000000));
+        return buf;
+}
+
+static int build_shadow_common(struct kb_record *rec, const struct kb_shadow_record *s) {
+        ADD(rec, "KEYBROKER_SHADOW_EVENT", s->event);
+        ADD_CAPPED(rec, F_MODEL, s->model);
+        ADD_CAPPED(rec, "KEYBROKER_SHADOW_ROUTE", s->shadow_route);
+        ADD_CAPPED(rec, "KEYBROKER_SHADOW_UPSTREAM_MODEL", s->shadow_upstream_model);
+        ADD_U64(rec, F_REALTIME_USEC, s->realtime_usec);
+        ADD(rec, F_HOST, strempty(s->host));
+        if (s->test)
+                ADD(rec, F_TEST_TRAFFIC, "1");
+        return 0;
+}
+
+static int build_shadow_pair(struct kb_record *rec, const struct kb_shadow_record *s) {
+        char c1[32], c2[32];
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_SHADOW);
+        ADDF(rec, F_MESSAGE, "shadow of %.*s via %.*s/%.*s: %s%s%s, %ld vs %ld, %" PRIu64 " vs %" PRIu64
+             " out tokens, %" PRIu64 " vs %" PRIu64 " ms, %s vs %s%s",
+             MSG_NAME_MAX, dash_if_empty(s->model), MSG_NAME_MAX, dash_if_empty(s->shadow_route), MSG_NAME_MAX,
+             dash_if_empty(s->shadow_upstream_model), s->shape_match ? "same shape" : "differs (",
+             s->shape_match ? "" : dash_if_empty(s->shape_diff), s->shape_match ? "" : ")", s->status,
+             s->shadow_status, s->output_tokens, s->shadow_output_tokens, s->latency_ms, s->shadow_latency_ms,
+             usd(s->cost_microusd, c1), usd(s->shadow_cost_microusd, c2),
+             s->shadow_priced ? "" : " (shadow model unpriced: counted $0)");
+        ADD(rec, F_PRIORITY, "6");
+        TRY(build_shadow_common(rec, s));
+        ADD(rec, F_REQUEST_ID, strempty(s->request_id));
+        ADD_CAPPED(rec, F_TEAM, s->team);
+        ADD(rec, F_ENDPOINT, strempty(s->endpoint));
+        ADD(rec, F_STREAM, s->stream ? "1" : "0");
+        ADD_CAPPED(rec, F_ROUTE, s->route);
+        ADD_CAPPED(rec, F_UPSTREAM_MODEL, s->upstream_model);
+        ADD_CAPPED(rec, "KEYBROKER_SHADOW_KEY", s->shadow_key);
+        ADD_I64(rec, F_STATUS, s->status);
+        ADD(rec, "KEYBROKER_STATUS_CLASS", strempty(s->status_class));
+        ADD_I64(rec, "KEYBROKER_SHADOW_STATUS", s->shadow_status);
+        ADD(rec, "KEYBROKER_SHADOW_ERROR", strempty(s->shadow_error));
+        ADD(rec, "KEYBROKER_SHAPE_MATCH", s->shape_match ? "1" : "0");
+        ADD_CAPPED(rec, "KEYBROKER_SHAPE_DIFF", s->shape_diff);
+        ADD_U64(rec, F_INPUT_TOKENS, s->input_tokens);
+        ADD_U64(rec, F_OUTPUT_TOKENS, s->output_tokens);
+        ADD_U64(rec, "KEYBROKER_SHADOW_INPUT_TOKENS", s->shadow_input_tokens);
+        ADD_U64(rec, "KEYBROKER_SHADOW_OUTPUT_TOKENS", s->shadow_output_tokens);
+        if (s->output_tokens > 0)
+                ADDF(rec, "KEYBROKER_OUTPUT_RATIO", "%.3f", (double) s->shadow_output_tokens / (double) s->output_tokens);
+        else
+                ADD(rec, "KEYBROKER_OUTPUT_RATIO", "");
+        ADD_U64(rec, F_LATENCY_MS, s->latency_ms);
+        ADD_U64(rec, "KEYBROKER_SHADOW_LATENCY_MS", s->shadow_latency_ms);
+        ADD_I64(rec, F_COST_MICROUSD, s->cost_microusd);
+        ADD_I64(rec, "KEYBROKER_SHADOW_COST_MICROUSD", s->shadow_cost_microusd);
+        ADD(rec, "KEYBROKER_SHADOW_PRICED", s->shadow_priced ? "1" : "0");
+        return 0;
+}
+
+static int build_shadow_event(struct kb_record *rec, const struct kb_shadow_record *s) {
+        char c1[32], c2[32];
+        bool budget = streq(s->event, "budget_reached");
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_SHADOW);
+        if (budget)
+                ADDF(rec, F_MESSAGE, "shadow of %.*s via %.*s reached its budget_usd_per_day: %s of %s spent today; "
+                     "no more shadow calls until 00:00 UTC", MSG_NAME_MAX, dash_if_empty(s->model), MSG_NAME_MAX,
+                     dash_if_empty(s->shadow_route), usd(s->spent_microusd, c1), usd(s->budget_microusd, c2));
+        else
+                ADDF(rec, F_MESSAGE, "shadow of %.*s via %.*s: %" PRIu64 " sampled request(s) not mirrored: "
+                     "%u shadow calls already in flight", MSG_NAME_MAX, dash_if_empty(s->model), MSG_NAME_MAX,
+                     dash_if_empty(s->shadow_route), s->skipped, (unsigned) KB_SHADOW_MAX_IN_FLIGHT);
+        ADD(rec, F_PRIORITY, budget ? "5" : "4");
+        TRY(build_shadow_common(rec, s));
+        if (budget) {
+                ADD_I64(rec, "KEYBROKER_SHADOW_SPENT_MICROUSD", s->spent_microusd);
+                ADD_I64(rec, "KEYBROKER_SHADOW_BUDGET_MICROUSD", s->budget_microusd);
+        } else
+                ADD_U64(rec, "KEYBROKER_SHADOW_SKIPPED", s->skipped);
+        return 0;
+}
+
+int kb_journal_shadow(struct kb_journal *j, const struct kb_shadow_record *s) {
+        if (!j || !s || !s->event)
+                return -EINVAL;
+        if (streq(s->event, "pair"))
+                return SUBMIT_NEW(j, build_shadow_pair, s);
+        return SUBMIT_NEW(j, build_shadow_event, s);
+}
+
+static int build_promotion(struct kb_record *rec, const struct kb_promote_event *ev) {
+        const struct kb_promote_view *v = ev->view;
+        const struct kb_promote_figures *f = &v->fig;
+        const char *event = kb_promote_event_to_string(ev->kind);
+        bool bad = ev->kind == KB_PROMOTE_EV_ROLLED_BACK || (ev->kind == KB_PROMOTE_EV_GATE && !ev->gate_passed);
+        bool figures = ev->kind == KB_PROMOTE_EV_GATE || ev->kind == KB_PROMOTE_EV_ROLLED_BACK ||
+                ev->kind == KB_PROMOTE_EV_COMPLETED || ev->kind == KB_PROMOTE_EV_ABORTED;
+        const struct kb_baseline *b = ev->baseline;
+
+        ADD(rec, F_MESSAGE_ID, KB_MID_PROMOTE);
+        ADDF(rec, F_MESSAGE, "model %.*s: promotion of route %.*s %s at step %zu of %zu (%u%%): %.*s", MSG_NAME_MAX,
+             v->model, MSG_NAME_MAX, v->route, ev->kind == KB_PROMOTE_EV_GATE ? ev->gate_passed ? "gate passed" : "gate FAILED"
+             : ev->kind == KB_PROMOTE_EV_STEP_REACHED ? "reached a step" : strempty(event), v->step + 1, v->n_steps,
+             v->percent, MSG_ERROR_MAX, strempty(ev->reason));
+        ADD(rec, F_PRIORITY, bad ? "4" : ev->kind == KB_PROMOTE_EV_GATE ? "6" : "5");
+        ADD(rec, F_EVENT, strempty(event));
+        ADD_CAPPED(rec, F_MODEL, v->model);
+        ADD_CAPPED(rec, F_ROUTE, v->route);
+        ADD_CAPPED(rec, F_UPSTREAM_MODEL, v->upstream_model);
+        ADD_U64(rec, "KEYBROKER_STEP", v->step + 1);
+        ADD_U64(rec, "KEYBROKER_PERCENT", v->percent);
+        struct kb_buf steps = {};
+        for (size_t i = 0; i < v->n_steps; i++)
+                if (kb_buf_appendf(&steps, "%s%u", i ? "," : "", v->steps[i]) < 0) {
+                        kb_buf_free(&steps);
+                        return -ENOMEM;
+                }
+        int r = kb_record_add(rec, "KEYBROKER_STEPS", strempty(steps.data));
+        kb_buf_free(&steps);
+        TRY(r);
+        if (ev->reason)
+                ADD_CAPPED(rec, "KEYBROKER_REASON", ev->reason);
+        if (ev->gate) {
+                ADD_CAPPED(rec, "KEYBROKER_GATE", ev->gate);
+                ADD(rec, "KEYBROKER_GATE_RESULT", ev->gate_passed ? "pass" : "fail");
+        }
+        if (ev->weights_before)
+                ADD_CAPPED(rec, "KEYBROKER_WEIGHTS_BEFORE", ev->weights_before);
+        if (ev->weights_after)
+                ADD_CAPPED(rec, "KEYBROKER_WEIGHTS_AFTER", ev->weights_after);
+        if (figures) {
+                ADD_U64(rec, "KEYBROKER_REQUESTS", f->requests);
+                ADD_U64(rec, "KEYBROKER_ERRORS", f->errors);
+                ADDF(rec, "KEYBROKER_ERROR_RATIO", "%.3f", f->error_ratio);
+                if (f->has_latency)
+                        ADD_U64(rec, "KEYBROKER_P95_MS", f->p95_ms);
+                ADD_U64(rec, "KEYBROKER_UPSTREAM_429", f->upstream_429);
+                ADD_U64(rec, "KEYBROKER_TIMEOUTS", f->timeouts);
+                ADD_U64(rec, "KEYBROKER_MODEL_NOT_FOUND", f->model_not_found);
+                ADD_U64(rec, "KEYBROKER_MISSING_USAGE", f->missing_usage);
+                ADDF(rec, "KEYBROKER_INPUT_TOKENS_PER_REQUEST", "%.1f", f->input_per_request);
+                ADDF(rec, "KEYBROKER_OUTPUT_TOKENS_PER_REQUEST", "%.1f", f->output_per_request);
+                ADD_CAPPED(rec, "KEYBROKER_BASELINE", ev->comparison ?: "no baseline");
+                if (b) {
+                        ADDF(rec, "KEYBROKER_BASELINE_ERROR_RATIO", "%.3f", b->error_ratio);
+                        if (b->has_latency)
+                                ADD_U64(rec, "KEYBROKER_BASELINE_P95_MS", b->p95_ms);
+                        ADDF(rec, "KEYBROKER_BASELINE_INPUT_TOKENS_PER_REQUEST", "%.1f", b->input_per_request);
+                        ADDF(rec, "KEYBROKER_BASELINE_OUTPUT_TOKENS_PER_REQUEST", "%.1f", b->output_per_request);
+                }
+        }
+        if (ev->admin_uid >= 0)
+                ADDF(rec, F_ADMIN_UID, "%" PRId64, ev->admin_uid);
+        return 0;
+}
+
+int kb_journal_promotion(struct kb_journal *j, const struct kb_promote_event *ev) {
+        if (!j || !ev || !ev->view || !kb_promote_event_to_string(ev->kind))
+                return -EINVAL;
+        return SUBMIT_NEW(j, build_promotion, ev);
 }

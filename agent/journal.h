@@ -18,6 +18,8 @@ struct kb_journal;
 struct kb_record;
 struct kb_request;
 struct kb_route_event;
+struct kb_promote_event;
+struct kb_shadow_record;
 
 /* Limits on what one record may hold. */
 #define KB_RECORD_MAX_FIELDS 256
@@ -113,10 +115,12 @@ int kb_journal_config(struct kb_journal *j, const char *event, const char *path,
 int kb_journal_key(struct kb_journal *j, const char *action, const char *name, const char *version,
                    const char *fingerprint, uid_t admin_uid);
 /* Preflight (KB_MID_PREFLIGHT): one record per check of a route (check:
- * "credentials", "model_listed", …) and a summary (check "summary": ok is
- * the overall result, latency_ms the whole run, evidence the saved file or
- * NULL). model and detail may be NULL. */
-int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, bool ok,
+ * "model", "endpoint", …) and a summary (check "summary": result is the
+ * overall one, latency_ms the whole run, evidence the saved file or NULL).
+ * result: 1 passed, 0 failed, < 0 skipped (KEYBROKER_CHECK_RESULT says
+ * which; KEYBROKER_CHECK_OK only for a check that ran). model and detail
+ * may be NULL. */
+int kb_journal_preflight(struct kb_journal *j, const char *route, const char *model, const char *check, int result,
                          const char *detail, uint64_t latency_ms, const char *evidence);
 /* Route state (KB_MID_ROUTE): a circuit opened, went half-open or closed, a
  * canary was rolled back, a split changed (router.h's event). Fields:
@@ -126,3 +130,14 @@ int kb_journal_preflight(struct kb_journal *j, const char *route, const char *mo
  * canary_rolled_back), KEYBROKER_CONSECUTIVE_FAILURES (circuit events),
  * KEYBROKER_ADMIN_UID (a split set by an admin). */
 int kb_journal_route(struct kb_journal *j, const struct kb_route_event *ev);
+/* Shadow comparison (KB_MID_SHADOW, shadow.h's record): a pair of a live
+ * request and its shadow call (event "pair"), a model's shadow that
+ * reached its daily cap ("budget_reached") or found the broker's shadow
+ * calls at their cap ("skipped_busy"). Never a key nor any text of the
+ * request or the answers. */
+int kb_journal_shadow(struct kb_journal *j, const struct kb_shadow_record *s);
+/* Staged promotion (KB_MID_PROMOTE, promote.h's event): started,
+ * step_reached, gate (a step's gates passed or one failed), rolled_back,
+ * completed, aborted; with the step, the step's figures, the baseline
+ * comparison and the split before and after. */
+int kb_journal_promotion(struct kb_journal *j, const struct kb_promote_event *ev);

@@ -18,7 +18,9 @@
 #include "keywatch.h"
 #include "metrics.h"
 #include "router.h"
+#include "promote.h"
 #include "quota-recovery.h"
+#include "shadow.h"
 #include "keybroker/keybroker.h"
 
 #define JOURNAL_QUEUE 65536
@@ -350,6 +352,8 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
                 return stop_now(d);
         }
         d->draining = true;
+        /* Shadows in flight run on (cancelled at exit); none starts now. */
+        kb_shadows_stop(d->b.shadows);
         (void) sd_notify(false, "STOPPING=1");
         (void) sd_event_now(d->b.event, CLOCK_MONOTONIC, &now);
         d->drain_deadline = now + d->b.config->agent.drain_timeout_usec;
@@ -420,6 +424,25 @@ static int run(struct daemon *d) {
         r = kb_upstream_new(b->event, &b->upstream);
         if (r < 0) {
                 fprintf(stderr, "<3>cannot set up libcurl: %s\n", strerror(-r));
+                return r;
+        }
+        r = kb_shadows_new(b, &b->shadows);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot set up shadow calls: %s\n", strerror(-r));
+                return r;
+        }
+        /* The day's shadow spend survives a restart; a damaged file only
+         * costs that day's cap, never the start. */
+        r = kb_shadows_load(b->shadows, NULL);
+        if (r < 0)
+                fprintf(stderr, "<4>ignoring the shadows' spend in %s/shadow.json: %s\n",
+                        strempty(b->config->agent.state_dir), r == -EBADMSG ? "not a shadow spend file" : strerror(-r));
+        /* Once the loop and the journal exist: a promotion resumed, or
+         * aborted because the config changed while we were down, is
+         * journaled and goes on ticking. */
+        r = kb_promote_setup(b);
+        if (r < 0) {
+                fprintf(stderr, "<3>cannot set up promotions: %s\n", strerror(-r));
                 return r;
         }
         r = kb_batch_poll_new(b, &b->batch_poll);
@@ -566,6 +589,7 @@ int main(int argc, char **argv) {
 
         /* its calls are the upstream's: gone first */
         kb_batch_poll_free(d.b.batch_poll);
+        kb_shadows_free(d.b.shadows);
         kb_upstream_free(d.b.upstream);
         kb_journal_free(d.b.journal, 5 * USEC_PER_SEC);
         kb_metrics_free(d.b.metrics);
@@ -579,6 +603,7 @@ int main(int argc, char **argv) {
         kb_broker_drop_store(&d.b);
         kb_keystore_free(d.b.keys);
         kb_quota_free(d.b.quota);
+        kb_promote_teardown(&d.b);
         kb_router_free(d.b.router);
         kb_objects_free(d.b.objects);
         kb_config_unref(d.b.config);

@@ -1,122 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* Preflight's judgements (what each answer says about the route), the
- * request body of the admin call, and the evidence file. No I/O but the
- * evidence file; no logging. */
+/* Preflight's judgements: what one answer of a provider says about the
+ * route. Pure functions over status, bodies and usage, so each is unit
+ * tested; no I/O, no logging. */
 
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
-#include <sys/stat.h>
-#include <time.h>
+#include <strings.h>
 
 #include "preflight.h"
-
-static const char *const check_names[_KB_CHECK_MAX] = {
-        [KB_CHECK_CREDENTIALS] = "credentials",
-        [KB_CHECK_MODEL_LISTED] = "model_listed",
-        [KB_CHECK_NON_STREAMING] = "non_streaming",
-        [KB_CHECK_STREAMING] = "streaming",
-        [KB_CHECK_USAGE] = "usage",
-        [KB_CHECK_BOGUS_MODEL] = "bogus_model",
-        [KB_CHECK_LATENCY] = "latency",
-};
-
-static const char *const check_titles[_KB_CHECK_MAX] = {
-        [KB_CHECK_CREDENTIALS] = "credentials accepted",
-        [KB_CHECK_MODEL_LISTED] = "model listed",
-        [KB_CHECK_NON_STREAMING] = "non-streaming call",
-        [KB_CHECK_STREAMING] = "streaming call",
-        [KB_CHECK_USAGE] = "usage reported",
-        [KB_CHECK_BOGUS_MODEL] = "unknown model refused",
-        [KB_CHECK_LATENCY] = "latency",
-};
-
-const char *kb_preflight_check_to_string(kb_preflight_check c) {
-        return (unsigned) c < _KB_CHECK_MAX ? check_names[c] : NULL;
-}
-
-const char *kb_preflight_check_title(kb_preflight_check c) {
-        return (unsigned) c < _KB_CHECK_MAX ? check_titles[c] : NULL;
-}
-
-/* ---- the admin call's body ---- */
-
-static bool model_name_ok(const char *s, size_t n) {
-        if (n == 0 || n > KB_PREFLIGHT_MODEL_MAX)
-                return false;
-        for (size_t i = 0; i < n; i++)
-                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
-                        return false;
-        return true;
-}
-
-int kb_preflight_parse_body(const char *body, size_t len, char **ret_model, const char **ret_why) {
-        const char *why = NULL;
-        json_t *j = NULL;
-        char *model = NULL;
-
-        if (len > KB_PREFLIGHT_MAX_REQUEST_BODY) {
-                why = "the request body is too long";
-                goto fail;
-        }
-        size_t skip = 0;
-        while (skip < len && strchr(" \t\r\n", body[skip]))
-                skip++;
-        if (skip == len) {
-                *ret_model = NULL;
-                return 0;
-        }
-        j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
-        if (!json_is_object(j)) {
-                why = "the body must be a JSON object: {\"model\":\"UPSTREAM_MODEL\"}";
-                goto fail;
-        }
-        const char *k;
-        json_t *v;
-        json_object_foreach(j, k, v) {
-                if (!streq(k, "model")) {
-                        why = "the body takes one member: \"model\"";
-                        goto fail;
-                }
-                if (json_is_null(v))
-                        continue;
-                if (!json_is_string(v) || !model_name_ok(json_string_value(v), json_string_length(v)) ||
-                    strlen(json_string_value(v)) != json_string_length(v)) {
-                        why = "\"model\" must be a non-empty string of at most 256 printable bytes";
-                        goto fail;
-                }
-                model = strdup(json_string_value(v));
-                if (!model) {
-                        json_decref(j);
-                        return -ENOMEM;
-                }
-        }
-        json_decref(j);
-        *ret_model = model;
-        return 0;
-fail:
-        /* a "model" may come before the member that is wrong */
-        free(model);
-        json_decref(j);
-        if (ret_why)
-                *ret_why = why;
-        return -EINVAL;
-}
-
-const char *kb_preflight_default_model(const struct kb_config *c, const struct kb_route *route) {
-        for (int fb = 0; fb < 2; fb++)
-                for (size_t m = 0; m < c->n_models; m++) {
-                        const struct kb_model *model = &c->models[m];
-                        const struct kb_target *ts = fb ? model->fallbacks : model->targets;
-                        size_t n = fb ? model->n_fallbacks : model->n_targets;
-                        for (size_t i = 0; i < n; i++)
-                                if (ts[i].route == route && ts[i].upstream_model)
-                                        return ts[i].upstream_model;
-                }
-        return NULL;
-}
-
-/* ---- judgements ---- */
 
 /* Length of the valid UTF-8 sequence at s (1..4), 0 when it is not one. */
 static size_t utf8_len(const unsigned char *s) {
@@ -230,37 +121,96 @@ int kb_preflight_judge_listed(const char *body, size_t len, long status, const c
         return r < 0 ? r : false;
 }
 
-int kb_preflight_judge_completion(kb_family f, const char *body, size_t len, long status, char **ret_detail) {
-        _cleanup_(json_decrefp) json_t *j = load(body, len);
+/* The first choice's message of an OpenAI chat answer, or NULL. */
+static json_t *chat_message(json_t *j) {
+        return json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message");
+}
+
+/* The first content block of type in an Anthropic message, or NULL. */
+static json_t *content_block(json_t *j, const char *type) {
+        size_t i;
+        json_t *b;
+
+        json_array_foreach(json_object_get(j, "content"), i, b)
+                if (streq_ptr(json_string_value(json_object_get(b, "type")), type))
+                        return b;
+        return NULL;
+}
+
+/* ✗ for a status that is not 2xx or a body that is not an object: 0 with
+ * the detail set; 1 when the answer is worth a closer look. */
+static int answer_usable(json_t *j, long status, char **ret_detail) {
         int r;
 
         if (status < 200 || status > 299) {
                 r = detail(ret_detail, "HTTP %ld%s%.*s", status, *error_message(j) ? ": " : "", PROVIDER_TEXT_MAX,
                            error_message(j));
-                return r < 0 ? r : false;
+                return r < 0 ? r : 0;
         }
         if (!json_is_object(j)) {
                 r = detail(ret_detail, "HTTP %ld but the body is not a JSON object", status);
-                return r < 0 ? r : false;
+                return r < 0 ? r : 0;
         }
-        if (f == KB_FAMILY_ANTHROPIC) {
-                json_t *content = json_object_get(j, "content");
-                if (!streq_ptr(json_string_value(json_object_get(j, "type")), "message") || !json_is_array(content)) {
-                        r = detail(ret_detail, "HTTP %ld but not a message (type \"message\" with content[])", status);
-                        return r < 0 ? r : false;
-                }
-        } else {
-                json_t *choices = json_object_get(j, "choices");
-                if (!json_is_array(choices) || json_array_size(choices) == 0 ||
-                    !json_is_object(json_object_get(json_array_get(choices, 0), "message"))) {
-                        r = detail(ret_detail, "HTTP %ld but not a chat completion (no choices[].message)", status);
-                        return r < 0 ? r : false;
-                }
+        return 1;
+}
+
+int kb_preflight_judge_answer(kb_endpoint ep, const char *body, size_t len, long status, char **ret_detail) {
+        _cleanup_(json_decrefp) json_t *j = load(body, len);
+        const char *want = NULL;
+        int r = answer_usable(j, status, ret_detail);
+
+        if (r <= 0)
+                return r;
+        switch (ep) {
+        case KB_ENDPOINT_MESSAGES:
+                if (!streq_ptr(json_string_value(json_object_get(j, "type")), "message") ||
+                    !json_is_array(json_object_get(j, "content")))
+                        want = "a message (type \"message\" with content[])";
+                break;
+        case KB_ENDPOINT_RESPONSES:
+                if (!streq_ptr(json_string_value(json_object_get(j, "object")), "response") ||
+                    !json_is_array(json_object_get(j, "output")))
+                        want = "a response (object \"response\" with output[])";
+                break;
+        case KB_ENDPOINT_EMBEDDINGS: {
+                json_t *e = json_object_get(json_array_get(json_object_get(j, "data"), 0), "embedding");
+                if (!json_is_array(e) && !json_is_string(e))
+                        want = "an embedding list (data[].embedding)";
+                break;
+        }
+        default:
+                if (!json_is_object(chat_message(j)))
+                        want = "a chat completion (choices[].message)";
+        }
+        if (want) {
+                r = detail(ret_detail, "HTTP %ld but not %s", status, want);
+                return r < 0 ? r : false;
         }
         const char *m = json_string_value(json_object_get(j, "model"));
         r = detail(ret_detail, "HTTP %ld, well-formed%s%.*s", status, m ? ", model " : "", (int) KB_PREFLIGHT_MODEL_MAX,
                    strempty(m));
         return r < 0 ? r : true;
+}
+
+int kb_preflight_judge_stream(kb_family f, long status, const char *content_type, const struct kb_usage *u,
+                              char **ret_detail) {
+        const char *terminal = f == KB_FAMILY_ANTHROPIC ? "message_stop" : "[DONE]";
+        int r;
+
+        if (status < 200 || status > 299)
+                r = detail(ret_detail, "HTTP %ld", status);
+        else if (!content_type || strncasecmp(content_type, "text/event-stream", 17) != 0)
+                r = detail(ret_detail, "HTTP %ld but content-type %s, not text/event-stream", status,
+                           content_type ?: "missing");
+        else if (!u || !u->stream_done)
+                r = detail(ret_detail, "HTTP %ld text/event-stream, %" PRIu64 " deltas, but no %s", status,
+                           u ? u->streamed_deltas : 0, terminal);
+        else {
+                r = detail(ret_detail, "HTTP %ld text/event-stream, %" PRIu64 " deltas, %s seen", status,
+                           u->streamed_deltas, terminal);
+                return r < 0 ? r : true;
+        }
+        return r < 0 ? r : false;
 }
 
 int kb_preflight_judge_bogus(kb_family f, const char *body, size_t len, long status, char **ret_detail) {
@@ -292,10 +242,55 @@ int kb_preflight_judge_bogus(kb_family f, const char *body, size_t len, long sta
         return r < 0 ? r : ok;
 }
 
+int kb_preflight_judge_wrong_key(kb_family f, const char *body, size_t len, long status, char **ret_detail) {
+        _cleanup_(json_decrefp) json_t *j = load(body, len);
+        json_t *err = json_object_get(j, "error");
+        int r;
+
+        if (status >= 200 && status <= 299) {
+                r = detail(ret_detail, "HTTP %ld: a made-up key was accepted", status);
+                return r < 0 ? r : false;
+        }
+        if (f == KB_FAMILY_ANTHROPIC) {
+                const char *type = json_string_value(json_object_get(err, "type"));
+                bool ok = status == 401 && streq_ptr(json_string_value(json_object_get(j, "type")), "error") &&
+                          streq_ptr(type, "authentication_error");
+                r = detail(ret_detail, "HTTP %ld %s%s", status, type ?: "without an error object",
+                           ok ? "" : " (expected 401 authentication_error)");
+                return r < 0 ? r : ok;
+        }
+        const char *code = json_string_value(json_object_get(err, "code"));
+        bool ok = status == 401 && json_is_object(err);
+        if (ok)
+                r = detail(ret_detail, "HTTP 401 %.*s", PROVIDER_TEXT_MAX, code ?: "error object (no code)");
+        else
+                r = detail(ret_detail, "HTTP %ld %s (expected 401 with an error object)", status,
+                           json_is_object(err) ? "error" : "without an error object");
+        return r < 0 ? r : ok;
+}
+
+int kb_preflight_judge_timeout(int error, long status, uint64_t timeout_usec, uint64_t latency_usec,
+                               char **ret_detail) {
+        int r;
+
+        if (error == -ETIMEDOUT) {
+                r = detail(ret_detail, "no answer within %" PRIu64 " ms (%" PRIu64 " ms): keybrokerd answers 504 "
+                           "upstream_timeout", timeout_usec / USEC_PER_MSEC, latency_usec / USEC_PER_MSEC);
+                return r < 0 ? r : true;
+        }
+        if (error == 0)
+                r = detail(ret_detail, "HTTP %ld in %" PRIu64 " ms: the forced %" PRIu64 " ms timeout did not fire",
+                           status, latency_usec / USEC_PER_MSEC, timeout_usec / USEC_PER_MSEC);
+        else
+                r = detail(ret_detail, "failed otherwise (%s), not by the %" PRIu64 " ms timeout", strerror(-error),
+                           timeout_usec / USEC_PER_MSEC);
+        return r < 0 ? r : false;
+}
+
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
-/* One call's usage problem into why (NULL when plausible). */
+/* One call's usage problem (NULL when plausible). */
 static const char *usage_problem(const struct kb_usage *u) {
         if (!u->seen)
                 return "no usage reported";
@@ -308,8 +303,45 @@ static const char *usage_problem(const struct kb_usage *u) {
         return NULL;
 }
 
+static bool cached_in(kb_family f, const json_t *usage) {
+        if (f == KB_FAMILY_ANTHROPIC)
+                return json_is_integer(json_object_get(usage, "cache_read_input_tokens"));
+        return json_is_integer(json_object_get(json_object_get(usage, "prompt_tokens_details"), "cached_tokens")) ||
+               json_is_integer(json_object_get(json_object_get(usage, "input_tokens_details"), "cached_tokens"));
+}
+
+/* Where an answer or an event keeps its usage: at the top (chat, a chunk,
+ * message_delta), in "response" (responses events) or "message"
+ * (message_start). */
+static bool cached_anywhere(kb_family f, const json_t *j) {
+        return cached_in(f, json_object_get(j, "usage")) ||
+               cached_in(f, json_object_get(json_object_get(j, "response"), "usage")) ||
+               cached_in(f, json_object_get(json_object_get(j, "message"), "usage"));
+}
+
+bool kb_preflight_cached_reported(kb_family f, const char *body, size_t len, bool sse) {
+        if (!body)
+                return false;
+        if (!sse) {
+                _cleanup_(json_decrefp) json_t *j = load(body, len);
+                return cached_anywhere(f, j);
+        }
+        for (size_t at = 0; at < len;) {
+                const char *line = body + at, *nl = memchr(line, '\n', len - at);
+                size_t n = nl ? (size_t) (nl - line) : len - at;
+                at += n + 1;
+                if (n < 5 || strncmp(line, "data:", 5) != 0)
+                        continue;
+                _cleanup_(json_decrefp) json_t *j = json_loadb(line + 5, n - 5, 0, NULL);
+                if (cached_anywhere(f, j))
+                        return true;
+        }
+        return false;
+}
+
 int kb_preflight_judge_usage(kb_family f, const struct kb_usage *plain, const char *plain_body, size_t plain_len,
-                             const struct kb_usage *stream, char **ret_detail) {
+                             const struct kb_usage *stream, const char *stream_body, size_t stream_len,
+                             char **ret_detail) {
         const char *pw = plain ? usage_problem(plain) : "the call failed";
         const char *sw = stream ? usage_problem(stream) : "the call failed";
         char total[96] = "";
@@ -326,18 +358,124 @@ int kb_preflight_judge_usage(kb_family f, const struct kb_usage *plain, const ch
                                  total_ok ? "" : " != input + output");
                 }
         }
-        if (!pw && !sw && total_ok)
-                r = detail(ret_detail, "non-streaming %" PRIu64 " in / %" PRIu64 " out%s; streaming %" PRIu64
-                           " in / %" PRIu64 " out", plain->input_tokens, plain->output_tokens, total,
-                           stream->input_tokens, stream->output_tokens);
-        else if (pw || sw)
+        if (pw || sw) {
                 r = detail(ret_detail, "non-streaming: %s; streaming: %s", pw ?: "ok", sw ?: "ok");
-        else
-                r = detail(ret_detail, "non-streaming %" PRIu64 " in / %" PRIu64 " out%s", plain->input_tokens,
-                           plain->output_tokens, total);
-        if (r < 0)
+                return r < 0 ? r : false;
+        }
+        if (!pw && !kb_preflight_cached_reported(f, plain_body, plain_len, false))
+                pw = "no cached token count";
+        if (!sw && !kb_preflight_cached_reported(f, stream_body, stream_len, true))
+                sw = "no cached token count";
+        if (pw || sw) {
+                r = detail(ret_detail, "non-streaming: %s; streaming: %s", pw ?: "ok", sw ?: "ok");
+                return r < 0 ? r : false;
+        }
+        bool same = plain->input_tokens == stream->input_tokens;
+        r = detail(ret_detail,
+                   "non-streaming %" PRIu64 " in / %" PRIu64 " out / %" PRIu64 " cached%s; streaming %" PRIu64
+                   " in / %" PRIu64 " out / %" PRIu64 " cached%s",
+                   plain->input_tokens, plain->output_tokens, plain->cached_tokens, total, stream->input_tokens,
+                   stream->output_tokens, stream->cached_tokens,
+                   same ? "" : ": input tokens differ for the same prompt");
+        return r < 0 ? r : total_ok && same;
+}
+
+int kb_preflight_judge_tool_call(kb_family f, const char *body, size_t len, long status, char **ret_detail) {
+        _cleanup_(json_decrefp) json_t *j = load(body, len), *args_owned = NULL;
+        const char *name = NULL;
+        const json_t *args = NULL;
+        int r = answer_usable(j, status, ret_detail);
+
+        if (r <= 0)
                 return r;
-        return !pw && !sw && total_ok;
+        if (f == KB_FAMILY_ANTHROPIC) {
+                json_t *b = content_block(j, "tool_use");
+                name = json_string_value(json_object_get(b, "name"));
+                args = json_object_get(b, "input");
+        } else {
+                json_t *fn = json_object_get(json_array_get(json_object_get(chat_message(j), "tool_calls"), 0),
+                                             "function");
+                name = json_string_value(json_object_get(fn, "name"));
+                const char *text = json_string_value(json_object_get(fn, "arguments"));
+                args = args_owned = text ? json_loads(text, 0, NULL) : NULL;
+                if (name && !args) {
+                        r = detail(ret_detail, "HTTP %ld: %.64s called, but its arguments are not JSON", status, name);
+                        return r < 0 ? r : false;
+                }
+        }
+        if (!name) {
+                r = detail(ret_detail, "HTTP %ld but no tool call came back", status);
+                return r < 0 ? r : false;
+        }
+        if (!json_is_object(args)) {
+                r = detail(ret_detail, "HTTP %ld: %.64s called, but its arguments are not a JSON object", status, name);
+                return r < 0 ? r : false;
+        }
+        _cleanup_free_ char *text = json_dumps(args, JSON_COMPACT);
+        r = detail(ret_detail, "HTTP %ld: %.64s(%.96s%s)", status, name, strempty(text),
+                   text && strlen(text) > 96 ? "…" : "");
+        return r < 0 ? r : true;
+}
+
+int kb_preflight_judge_structured(kb_family f, const json_t *schema, const char *body, size_t len, long status,
+                                  char **ret_detail) {
+        _cleanup_(json_decrefp) json_t *j = load(body, len), *owned = NULL;
+        const json_t *doc = NULL;
+        char why[256];
+        int r = answer_usable(j, status, ret_detail);
+
+        if (r <= 0)
+                return r;
+        if (f == KB_FAMILY_ANTHROPIC)
+                doc = json_object_get(content_block(j, "tool_use"), "input");
+        else {
+                json_t *m = chat_message(j);
+                const char *refusal = json_string_value(json_object_get(m, "refusal"));
+                const char *content = json_string_value(json_object_get(m, "content"));
+                if (refusal) {
+                        r = detail(ret_detail, "HTTP %ld: refused: %.*s", status, PROVIDER_TEXT_MAX, refusal);
+                        return r < 0 ? r : false;
+                }
+                doc = owned = content ? json_loads(content, 0, NULL) : NULL;
+        }
+        if (!doc) {
+                r = detail(ret_detail, "HTTP %ld but no JSON document came back", status);
+                return r < 0 ? r : false;
+        }
+        if (!kb_preflight_schema_valid(schema, doc, why, sizeof(why))) {
+                r = detail(ret_detail, "HTTP %ld but the answer does not match its schema: %s", status, why);
+                return r < 0 ? r : false;
+        }
+        r = detail(ret_detail, "HTTP %ld: the answer validates against its schema", status);
+        return r < 0 ? r : true;
+}
+
+int kb_preflight_judge_vision(kb_family f, const char *body, size_t len, long status, char **ret_detail) {
+        _cleanup_free_ char *d = NULL;
+        int ok = kb_preflight_judge_answer(f == KB_FAMILY_ANTHROPIC ? KB_ENDPOINT_MESSAGES : KB_ENDPOINT_CHAT, body, len,
+                                           status, &d);
+        if (ok < 0)
+                return ok;
+        int r = detail(ret_detail, "the image was %s: %s", ok ? "accepted" : "refused", d);
+        return r < 0 ? r : ok;
+}
+
+int kb_preflight_judge_reasoning(kb_family f, const struct kb_usage *u, const char *body, size_t len, long status,
+                                 char **ret_detail) {
+        _cleanup_(json_decrefp) json_t *j = load(body, len);
+        int r = answer_usable(j, status, ret_detail);
+
+        if (r <= 0)
+                return r;
+        if (u && u->reasoning_tokens > 0)
+                r = detail(ret_detail, "HTTP %ld, %" PRIu64 " reasoning tokens reported", status, u->reasoning_tokens);
+        else if (f == KB_FAMILY_ANTHROPIC && content_block(j, "thinking"))
+                r = detail(ret_detail, "HTTP %ld, a thinking block came back", status);
+        else {
+                r = detail(ret_detail, "HTTP %ld but no reasoning tokens reported in its usage", status);
+                return r < 0 ? r : false;
+        }
+        return r < 0 ? r : true;
 }
 
 static int cmp_u64(const void *a, const void *b) {
@@ -359,78 +497,3 @@ void kb_preflight_latency_stats(const uint64_t *usec, size_t n, uint64_t *ret_p5
         *ret_max = s[n - 1];
 }
 
-/* ---- evidence ---- */
-
-int kb_preflight_save_evidence(const char *state_dir, const char *route, uint64_t realtime_usec, const json_t *doc,
-                               char **ret_path) {
-        _cleanup_free_ char *dir = NULL, *tmp = NULL, *text = NULL;
-        char stamp[32];
-        struct tm tm;
-        time_t t = (time_t) (realtime_usec / USEC_PER_SEC);
-
-        if (!state_dir || !route || !*route || strchr(route, '/') || route[0] == '.' || !doc)
-                return -EINVAL;
-        if (!gmtime_r(&t, &tm) || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
-                return -EOVERFLOW;
-        if (asprintf(&dir, "%s/evidence", state_dir) < 0) {
-                dir = NULL;
-                return -ENOMEM;
-        }
-        if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        _cleanup_free_ char *dumped = json_dumps(doc, JSON_INDENT(2));
-        if (!dumped || asprintf(&text, "%s\n", dumped) < 0) {
-                text = NULL;
-                return -ENOMEM;
-        }
-        if (asprintf(&tmp, "%s/.%s-%s.XXXXXX", dir, route, stamp) < 0) {
-                tmp = NULL;
-                return -ENOMEM;
-        }
-        _cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        size_t len = strlen(text), off = 0;
-        int r = 0;
-        /* mkostemp makes it 0600 already; say so rather than rely on it. */
-        if (fchmod(fd, 0600) < 0)
-                r = -errno;
-        while (r == 0 && off < len) {
-                ssize_t w = write(fd, text + off, len - off);
-                if (w < 0 && errno == EINTR)
-                        continue;
-                if (w < 0)
-                        r = -errno;
-                else
-                        off += (size_t) w;
-        }
-        if (r == 0 && fsync(fd) < 0)
-                r = -errno;
-        /* link() never replaces a file: two runs in one second keep both. */
-        for (unsigned n = 1; r == 0 && n <= 100; n++) {
-                _cleanup_free_ char *path = NULL;
-                int k = n == 1 ? asprintf(&path, "%s/%s-%s.json", dir, route, stamp)
-                               : asprintf(&path, "%s/%s-%s-%u.json", dir, route, stamp, n);
-                if (k < 0) {
-                        path = NULL;
-                        r = -ENOMEM;
-                        break;
-                }
-                if (link(tmp, path) == 0) {
-                        (void) unlink(tmp);
-                        _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                        if (dfd >= 0)
-                                (void) fsync(dfd);
-                        *ret_path = TAKE_PTR(path);
-                        return 0;
-                }
-                if (errno != EEXIST)
-                        r = -errno;
-                else if (n == 100)
-                        r = -EEXIST;
-        }
-        (void) unlink(tmp);
-        return r;
-}

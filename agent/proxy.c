@@ -15,6 +15,7 @@
 #include "broker.h"
 #include "headers.h"
 #include "router.h"
+#include "shadow.h"
 
 static void next_attempt(struct kb_request *r);
 static bool can_fall_over(const struct kb_request *r);
@@ -233,6 +234,8 @@ static int on_response(void *userdata, long status, const struct kb_http_header 
 static int relay_data(struct kb_request *r, const char *buf, size_t len) {
         if (kb_conn_aborted(r->conn))
                 return -ECANCELED;
+        if (r->shadow)
+                kb_shadow_capture(r->shadow, buf, len);
         int q = kb_usage_tap_feed(r->tap, buf, len, &r->out);
         if (q < 0 && q != -E2BIG)
                 return q;

@@ -40,6 +40,7 @@ struct kb_fleet_hold;
 struct kb_admit_verdict;
 struct kb_upload;
 struct kb_fleet_lookup;
+struct kb_shadow_sample;
 
 struct kb_request {
         struct kb_broker *broker;
@@ -84,6 +85,7 @@ struct kb_request {
         struct kb_upstream_call *call;
         struct kb_usage_tap *tap;
         struct kb_buf out;              /* bytes from the tap waiting for the conn */
+        struct kb_shadow_sample *shadow; /* sampled for a shadow call (shadow.h), or NULL */
 
         int status;                     /* to the app */
         long upstream_status;           /* 0 when no upstream answer */

@@ -2,12 +2,10 @@
 /* Splits set by hand (keybrokerctl model split), and the overrides saved to
  * state_dir/splits.json and loaded back at start. */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "json-util.h"
 #include "router-internal.h"
 #include "util.h"
 
@@ -97,7 +95,6 @@ int kb_router_set_split(struct kb_router *r, const struct kb_model *m, const str
 /* ---- persistence ---- */
 
 int kb_router_save_splits(const struct kb_router *r, const char *path) {
-        _cleanup_free_ char *tmp = NULL, *text = NULL;
         json_t *arr = json_array();
 
         if (!r || !path) {
@@ -116,52 +113,26 @@ int kb_router_save_splits(const struct kb_router *r, const char *path) {
                 }
         }
         json_t *doc = arr ? json_pack("{s:i, s:o}", "version", 1, "splits", arr) : NULL;
-        text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
-        json_decref(doc);
-        if (!text || asprintf(&tmp, "%s.tmp", path) < 0) {
-                tmp = NULL;
+        if (!doc)
                 return -ENOMEM;
-        }
-        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-        if (fd < 0)
-                return -errno;
-        size_t len = strlen(text), off = 0;
-        while (off < len) {
-                ssize_t k = write(fd, text + off, len - off);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0) {
-                        int e = -errno;
-                        (void) unlink(tmp);
-                        return e;
-                }
-                off += (size_t) k;
-        }
-        if (write(fd, "\n", 1) != 1 || fsync(fd) < 0 || rename(tmp, path) < 0) {
-                int e = -errno;
-                (void) unlink(tmp);
-                return e ?: -EIO;
-        }
-        return 0;
+        /* 0644 less the umask, as splits.json always was: weights, no secret. */
+        int k = kb_json_write_file(path, doc, 0644, 0);
+        json_decref(doc);
+        return k;
 }
 
 int kb_router_load_splits(struct kb_router *r, const char *path) {
-        json_error_t err;
-        struct stat st;
+        json_t *doc;
+        int k;
 
         if (!r || !path)
                 return -EINVAL;
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode) || st.st_size > (off_t) SPLITS_FILE_MAX)
-                return -EBADMSG;
-        json_t *doc = json_loadfd(fd, JSON_REJECT_DUPLICATES, &err);
+        k = kb_json_read_file(path, SPLITS_FILE_MAX, &doc);
+        if (k < 0 || !doc)
+                return k;
         json_t *arr = json_object_get(doc, "splits");
         json_t *v = json_object_get(doc, "version");
-        if (!doc || !json_is_array(arr) || !json_is_integer(v) || json_integer_value(v) != 1) {
+        if (!json_is_array(arr) || !json_is_integer(v) || json_integer_value(v) != 1) {
                 json_decref(doc);
                 return -EBADMSG;
         }

@@ -3,9 +3,11 @@
 
 #include <unistd.h>
 #include <ctype.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <sodium.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 
 int kb_buf_reserve(struct kb_buf *b, size_t extra) {
@@ -221,4 +223,42 @@ int kb_write_all(int fd, const void *buf, size_t n) {
                 n -= (size_t) k;
         }
         return 0;
+}
+
+int kb_write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode, unsigned flags) {
+        _cleanup_free_ char *tmp = NULL;
+
+        if (!path || (!buf && len > 0))
+                return -EINVAL;
+        if (asprintf(&tmp, "%s.tmp", path) < 0) {
+                tmp = NULL;
+                return -ENOMEM;
+        }
+        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+        if (fd < 0)
+                return -errno;
+        int r = (flags & KB_WRITE_EXACT_MODE) && fchmod(fd, mode) < 0 ? -errno : 0;
+        if (r == 0)
+                r = kb_write_all(fd, buf, len);
+        if (r == 0 && fsync(fd) < 0)
+                r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0)
+                (void) unlink(tmp);
+        return r;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+        return x < y ? -1 : x > y;
+}
+
+void kb_sort_u32(uint32_t *v, size_t n) {
+        qsort(v, n, sizeof(uint32_t), cmp_u32);
+}
+
+uint32_t kb_nearest_rank_u32(const uint32_t *sorted, size_t n, unsigned pct) {
+        size_t rank = (size_t) (((uint64_t) n * pct + 99) / 100);
+        return sorted[rank ? rank - 1 : 0];
 }

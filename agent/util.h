@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
@@ -99,6 +100,22 @@ uint32_t kb_random_u32(void);
 /* Write all of buf (a short write, EINTR: go on). 0 or -errno (-EIO when
  * the fd takes nothing). */
 int kb_write_all(int fd, const void *buf, size_t n);
+
+/* Replace path with the len bytes of buf so that a crash leaves the old
+ * file or the new one, never a part: write "PATH.tmp" (a fixed name, so a
+ * crash leaves one stale file that the next write reuses; only one process
+ * writes these files), fsync it, rename it over path. The temp file is
+ * opened with mode (the umask applies) and without following a symlink;
+ * with KB_WRITE_EXACT_MODE it is then chmod'ed to mode, whatever the umask
+ * or the mode a stale temp file had. The directory is not fsync'ed. 0 or
+ * -errno; the temp file is removed on failure. */
+#define KB_WRITE_EXACT_MODE 1U
+int kb_write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode, unsigned flags);
+
+/* Nearest rank: the smallest of n sorted values (n > 0) with at least pct%
+ * of them at or below it. kb_sort_u32() sorts values ascending for it. */
+void kb_sort_u32(uint32_t *v, size_t n);
+uint32_t kb_nearest_rank_u32(const uint32_t *sorted, size_t n, unsigned pct);
 
 /* FNV-1a, 64 bit: the spool's record checksum and the usage report's hash
  * table. Not for anything an attacker may choose to collide. */

@@ -51,12 +51,13 @@ static void help_team_list(void) {
 
 static void help_route(void) {
         printf("Usage: keybrokerctl [OPTIONS] route list\n"
-               "       keybrokerctl [OPTIONS] route check NAME [--model M]\n"
+               "       keybrokerctl [OPTIONS] route check NAME [--model M] [--only|--skip CHECK...]\n"
                "\n"
                "Commands:\n"
                "  list    routes: family, base URL, key, auth, circuit, error ratio, p50\n"
                "          latency, targets and their weights\n"
-               "  check   run the preflight checklist against a live route\n");
+               "  check   run the ten-point preflight against a live route (model, endpoint,\n"
+               "          features, usage, pricing, status, failures, fallback, owner, rollback)\n");
 }
 
 static void help_route_list(void) {

@@ -34,8 +34,7 @@ static void help_model_split(void) {
                "Example: keybrokerctl model split chat-default openai=90 flatkey=10\n");
 }
 
-/* Characters a model name may have in the admin API's path. */
-static bool path_safe(const char *s) {
+bool ctl_model_path_safe(const char *s) {
         if (!*s || strlen(s) > 256)
                 return false;
         for (; *s; s++)
@@ -71,7 +70,7 @@ static int cmd_split(const struct ctl *ctl, int argc, char **argv) {
         if (optind_ >= argc)
                 return ctl_usage_error("model split", "missing NAME; see keybrokerctl model split --help");
         const char *model = argv[optind_++];
-        if (!path_safe(model))
+        if (!ctl_model_path_safe(model))
                 return ctl_usage_error("model split", "'%s' is not a model name the admin API can address", model);
         if (optind_ >= argc)
                 return ctl_usage_error("model split", "missing ROUTE=WEIGHT; see keybrokerctl model split --help");

@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <systemd/sd-journal.h>
 
 #include "ctl.h"
@@ -49,39 +48,20 @@ static void help_usage(void) {
                KB_MID_REQUEST);
 }
 
-static void journal_closep(sd_journal **j) {
-        if (*j)
-                sd_journal_close(*j);
-}
-
-static int add_match(sd_journal *j, const char *field, const char *value) {
-        _cleanup_free_ char *m = NULL;
-
-        if (asprintf(&m, "%s=%s", field, value) < 0)
-                return -ENOMEM;
-        return sd_journal_add_match(j, m, 0);
-}
-
 struct usage_args {
-        uint64_t since, until;
-        bool has_since, has_until;
+        struct ctl_journal_args journal;
         usage_by by[_USAGE_BY_MAX];
         size_t n_by;
         const char *team;
-        const char *directory;
         bool csv;
-        bool include_tests;
 };
 
 static int parse_args(int argc, char **argv, struct usage_args *a) {
         static const struct option options[] = {
-                { "since", required_argument, NULL, 'S' },
-                { "until", required_argument, NULL, 'U' },
+                CTL_JOURNAL_LONG_OPTIONS,
                 { "by", required_argument, NULL, 'b' },
                 { "team", required_argument, NULL, 't' },
                 { "csv", no_argument, NULL, 'c' },
-                { "directory", required_argument, NULL, 'D' },
-                { "include-tests", no_argument, NULL, 'T' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -94,14 +74,10 @@ static int parse_args(int argc, char **argv, struct usage_args *a) {
                 switch (c) {
                 case 'S':
                 case 'U':
-                        k = usage_parse_time(optarg, now, c == 'S' ? &a->since : &a->until);
-                        if (k < 0)
-                                return ctl_usage_error("usage", "invalid time for --%s: '%s' (e.g. today, -1h, 2026-11-25 10:00)",
-                                                       c == 'S' ? "since" : "until", optarg);
-                        if (c == 'S')
-                                a->has_since = true;
-                        else
-                                a->has_until = true;
+                case 'D':
+                case 'T':
+                        if ((k = ctl_journal_option("usage", c, optarg, now, &a->journal)) >= 0)
+                                return k;
                         break;
                 case 'b':
                         if (usage_parse_by(optarg, a->by, &a->n_by) < 0)
@@ -116,14 +92,6 @@ static int parse_args(int argc, char **argv, struct usage_args *a) {
                 case 'c':
                         a->csv = true;
                         break;
-                case 'T':
-                        a->include_tests = true;
-                        break;
-                case 'D':
-                        if (!optarg[0])
-                                return ctl_usage_error("usage", "--directory needs a DIR");
-                        a->directory = optarg;
-                        break;
                 case 'h':
                         help_usage();
                         return CTL_EXIT_OK;
@@ -134,97 +102,40 @@ static int parse_args(int argc, char **argv, struct usage_args *a) {
                 }
         if (optind < argc)
                 return ctl_extra_argument("usage");
-        if (a->has_since && a->has_until && a->since > a->until)
-                return ctl_usage_error("usage", "--since must not be after --until");
+        if ((k = ctl_journal_check_range("usage", &a->journal)) >= 0)
+                return k;
         if (a->n_by == 0)
                 a->by[a->n_by++] = USAGE_BY_TEAM;
         return -1;
 }
 
-static int open_journal(const struct usage_args *a, sd_journal **ret) {
-        sd_journal *j = NULL;
-        int k;
+struct usage_reader {
+        struct usage_report *report;
+        const char *what;       /* why usage_report_add() failed */
+};
 
-        if (a->directory) {
-                struct stat st;
-                /* sd-journal takes a missing directory for an empty one. */
-                if (stat(a->directory, &st) < 0)
-                        return -errno;
-                if (!S_ISDIR(st.st_mode))
-                        return -ENOTDIR;
-                k = sd_journal_open_directory(&j, a->directory, 0);
-        } else
-                k = sd_journal_open(&j, SD_JOURNAL_LOCAL_ONLY);
+static int usage_add(void *userdata, const struct usage_record *rec) {
+        struct usage_reader *u = userdata;
+        int k = usage_report_add(u->report, rec);
         if (k < 0)
-                return k;
-        *ret = j;
-        return 0;
+                u->what = k == -E2BIG    ? "too many groups; narrow --by, --team or the time range"
+                          : k == -ERANGE ? "a sum overflows"
+                                         : "cannot sum the records";
+        return k;
 }
 
 /* Sum the matching records into r. Returns 0 or -errno; *ret_what names the
  * step that failed. */
 static int read_records(sd_journal *j, const struct usage_args *a, struct usage_report *r, const char **ret_what) {
-        struct usage_record *rec;
-        int k;
-
-        *ret_what = "cannot filter the journal";
-        if ((k = add_match(j, "MESSAGE_ID", KB_MID_REQUEST)) < 0 ||
-            (k = add_match(j, "SYSLOG_IDENTIFIER", KB_SYSLOG_IDENTIFIER)) < 0 ||
-            (a->team && (k = add_match(j, "KEYBROKER_TEAM", a->team)) < 0))
-                return k;
-        /* Only the start of a long (compressed) value: group keys are cut
-         * at USAGE_VALUE_MAX anyway. */
-        (void) sd_journal_set_data_threshold(j, 4096);
-
-        *ret_what = "cannot seek in the journal";
-        k = a->has_since ? sd_journal_seek_realtime_usec(j, a->since) : sd_journal_seek_head(j);
-        if (k < 0)
-                return k;
-
-        rec = malloc(sizeof(*rec));
-        if (!rec)
-                return -ENOMEM;
-        *ret_what = "cannot read the journal";
-        for (;;) {
-                const void *d;
-                size_t l;
-                uint64_t t;
-
-                k = sd_journal_next(j);
-                if (k <= 0)
-                        break;
-                k = sd_journal_get_realtime_usec(j, &t);
-                if (k < 0)
-                        break;
-                usage_record_reset(rec);
-                rec->realtime_usec = t;
-                sd_journal_restart_data(j);
-                /* One pass over the entry's fields: far cheaper than a
-                 * sd_journal_get_data() per field. */
-                while (sd_journal_enumerate_available_data(j, &d, &l) > 0)
-                        (void) usage_record_parse_item(rec, d, l);
-                if (rec->test && !a->include_tests)
-                        continue;
-                /* By the record's own time (KEYBROKER_REALTIME_USEC) when it
-                 * has one: a record that waited in the spool reached journald
-                 * later, so nothing after --until (by arrival) can be skipped. */
-                if ((a->has_since && rec->realtime_usec < a->since) ||
-                    (a->has_until && rec->realtime_usec > a->until))
-                        continue;
-                k = usage_report_add(r, rec);
-                if (k < 0) {
-                        *ret_what = k == -E2BIG    ? "too many groups; narrow --by, --team or the time range"
-                                    : k == -ERANGE ? "a sum overflows"
-                                                   : "cannot sum the records";
-                        break;
-                }
-        }
-        free(rec);
-        return k < 0 ? k : 0;
+        struct usage_reader u = { .report = r };
+        int k = ctl_journal_read_requests(j, &a->journal, "KEYBROKER_TEAM", a->team, usage_add, &u, ret_what);
+        if (!*ret_what)
+                *ret_what = u.what;
+        return k;
 }
 
 int ctl_cmd_usage(const struct ctl *ctl, int argc, char **argv) {
-        _cleanup_(journal_closep) sd_journal *j = NULL;
+        _cleanup_(ctl_journal_closep) sd_journal *j = NULL;
         _cleanup_usage_report_ struct usage_report *r = NULL;
         struct usage_args a = {};
         const char *what;
@@ -241,10 +152,10 @@ int ctl_cmd_usage(const struct ctl *ctl, int argc, char **argv) {
                 fprintf(stderr, "keybrokerctl usage: %s\n", strerror(-k));
                 return CTL_EXIT_ERROR;
         }
-        k = open_journal(&a, &j);
+        k = ctl_journal_open(a.journal.directory, &j);
         if (k < 0) {
-                if (a.directory)
-                        fprintf(stderr, "keybrokerctl usage: cannot open journal directory %s: %s\n", a.directory,
+                if (a.journal.directory)
+                        fprintf(stderr, "keybrokerctl usage: cannot open journal directory %s: %s\n", a.journal.directory,
                                 strerror(-k));
                 else
                         fprintf(stderr, "keybrokerctl usage: cannot open the journal: %s\n", strerror(-k));

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define CTL_EXIT_OK 0
 #define CTL_EXIT_ERROR 1
@@ -105,9 +106,64 @@ int ctl_cmd_reload(const struct ctl *ctl, int argc, char **argv);
 
 /* ctl-routes.c: model split NAME ROUTE=WEIGHT... (argv[0] is "model") */
 int ctl_cmd_model(const struct ctl *ctl, int argc, char **argv);
+/* Whether s is a model name the admin API's paths can carry (/models/NAME/...):
+ * 1..256 printable ASCII characters without blanks, '[', ']', '*', '"', '\',
+ * '%', '?', '#' (the daemon's kb_admin_model_name_valid()). */
+bool ctl_model_path_safe(const char *s);
 
 /* ctl-preflight.c: route check NAME [--model M] (argv[0] is "check") */
 int ctl_cmd_route_check(const struct ctl *ctl, int argc, char **argv);
+
+/* ctl-journal.c: what the commands that read keybrokerd's journal records
+ * (usage, model compare, model baseline) share. */
+typedef struct sd_journal sd_journal;
+struct ctl_journal_args {
+        uint64_t since, until;          /* realtime µs, when has_since / has_until */
+        bool has_since, has_until;
+        const char *directory;          /* journal files to read; NULL: the system's */
+        bool include_tests;             /* count KEYBROKER_TEST=1 records too */
+};
+/* Their getopt_long(3) entries; the short options are "S:U:D:". */
+#define CTL_JOURNAL_LONG_OPTIONS                                        \
+        { "since", required_argument, NULL, 'S' },                      \
+        { "until", required_argument, NULL, 'U' },                      \
+        { "directory", required_argument, NULL, 'D' },                  \
+        { "include-tests", no_argument, NULL, 'T' }
+/* Take option c ('S', 'U', 'D' or 'T') with its argument into a; TIME is
+ * relative to now (one now for all of a command's options). -1 when taken,
+ * else a usage error's exit status. */
+int ctl_journal_option(const char *cmd, int c, const char *arg, uint64_t now, struct ctl_journal_args *a);
+/* -1, or a usage error's exit status when --since is after --until. */
+int ctl_journal_check_range(const char *cmd, const struct ctl_journal_args *a);
+/* The journal files in directory (which must exist), or the local system's.
+ * 0 or -errno. */
+int ctl_journal_open(const char *directory, sd_journal **ret);
+void ctl_journal_closep(sd_journal **j);
+/* Whether a record of that time (its own KEYBROKER_REALTIME_USEC, or when
+ * journald got it) and test flag counts under a. */
+bool ctl_journal_wanted(const struct ctl_journal_args *a, uint64_t realtime_usec, bool test);
+/* What ctl_journal_read() does with each entry: start() a record received
+ * at realtime_usec, item() each "FIELD=value" (not NUL-terminated) into it,
+ * end() counts it (or not: ctl_journal_wanted()); a negative end() stops
+ * the reading and is returned. */
+struct ctl_journal_reader {
+        void (*start)(void *userdata, uint64_t realtime_usec);
+        void (*item)(void *userdata, const void *data, size_t len);
+        int (*end)(void *userdata);
+};
+/* Hand keybrokerd's records of message_id (and field=value, when value is
+ * set) to reader, oldest first from a->since. 0 or -errno; *ret_what names
+ * the step that failed, NULL when it was end(). */
+int ctl_journal_read(sd_journal *j, const struct ctl_journal_args *a, const char *message_id, const char *field,
+                     const char *value, const struct ctl_journal_reader *reader, void *userdata,
+                     const char **ret_what);
+/* ctl_journal_read() of the request records (KB_MID_REQUEST), each parsed
+ * into a usage_record (usage-report.h) and, when ctl_journal_wanted(),
+ * handed to add(). */
+struct usage_record;
+int ctl_journal_read_requests(sd_journal *j, const struct ctl_journal_args *a, const char *field, const char *value,
+                              int (*add)(void *userdata, const struct usage_record *rec), void *userdata,
+                              const char **ret_what);
 
 /* ctl-usage.c: usage [--since T] [--until T] [--by KEY] [--team NAME] [--csv] [--directory DIR] */
 int ctl_cmd_usage(const struct ctl *ctl, int argc, char **argv);

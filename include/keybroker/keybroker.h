@@ -26,6 +26,8 @@
 #define KB_MID_PREFLIGHT "ed744d6e5d9d4128b630050956cdab33"
 #define KB_MID_LIFECYCLE "e43fe4197ddd4b8a9f47d92e5be5ccce"
 #define KB_MID_STORE "cfe4b02a7d4b41c5a0bb51ebad71f6d3"
+#define KB_MID_PROMOTE "5ec076b4fc194e50a600372c4a6b303b"
+#define KB_MID_SHADOW "478e1a1c28a541779bf26af7cfdf2f90"
 
 #define KB_SYSLOG_IDENTIFIER "keybrokerd"
 

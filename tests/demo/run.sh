@@ -20,8 +20,10 @@ fi
 
 rm -f "$run/mock.port"
 # The mock lists (and serves) exactly the demo's upstream models, so
-# `keybrokerctl route check` finds them listed and a bogus one refused.
-"$top/build/kb-mock" --port 0 --port-file "$run/mock.port" \
+# `keybrokerctl route check` finds them listed and a bogus one refused; it
+# takes 20 ms per answer, as a real provider takes at least that, so the
+# check's 1 ms timeout probe times out.
+"$top/build/kb-mock" --port 0 --port-file "$run/mock.port" --min-latency-ms 20 \
         --require-key demo-openai-key-not-a-secret --require-key demo-anthropic-key-not-a-secret \
         --models mock-gpt,mock-claude,mock-embed \
         >"$run/mock.log" 2>&1 &

@@ -1,12 +1,19 @@
 #!/usr/bin/perl
 # Preflight: `keybrokerctl route check NAME [--model M]` (POST
-# /routes/NAME/check) against live routes to the mock. A good route passes
-# all seven checks (exit 0), its evidence file is saved 0600 under
-# state_dir/evidence without the secret, and the journal has one record per
-# check plus a summary. A wrong key fails the credentials check, a model the
-# provider does not list fails "model listed", a route to a closed port
-# fails everything yet answers cleanly and quickly; an unknown route is a
-# 404 / exit 1; --json prints the evidence document.
+# /routes/NAME/check) against live routes to the mock: the shape of the
+# ten-point run. A good route passes all ten checks (exit 0), its evidence
+# file is saved 0600 under state_dir/evidence without the secret, and the
+# journal has one record per check plus a summary. A wrong key fails the
+# model check's credentials, a model the provider does not list fails it
+# too, a route to a closed port fails every call yet answers cleanly and
+# quickly; an unknown route is a 404 / exit 1; --json prints the evidence
+# document. Each point passing and failing: 56-preflight-points.t.
+#
+# Where the seven checks of the first version went: credentials and
+# model_listed are parts of "model"; non_streaming is "endpoint"'s chat
+# (messages) part; streaming and usage are "usage"; bogus_model is a part
+# of "failures"; latency is evidence of each call (calls[].latency_ms) and
+# the run's "latency" summary.
 use v5.36;
 use FindBin;
 use lib "$FindBin::Bin/lib";
@@ -20,22 +27,30 @@ plan skip_all => "keybrokerctl not built: $CTL" unless -x $CTL;
 my $MID_PREFLIGHT = 'ed744d6e5d9d4128b630050956cdab33';
 my $OK = "\xe2\x9c\x93";        # ✓ as UTF-8 bytes
 my $FAIL = "\xe2\x9c\x97";      # ✗
-my @CHECKS = qw(credentials model_listed non_streaming streaming usage bogus_model latency);
+my @CHECKS = qw(model endpoint features usage pricing status failures fallback owner rollback);
 
 my $oai_secret = fixture_secret('pf-oai');
 my $anth_secret = fixture_secret('pf-anth');
 my $wrong_secret = fixture_secret('pf-wrong');
 
-my $mock = start_mock(require_key => [$oai_secret, $anth_secret],
-                      models => ['gpt-4o-mini-2024-07-18', 'gpt-4o-2024-08-06', 'claude-3-5-haiku-20241022',
-                                 'text-embedding-3-small']);
+# A floor on every answer's latency, so the failures check's 1 ms timeout
+# fires on loopback as it does against a real provider.
+my $mock = start_mock(args => ['--min-latency-ms', 20], require_key => [$oai_secret, $anth_secret],
+                           models => ['gpt-4o-mini-2024-07-18', 'gpt-4o-2024-08-06', 'claude-3-5-haiku-20241022',
+                                      'text-embedding-3-small']);
 my $closed_port = free_port();
+my $status_url = 'http://127.0.0.1:' . $mock->port . '/api/v2/status.json';
 
 my $cfg = standard_config(mock => $mock);
-# The default model is the first a target names in file order (sections
-# are rendered sorted: [model:gpt-big] first); [model:emb] would come
-# before it and is no chat model.
-delete $cfg->{'model:emb'};
+# What the playbook asks of a good route: owners, a status page, prices.
+$cfg->{'team:search'}{owner} = 'search@example.com';
+$cfg->{'route:oai'}{$_->[0]} = $_->[1] for ['owner', 'platform@example.com'], ['key_owner', 'keys@example.com'],
+        ['status_url', $status_url];
+$cfg->{'route:oai'}{price} = ['gpt-4o-mini-2024-07-18 input=1 output=2', 'gpt-4o-2024-08-06 input=2.5 output=10',
+                              'text-embedding-3-small input=0.02'];
+$cfg->{'route:anth'}{$_->[0]} = $_->[1] for ['owner', 'platform@example.com'], ['key_owner', 'keys@example.com'],
+        ['status_url', $status_url];
+$cfg->{'route:anth'}{price} = 'claude-3-5-haiku-20241022 input=0.8 output=4';
 $cfg->{'route:badkey'} = { family => 'openai', base_url => $mock->base_url, key => 'wrong-key', auth => 'bearer',
                            timeout => '30s' };
 $cfg->{'route:closed'} = { family => 'openai', base_url => "http://127.0.0.1:$closed_port/v1", key => 'oai-key',
@@ -65,10 +80,15 @@ sub ctl(@args) {
 sub table_rows($out) {
         my %rows;
         for my $l (split /\n/, $out) {
-                my ($check, $mark, $rest) = $l =~ /^(\w+)\s+(\Q$OK\E|\Q$FAIL\E)\s+(.*)$/ or next;
+                my ($check, $mark, $rest) = $l =~ /^(\w+)\s+(\Q$OK\E|\Q$FAIL\E|skipped)\s+(.*)$/ or next;
                 $rows{$check} = [$mark, $rest];
         }
         return \%rows;
+}
+
+sub part($check, $name) {
+        my ($p) = grep { $_->{name} eq $name } @{$check->{parts} // []};
+        return $p // {};
 }
 
 sub no_secret_in($text, $name) {
@@ -79,6 +99,7 @@ sub no_secret_in($text, $name) {
 
 subtest 'a good OpenAI route passes every check' => sub {
         my $t0 = time;
+        my $seen = $mock->count;
         my $r = ctl('route', 'check', 'oai');
         is($r->{exit}, 0, 'exit 0') or diag("stdout: $r->{stdout}\nstderr: $r->{stderr}");
         like($r->{stdout}, qr/^CHECK\s+RESULT\s+DETAIL\s+LATENCY/m, 'a table with CHECK RESULT DETAIL LATENCY');
@@ -88,13 +109,20 @@ subtest 'a good OpenAI route passes every check' => sub {
                 is($rows->{$c}[0], $OK, "$c $OK") or diag("$c: $rows->{$c}[1]");
                 like($rows->{$c}[1], qr/\d+ ms$/, "$c: latency in ms");
         }
-        like($rows->{credentials}[1], qr/HTTP 200 with oai-key\@\d+/, 'credentials: the key label, name@version');
-        like($rows->{model_listed}[1], qr/gpt-4o-2024-08-06 listed \(4 models\)/,
-             'model listed: the default model, the first a target names');
-        like($rows->{streaming}[1], qr/text\/event-stream, 7 deltas, \[DONE\] seen/, 'streaming: [DONE] seen');
-        like($rows->{usage}[1], qr/11 in \/ 7 out, total 18; streaming 11 in \/ 7 out/, 'usage figures');
-        like($rows->{bogus_model}[1], qr/HTTP 404 model_not_found/, 'bogus model: 404 model_not_found');
-        like($rows->{latency}[1], qr/p50 \d+ ms, max \d+ ms over 4 calls \(route timeout 30 s\)/, 'latency figures');
+        like($rows->{model}[1], qr/credentials: HTTP 200 with oai-key\@\d+/, 'model: the key label, name@version');
+        like($rows->{model}[1], qr/listed: gpt-4o-2024-08-06 listed \(4 models\)/,
+             'model: the default model, the first chat model a target names, is listed');
+        like($rows->{endpoint}[1], qr/chat: HTTP 200, well-formed, model gpt-4o-2024-08-06/, 'endpoint: chat');
+        like($rows->{endpoint}[1], qr/responses: HTTP 200, well-formed/, 'endpoint: responses');
+        like($rows->{endpoint}[1], qr/embeddings: HTTP 200, well-formed, model text-embedding-3-small/,
+             'endpoint: embeddings, with the route\'s embedding model');
+        like($rows->{usage}[1], qr/non-streaming 11 in \/ 7 out \/ 0 cached, total 18; streaming 11 in \/ 7 out \/ 0 cached/,
+             'usage figures, both ways');
+        like($rows->{failures}[1], qr/bogus_model: HTTP 404 model_not_found/, 'failures: bogus model 404 model_not_found');
+        like($rows->{failures}[1], qr/wrong_key: HTTP 401 invalid_api_key/, 'failures: a made-up key 401');
+        like($rows->{failures}[1], qr/timeout: no answer within 1 ms .*504 upstream_timeout/, 'failures: timeout 504');
+        like($rows->{features}[1], qr/no features declared/, 'features: none declared');
+        like($r->{stdout}, qr/^rollback: keybrokerctl model split gpt-big oai=1$/m, 'the rollback line is printed');
         my ($path) = $r->{stdout} =~ /^evidence: (\S+)$/m;
         ok($path, 'the evidence path is printed');
         like($path // '', qr{^\Q$evdir\E/oai-\d{8}T\d{6}Z(-\d+)?\.json$}, 'evidence under state_dir/evidence');
@@ -110,48 +138,73 @@ subtest 'a good OpenAI route passes every check' => sub {
         is($ev->{base_url}, $mock->base_url, 'evidence: base_url');
         is($ev->{family}, 'openai', 'evidence: family');
         is($ev->{model}, 'gpt-4o-2024-08-06', 'evidence: model');
+        is($ev->{model_reported}, 'gpt-4o-2024-08-06', 'evidence: the model as reported');
         like($ev->{key}, qr/^oai-key\@\d+$/, 'evidence: key name@version');
         ok($ev->{ok}, 'evidence: ok');
+        is_deeply($ev->{checked}, \@CHECKS, 'evidence: every check run');
+        is_deeply($ev->{skipped}, [], 'evidence: none skipped');
         like($ev->{$_}, qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, "evidence: $_ ISO time") for qw(started finished);
         is_deeply([map { $_->{name} } @{$ev->{checks}}], \@CHECKS, 'evidence: the checks in order');
         for my $c (@{$ev->{checks}}) {
                 ok(JSON::PP::is_bool($c->{ok}) && $c->{ok}, "evidence: $c->{name} ok");
+                is($c->{result}, 'passed', "evidence: $c->{name} passed");
                 ok(length $c->{detail}, "evidence: $c->{name} detail");
                 like($c->{latency_ms}, qr/^\d+$/, "evidence: $c->{name} latency_ms");
         }
-        is_deeply([map { "$_->{call} $_->{method} $_->{status}" } @{$ev->{calls}}],
-                  ['models GET 200', 'non_streaming POST 200', 'streaming POST 200', 'bogus_model POST 404'],
+        my %c = map { $_->{name} => $_ } @{$ev->{checks}};
+        like($c{model}{checked_at}, qr/^\d{4}-\d\d-\d\dT/, 'model: the date checked');
+        is(part($c{model}, 'credentials')->{ok}, JSON::PP::true, 'model part credentials');
+        is(part($c{model}, 'listed')->{ok}, JSON::PP::true, 'model part listed');
+        like(part($c{failures}, $_)->{latency_ms}, qr/^\d+$/, "failures part $_: its latency") for qw(wrong_key bogus_model timeout);
+        is($c{status}{indicator}, 'none', 'status: indicator none');
+        is($c{status}{description}, 'All Systems Operational', 'status: description');
+        like($c{pricing}{total_microusd}, qr/^\d+$/, 'pricing: total micro-USD');
+        ok($c{pricing}{total_microusd} > 0, 'pricing: the probes cost something');
+        is_deeply([sort @{$c{rollback}{commands}}],
+                  ['keybrokerctl model split emb oai=1', 'keybrokerctl model split gpt-big oai=1',
+                   'keybrokerctl model split gpt-mini oai=1'], 'rollback: the commands in the evidence');
+        is_deeply([map { "$_->{call} $_->{method} " . ($_->{status} // 'none') } @{$ev->{calls}}],
+                  ['models GET 200', 'chat POST 200', 'chat stream POST 200', 'responses POST 200',
+                   'embeddings POST 200', 'wrong key POST 401', 'bogus model POST 404', 'timeout POST none',
+                   'rollback oai/gpt-4o-mini-2024-07-18 POST 200', 'status GET 200'],
                   'evidence: the calls made and their statuses');
+        like($_->{latency_ms}, qr/^\d+$/, "call $_->{call}: latency_ms") for @{$ev->{calls}};
         is($ev->{calls}[2]{content_type}, 'text/event-stream', 'evidence: the stream call content type');
+        like($ev->{latency}{p50_ms}, qr/^\d+$/, 'evidence: p50 of the calls');
         ok(time - $t0 < 30, 'answered promptly');
 
-        # What the provider saw: the route's key on every call, the bogus model.
-        my @e = grep { ($_->{path} // '') =~ m{^/v1/(models|chat/completions)$} } $mock->log_entries;
-        my @mine = @e[-4 .. -1];
-        is_deeply([map { "$_->{method} $_->{path}" } @mine],
-                  ['GET /v1/models', 'POST /v1/chat/completions', 'POST /v1/chat/completions',
-                   'POST /v1/chat/completions'], 'the calls: models, plain, stream, bogus');
-        is($_->{headers}{authorization}, "Bearer $oai_secret", "$_->{method} $_->{path}: the route's key") for @mine;
-        my $plain = KB::Mock::body_json($mine[1]);
+        # What the provider saw: the route's key on every call but the made-up one.
+        my @mine = ($mock->log_entries)[$seen .. $mock->count - 1];
+        my @api = grep { $_->{path} =~ m{^/v1/} } @mine;
+        for my $e (@api) {
+                my $auth = $e->{headers}{authorization} // '';
+                next if $auth =~ /^Bearer sk-keybroker-preflight-invalid-[0-9a-f]{32}$/;
+                is($auth, "Bearer $oai_secret", "$e->{method} $e->{path}: the route's key");
+        }
+        is(scalar(grep { ($_->{headers}{authorization} // '') =~ /preflight-invalid/ } @api), 1,
+           'one call with a made-up key');
+        my ($status) = grep { $_->{path} eq '/api/v2/status.json' } @mine;
+        ok($status && !exists $status->{headers}{authorization}, 'the status page gets no key');
+        my @chat = map { KB::Mock::body_json($_) } grep { $_->{path} eq '/v1/chat/completions' } @api;
+        my ($plain) = grep { !$_->{stream} && $_->{model} eq 'gpt-4o-2024-08-06' } @chat;
         is($plain->{max_tokens}, 5, 'plain call: max_tokens 5');
-        ok(!$plain->{stream}, 'plain call: not streamed');
-        my $stream = KB::Mock::body_json($mine[2]);
-        ok($stream->{stream} && $stream->{stream_options}{include_usage}, 'stream call asks for usage');
-        like(KB::Mock::body_json($mine[3])->{model}, qr/^keybroker-preflight-no-such-model-[0-9a-f]+$/,
-             'bogus call: a made-up model');
+        my ($stream) = grep { $_->{stream} } @chat;
+        ok($stream && $stream->{stream_options}{include_usage}, 'stream call asks for usage');
+        ok((grep { $_->{model} =~ /^keybroker-preflight-no-such-model-[0-9a-f]+$/ } @chat), 'bogus call: a made-up model');
 
         # One journal record per check, then a summary.
-        my @rec = $b->journal_wait({ MESSAGE_ID => $MID_PREFLIGHT, KEYBROKER_ROUTE => 'oai' }, 10, count => 8);
-        is(scalar @rec, 8, '8 preflight records (7 checks + summary)') or return;
+        my @rec = $b->journal_wait({ MESSAGE_ID => $MID_PREFLIGHT, KEYBROKER_ROUTE => 'oai' }, 10, count => 11);
+        is(scalar @rec, 11, '11 preflight records (10 checks + summary)') or return;
         is_deeply([map { $_->{KEYBROKER_CHECK} } @rec], [@CHECKS, 'summary'], 'records in check order');
         for my $rec (@rec) {
                 is($rec->{KEYBROKER_CHECK_OK}, '1', "record $rec->{KEYBROKER_CHECK}: ok 1");
+                is($rec->{KEYBROKER_CHECK_RESULT}, 'passed', "record $rec->{KEYBROKER_CHECK}: passed");
                 like($rec->{KEYBROKER_LATENCY_MS}, qr/^\d+$/, "record $rec->{KEYBROKER_CHECK}: latency");
                 ok(length $rec->{KEYBROKER_CHECK_DETAIL}, "record $rec->{KEYBROKER_CHECK}: detail");
                 is($rec->{KEYBROKER_MODEL}, 'gpt-4o-2024-08-06', "record $rec->{KEYBROKER_CHECK}: model");
         }
         is($rec[-1]{KEYBROKER_EVIDENCE}, $path, 'summary names the evidence file');
-        like($rec[-1]{MESSAGE}, qr/passed/, 'summary MESSAGE says passed');
+        like($rec[-1]{MESSAGE}, qr/passed: 10 of 10 checks passed, 0 skipped/, 'summary MESSAGE says passed');
         no_secret_in(join("\n", map { join "\n", values %$_ } @rec), 'journal records');
 };
 
@@ -164,15 +217,20 @@ subtest 'an Anthropic route passes, and --json prints the evidence' => sub {
         is($j->{family}, 'anthropic', 'family anthropic');
         is($j->{model}, 'claude-3-5-haiku-20241022', 'the default model');
         like($j->{key}, qr/^anth-key\@\d+$/, 'key label');
-        is(scalar @{$j->{checks}}, 7, '7 checks');
+        is(scalar @{$j->{checks}}, 10, '10 checks');
         ok(!grep({ !$_->{ok} } @{$j->{checks}}), 'all ok')
                 or diag(join "\n", map { "$_->{name}: $_->{detail}" } @{$j->{checks}});
         my %c = map { $_->{name} => $_ } @{$j->{checks}};
-        like($c{streaming}{detail}, qr/message_stop seen/, 'streaming: message_stop seen');
-        like($c{bogus_model}{detail}, qr/HTTP 404 not_found_error/, 'bogus model: 404 not_found_error');
+        like(part($c{endpoint}, 'messages')->{detail}, qr/HTTP 200, well-formed/, 'endpoint: messages');
+        is(scalar @{$c{endpoint}{parts}}, 1, 'endpoint: messages only');
+        like($c{usage}{detail}, qr/non-streaming 11 in \/ 7 out \/ 0 cached; streaming 11 in \/ 7 out \/ 0 cached/,
+             'usage: Anthropic figures');
+        like(part($c{failures}, 'bogus_model')->{detail}, qr/HTTP 404 not_found_error/, 'bogus model: 404 not_found_error');
+        like(part($c{failures}, 'wrong_key')->{detail}, qr/HTTP 401 authentication_error/, 'wrong key: 401');
         ok($j->{evidence_path} && -f $j->{evidence_path}, 'evidence_path names a file');
-        my $e = $mock->last_entry;
-        is($e->{headers}{'x-api-key'}, $anth_secret, 'x-api-key sent');
+        my ($e) = grep { $_->{path} eq '/v1/messages' && ($_->{headers}{'x-api-key'} // '') eq $anth_secret }
+                reverse $mock->log_entries;
+        ok($e, 'x-api-key sent');
         is($e->{headers}{'anthropic-version'}, '2023-06-01', 'anthropic-version sent');
         no_secret_in($r->{stdout}, '--json output');
 };
@@ -180,17 +238,17 @@ subtest 'an Anthropic route passes, and --json prints the evidence' => sub {
 subtest '--model picks the model; one the provider does not list fails' => sub {
         my $r = ctl('route', 'check', 'oai', '--model', 'gpt-4o-mini-2024-07-18');
         is($r->{exit}, 0, 'a listed --model: exit 0') or diag($r->{stdout});
-        like($r->{stdout}, qr/model gpt-4o-mini-2024-07-18,/, 'the model checked is named');
+        like($r->{stdout}, qr/model gpt-4o-mini-2024-07-18 reported as gpt-4o-mini-2024-07-18,/, 'the model checked is named');
         like($r->{stdout}, qr/gpt-4o-mini-2024-07-18 listed/, 'and listed');
 
-        $r = ctl('route', 'check', 'unlisted');
+        $r = ctl('route', 'check', 'unlisted', '--only', 'model,endpoint');
         is($r->{exit}, 1, 'a model not listed: exit 1');
         my $rows = table_rows($r->{stdout});
-        is($rows->{credentials}[0], $OK, 'credentials still pass');
-        is($rows->{model_listed}[0], $FAIL, "model listed $FAIL");
-        like($rows->{model_listed}[1], qr/gpt-5-preview-not-here is not among the 4 models listed/,
+        is($rows->{model}[0], $FAIL, "model $FAIL");
+        like($rows->{model}[1], qr/listed: gpt-5-preview-not-here is not among the 4 models listed/,
              'says which model is missing');
-        is($rows->{non_streaming}[0], $FAIL, "the call to it $FAIL too");
+        unlike($rows->{model}[1], qr/credentials:/, 'credentials still pass (only failing parts are named)');
+        is($rows->{endpoint}[0], $FAIL, "the call to it $FAIL too");
         like($r->{stdout}, qr/preflight FAILED/, 'says FAILED');
         like($r->{stdout}, qr/^evidence: \S+/m, 'evidence saved for a failure too');
 
@@ -200,36 +258,37 @@ subtest '--model picks the model; one the provider does not list fails' => sub {
         ok($j && JSON::PP::is_bool($j->{ok}) && !$j->{ok}, '--json: ok false');
 };
 
-subtest 'a wrong key fails the credentials check' => sub {
+subtest 'a wrong key fails the model check' => sub {
         my $r = ctl('route', 'check', 'badkey');
         is($r->{exit}, 1, 'exit 1');
         my $rows = table_rows($r->{stdout});
-        is($rows->{credentials}[0], $FAIL, "credentials $FAIL");
-        like($rows->{credentials}[1], qr/HTTP 401: refused: Incorrect API key provided/, 'says the key was refused');
-        is($rows->{$_}[0], $FAIL, "$_ $FAIL") for qw(model_listed non_streaming streaming usage);
+        is($rows->{model}[0], $FAIL, "model $FAIL");
+        like($rows->{model}[1], qr/credentials: HTTP 401: refused: Incorrect API key provided/, 'says the key was refused');
+        is($rows->{$_}[0], $FAIL, "$_ $FAIL") for qw(endpoint usage rollback);
         no_secret_in($r->{stdout} . $r->{stderr}, 'output');
         my @rec = $b->journal_wait({ MESSAGE_ID => $MID_PREFLIGHT, KEYBROKER_ROUTE => 'badkey',
-                                     KEYBROKER_CHECK => 'credentials' });
-        is($rec[0]{KEYBROKER_CHECK_OK}, '0', 'journal: credentials ok 0');
+                                     KEYBROKER_CHECK => 'model' });
+        is($rec[0]{KEYBROKER_CHECK_OK}, '0', 'journal: model ok 0');
+        is($rec[0]{KEYBROKER_CHECK_RESULT}, 'failed', 'journal: model failed');
         is($rec[0]{PRIORITY}, '4', 'journal: a failed check is a warning');
         my @sum = $b->journal_wait({ MESSAGE_ID => $MID_PREFLIGHT, KEYBROKER_ROUTE => 'badkey',
                                      KEYBROKER_CHECK => 'summary' });
         is($sum[0]{KEYBROKER_CHECK_OK}, '0', 'journal: summary ok 0');
 };
 
-subtest 'a route to a closed port fails everything, cleanly and quickly' => sub {
+subtest 'a route to a closed port fails every call, cleanly and quickly' => sub {
         my $t0 = time;
         my $r = ctl('--json', 'route', 'check', 'closed');
         my $took = time - $t0;
         is($r->{exit}, 1, 'exit 1');
         my $j = json_decode($r->{stdout});
         ok($j, 'still a JSON answer') or return diag($r->{stdout} . $r->{stderr});
-        is(scalar @{$j->{checks}}, 7, 'every check reported');
-        for my $c (@{$j->{checks}}) {
-                ok(!$c->{ok}, "$c->{name} fails");
-        }
-        like($j->{checks}[0]{detail}, qr/no answer/, 'credentials: no answer');
-        like($j->{checks}[6]{detail}, qr/no call was answered/, 'latency: no call answered');
+        is(scalar @{$j->{checks}}, 10, 'every check reported');
+        my %c = map { $_->{name} => $_ } @{$j->{checks}};
+        ok(!$c{$_}{ok}, "$_ fails") for qw(model endpoint usage failures rollback status owner);
+        like(part($c{model}, 'credentials')->{detail}, qr/no answer/, 'model: credentials: no answer');
+        ok(!grep({ defined $_->{status} } @{$j->{calls}}), 'no call was answered');
+        is($j->{latency}{answered_calls}, 0, 'latency: no call answered');
         ok($took < 20, sprintf('answered within the bound (%.1f s)', $took));
         ok(-f $j->{evidence_path}, 'evidence saved');
 };
@@ -241,17 +300,22 @@ subtest "a route that never answers: each call cut at the route's timeout" => su
         is($r->{exit}, 1, 'exit 1');
         my $j = json_decode($r->{stdout}) or return diag($r->{stdout} . $r->{stderr});
         my %c = map { $_->{name} => $_ } @{$j->{checks}};
-        like($c{$_}{detail}, qr/^no answer within \d+ ms/, "$_: no answer within the timeout")
-                for qw(credentials model_listed non_streaming streaming bogus_model);
-        ok(!$c{$_}{ok}, "$_ fails") for @CHECKS;
-        ok($took >= 3.5 && $took < 15, sprintf('four calls of about 1 s each (%.1f s)', $took));
+        like(part($c{model}, 'credentials')->{detail}, qr/^no answer within \d+ ms/, 'model: no answer within the timeout');
+        like(part($c{endpoint}, 'chat')->{detail}, qr/^no answer within \d+ ms/, 'endpoint: no answer within the timeout');
+        like(part($c{failures}, 'bogus_model')->{detail}, qr/^no answer within \d+ ms/, 'failures: bogus model too');
+        ok(!$c{$_}{ok}, "$_ fails") for qw(model endpoint usage failures rollback);
+        my @cut = grep { $_->{call} ne 'timeout' } @{$j->{calls}};
+        ok(@cut >= 6, scalar(@cut) . ' calls cut at the route timeout');
+        ok(!grep({ $_->{latency_ms} < 900 || $_->{latency_ms} > 5000 } @cut), 'each after about 1 s')
+                or diag(join ' ', map { "$_->{call}=$_->{latency_ms}" } @cut);
+        ok($took < 30, sprintf('the run stays bounded (%.1f s)', $took));
 
         # The operator gives up: the daemon still finishes, saves and journals.
         my @before = glob("$evdir/slow-*.json");
         $r = run_cmd([$CTL, '--admin-socket', $admin, 'route', 'check', 'slow'], timeout => 1);
         ok(!defined $r->{exit} || $r->{exit} != 0, 'keybrokerctl killed while the check runs');
         my @sum = $b->journal_wait({ MESSAGE_ID => $MID_PREFLIGHT, KEYBROKER_ROUTE => 'slow',
-                                     KEYBROKER_CHECK => 'summary' }, 20, count => 2);
+                                     KEYBROKER_CHECK => 'summary' }, 30, count => 2);
         is(scalar @sum, 2, 'the abandoned run still journals its summary');
         ok(wait_until(5, sub { my @now = glob("$evdir/slow-*.json"); @now > @before }), 'and saves its evidence');
         ok($b->alive, 'the broker is fine');
@@ -275,7 +339,7 @@ subtest 'unknown route, route without a model, bad requests' => sub {
         $res = req($admin, method => 'GET', path => '/routes/oai/check');
         is($res->{status}, 405, 'GET /routes/oai/check: 405');
         $res = req($admin, method => 'POST', path => '/routes/oai/check', body => '[1]');
-        is($res->{status}, 400, 'a body that is not {"model":…}: 400');
+        is($res->{status}, 400, 'a body that is not an object: 400');
         $res = req($admin, method => 'POST', path => '/routes/oai/check', json => { model => 'x', extra => 1 });
         is($res->{status}, 400, 'an unknown member: 400');
         $res = req($admin, method => 'POST', path => '/routes/oai/other');
@@ -289,6 +353,9 @@ subtest 'unknown route, route without a model, bad requests' => sub {
         $r = ctl('route', 'check', '--help');
         is($r->{exit}, 0, 'route check --help: exit 0');
         like($r->{stdout}, qr/^Usage: keybrokerctl .*route check NAME \[--model M\]/, 'usage on stdout');
+        like($r->{stdout}, qr/^\s+$_\s/m, "--help lists $_") for @CHECKS;
+        like($r->{stdout}, qr/--only CHECK/, '--help names --only');
+        like($r->{stdout}, qr/--skip CHECK/, '--help names --skip');
         $r = ctl('--help');
         like($r->{stdout}, qr/route check NAME \[--model M\]/, 'top-level help names route check');
 };

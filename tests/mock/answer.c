@@ -22,7 +22,7 @@ static char *token(uint64_t i) {
 
 /* The assistant text: "tok0 tok1 … " or the tool result echo. */
 static int build_text(const struct mock_script *s, struct kb_buf *ret) {
-        if (s->turn == MOCK_TURN_TOOL_RESULT)
+        if (s->turn == MOCK_TURN_TOOL_RESULT || s->turn == MOCK_TURN_STRUCTURED)
                 return kb_buf_append(ret, s->tool_result, strlen(s->tool_result));
         for (uint64_t i = 0; i < s->out; i++) {
                 int k = kb_buf_appendf(ret, "tok%" PRIu64 " ", i);
@@ -33,12 +33,16 @@ static int build_text(const struct mock_script *s, struct kb_buf *ret) {
 }
 
 /* The text deltas of a stream: O tokens, or the tool result echo whole. */
+static bool whole_text(const struct mock_script *s) {
+        return s->turn == MOCK_TURN_TOOL_RESULT || s->turn == MOCK_TURN_STRUCTURED;
+}
+
 static uint64_t n_deltas(const struct mock_script *s) {
-        return s->turn == MOCK_TURN_TOOL_RESULT ? 1 : s->out;
+        return whole_text(s) ? 1 : s->out;
 }
 
 static char *delta_text(const struct mock_script *s, uint64_t i) {
-        return s->turn == MOCK_TURN_TOOL_RESULT ? strdup(s->tool_result) : token(i);
+        return whole_text(s) ? strdup(s->tool_result) : token(i);
 }
 
 static json_t *build_body(struct mock_reply *r, enum mock_endpoint ep, const char *text) {
@@ -215,9 +219,14 @@ out:
 }
 
 static json_t *message_delta(const struct mock_script *s, const char *stop_reason) {
-        return json_pack("{ss s{ss sn} s{sI}}", "type", "message_delta",
-                         "delta", "stop_reason", stop_reason, "stop_sequence",
-                         "usage", "output_tokens", (json_int_t) s->out);
+        json_t *j = json_pack("{ss s{ss sn} s{sI}}", "type", "message_delta",
+                              "delta", "stop_reason", stop_reason, "stop_sequence",
+                              "usage", "output_tokens", (json_int_t) s->out);
+        if (j && mock_add_thinking(s, json_object_get(j, "usage")) < 0) {
+                json_decref(j);
+                return NULL;
+        }
+        return j;
 }
 
 static int stream_messages_tool(struct mock_sse *s) {
@@ -305,7 +314,7 @@ static int stream_completions(struct mock_reply *r) {
         return k;
 }
 
-int mock_answer(struct mock_reply *r, enum mock_endpoint ep, bool stream) {
+static int answer(struct mock_reply *r, enum mock_endpoint ep, bool stream) {
         if (!stream)
                 return send_completion(r, ep);
         switch (ep) {
@@ -315,4 +324,70 @@ int mock_answer(struct mock_reply *r, enum mock_endpoint ep, bool stream) {
         case MOCK_COMPLETIONS: return stream_completions(r);
         }
         return -EINVAL;
+}
+
+/* An image among the input: chat image_url parts, responses input_image
+ * parts, Anthropic image blocks. */
+static bool has_image(json_t *root, enum mock_endpoint ep) {
+        json_t *items = json_object_get(root, ep == MOCK_RESPONSES ? "input" : "messages"), *item, *part;
+        size_t i, k;
+
+        json_array_foreach(items, i, item) {
+                const char *t = json_string_value(json_object_get(item, "type"));
+                if (streq_ptr(t, "input_image"))
+                        return true;
+                json_array_foreach(json_object_get(item, "content"), k, part) {
+                        t = json_string_value(json_object_get(part, "type"));
+                        if (streq_ptr(t, "image_url") || streq_ptr(t, "input_image") || streq_ptr(t, "image"))
+                                return true;
+                }
+        }
+        return false;
+}
+
+/* The schema of a json_schema response format: chat's response_format,
+ * responses' text.format; NULL when none. */
+static const json_t *structured_schema(json_t *root, enum mock_endpoint ep) {
+        json_t *f = ep == MOCK_CHAT      ? json_object_get(root, "response_format")
+                    : ep == MOCK_RESPONSES ? json_object_get(json_object_get(root, "text"), "format")
+                                           : NULL;
+        if (!streq_ptr(json_string_value(json_object_get(f, "type")), "json_schema"))
+                return NULL;
+        return ep == MOCK_CHAT ? json_object_get(json_object_get(f, "json_schema"), "schema") : json_object_get(f, "schema");
+}
+
+int mock_answer(struct mock_reply *r, enum mock_endpoint ep, bool stream) {
+        struct mock_script *s = &r->script;
+        const char *brk = mock_header(r->req, "x-mock-schema-break");
+        bool break_it = brk && !streq(brk, "0");
+        int k;
+
+        if (mock_model_in(mock_cfg->no_vision, mock_cfg->n_no_vision, s->model) && has_image(r->root, ep))
+                return mock_fail(r, 400, r->anthropic ? NULL : "messages",
+                                 "The model `%s` does not support image input.", s->model);
+        if (s->reasoning == 0 && !mock_header(r->req, "x-mock-reasoning-tokens") &&
+            mock_model_in(mock_cfg->reasoning, mock_cfg->n_reasoning, s->model))
+                s->reasoning = 3;
+        if ((ep == MOCK_CHAT || ep == MOCK_MESSAGES) && !mock_header(r->req, "x-mock-tool-arguments")) {
+                k = mock_tool_force(s, r->root, r->anthropic, break_it);
+                if (k < 0)
+                        return k;
+        }
+        const json_t *schema = s->turn == MOCK_TURN_TEXT ? structured_schema(r->root, ep) : NULL;
+        if (!schema)
+                return answer(r, ep, stream);
+
+        json_t *doc = mock_schema_document(schema, break_it);
+        char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(6)) : NULL;
+        json_decref(doc);
+        if (!text)
+                return -ENOMEM;
+        /* the structured document is the assistant text, given whole */
+        s->turn = MOCK_TURN_STRUCTURED;
+        s->tool_result = text;
+        k = answer(r, ep, stream);
+        s->tool_result = NULL;
+        s->turn = MOCK_TURN_TEXT;
+        free(text);
+        return k;
 }

@@ -266,7 +266,9 @@ static int answer(struct conn *c) {
         r = mock_multipart_parse(&req);
         if (r >= 0)
                 r = log_request(&req);
-        if (r >= 0)
+        if (r >= 0 && mock_cfg->min_latency_ms > 0)
+                mock_sleep_ms(mock_cfg->min_latency_ms);
+        if (r >= 0 && (r = mock_status_answer(c->fd, &req)) == -ENOENT)
                 r = mock_respond(c->fd, &req);
         mock_multipart_free(&req);
         if (r == MOCK_KEEP && !c->keep_alive)

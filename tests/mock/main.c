@@ -39,6 +39,12 @@ static void usage(FILE *f) {
               "                      model in a POST with 404 model_not_found\n"
               "  --replay-dir DIR    x-mock-replay: NAME answers with DIR/NAME.json, a captured\n"
               "                      provider response (status, headers, body)\n"
+              "  --alias NAME=SNAPSHOT  answer a request for NAME with \"model\": SNAPSHOT\n"
+              "  --no-vision MODEL   image input to MODEL is a 400 (repeatable)\n"
+              "  --reasoning MODEL   MODEL's usage reports 3 reasoning tokens (repeatable)\n"
+              "  --min-latency-ms N  wait at least N ms before the first byte of every answer\n"
+              "  --status-indicator none|minor|major|critical\n"
+              "                      what GET /api/v2/status.json says (default none)\n"
               "  -h, --help          show this help\n\n"
               "The port is also printed on stdout. SIGTERM/SIGINT: exit 0.\n"
               "Request headers script the answer: x-mock-input-tokens, x-mock-output-tokens,\n"
@@ -128,6 +134,11 @@ int main(int argc, char **argv) {
                 { "require-key", required_argument, NULL, 'k' },
                 { "models", required_argument, NULL, 'm' },
                 { "replay-dir", required_argument, NULL, 'r' },
+                { "alias", required_argument, NULL, 'a' },
+                { "no-vision", required_argument, NULL, 'V' },
+                { "reasoning", required_argument, NULL, 'R' },
+                { "min-latency-ms", required_argument, NULL, 'L' },
+                { "status-indicator", required_argument, NULL, 'S' },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
@@ -178,6 +189,47 @@ int main(int argc, char **argv) {
                                 fprintf(stderr, "kb-mock: --models needs at least one id\n");
                                 return 2;
                         }
+                        break;
+                case 'a': {
+                        char *eq = strchr(optarg, '=');
+                        if (!eq || eq == optarg || !eq[1] || cfg.n_aliases >= MOCK_MAX_MODELS) {
+                                fprintf(stderr, "kb-mock: --alias takes NAME=SNAPSHOT (at most %d)\n", MOCK_MAX_MODELS);
+                                return 2;
+                        }
+                        *eq = 0;
+                        cfg.alias_names[cfg.n_aliases] = optarg;
+                        cfg.alias_snapshots[cfg.n_aliases++] = eq + 1;
+                        break;
+                }
+                case 'V':
+                case 'R': {
+                        const char **list = c == 'V' ? cfg.no_vision : cfg.reasoning;
+                        size_t *n = c == 'V' ? &cfg.n_no_vision : &cfg.n_reasoning;
+                        if (!*optarg || *n >= MOCK_MAX_MODELS) {
+                                fprintf(stderr, "kb-mock: too many or empty --%s\n", c == 'V' ? "no-vision" : "reasoning");
+                                return 2;
+                        }
+                        list[(*n)++] = optarg;
+                        break;
+                }
+                case 'L': {
+                        char *end;
+                        errno = 0;
+                        unsigned long long v = strtoull(optarg, &end, 10);
+                        if (errno || *end || end == optarg || v > MOCK_MAX_DELAY_MS) {
+                                fprintf(stderr, "kb-mock: invalid --min-latency-ms '%s'\n", optarg);
+                                return 2;
+                        }
+                        cfg.min_latency_ms = v;
+                        break;
+                }
+                case 'S':
+                        if (!streq(optarg, "none") && !streq(optarg, "minor") && !streq(optarg, "major") &&
+                            !streq(optarg, "critical")) {
+                                fprintf(stderr, "kb-mock: --status-indicator is none, minor, major or critical\n");
+                                return 2;
+                        }
+                        cfg.status_indicator = optarg;
                         break;
                 case 'h':
                         usage(stdout);

@@ -38,6 +38,15 @@ struct mock_config {
         size_t n_models;
         int log_fd; /* -1: no request log */
         const char *replay_dir; /* --replay-dir: captured responses for x-mock-replay */
+        /* --alias NAME=SNAPSHOT: a request for NAME is answered as SNAPSHOT */
+        const char *alias_names[MOCK_MAX_MODELS], *alias_snapshots[MOCK_MAX_MODELS];
+        size_t n_aliases;
+        const char *no_vision[MOCK_MAX_MODELS]; /* --no-vision: image input is a 400 */
+        size_t n_no_vision;
+        const char *reasoning[MOCK_MAX_MODELS]; /* --reasoning: usage reports reasoning tokens */
+        size_t n_reasoning;
+        uint64_t min_latency_ms; /* --min-latency-ms: the least wait before an answer's first byte */
+        const char *status_indicator; /* --status-indicator: what /api/v2/status.json says */
 };
 
 /* One part of a multipart/form-data body (multipart.c). */
@@ -115,6 +124,7 @@ enum mock_turn {
         MOCK_TURN_TEXT,        /* "tok0 tok1 ..." */
         MOCK_TURN_TOOL_CALL,   /* the assistant calls tools[0] */
         MOCK_TURN_TOOL_RESULT, /* the app sent a tool result: "tool result: <it>" */
+        MOCK_TURN_STRUCTURED,  /* a json_schema response format: a document of the schema (tool_result) */
 };
 
 struct mock_script {
@@ -126,7 +136,8 @@ struct mock_script {
         enum mock_turn turn;
         const char *tool_name;   /* MOCK_TURN_TOOL_CALL; borrowed from the body */
         const char *tool_args;   /* MOCK_TURN_TOOL_CALL: JSON object text */
-        char *tool_result;       /* MOCK_TURN_TOOL_RESULT: the assistant text, owned */
+        char *tool_result;       /* owned: the assistant text of MOCK_TURN_TOOL_RESULT or _STRUCTURED, or the
+                                  * arguments generated for a forced tool call (tool_args points to them) */
         int64_t created;         /* time(NULL) when the request was answered */
 };
 
@@ -187,9 +198,16 @@ enum mock_endpoint { MOCK_CHAT, MOCK_RESPONSES, MOCK_MESSAGES, MOCK_COMPLETIONS 
 int mock_answer(struct mock_reply *r, enum mock_endpoint ep, bool stream);
 
 /* tools.c */
+/* A JSON document that validates against schema (the subset a structured
+ * output request uses); break_it: one that does not. NULL on OOM. */
+json_t *mock_schema_document(const json_t *schema, bool break_it);
 /* Reads the body's tools and last message into s->turn and the tool_*
  * fields (pointers into root, which must outlive s). -ENOMEM only. */
 int mock_tool_plan(struct mock_script *s, json_t *root, bool anthropic, const char *args_header);
+/* A forced tool call (tool_choice names one of the tools): that tool,
+ * its arguments generated from its schema (parameters, input_schema) into
+ * tool_result; break_it: arguments that violate it. -ENOMEM only. */
+int mock_tool_force(struct mock_script *s, json_t *root, bool anthropic, bool break_it);
 size_t mock_tool_args_split(const struct mock_script *s);
 json_t *mock_chat_tool_calls(const struct mock_script *s, bool head);
 json_t *mock_chat_tool_json(const struct mock_script *s);
@@ -208,10 +226,20 @@ json_t *mock_output_text(const char *text);
 json_t *mock_embeddings_json(const struct mock_script *s);
 json_t *mock_messages_json(const struct mock_script *s, const char *text);
 json_t *mock_messages_start(const struct mock_script *s);
+/* usage.output_tokens_details.thinking_tokens when s->reasoning > 0. */
+int mock_add_thinking(const struct mock_script *s, json_t *usage);
 json_t *mock_completion_usage(const struct mock_script *s);
 /* finish_reason NULL: a stream chunk ("finish_reason": null) */
 json_t *mock_completion_json(const struct mock_script *s, const char *text, const char *finish_reason);
 json_t *mock_models_json(bool anthropic);
+/* The model an answer names: --alias's snapshot for an alias, else model. */
+const char *mock_reported_model(const char *model);
+/* Whether model is one of list (--no-vision, --reasoning). */
+bool mock_model_in(const char *const *list, size_t n, const char *model);
+
+/* status.c: GET /api/v2/status.json (Statuspage, --status-indicator) and
+ * /api/v2/not-statuspage.json; -ENOENT for any other request. */
+int mock_status_answer(int fd, const struct mock_request *req);
 /* true when model may be served (no --models, or one of them) */
 bool mock_model_known(const char *model);
 json_t *mock_error_json(bool anthropic, int status, const char *model, const char *message);

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "script.h"
 #include "util.h"
 
 int mock_send_all(int fd, const void *p, size_t n) {
@@ -468,6 +469,11 @@ int mock_respond(int fd, const struct mock_request *req) {
         r.long_line = mock_knob(req, "x-mock-long-line-bytes", 0, MOCK_MAX_BODY_BYTES);
 
         uint64_t delay = mock_knob(req, "x-mock-delay-ms", 0, MOCK_MAX_DELAY_MS);
+        /* /mock/scripts/NAME, and a failure onset by x-mock-script: NAME (script.c). */
+        uint64_t scripted = 0;
+        int sk = mock_script_hook(&r, &delay, &scripted);
+        if (sk != MOCK_SCRIPT_PASS)
+                return sk;
         if (delay > 0)
                 mock_sleep_ms(delay);
         /* A reset with no cut point: before any byte of the response. */
@@ -480,7 +486,7 @@ int mock_respond(int fd, const struct mock_request *req) {
         if (replay)
                 return mock_replay(fd, req, replay);
 
-        uint64_t status = mock_knob(req, "x-mock-status", 0, 999);
+        uint64_t status = scripted ?: mock_knob(req, "x-mock-status", 0, 999);
         if (status >= 400 && status <= 599) {
                 /* 429 always says when to come back; other statuses only
                  * when the test asks. */

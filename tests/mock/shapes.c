@@ -5,6 +5,7 @@
 
 #include "mock.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +55,7 @@ json_t *mock_chat_json(const struct mock_script *s, const char *text) {
                          "id", id,
                          "object", "chat.completion",
                          "created", MOCK_CREATED,
-                         "model", s->model,
+                         "model", mock_reported_model(s->model),
                          "choices", "index", 0, "message", "role", "assistant", "content", text,
                          "finish_reason", "stop",
                          "usage", mock_chat_usage(s));
@@ -71,7 +72,7 @@ json_t *mock_chat_chunk(const struct mock_script *s, json_t *delta, const char *
                               "id", id,
                               "object", "chat.completion.chunk",
                               "created", MOCK_CREATED,
-                              "model", s->model,
+                              "model", mock_reported_model(s->model),
                               "choices", "index", 0, "delta", delta, "finish_reason", finish_reason);
         if (!j)
                 return NULL;
@@ -121,7 +122,7 @@ json_t *mock_responses_json(const struct mock_script *s, const char *text, bool 
                                  "id", id,
                                  "object", "response",
                                  "created_at", MOCK_CREATED,
-                                 "model", s->model,
+                                 "model", mock_reported_model(s->model),
                                  "status", "in_progress",
                                  "output",
                                  "usage");
@@ -129,7 +130,7 @@ json_t *mock_responses_json(const struct mock_script *s, const char *text, bool 
                          "id", id,
                          "object", "response",
                          "created_at", MOCK_CREATED,
-                         "model", s->model,
+                         "model", mock_reported_model(s->model),
                          "status", "completed",
                          "output", mock_responses_message(s, text, true),
                          "usage", mock_responses_usage(s));
@@ -145,7 +146,7 @@ json_t *mock_embeddings_json(const struct mock_script *s) {
         return json_pack("{ss s[{ss si so}] ss s{sI sI}}",
                          "object", "list",
                          "data", "object", "embedding", "index", 0, "embedding", embedding,
-                         "model", s->model,
+                         "model", mock_reported_model(s->model),
                          "usage", "prompt_tokens", (json_int_t) s->in,
                          "total_tokens", (json_int_t) s->in);
 }
@@ -154,11 +155,11 @@ json_t *mock_messages_json(const struct mock_script *s, const char *text) {
         _cleanup_free_ char *id = mock_id("msg_mock", s->n);
         if (!id)
                 return NULL;
-        return json_pack("{ss ss ss ss s[{ss ss}] ss sn s{sI sI sI sI}}",
+        json_t *j = json_pack("{ss ss ss ss s[{ss ss}] ss sn s{sI sI sI sI}}",
                          "id", id,
                          "type", "message",
                          "role", "assistant",
-                         "model", s->model,
+                         "model", mock_reported_model(s->model),
                          "content", "type", "text", "text", text,
                          "stop_reason", "end_turn",
                          "stop_sequence",
@@ -167,6 +168,20 @@ json_t *mock_messages_json(const struct mock_script *s, const char *text) {
                          "output_tokens", (json_int_t) s->out,
                          "cache_creation_input_tokens", (json_int_t) s->cache_write,
                          "cache_read_input_tokens", (json_int_t) s->cached);
+        if (j && mock_add_thinking(s, json_object_get(j, "usage")) < 0) {
+                json_decref(j);
+                return NULL;
+        }
+        return j;
+}
+
+/* Anthropic reports thinking inside output_tokens; the count apart only
+ * when there was some (--reasoning, x-mock-reasoning-tokens). */
+int mock_add_thinking(const struct mock_script *s, json_t *usage) {
+        if (!usage || s->reasoning == 0)
+                return 0;
+        return json_object_set_new(usage, "output_tokens_details",
+                                   json_pack("{sI}", "thinking_tokens", (json_int_t) s->reasoning)) < 0 ? -ENOMEM : 0;
 }
 
 json_t *mock_messages_start(const struct mock_script *s) {
@@ -179,7 +194,7 @@ json_t *mock_messages_start(const struct mock_script *s) {
                          "id", id,
                          "type", "message",
                          "role", "assistant",
-                         "model", s->model,
+                         "model", mock_reported_model(s->model),
                          "content",
                          "stop_reason",
                          "stop_sequence",
@@ -207,19 +222,32 @@ json_t *mock_completion_json(const struct mock_script *s, const char *text, cons
                          "id", id,
                          "object", "text_completion",
                          "created", (json_int_t) s->created,
-                         "model", s->model,
+                         "model", mock_reported_model(s->model),
                          "choices", "text", text, "index", 0, "logprobs", "finish_reason", finish_reason);
 }
 
 static const char *const default_models[] = { "mock-model", "mock-model-large" };
 
+bool mock_model_in(const char *const *list, size_t n, const char *model) {
+        for (size_t i = 0; model && i < n; i++)
+                if (streq(list[i], model))
+                        return true;
+        return false;
+}
+
+const char *mock_reported_model(const char *model) {
+        for (size_t i = 0; mock_cfg && model && i < mock_cfg->n_aliases; i++)
+                if (streq(mock_cfg->alias_names[i], model))
+                        return mock_cfg->alias_snapshots[i];
+        return model;
+}
+
 bool mock_model_known(const char *model) {
         if (!mock_cfg || mock_cfg->n_models == 0)
                 return true;
-        for (size_t i = 0; i < mock_cfg->n_models; i++)
-                if (streq(mock_cfg->models[i], model))
-                        return true;
-        return false;
+        /* an alias is served as its snapshot */
+        return mock_model_in((const char *const *) mock_cfg->models, mock_cfg->n_models, model) ||
+               mock_model_in(mock_cfg->alias_names, mock_cfg->n_aliases, model);
 }
 
 json_t *mock_models_json(bool anthropic) {
@@ -232,17 +260,20 @@ json_t *mock_models_json(bool anthropic) {
         json_t *data = json_array();
         if (!data)
                 return NULL;
-        for (size_t i = 0; i < n; i++) {
+        /* the aliases are listed after the models, as providers list both */
+        size_t n_aliases = mock_cfg && mock_cfg->n_models > 0 ? mock_cfg->n_aliases : 0;
+        for (size_t i = 0; i < n + n_aliases; i++) {
+                const char *id = i < n ? mock_models[i] : mock_cfg->alias_names[i - n];
                 json_t *m;
                 if (anthropic)
                         m = json_pack("{ss ss ss ss}",
                                       "type", "model",
-                                      "id", mock_models[i],
-                                      "display_name", mock_models[i],
+                                      "id", id,
+                                      "display_name", id,
                                       "created_at", "2024-01-01T00:00:00Z");
                 else
                         m = json_pack("{ss ss si ss}",
-                                      "id", mock_models[i],
+                                      "id", id,
                                       "object", "model",
                                       "created", 0,
                                       "owned_by", "mock");

@@ -54,6 +54,83 @@ static json_t *anthropic_tool_result(json_t *message) {
         return NULL;
 }
 
+#define SCHEMA_MAX_DEPTH 16
+
+static json_t *schema_value(const json_t *schema, int depth) {
+        const json_t *type = json_object_get(schema, "type"), *en = json_object_get(schema, "enum");
+        const char *t = json_string_value(json_is_array(type) ? json_array_get(type, 0) : type);
+
+        if (depth > SCHEMA_MAX_DEPTH)
+                return json_null();
+        if (json_array_size(en) > 0)
+                return json_deep_copy(json_array_get(en, 0));
+        if (!t && json_is_object(json_object_get(schema, "properties")))
+                t = "object";
+        if (streq_ptr(t, "object")) {
+                json_t *o = json_object();
+                const char *k;
+                json_t *v;
+                json_object_foreach(json_object_get(schema, "properties"), k, v)
+                        if (!o || json_object_set_new(o, k, schema_value(v, depth + 1)) < 0) {
+                                json_decref(o);
+                                return NULL;
+                        }
+                return o;
+        }
+        if (streq_ptr(t, "array"))
+                return json_pack("[o]", schema_value(json_object_get(schema, "items"), depth + 1));
+        if (streq_ptr(t, "integer"))
+                return json_integer(1);
+        if (streq_ptr(t, "number"))
+                return json_real(1.5);
+        if (streq_ptr(t, "boolean"))
+                return json_true();
+        if (streq_ptr(t, "null"))
+                return json_null();
+        return json_string("x");
+}
+
+json_t *mock_schema_document(const json_t *schema, bool break_it) {
+        json_t *doc = schema_value(schema, 0);
+        if (!doc || !break_it)
+                return doc;
+        /* the first required property gets the wrong type; else the
+         * whole document does */
+        const char *k = json_string_value(json_array_get(json_object_get(schema, "required"), 0));
+        json_t *v = k ? json_object_get(doc, k) : NULL;
+        if (v) {
+                if (json_object_set_new(doc, k, json_is_string(v) ? json_integer(1) : json_string("x")) < 0) {
+                        json_decref(doc);
+                        return NULL;
+                }
+                return doc;
+        }
+        json_decref(doc);
+        return json_is_object(schema) && streq_ptr(json_string_value(json_object_get(schema, "type")), "array")
+                       ? json_pack("{sb}", "x-mock-schema-break", 1)
+                       : json_pack("[s]", "x-mock-schema-break");
+}
+
+/* The tool tool_choice forces (OpenAI {"type":"function","function":
+ * {"name"}}, Anthropic {"type":"tool","name"}), if it is among tools. */
+static json_t *forced_tool(json_t *root, json_t *tools, bool anthropic) {
+        json_t *choice = json_object_get(root, "tool_choice");
+        const char *type = json_string_value(json_object_get(choice, "type"));
+        const char *name = anthropic ? (streq_ptr(type, "tool") ? json_string_value(json_object_get(choice, "name")) : NULL)
+                                     : (streq_ptr(type, "function") ?
+                                        json_string_value(json_object_get(json_object_get(choice, "function"), "name")) :
+                                        NULL);
+        size_t i;
+        json_t *tool;
+
+        json_array_foreach(tools, i, tool) {
+                json_t *def = anthropic ? tool : json_object_get(tool, "function");
+                if (name && streq_ptr(json_string_value(json_object_get(def, "name")), name))
+                        return tool;
+        }
+        return NULL;
+}
+
 int mock_tool_plan(struct mock_script *s, json_t *root, bool anthropic, const char *args_header) {
         json_t *messages = json_object_get(root, "messages");
         size_t n = json_array_size(messages);
@@ -84,6 +161,21 @@ int mock_tool_plan(struct mock_script *s, json_t *root, bool anthropic, const ch
                         s->tool_args = args_header;
         }
         s->turn = MOCK_TURN_TOOL_CALL;
+        return 0;
+}
+
+int mock_tool_force(struct mock_script *s, json_t *root, bool anthropic, bool break_it) {
+        json_t *tool = s->turn == MOCK_TURN_TOOL_CALL ? forced_tool(root, json_object_get(root, "tools"), anthropic)
+                                                      : NULL;
+        if (!tool)
+                return 0;
+        json_t *def = anthropic ? tool : json_object_get(tool, "function");
+        _cleanup_(json_decrefp) json_t *args =
+                mock_schema_document(json_object_get(def, anthropic ? "input_schema" : "parameters"), break_it);
+        if (!args || !json_is_object(args) || !(s->tool_result = json_dumps(args, JSON_COMPACT)))
+                return args && !json_is_object(args) ? 0 : -ENOMEM;
+        s->tool_name = json_string_value(json_object_get(def, "name"));
+        s->tool_args = s->tool_result;
         return 0;
 }
 

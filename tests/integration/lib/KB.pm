@@ -497,6 +497,7 @@ sub start_mock(%o) {
                    map { ('--require-key', $_) } @{$o{require_key} // []});
         push @cmd, '--models', join(',', @{$o{models}}) if $o{models};
         push @cmd, '--replay-dir', $o{replay_dir} if $o{replay_dir};
+        push @cmd, @{$o{args}} if $o{args};     # any other kb-mock options
         $s->{pid} = spawn(cmd => \@cmd, output => $s->{out}, name => 'kb-mock');
         my $ok = wait_until(10, sub {
                 my $p = slurp($s->{port_file});
