@@ -87,9 +87,12 @@ int kb_cfg_p_shadow(struct parser *p, const struct key_def *k, void *base, const
         return kb_cfg_add_ref(p, REF_SHADOW, p->idx, 0, words[0]);
 }
 
-/* Once every route is known: the shadow route exists, is not a route the
- * model already sends traffic to (a comparison with itself proves nothing
- * and would bill the same key twice), and speaks the model's API. */
+/* Once every route is known: the shadow route exists, speaks the model's
+ * API, and takes none of the model's traffic: not a fallback nor a target
+ * with a weight (a comparison with itself proves nothing and bills the same
+ * key twice). A target of weight=0 is the staged candidate of a promotion:
+ * shadowed first, then promoted without another reload; calls a promotion
+ * sends to it are not mirrored. */
 int kb_cfg_resolve_shadow(struct parser *p, const struct ref *ref) {
         struct kb_config *c = p->config;
         struct kb_model *m = &c->models[ref->owner];
@@ -103,11 +106,12 @@ int kb_cfg_resolve_shadow(struct parser *p, const struct ref *ref) {
                 for (size_t i = 0; i < n; i++) {
                         if (!ts[i].route)
                                 continue;
-                        if (ts[i].route == rt)
+                        if (ts[i].route == rt && (fb || ts[i].weight > 0))
                                 return kb_cfg_fail(p, ref->line,
                                                    "model '%s': shadow: route '%s' is already a %s of the model; "
-                                                   "a shadow must be a route the model does not use",
-                                                   m->name, rt->name, fb ? "fallback" : "target");
+                                                   "a shadow must be a route the model sends no traffic to "
+                                                   "(a target of weight=0 is allowed: a promotion's candidate)",
+                                                   m->name, rt->name, fb ? "fallback" : "target with a weight");
                         if (ts[i].route->family != rt->family)
                                 return kb_cfg_fail(p, ref->line,
                                                    "model '%s': shadow: route '%s' speaks the %s API, the model's "

@@ -278,7 +278,7 @@ int kb_shadow_sample(struct kb_shadows *s, const struct kb_request *r, struct kb
         const struct kb_http_request *h = r->http;
 
         if (!s || s->stopping || !sh || !sh->route || !h || h->body_streamed || r->multipart || r->upload ||
-            !eligible_endpoint(r->endpoint) || sh->route->family != r->family)
+            !eligible_endpoint(r->endpoint) || sh->route->family != r->family || r->route == sh->route)
                 return 0;
         if (kb_random_u32() % 1000000u >= sh->sample_ppm)
                 return 0;
@@ -495,7 +495,9 @@ void kb_shadow_start(struct kb_shadows *s, struct kb_shadow_sample *x, const str
                 return;
         const struct kb_shadow *sh = x->cfg;
         const struct kb_route *rt = sh->route;
-        if (!s || s->stopping || !provider_decided(r) ||
+        /* A promotion may have sent this call to the shadow's own route
+         * (a fallback to it cannot: config forbids it): nothing to compare. */
+        if (!s || s->stopping || !provider_decided(r) || r->route == rt ||
             kb_shadow_budget_spent(s->budget, x->model->name, kb_realtime_usec()) >= sh->budget_microusd_per_day) {
                 kb_shadow_sample_free(x);
                 return;

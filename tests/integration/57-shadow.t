@@ -21,7 +21,7 @@ ensure_journald();
 my $T0 = time;
 # Fresh model names per run: the journal outlives the test.
 my $P = 'sh' . substr(KB::random_hex(4), 0, 8);
-my ($M, $C, $SLOW, $BAD, $BUDGET, $HALF, $BUSY) = map { "$P-$_" } qw(m c slow bad budget half busy);
+my ($M, $C, $SLOW, $BAD, $BUDGET, $HALF, $BUSY, $STAGED) = map { "$P-$_" } qw(m c slow bad budget half busy staged);
 
 my %keys = ('oai-key' => fixture_secret('oai'), 'anth-key' => fixture_secret('anth'),
             'shadow-key' => fixture_secret('shadow'));
@@ -65,6 +65,10 @@ sub config($mock, $with_shadow) {
                                   shadow => 'hshadow half-cand sample=0.5 budget_usd_per_day=100' };
         $cfg->{"model:$BUSY"} = { target => 'oai gpt-4o-mini-2024-07-18',
                                   shadow => 'busyshadow busy-cand sample=1 budget_usd_per_day=100' };
+        # the staged candidate of a promotion: a target of weight 0 and the shadow
+        $cfg->{'route:stagedshadow'} = shadow_route('staged', 'openai');
+        $cfg->{"model:$STAGED"} = { target => ['oai gpt-4o-mini-2024-07-18', 'stagedshadow staged-cand weight=0'],
+                                    shadow => 'stagedshadow staged-cand sample=1 budget_usd_per_day=100' };
         return $cfg;
 }
 
@@ -342,6 +346,30 @@ subtest 'a reload leaves a running shadow alone' => sub {
         is(ctl('--admin-socket', $broker->dir . '/admin.sock', 'reload')->{exit}, 0, 'the shadow back');
 };
 
+subtest 'a staged candidate (a target of weight 0) is shadowed until traffic moves to it' => sub {
+        my $body = { model => $STAGED, messages => [{ role => 'user', content => 'hi' }] };
+        my $res = req($broker, path => '/v1/chat/completions', json => $body);
+        is($res->{status}, 200, 'served by the route with the weight');
+        my $pair = pair_for(rid($res));
+        check_fields($pair, { KEYBROKER_ROUTE => 'oai', KEYBROKER_SHADOW_ROUTE => 'stagedshadow' }, 'mirrored');
+        my @before = shadow_calls('staged');
+        is(scalar(@before), 1, 'one call to the candidate: the shadow');
+
+        my $admin = $broker->dir . '/admin.sock';
+        my $r = ctl('--admin-socket', $admin, 'model', 'split', $STAGED, 'stagedshadow=1', 'oai=0');
+        is($r->{exit}, 0, 'traffic moved to the candidate') or diag($r->{stderr});
+        $res = req($broker, path => '/v1/chat/completions', json => $body);
+        is($res->{status}, 200, 'served by the candidate');
+        my $rec = journal_request(rid($res));
+        is($rec->{KEYBROKER_ROUTE}, 'stagedshadow', '... as its record says');
+        sleep 1;        # a shadow would have been journaled by now
+        is(scalar(shadow_calls('staged')), 2, 'the candidate got that call once: no shadow of itself');
+        is(scalar(KB::journal_records({ MESSAGE_ID => $MID_SHADOW, KEYBROKER_REQUEST_ID => rid($res) },
+                                      since => $T0 - 2)), 0, 'no pair for it');
+        is(ctl('--admin-socket', $admin, 'model', 'split', $STAGED, 'stagedshadow=0', 'oai=1')->{exit}, 0,
+           'split set back');
+};
+
 subtest 'stopping cancels shadows in flight and keeps the day\'s spend' => sub {
         my $res = req($broker, path => '/v1/chat/completions',
                       json => { model => $SLOW, messages => [{ role => 'user', content => 'hi' }] });
@@ -428,7 +456,7 @@ EOF
         my $n = 0;
         my @cases = (
                 [ 'shadow = cand cand-model sample=1 budget_usd_per_day=1', qr/shadow: route 'cand' is already a fallback of the model/ ],
-                [ 'shadow = oai cand-model sample=1 budget_usd_per_day=1', qr/shadow: route 'oai' is already a target of the model/ ],
+                [ 'shadow = oai cand-model sample=1 budget_usd_per_day=1', qr/shadow: route 'oai' is already a target with a weight of the model/ ],
                 [ 'shadow = anth claude sample=1 budget_usd_per_day=1', qr/shadow: route 'anth' speaks the anthropic API/ ],
                 [ 'shadow = nope x sample=1 budget_usd_per_day=1', qr/shadow: unknown route 'nope'/ ],
                 [ 'shadow = anth x sample=0 budget_usd_per_day=1', qr/'sample=0' is not sample=R with R above 0, at most 1/ ],
@@ -452,6 +480,10 @@ EOF
         spew($f, "${good}shadow = cand cand-model sample=0.25 budget_usd_per_day=2.5\n");
         my $r = run_cmd([$KB::KEYBROKERD, '--check-config', '--config', $f], timeout => 10);
         is($r->{exit}, 0, 'a good shadow passes') or diag($r->{stderr});
+        $f = "$D/staged.conf";
+        spew($f, "${good}target = cand cand-model weight=0\nshadow = cand cand-model sample=0.25 budget_usd_per_day=2.5\n");
+        $r = run_cmd([$KB::KEYBROKERD, '--check-config', '--config', $f], timeout => 10);
+        is($r->{exit}, 0, 'a shadow on a target of weight 0 (a staged candidate) passes') or diag($r->{stderr});
 };
 
 ok($broker->alive, 'broker still running');

@@ -575,6 +575,7 @@ static void test_playbook_keys(void **state) {
                 "shadow = g gw/m-2 budget_usd_per_day=2.5 sample=0.05\n"
                 "features = vision structured_output reasoning\n"
                 "target = d m-1\n"
+                "target = g gw/m-2 weight=0\n" /* the staged candidate may be the shadow */
                 "[model:x]\ntarget = d a\n";
 
         if (kb_config_load_string("p.conf", text, false, &c, &err) < 0)
@@ -614,7 +615,7 @@ static void test_playbook_keys(void **state) {
                 { "[route:r]\nfamily = openai\nbase_url = https://r\nowner = \x01\n",
                   "q.conf:4: invalid value for 'owner'" },
                 { "[route:r]\nfamily = openai\nbase_url = https://r\n[model:m]\ntarget = r a\nshadow = r b sample=0.1 budget_usd_per_day=1\n",
-                  "q.conf:6: model 'm': shadow: route 'r' is already a target of the model" },
+                  "q.conf:6: model 'm': shadow: route 'r' is already a target with a weight of the model" },
                 { "[route:r]\nfamily = openai\nbase_url = https://r\n[route:s]\nfamily = openai\nbase_url = https://s\n"
                   "[model:m]\nshadow = s b sample=0.1 budget_usd_per_day=1\ntarget = r a\nfallback = s c\n",
                   "q.conf:8: model 'm': shadow: route 's' is already a fallback of the model" },
