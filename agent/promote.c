@@ -509,13 +509,16 @@ int kb_promoter_abort(struct kb_promoter *p, const char *model, int64_t admin_ui
 
 /* ---- decisions ---- */
 
-static void evaluate(struct kb_promoter *p, struct promotion *e, uint64_t now, uint64_t now_realtime) {
+/* full: the p95 gate and the step's end too. A request looks at the
+ * counting gates only (sorting the step's latencies on every call would
+ * cost more than the call); the tick, once a second, at all of them. */
+static void evaluate(struct kb_promoter *p, struct promotion *e, uint64_t now, uint64_t now_realtime, bool full) {
         struct kb_promote_figures f;
         char reason[256];
         const char *gate = NULL;
 
         bool enough = e->c.requests >= e->min_requests;
-        figures(e, enough && e->max_p95_ms > 0, &f);
+        figures(e, full && enough && e->max_p95_ms > 0, &f);
         /* A provider that does not know the model, or answers without
          * usage, will not get better with more traffic: no minimum. */
         if (f.model_not_found > 0) {
@@ -542,7 +545,7 @@ static void evaluate(struct kb_promoter *p, struct promotion *e, uint64_t now, u
                                  now_realtime);
                 return;
         }
-        if (!enough || now - e->step_started < e->hold_usec)
+        if (!full || !enough || now - e->step_started < e->hold_usec)
                 return;
 
         snprintf(reason, sizeof(reason), "step %zu (%u%%) passed: %" PRIu64 " requests in %" PRIu64 " s", e->step + 1,
@@ -639,14 +642,14 @@ void kb_promoter_observe(struct kb_promoter *p, const struct kb_promote_obs *o, 
         uint64_t before = e->c.requests;
         count(e, o);
         if (e->c.requests != before)
-                evaluate(p, e, now, now_realtime);
+                evaluate(p, e, now, now_realtime, false);
 }
 
 void kb_promoter_tick(struct kb_promoter *p, uint64_t now, uint64_t now_realtime) {
         /* An event may replace nothing in the list, but be safe against it. */
         for (size_t i = 0; p && i < p->n; i++)
                 if (p->list[i]->state == KB_PROMOTE_RUNNING)
-                        evaluate(p, p->list[i], now, now_realtime);
+                        evaluate(p, p->list[i], now, now_realtime, true);
 }
 
 /* ---- the running config ---- */

@@ -107,6 +107,9 @@ subtest 'latency past --max-p95-ms: rolled back' => sub {
                     '--max-p95-ms', '300');
         is($r->{exit}, 0, 'promote exits 0') or diag($r->{stderr});
         drive('m-slow', 40, until => sub { candidate_requests('slow') >= 4 });
+        # the p95 is taken once a second (the evaluation interval), not per request
+        ok(wait_until(3, sub { status('m-slow')->{promotion}{state} eq 'rolled_back' }, 0.1),
+           'rolled back within one evaluation interval');
         my $st = status('m-slow');
         is($st->{promotion}{state}, 'rolled_back', 'rolled back');
         is_deeply($st->{weights}, { one => 100, 'c-slow' => 0 }, 'split back');
