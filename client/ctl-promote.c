@@ -98,10 +98,16 @@ static void print_gates(const json_t *p) {
                 return;
         json_array_foreach(json_object_get(p, "gates"), i, g) {
                 char value[64], limit[64];
-                const char *cells[] = {
-                        jstr(g, "name"), ctl_json_scalar(json_object_get(g, "value"), value, sizeof(value)),
-                        ctl_json_scalar(json_object_get(g, "limit"), limit, sizeof(limit)), jstr(g, "state"),
-                };
+                const char *name = jstr(g, "name");
+                /* the hold is kept in ms; a person reads seconds */
+                if (streq_ptr(name, "hold")) {
+                        snprintf(value, sizeof(value), "%.1f s", json_number_value(json_object_get(g, "value")) / 1000);
+                        snprintf(limit, sizeof(limit), "%.1f s", json_number_value(json_object_get(g, "limit")) / 1000);
+                } else {
+                        ctl_json_scalar(json_object_get(g, "value"), value, sizeof(value));
+                        ctl_json_scalar(json_object_get(g, "limit"), limit, sizeof(limit));
+                }
+                const char *cells[] = { name, value, limit, jstr(g, "state") };
                 (void) ctl_table_add_row(t, cells);
         }
         ctl_table_print(t, stdout);

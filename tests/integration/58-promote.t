@@ -181,7 +181,7 @@ subtest 'status during a step' => sub {
         like($r->{stdout}, qr/^requests:\s+\d+ this step \(at least 50\)$/m, 'requests this step');
         like($r->{stdout}, qr/^error_ratio\s+0\s+0\.02\s+pending$/m, 'gate error_ratio pending');
         like($r->{stdout}, qr/^usage\s+0\s+-\s+off$/m, 'gate usage off');
-        like($r->{stdout}, qr/^hold\s+\d+\s+3600000\s+pending$/m, 'gate hold pending');
+        like($r->{stdout}, qr/^hold\s+\d+\.\d s\s+3600\.0 s\s+pending$/m, 'gate hold pending, in seconds');
         like($r->{stdout}, qr/^baseline:\s+no baseline$/m, 'no baseline');
         $r = ctl('--json', 'model', 'status', 'm-abort');
         my $j = json_decode($r->{stdout});
