@@ -55,16 +55,36 @@ int kb_journal_native_format(const struct iovec *items, size_t n, struct kb_buf 
         return 0;
 }
 
-int kb_journal_native_send(int fd, const char *path, const void *data, size_t len) {
+static int connect_to(int fd, const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         size_t plen = strlen(path);
 
         if (plen >= sizeof(sa.sun_path))
                 return -ENAMETOOLONG;
         memcpy(sa.sun_path, path, plen);
-        ssize_t k = sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *) &sa,
-                           (socklen_t) (offsetof(struct sockaddr_un, sun_path) + plen));
-        if (k < 0)
-                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-        return (size_t) k == len ? 0 : -EMSGSIZE;
+        if (connect(fd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + plen)) < 0)
+                return -errno;
+        return 0;
+}
+
+int kb_journal_native_send(int fd, const char *path, bool *connected, const void *data, size_t len) {
+        for (int attempt = 0;; attempt++) {
+                if (!*connected) {
+                        int r = connect_to(fd, path);
+                        if (r < 0)
+                                return r;
+                        *connected = true;
+                }
+                ssize_t k = send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (k >= 0)
+                        return (size_t) k == len ? 0 : -EMSGSIZE;
+                int e = errno;
+                /* The peer we were connected to is gone: journald restarted
+                 * and bound a new socket at the same path. */
+                if ((e == ECONNREFUSED || e == ENOTCONN || e == ECONNRESET) && attempt == 0) {
+                        *connected = false;
+                        continue;
+                }
+                return e == EWOULDBLOCK ? -EAGAIN : -e;
+        }
 }

@@ -3,11 +3,13 @@
 
 /* journald's native protocol (systemd.journal-fields(7), "Native
  * Protocol"), spoken by the loop itself so that a record costs one
- * non-blocking sendto() instead of a hand-off to the writer thread. Anything
+ * non-blocking send() on a connected socket (no path lookup per record)
+ * instead of a hand-off to the writer thread. Anything
  * this path cannot send at once (journald's queue full, journald away, a
  * record too big for one datagram) is left to the writer, which uses
  * sd_journal_sendv() and the spool. Library-like: never logs. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/uio.h>
 
@@ -27,5 +29,7 @@ int kb_journal_native_format(const struct iovec *items, size_t n, struct kb_buf 
 
 /* Send one datagram to path without waiting: 0, -EAGAIN when journald's
  * queue is full, -EMSGSIZE when it is too big for a datagram, other
- * -errno when journald is not there. */
-int kb_journal_native_send(int fd, const char *path, const void *data, size_t len);
+ * -errno when journald is not there. fd is connected to path on the first
+ * send (*connected tracks it); a journald that restarted (the socket file
+ * made anew) is connected again once before giving up. */
+int kb_journal_native_send(int fd, const char *path, bool *connected, const void *data, size_t len);

@@ -58,10 +58,18 @@ static const unsigned send_backoff_msec[] = { 1, 10 };
 #define REFUSALS_MAX 3
 #define SPOOL_SUBDIR "journal-spool"
 
+/* Every item lives in one buffer ("FIELD=value\0" one after another), so a
+ * record of 50 fields is two allocations, not fifty: one is built on the
+ * loop for every request. Where each item starts is kept inline for the
+ * usual record, on the heap for a larger one. */
+#define RECORD_INITIAL_BYTES 2048
+#define RECORD_INLINE_ITEMS 64
 struct kb_record {
-        char **items; /* "FIELD=value" */
+        char *data;
+        size_t len, cap;
+        uint32_t *off;                  /* off_inline, or a heap array of KB_RECORD_MAX_FIELDS */
+        uint32_t off_inline[RECORD_INLINE_ITEMS];
         size_t n;
-        size_t cap;
         uint64_t realtime_usec; /* when it was submitted */
 };
 
@@ -97,6 +105,7 @@ struct kb_journal {
          * order is kept; submitting is single-threaded (the loop). */
         int direct_fd;
         const char *direct_path;        /* NULL: the direct path is off */
+        bool direct_connected;          /* direct_fd is connected to direct_path */
         struct kb_buf direct_buf;
 
         _Atomic uint64_t n_dropped;
@@ -107,15 +116,18 @@ struct kb_journal {
 /* ---- records ---- */
 
 struct kb_record *kb_record_new(void) {
-        return calloc(1, sizeof(struct kb_record));
+        struct kb_record *r = calloc(1, sizeof(struct kb_record));
+        if (r)
+                r->off = r->off_inline;
+        return r;
 }
 
 void kb_record_free(struct kb_record *r) {
         if (!r)
                 return;
-        for (size_t i = 0; i < r->n; i++)
-                free(r->items[i]);
-        free(r->items);
+        free(r->data);
+        if (r->off != r->off_inline)
+                free(r->off);
         free(r);
 }
 
@@ -174,7 +186,7 @@ int kb_record_add_i64(struct kb_record *r, const char *field, int64_t value) {
 }
 
 int kb_record_add_n(struct kb_record *r, const char *field, const char *value, size_t vlen) {
-        size_t flen;
+        size_t flen, need;
         char *item;
 
         if (!r || !value)
@@ -185,23 +197,30 @@ int kb_record_add_n(struct kb_record *r, const char *field, const char *value, s
                 return vlen > KB_RECORD_MAX_VALUE ? -E2BIG : -EINVAL;
         if (r->n >= KB_RECORD_MAX_FIELDS)
                 return -E2BIG;
-        if (r->n == r->cap) {
-                size_t cap = r->cap ? r->cap * 2 : 32;
-                char **items = reallocarray(r->items, cap, sizeof(char *));
-                if (!items)
+        if (r->n == RECORD_INLINE_ITEMS) {
+                uint32_t *off = malloc(KB_RECORD_MAX_FIELDS * sizeof(uint32_t));
+                if (!off)
                         return -ENOMEM;
-                r->items = items;
-                r->cap = cap;
+                memcpy(off, r->off_inline, sizeof(r->off_inline));
+                r->off = off;
         }
         flen = strlen(field);
-        item = malloc(flen + 1 + vlen + 1);
-        if (!item)
-                return -ENOMEM;
+        need = flen + 1 + vlen + 1;
+        if (r->cap - r->len < need) {
+                size_t cap = MAX(r->cap ? r->cap * 2 : (size_t) RECORD_INITIAL_BYTES, r->len + need);
+                char *d = realloc(r->data, cap);
+                if (!d)
+                        return -ENOMEM;
+                r->data = d;
+                r->cap = cap;
+        }
+        item = r->data + r->len;
         memcpy(item, field, flen);
         item[flen] = '=';
         memcpy(item + flen + 1, value, vlen);
         item[flen + 1 + vlen] = 0;
-        r->items[r->n++] = item;
+        r->off[r->n++] = (uint32_t) r->len;
+        r->len += need;
         return 0;
 }
 
@@ -229,7 +248,7 @@ size_t kb_record_n_fields(const struct kb_record *r) {
 const char *kb_record_item(const struct kb_record *r, size_t i) {
         if (!r || i >= r->n)
                 return NULL;
-        return r->items[i];
+        return r->data + r->off[i];
 }
 
 /* ---- the writer ---- */
@@ -259,7 +278,7 @@ static int send_items(const struct iovec *items, size_t n, kb_journal_send_t sen
 
 static size_t record_iov(const struct kb_record *rec, struct iovec *iov) {
         for (size_t i = 0; i < rec->n; i++)
-                iov[i] = (struct iovec) { .iov_base = rec->items[i], .iov_len = strlen(rec->items[i]) };
+                iov[i] = (struct iovec) { .iov_base = rec->data + rec->off[i], .iov_len = strlen(rec->data + rec->off[i]) };
         return rec->n;
 }
 
@@ -289,7 +308,7 @@ static int spool_record(struct kb_spool *spool, const struct kb_record *rec) {
 
         /* request records carry their own (the quota's settle time) */
         for (size_t i = 0; i < rec->n && !has_time; i++)
-                has_time = strncmp(rec->items[i], "KEYBROKER_REALTIME_USEC=", 24) == 0;
+                has_time = strncmp(rec->data + rec->off[i], "KEYBROKER_REALTIME_USEC=", 24) == 0;
         iov[n++] = (struct iovec) { .iov_base = (char *) "KEYBROKER_SPOOLED=1", .iov_len = 19 };
         if (!has_time) {
                 snprintf(when, sizeof(when), "KEYBROKER_REALTIME_USEC=%" PRIu64, rec->realtime_usec);
@@ -551,6 +570,7 @@ void kb_journal_set_native_socket(struct kb_journal *j, const char *path) {
                 return;
         pthread_mutex_lock(&j->lock);
         j->direct_path = j->direct_fd >= 0 ? path : NULL;
+        j->direct_connected = false;
         pthread_mutex_unlock(&j->lock);
 }
 
@@ -562,6 +582,7 @@ void kb_journal_set_sender(struct kb_journal *j, kb_journal_send_t send, void *u
         j->send_userdata = send ? userdata : NULL;
         /* The direct path would bypass the replacement. */
         j->direct_path = send || j->direct_fd < 0 ? NULL : KB_JOURNAL_SOCKET;
+        j->direct_connected = false;
         pthread_mutex_unlock(&j->lock);
 }
 
@@ -622,7 +643,8 @@ static int send_direct(struct kb_journal *j, const struct kb_record *rec) {
         if (r >= 0)
                 r = kb_journal_native_format(&ident, 1, &j->direct_buf);
         if (r >= 0)
-                r = kb_journal_native_send(j->direct_fd, j->direct_path, j->direct_buf.data, j->direct_buf.len);
+                r = kb_journal_native_send(j->direct_fd, j->direct_path, &j->direct_connected, j->direct_buf.data,
+                                           j->direct_buf.len);
         /* A big record's buffer is not kept for the next small one. */
         if (j->direct_buf.cap > 64 * 1024)
                 kb_buf_free(&j->direct_buf);

@@ -296,8 +296,54 @@ static void test_native_format(void **state) {
         int fd = kb_journal_native_open();
         assert_true(fd >= 0);
         /* Nobody listening there: an error, not a hang. */
-        assert_true(kb_journal_native_send(fd, "/nonexistent/kb-journal-test.sock", "A=b\n", 4) < 0);
+        bool connected = false;
+        assert_true(kb_journal_native_send(fd, "/nonexistent/kb-journal-test.sock", &connected, "A=b\n", 4) < 0);
+        assert_false(connected);
         close(fd);
+}
+
+static int bind_dgram(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int srv = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+        assert_true(srv >= 0);
+        strcpy(sa.sun_path, path);
+        assert_int_equal(bind(srv, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        return srv;
+}
+
+/* The socket is connected once; a journald that restarted (its socket file
+ * unlinked and bound anew) is found again by the next send. */
+static void test_native_send_reconnects(void **state) {
+        char dir[] = "/tmp/kb-test-journal-XXXXXX", path[128], buf[64];
+        bool connected = false;
+
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/socket", dir);
+        int srv = bind_dgram(path);
+        int fd = kb_journal_native_open();
+        assert_true(fd >= 0);
+        assert_int_equal(kb_journal_native_send(fd, path, &connected, "A=1\n", 4), 0);
+        assert_true(connected);
+        assert_int_equal(recv(srv, buf, sizeof(buf), MSG_DONTWAIT), 4);
+        assert_int_equal(kb_journal_native_send(fd, path, &connected, "A=2\n", 4), 0);
+        assert_int_equal(recv(srv, buf, sizeof(buf), MSG_DONTWAIT), 4);
+        assert_memory_equal(buf, "A=2\n", 4);
+
+        close(srv);
+        assert_int_equal(unlink(path), 0);
+        srv = bind_dgram(path);
+        assert_int_equal(kb_journal_native_send(fd, path, &connected, "A=3\n", 4), 0);
+        assert_true(connected);
+        assert_int_equal(recv(srv, buf, sizeof(buf), MSG_DONTWAIT), 4);
+        assert_memory_equal(buf, "A=3\n", 4);
+
+        /* gone for good: an error the writer falls back on */
+        close(srv);
+        assert_int_equal(unlink(path), 0);
+        assert_true(kb_journal_native_send(fd, path, &connected, "A=4\n", 4) < 0);
+        close(fd);
+        assert_int_equal(rmdir(dir), 0);
 }
 
 static unsigned dgram_qlen(void) {
@@ -838,6 +884,7 @@ int main(void) {
                 cmocka_unit_test(test_lifecycle),
                 cmocka_unit_test(test_config_record),
                 cmocka_unit_test(test_native_format),
+                cmocka_unit_test(test_native_send_reconnects),
                 cmocka_unit_test(test_direct_path_falls_back_in_order),
         };
 
