@@ -158,3 +158,31 @@ int kb_json_scan_object(const char *s, size_t n, kb_json_member_t member, void *
                 return -EINVAL;
         }
 }
+
+int kb_json_scan_array(const char *s, size_t n, kb_json_element_t element, void *userdata) {
+        size_t i = skip_ws(s, n, 0);
+
+        if (!s || i >= n || s[i] != '[')
+                return -EINVAL;
+        i = skip_ws(s, n, i + 1);
+        if (i < n && s[i] == ']')
+                return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
+
+        for (;;) {
+                size_t value = i;
+                i = skip_value(s, n, i);
+                if (i == 0)
+                        return -EINVAL;
+                int r = element(s + value, i - value, userdata);
+                if (r < 0)
+                        return r;
+                i = skip_ws(s, n, i);
+                if (i < n && s[i] == ',') {
+                        i = skip_ws(s, n, i + 1);
+                        continue;
+                }
+                if (i < n && s[i] == ']')
+                        return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
+                return -EINVAL;
+        }
+}

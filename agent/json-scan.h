@@ -26,3 +26,11 @@ typedef int (*kb_json_member_t)(const char *key, size_t key_len, const char *val
  * -EILSEQ when a key holds an escape (the caller should parse the document
  * instead of matching raw key text). */
 int kb_json_scan_object(const char *s, size_t n, kb_json_member_t member, void *userdata);
+
+/* Called for each element of an array, in order, as text. */
+typedef int (*kb_json_element_t)(const char *value, size_t value_len, void *userdata);
+
+/* 0 when s is one array and every element was handed out; -EINVAL when it
+ * is not a well-formed array (elements checked as kb_json_scan_object
+ * checks member values). */
+int kb_json_scan_array(const char *s, size_t n, kb_json_element_t element, void *userdata);

@@ -91,7 +91,7 @@ static int on_usage_member(const char *key, size_t key_len, const char *value, s
 
 /* Reads the counts of the usage object text into a copy of *u, committed
  * only when the whole of it reads as jansson would read it. */
-static int usage_text(struct kb_usage *u, const char *v, size_t n, const struct kb_usage_count *counts) {
+int kb_usage_read_text(struct kb_usage *u, const char *v, size_t n, const struct kb_usage_count *counts) {
         struct spans s = { .counts = counts };
         struct kb_usage next = *u;
 
@@ -286,7 +286,7 @@ int kb_usage_answer(struct kb_usage *u, kb_endpoint endpoint, const char *s, siz
                 return answer_parsed(u, endpoint, s, n) == -ENOMEM ? -ENOMEM : 0;
         r = pick_scan(s, n, &p);
         if (r >= 0 && counts && p.usage)
-                r = usage_text(u, p.usage, p.usage_len, counts);
+                r = kb_usage_read_text(u, p.usage, p.usage_len, counts);
         if (r == -EILSEQ) {
                 *u = before;
                 json_decref(p.root);

@@ -39,6 +39,10 @@ int kb_usage_take_string(json_t *obj, const char *key, char **field);
  * request's usage added to u (u->batch set). 0 or -ENOMEM. */
 int kb_usage_add_batch_result(struct kb_usage *u, const char *line, size_t n);
 
+/* usage-answer.c: the counts of the usage object text v (ignored when not
+ * an object), committed only when all of it reads as jansson would read it.
+ * 0, or -ENOMEM. */
+int kb_usage_read_text(struct kb_usage *u, const char *v, size_t n, const struct kb_usage_count *counts);
 /* usage-answer.c: an object holding only the members keys[] of the JSON
  * object text s, each as jansson reads it (the last of a repeated key);
  * NULL when s is not a well-formed object or a picked member does not

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "usage.h"
 #include "usage-internal.h"
+#include "json-scan.h"
 
 #include <assert.h>
 #include <jansson.h>
@@ -252,6 +253,133 @@ static bool chunk_has_text(json_t *choices) {
         return false;
 }
 
+/* ---- chat and completions chunks, read from their text ----
+ *
+ * Every chunk of a chat stream is read, and most say only "one more
+ * token": the scanner finds what matters (whether a choice carries output,
+ * whether the choices are empty, the usage) without building the document.
+ * Anything it cannot read as jansson would — a malformed chunk, an escape
+ * in a key — goes the jansson way instead (sse_event below). */
+
+struct span {
+        const char *p;
+        size_t n;
+};
+
+struct chunk_spans {
+        struct span choices, usage;
+};
+
+static bool span_is(const char *key, size_t len, const char *want) {
+        return strlen(want) == len && memcmp(key, want, len) == 0;
+}
+
+static int on_chunk_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
+        struct chunk_spans *c = userdata;
+
+        /* the last of a repeated key counts, as with jansson */
+        if (span_is(key, key_len, "choices"))
+                c->choices = (struct span) { value, value_len };
+        else if (span_is(key, key_len, "usage"))
+                c->usage = (struct span) { value, value_len };
+        return 0;
+}
+
+/* A non-empty string or array: what chunk_has_delta() calls output. */
+static bool value_has_output(const char *v, size_t n) {
+        if (n > 2 && v[0] == '"')
+                return true;
+        if (n == 0 || v[0] != '[')
+                return false;
+        for (size_t i = 1; i < n; i++)
+                if (!is_ws(v[i]))
+                        return v[i] != ']';
+        return false;
+}
+
+struct choice_scan {
+        bool output;            /* this choice or an earlier one */
+        bool in_delta;
+        struct span delta, text;
+};
+
+static int on_delta_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
+        static const char *const fields[] = { "content", "tool_calls", "refusal", "reasoning_content" };
+        struct choice_scan *c = userdata;
+
+        for (size_t f = 0; f < ELEMENTSOF(fields); f++)
+                if (span_is(key, key_len, fields[f]) && value_has_output(value, value_len))
+                        c->output = true;
+        return 0;
+}
+
+static int on_choice_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
+        struct choice_scan *c = userdata;
+
+        if (span_is(key, key_len, "delta"))
+                c->delta = (struct span) { value, value_len };
+        else if (span_is(key, key_len, "text"))
+                c->text = (struct span) { value, value_len };
+        return 0;
+}
+
+static int on_choice(const char *value, size_t value_len, void *userdata) {
+        struct choice_scan *c = userdata;
+        int r;
+
+        /* jansson's json_object_get on a non-object: nothing there */
+        if (value_len == 0 || value[0] != '{')
+                return 0;
+        c->delta = c->text = (struct span) {};
+        r = kb_json_scan_object(value, value_len, on_choice_member, c);
+        if (r < 0)
+                return r;
+        if (c->delta.n > 0 && c->delta.p[0] == '{') {
+                r = kb_json_scan_object(c->delta.p, c->delta.n, on_delta_member, c);
+                if (r < 0)
+                        return r;
+        }
+        /* a legacy completions chunk: the choice's own "text" */
+        if (c->text.n > 2 && c->text.p[0] == '"')
+                c->output = true;
+        return 0;
+}
+
+static int count_choice(const char *value, size_t value_len, void *userdata) {
+        (*(size_t *) userdata)++;
+        return 0;
+}
+
+/* 1: read; 0: not read (the caller reads it the jansson way); -ENOMEM. */
+static int chat_chunk_text(struct kb_usage_tap *t, const char *data, size_t len, bool *ret_hide) {
+        struct kb_usage *u = &t->usage;
+        struct chunk_spans c = {};
+        struct choice_scan cs = {};
+        size_t n_choices = 0;
+        bool choices_array = false;
+
+        /* model and id are taken from the first chunks, the jansson way */
+        if (!u->upstream_model || !u->upstream_request_id || memchr(data, 0, len))
+                return 0;
+        if (kb_json_scan_object(data, len, on_chunk_member, &c) < 0)
+                return 0;
+        if (c.choices.n > 0 && c.choices.p[0] == '[') {
+                choices_array = true;
+                if (kb_json_scan_array(c.choices.p, c.choices.n, on_choice, &cs) < 0 ||
+                    kb_json_scan_array(c.choices.p, c.choices.n, count_choice, &n_choices) < 0)
+                        return 0;
+        }
+        /* committed to u only when the whole usage object reads */
+        if (c.usage.n > 0 && c.usage.p[0] == '{' &&
+            kb_usage_read_text(u, c.usage.p, c.usage.n, kb_usage_counts_openai_chat) < 0)
+                return 0;
+        if (cs.output)
+                u->streamed_deltas++;
+        if (t->hide_usage && c.usage.n > 0 && c.usage.p[0] == '{' && choices_array && n_choices == 0)
+                *ret_hide = true;
+        return 1;
+}
+
 static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool *ret_hide) {
         _cleanup_json_ json_t *root = NULL;
         struct kb_usage *u = &t->usage;
@@ -270,6 +398,12 @@ static int sse_event(struct kb_usage_tap *t, const char *data, size_t len, bool 
                 if (t->family == KB_FAMILY_OPENAI && e - i == 6 && memcmp(data + i, "[DONE]", 6) == 0)
                         u->stream_done = true;
                 return 0;
+        }
+
+        if (t->endpoint == KB_ENDPOINT_CHAT || t->endpoint == KB_ENDPOINT_COMPLETIONS) {
+                int r = chat_chunk_text(t, data + i, len - i, ret_hide);
+                if (r != 0)
+                        return r < 0 ? r : 0;
         }
 
         /* Malformed events (a provider bug, a truncated stream) carry no usage

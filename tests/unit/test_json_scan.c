@@ -139,6 +139,42 @@ static void test_agrees_with_jansson(void **state) {
         }
 }
 
+struct elements {
+        char text[512];         /* "value;" for every element */
+        unsigned n;
+};
+
+static int collect_element(const char *value, size_t value_len, void *userdata) {
+        struct elements *e = userdata;
+        size_t len = strlen(e->text);
+
+        e->n++;
+        snprintf(e->text + len, sizeof(e->text) - len, "%.*s;", (int) value_len, value);
+        return 0;
+}
+
+static int scan_array(const char *doc, struct elements *e) {
+        memset(e, 0, sizeof(*e));
+        return kb_json_scan_array(doc, strlen(doc), collect_element, e);
+}
+
+static void test_array(void **state) {
+        struct elements e;
+
+        assert_int_equal(scan_array(" [ 1 , \"a]\" , {\"k\":[2]} , [ ] , null ] ", &e), 0);
+        assert_int_equal(e.n, 5);
+        assert_string_equal(e.text, "1;\"a]\";{\"k\":[2]};[ ];null;");
+        assert_int_equal(scan_array("[]", &e), 0);
+        assert_int_equal(e.n, 0);
+        assert_int_equal(scan_array(" [ ] ", &e), 0);
+        static const char *const bad[] = {
+                "", "{}", "[", "[1,]", "[,1]", "[1 2]", "[1]x", "[\"a]", "[{]", "[tru]", "[1]]", "[01]",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                if (scan_array(bad[i], &e) != -EINVAL)
+                        fail_msg("'%s' should be refused", bad[i]);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_members),
@@ -146,6 +182,7 @@ int main(void) {
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_depth),
                 cmocka_unit_test(test_agrees_with_jansson),
+                cmocka_unit_test(test_array),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

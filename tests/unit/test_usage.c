@@ -765,6 +765,50 @@ static void test_streamed_deltas(void **state) {
                 assert_int_equal(deltas_of(KB_FAMILY_OPENAI, KB_ENDPOINT_RESPONSES, resp, i), 1);
 }
 
+/* After the first chunk (model and id known) chat chunks are read from
+ * their text; what that reader cannot read as jansson does (an escape in a
+ * key, a malformed chunk) is read the jansson way: the counts are the same
+ * either way, wherever the stream is cut. */
+static void test_chat_chunks_read_from_text(void **state) {
+#define C(x) "data: {\"id\":\"c1\",\"model\":\"m\"," x "}\n\n"
+        static const char chat[] =
+                C("\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]")      /* 0 */
+                C("\"choices\":[{\"delta\":{\"content\":null}}],\"usage\":null")               /* 0 */
+                C("\"choices\":[{\"delta\":{\"refusal\":\"no\"}}]")                            /* 1 */
+                C("\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]")                 /* 2 */
+                C("\"choices\":[{\"delta\":{\"tool_calls\":[ ]}}]")                            /* 2 */
+                C("\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]")               /* 3 */
+                C("\"choices\":[{\"delta\":{\"con\\u0074ent\":\"x\"}}]")                       /* 4: jansson's */
+                C("\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"choices\":[]")              /* 4: the last key */
+                "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"x\"}}]\n\n" /* malformed */
+                C("\"choices\":[7,{\"delta\":{\"content\":\"y\"}}]")                           /* 5 */
+                C("\"choices\":[{\"text\":\"legacy\"}]")                                       /* 6 */
+                C("\"choices\":[{\"delta\":{\"content\":\"\\\"\"}}]")                          /* 7: an escaped quote */
+                C("\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6,"
+                  "\"prompt_tokens_details\":{\"cached_tokens\":2}}")
+                "data: [DONE]\n\n";
+#undef C
+        for (size_t i = 0; i <= strlen(chat); i++) {
+                assert_int_equal(deltas_of(KB_FAMILY_OPENAI, KB_ENDPOINT_CHAT, chat, i), 7);
+                assert_int_equal(deltas_of(KB_FAMILY_OPENAI, KB_ENDPOINT_COMPLETIONS, chat, i), 7);
+        }
+        struct kb_usage_tap *t;
+        struct kb_buf out = {};
+        assert_int_equal(kb_usage_tap_new(KB_FAMILY_OPENAI, KB_ENDPOINT_CHAT, true, true, &t), 0);
+        assert_int_equal(kb_usage_tap_feed(t, chat, strlen(chat), &out), 0);
+        assert_int_equal(kb_usage_tap_finish(t, &out), 0);
+        const struct kb_usage *u = kb_usage_tap_get(t);
+        assert_int_equal(u->input_tokens, 5);
+        assert_int_equal(u->output_tokens, 6);
+        assert_int_equal(u->cached_tokens, 2);
+        assert_true(u->stream_done);
+        /* the usage-only chunk is hidden from the app, the rest passes */
+        assert_null(memmem(out.data, out.len, "prompt_tokens", 13));
+        assert_non_null(memmem(out.data, out.len, "\"legacy\"", 8));
+        kb_usage_tap_free(t);
+        kb_buf_free(&out);
+}
+
 static int gate_at_two(void *userdata, const struct kb_usage *u) {
         unsigned *calls = userdata;
         (*calls)++;
@@ -823,6 +867,7 @@ int main(void) {
                 cmocka_unit_test(test_api),
                 cmocka_unit_test(test_memory),
                 cmocka_unit_test(test_streamed_deltas),
+                cmocka_unit_test(test_chat_chunks_read_from_text),
                 cmocka_unit_test(test_gate),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
