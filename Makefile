@@ -147,15 +147,12 @@ run: deps-run
 	@$(MAKE) -j$(NPROC) --no-print-directory all
 	KB_DEMO_STORE=$(STORE) tests/demo/run.sh
 
-# nginx for the side-by-side in make bench (tests/bench/vs-nginx.sh); the
-# bench skips that part when it is not installed.
-BENCH_PKGS := nginx-light
+# nginx for the side-by-side in make bench (tests/bench/vs-nginx.sh) and
+# strace for the system calls per request (tests/bench/cost-bench.sh); the
+# bench skips a part whose tool is missing. (nginx may come from elsewhere.)
 bench-deps: deps
-	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
-		echo "make bench-deps: installing $(BENCH_PKGS)"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PKGS) || \
-		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PKGS); }; }
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { $(call apt_ensure,nginx-light); }
+	@$(call apt_ensure,strace)
 
 bench: bench-deps all $(BENCH)
 	tests/bench/run.sh

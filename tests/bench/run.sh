@@ -457,6 +457,8 @@ BUILD=$BUILD "$HERE/usage-bench.sh" | tee -a "$TMP/results.md"
 . "$HERE/upload-bench.sh"
 # The quota store's cost: local counters vs Redis (its own section).
 . "$HERE/store-bench.sh"
+# System calls and allocations per request (its own section).
+. "$HERE/cost-bench.sh"
 # keybrokerd vs nginx as a key-injecting reverse proxy (its own section).
 . "$HERE/vs-nginx.sh"
 [ -n "${BENCH_OUT:-}" ] && cp "$TMP/results.md" "$BENCH_OUT"
