@@ -19,8 +19,12 @@ case $CB_N in "" | *[!0-9]* | 0) CB_N=1000 ;; esac
 
 cb_say() { tee -a "$TMP/results.md"; }
 
-# cb_syscalls KIND: system calls per request of KIND (json|sse), or "".
+# The functions below start and stop keybrokerd (BROKER_PID): they run in
+# this shell, never in $( ), and leave their figure in CB_RESULT.
+
+# cb_syscalls KIND: system calls per request of KIND (json|sse).
 cb_syscalls() {
+        CB_RESULT=
         local kind=$1 out=$TMP/strace-$1.txt spid total
         sb_start "$TMP/keybroker.conf" || return 1
         run_load "cost-warm-$kind" broker "$kind" 1 -200 >/dev/null 2>&1
@@ -32,17 +36,32 @@ cb_syscalls() {
         kill -INT "$spid" 2>/dev/null
         wait "$spid" 2>/dev/null
         run_valid "cost-strace-$kind" || return 1
-        total=$(awk '$NF == "total" { print $(NF - 2) }' "$out")
+        # the summary's last line: % time, seconds, usecs/call, calls, [errors,] total
+        total=$(awk '$NF == "total" { print $4 }' "$out")
         [ -n "$total" ] || return 1
-        awk -v t="$total" -v n="$CB_N" 'BEGIN { printf "%.1f", t / n }'
+        CB_RESULT=$(awk -v t="$total" -v n="$CB_N" 'BEGIN { printf "%.1f", t / n }')
+}
+
+# cb_stop: SIGTERM and wait for the heap summary (valgrind's exit is slow).
+cb_stop() {
+        [ -n "$BROKER_PID" ] || return 0
+        kill -TERM "$BROKER_PID" 2>/dev/null
+        for _ in $(seq 600); do
+                kill -0 "$BROKER_PID" 2>/dev/null || break
+                sleep 0.1
+        done
+        kill -KILL "$BROKER_PID" 2>/dev/null
+        wait "$BROKER_PID" 2>/dev/null
+        BROKER_PID=
 }
 
 # cb_allocs N KIND: memcheck's count of allocations for a run of N requests.
 cb_allocs() {
         local n=$1 kind=$2 log=$TMP/valgrind-$2-$1.log
+        CB_RESULT=
         stop_pid "$BROKER_PID"
         BROKER_PID=
-        valgrind --tool=memcheck --log-file="$log" "$KEYBROKERD" --config "$TMP/keybroker.conf" \
+        valgrind --tool=memcheck --leak-check=no --log-file="$log" "$KEYBROKERD" --config "$TMP/keybroker.conf" \
                 >>"$TMP/keybrokerd.log" 2>&1 &
         BROKER_PID=$!
         for _ in $(seq 300); do
@@ -51,13 +70,12 @@ cb_allocs() {
                 sleep 0.1
         done
         [ "$n" -gt 0 ] && { run_load "cost-vg-$kind-$n" broker "$kind" 1 "-$n" >/dev/null 2>&1 || return 1; }
-        stop_pid "$BROKER_PID"
-        BROKER_PID=
-        sed -n 's/.*total heap usage: \([0-9,]*\) allocs.*/\1/p' "$log" | tr -d ,
+        cb_stop
+        CB_RESULT=$(sed -n 's/.*total heap usage: \([0-9,]*\) allocs.*/\1/p' "$log" | tr -d ,)
 }
 
 cb_main() {
-        local kind sys a0 an
+        local kind sys allocs a0 an
         printf '\n## cost per call (one connection, %s requests each)\n\n' "$CB_N" | cb_say
         if [ "${BENCH_COST:-1}" = 0 ]; then
                 echo "skipped (BENCH_COST=0)" | cb_say
@@ -68,12 +86,14 @@ cb_main() {
         for kind in json sse; do
                 sys=–
                 if command -v strace >/dev/null 2>&1; then
-                        sys=$(cb_syscalls "$kind") || sys="(failed)"
+                        cb_syscalls "$kind" && sys=$CB_RESULT || sys="(failed)"
                 fi
                 allocs=–
                 if command -v valgrind >/dev/null 2>&1; then
-                        a0=$(cb_allocs 50 "$kind")
-                        an=$(cb_allocs $((CB_N + 50)) "$kind")
+                        cb_allocs 50 "$kind"
+                        a0=$CB_RESULT
+                        cb_allocs $((CB_N + 50)) "$kind"
+                        an=$CB_RESULT
                         if [ -n "$a0" ] && [ -n "$an" ]; then
                                 allocs=$(awk -v a="$an" -v b="$a0" -v n="$CB_N" 'BEGIN { printf "%.1f", (a - b) / n }')
                         else

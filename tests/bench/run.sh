@@ -14,7 +14,8 @@
 # Env: BENCH_QUICK=1 (2 s per run), BENCH_DURATION=S (seconds per run),
 #      BENCH_HOLD_CONNECTIONS=N (default 1000), BENCH_OUT=FILE (also write the
 #      tables there), BENCH_KEEP=1 (keep the temp dir with logs), BUILD=DIR,
-#      BENCH_NGINX=0 (no nginx comparison), BENCH_ROUNDS=N (its rounds, 3).
+#      BENCH_NGINX=0 (no nginx comparison), BENCH_ROUNDS=N (its rounds, 3),
+#      BENCH_ONLY=cost (only the system calls and allocations per request).
 set -u
 set -o pipefail
 
@@ -231,6 +232,14 @@ run_load warm-broker broker json 4 -200 || die "kb-bench could not load the brok
 run_valid warm-direct || die "the mock answers with errors (first status $(jget warm-direct first_bad_status))"
 run_valid warm-broker || die "the broker answers with errors (first status $(jget warm-broker first_bad_status)); see $TMP/keybrokerd.log"
 run_load warm-broker-sse broker sse 4 -100 || die "kb-bench could not stream through the broker"
+
+# BENCH_ONLY=cost: only the system calls and allocations per request.
+if [ "${BENCH_ONLY:-}" = cost ]; then
+        BENCH_STORE=0 . "$HERE/store-bench.sh" >/dev/null
+        . "$HERE/cost-bench.sh"
+        [ -n "${BENCH_OUT:-}" ] && cp "$TMP/results.md" "$BENCH_OUT"
+        exit 0
+fi
 
 RUNS=()
 log "load: ${DURATION}s per run, 8 runs"
