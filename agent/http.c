@@ -361,6 +361,7 @@ static void conn_read(struct kb_conn *c) {
 
 static int conn_on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
         struct kb_conn *c = userdata;
+        struct kb_http_server *s = c->server;   /* outlives its connections' events */
 
         kb_conn_ref(c);
         if (revents & EPOLLERR) {
@@ -387,6 +388,8 @@ static int conn_on_io(sd_event_source *src, int fd, uint32_t revents, void *user
 out:
         kb_conn_update(c);
         kb_conn_unref(c);
+        if (s && s->ops->after_io)
+                s->ops->after_io(s->userdata);
         return 0;
 }
 

@@ -86,6 +86,10 @@ struct kb_http_ops {
          * called from inside a kb_conn_*() call: only from the event loop or
          * kb_http_server_stop_accepting()/kb_http_server_free(). */
         void (*on_close)(struct kb_conn *c, void *userdata);
+        /* After each event the server handled for a connection, once it is
+         * done with the connection: what the owner put off while inside the
+         * callbacks above can run in the same loop pass. May be NULL. */
+        void (*after_io)(void *userdata);
 };
 
 /* "OK", "Not Found", …; a generic phrase for codes without one. */

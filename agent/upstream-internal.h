@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* Shared by upstream.c (the transfer machinery on sd-event) and
- * upstream-sockets.c (connection sockets: counting them, telling our own
- * lack of fds from a provider's refusal). Not for other modules. */
+/* Shared by upstream.c (the transfer machinery on sd-event),
+ * upstream-head.c (the response head) and upstream-sockets.c (connection
+ * sockets: counting them, telling our own lack of fds from a provider's
+ * refusal). Not for other modules. */
 
 #include <curl/curl.h>
 #include <stdbool.h>
@@ -71,3 +72,10 @@ int upstream_own_fault(struct kb_upstream_call *c, int error);
 curl_socket_t upstream_on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a);
 int upstream_on_close_socket(void *clientp, curl_socket_t fd);
 int upstream_on_prereq(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port);
+
+/* upstream-head.c: one header line from curl (the status line, a header, a
+ * folded continuation, the blank end); 0 or -ENOMEM. */
+int kb_upstream_head_line(struct kb_upstream_call *c, const char *s, size_t n);
+/* upstream-head.c: on_response with the status and headers, once; its
+ * return value (or -ENOMEM). */
+int kb_upstream_deliver_response(struct kb_upstream_call *c);

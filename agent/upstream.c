@@ -130,125 +130,6 @@ static void upstream_schedule_defer(struct kb_upstream *u) {
 
 /* ---- response delivery ---- */
 
-static int call_deliver_response(struct kb_upstream_call *c) {
-        _cleanup_free_ struct kb_http_header *h = NULL;
-        const char *p;
-        long status;
-
-        if (c->response_sent)
-                return 0;
-        c->response_sent = true;
-
-        if (!c->ops.on_response)
-                return 0;
-
-        status = c->status;
-        if (status <= 0)
-                (void) curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
-
-        if (c->n_hdrs > 0) {
-                h = calloc(c->n_hdrs, sizeof(*h));
-                if (!h)
-                        return -ENOMEM;
-                p = c->hdrs.data;
-                for (size_t i = 0; i < c->n_hdrs; i++) {
-                        h[i].name = p;
-                        p += strlen(p) + 1;
-                        h[i].value = p;
-                        p += strlen(p) + 1;
-                }
-        }
-
-        return c->ops.on_response(c->userdata, status, h, c->n_hdrs);
-}
-
-static bool is_ws(char ch) {
-        return ch == ' ' || ch == '\t';
-}
-
-static long parse_status_line(const char *s, size_t n) {
-        size_t i = 5; /* after "HTTP/" */
-        long v = 0;
-
-        while (i < n && !is_ws(s[i]))
-                i++;
-        while (i < n && is_ws(s[i]))
-                i++;
-        if (n - i < 3)
-                return 0;
-        for (size_t k = 0; k < 3; k++) {
-                if (s[i + k] < '0' || s[i + k] > '9')
-                        return 0;
-                v = v * 10 + (s[i + k] - '0');
-        }
-        return v;
-}
-
-static int call_header_line(struct kb_upstream_call *c, const char *s, size_t n) {
-        const char *colon, *name, *value;
-        size_t nlen, vlen;
-        int r;
-
-        while (n > 0 && (s[n - 1] == '\r' || s[n - 1] == '\n'))
-                n--;
-
-        if (n >= 5 && memcmp(s, "HTTP/", 5) == 0) {
-                /* a new response block: an interim 1xx one is forgotten */
-                kb_buf_clear(&c->hdrs);
-                c->n_hdrs = 0;
-                c->status = parse_status_line(s, n);
-                if ((c->status >= 200 || c->status < 100) && c->ttfb_usec == 0)
-                        c->ttfb_usec = MAX(kb_now_usec() - c->start_usec, UINT64_C(1));
-                return 0;
-        }
-        if (n == 0)
-                return 0;
-
-        if (is_ws(s[0])) {
-                /* obsolete line folding: continues the previous value */
-                if (c->n_hdrs == 0)
-                        return 0;
-                while (n > 0 && is_ws(s[0]))
-                        s++, n--;
-                while (n > 0 && is_ws(s[n - 1]))
-                        n--;
-                c->hdrs.len--; /* drop the value's NUL */
-                r = kb_buf_append(&c->hdrs, " ", 1);
-                if (r >= 0)
-                        r = kb_buf_append(&c->hdrs, s, n);
-                if (r >= 0)
-                        r = kb_buf_append(&c->hdrs, "", 1);
-                return r;
-        }
-
-        colon = memchr(s, ':', n);
-        if (!colon)
-                return 0; /* not a header; curl tolerated it, so do we */
-
-        name = s;
-        nlen = colon - s;
-        while (nlen > 0 && is_ws(name[nlen - 1]))
-                nlen--;
-        value = colon + 1;
-        vlen = n - (value - s);
-        while (vlen > 0 && is_ws(value[0]))
-                value++, vlen--;
-        while (vlen > 0 && is_ws(value[vlen - 1]))
-                vlen--;
-        if (nlen == 0 || memchr(name, 0, nlen) || memchr(value, 0, vlen))
-                return 0;
-
-        r = kb_buf_reserve(&c->hdrs, nlen + vlen + 2);
-        if (r < 0)
-                return r;
-        (void) kb_buf_append(&c->hdrs, name, nlen);
-        (void) kb_buf_append(&c->hdrs, "", 1);
-        (void) kb_buf_append(&c->hdrs, value, vlen);
-        (void) kb_buf_append(&c->hdrs, "", 1);
-        c->n_hdrs++;
-        return 0;
-}
-
 static size_t on_curl_header(char *buf, size_t size, size_t nitems, void *userdata) {
         struct kb_upstream_call *c = userdata;
         size_t n = size * nitems;
@@ -264,7 +145,7 @@ static size_t on_curl_header(char *buf, size_t size, size_t nitems, void *userda
                 c->abort_error = -EPROTO;
                 return CURL_WRITEFUNC_ERROR;
         }
-        if (call_header_line(c, buf, n) < 0) {
+        if (kb_upstream_head_line(c, buf, n) < 0) {
                 c->abort_error = -EIO;
                 return CURL_WRITEFUNC_ERROR;
         }
@@ -283,7 +164,7 @@ static size_t on_curl_write(char *buf, size_t size, size_t nmemb, void *userdata
                 return CURL_WRITEFUNC_PAUSE;
 
         if (!c->response_sent) {
-                r = call_deliver_response(c);
+                r = kb_upstream_deliver_response(c);
                 if (r < 0) {
                         c->abort_error = r == -ENOMEM ? -EIO : -ECANCELED;
                         return CURL_WRITEFUNC_ERROR;
@@ -384,7 +265,7 @@ static void upstream_drain(struct kb_upstream *u) {
 
                 if (error == 0 && !c->response_sent) {
                         /* a response without body */
-                        int r = call_deliver_response(c);
+                        int r = kb_upstream_deliver_response(c);
                         if (r < 0)
                                 error = r == -ENOMEM ? -EIO : -ECANCELED;
                         if (c->cancelled) {
@@ -492,6 +373,14 @@ static int on_defer(sd_event_source *s, void *userdata) {
                 upstream_socket_action(u, CURL_SOCKET_TIMEOUT, 0);
         }
         return 0;
+}
+
+void kb_upstream_run_deferred(struct kb_upstream *u) {
+        /* off first: what the work schedules anew turns it on again */
+        if (!u || u->busy || sd_event_source_get_enabled(u->defer, NULL) <= 0 ||
+            sd_event_source_set_enabled(u->defer, SD_EVENT_OFF) < 0)
+                return;
+        (void) on_defer(u->defer, u);
 }
 
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {

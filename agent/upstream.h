@@ -94,6 +94,10 @@ void kb_upstream_call_resume(struct kb_upstream_call *c);
 void kb_upstream_call_body_ready(struct kb_upstream_call *c);
 /* Abort and free; no on_done follows. Accepts NULL. Not from inside its own callbacks. */
 void kb_upstream_call_cancel(struct kb_upstream_call *c);
+/* Run now what the loop's next pass would (a transfer added since, a
+ * resume, a failure to report): for the owner, right after the event that
+ * started it, never from inside a callback of this module. */
+void kb_upstream_run_deferred(struct kb_upstream *u);
 /* Timing of the call: time to first response byte, from start, in µs (0 before). */
 uint64_t kb_upstream_call_ttfb_usec(const struct kb_upstream_call *c);
 size_t kb_upstream_n_calls(const struct kb_upstream *u);
