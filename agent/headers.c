@@ -58,13 +58,11 @@ bool kb_header_relayable(const char *name) {
         return false;
 }
 
-char *kb_header_relay_rename(const char *name) {
+int kb_header_relay_rename(const char *name, char *buf, size_t size) {
         if (!has_prefix_ci(name, "x-ratelimit-"))
-                return NULL;
-        char *s;
-        if (asprintf(&s, "x-upstream-%s", name + 2) < 0)
-                return NULL;
-        return s;
+                return 0;
+        int k = snprintf(buf, size, "x-upstream-%s", name + 2);
+        return k >= 0 && (size_t) k < size ? 1 : -ENOBUFS;
 }
 
 bool kb_header_safe(const char *s) {

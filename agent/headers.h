@@ -22,9 +22,11 @@ bool kb_header_forwardable(const char *name, const struct kb_route *route);
  * x-ratelimit-* describe its team. Returns false for headers to drop. */
 bool kb_header_relayable(const char *name);
 
-/* "x-ratelimit-limit-requests" -> "x-upstream-ratelimit-limit-requests";
- * NULL when name needs no renaming. Returned string is malloc'd. */
-char *kb_header_relay_rename(const char *name);
+/* "x-ratelimit-limit-requests" -> "x-upstream-ratelimit-limit-requests",
+ * written into buf: 1 renamed, 0 when name needs no renaming, -ENOBUFS
+ * when the new name does not fit (the header must then be dropped, never
+ * relayed under its own name). */
+int kb_header_relay_rename(const char *name, char *buf, size_t size);
 
 /* A header value or name safe to emit: no CR, LF or NUL. */
 bool kb_header_safe(const char *s);

@@ -163,8 +163,9 @@ static void write_out(struct kb_request *r) {
 static int relay_response(struct kb_request *r, long status, const struct kb_http_header *headers,
                           size_t n_headers) {
         struct kb_http_header h[64];
-        char *renamed[64];
-        size_t n = 0, n_renamed = 0;
+        /* renamed names (a provider sends half a dozen x-ratelimit-*) */
+        char names[2048];
+        size_t n = 0, names_used = 0;
         char scratch[512];
         const char *ct = NULL;
 
@@ -181,10 +182,12 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
                         r->upstream_request_id = strdup(headers[i].value);
                 if (!kb_header_relayable(name) || n >= ELEMENTSOF(h) - 12 || !kb_header_safe(headers[i].value))
                         continue;
-                char *rn = kb_header_relay_rename(name);
-                if (rn)
-                        renamed[n_renamed++] = rn;
-                h[n++] = (struct kb_http_header) { rn ?: name, headers[i].value };
+                char *rn = names + names_used;
+                int k = kb_header_relay_rename(name, rn, sizeof(names) - names_used);
+                if (k < 0)
+                        continue;
+                names_used += k > 0 ? strlen(rn) + 1 : 0;
+                h[n++] = (struct kb_http_header) { k > 0 ? rn : name, headers[i].value };
         }
         n = kb_api_common_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
 
@@ -205,8 +208,6 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
         if (q >= 0)
                 q = kb_conn_begin(r->conn, (int) status, h, n);
         r->response_started = true;
-        for (size_t i = 0; i < n_renamed; i++)
-                free(renamed[i]);
         return q < 0 ? q : 0;
 }
 

@@ -126,10 +126,15 @@ static void test_headers_relay(void **state) {
         assert_false(kb_header_relayable("set-cookie"));
         assert_false(kb_header_relayable("x-keybroker-team"));
 
-        char *n = kb_header_relay_rename("X-RateLimit-Remaining-Tokens");
+        char n[64];
+        assert_int_equal(kb_header_relay_rename("X-RateLimit-Remaining-Tokens", n, sizeof(n)), 1);
         assert_string_equal(n, "x-upstream-RateLimit-Remaining-Tokens");
-        free(n);
-        assert_null(kb_header_relay_rename("content-type"));
+        assert_int_equal(kb_header_relay_rename("content-type", n, sizeof(n)), 0);
+        /* too long for the room left: refused, never cut */
+        assert_int_equal(kb_header_relay_rename("x-ratelimit-remaining-tokens", n, 20), -ENOBUFS);
+        assert_int_equal(kb_header_relay_rename("x-ratelimit-a", n, 22), -ENOBUFS);
+        assert_int_equal(kb_header_relay_rename("x-ratelimit-a", n, 23), 1);
+        assert_string_equal(n, "x-upstream-ratelimit-a");
         assert_false(kb_header_safe("a\r\nb"));
         assert_true(kb_header_safe("fine"));
 }
