@@ -170,6 +170,7 @@ static struct kb_request *request_new(struct kb_broker *b, struct kb_conn *c, st
         r->attempts = 0;
         LIST_INSERT_HEAD(&b->requests, r, live);
         b->n_in_flight++;
+        kb_broker_in_flight_changed(b);
         return r;
 }
 
@@ -204,6 +205,7 @@ void kb_request_finish(struct kb_request *r) {
         kb_proxy_release(r);
         LIST_REMOVE(r, live);
         b->n_in_flight--;
+        kb_broker_in_flight_changed(b);
         b->n_requests++;
 
         kb_buf_free(&r->out);

@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sodium.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -373,6 +374,44 @@ void kb_broker_release_key(struct kb_broker *b, struct kb_key *k) {
         } else
                 (void) sd_event_source_set_time(b->reseal_timer, now + RESEAL_USEC);
         (void) sd_event_source_set_enabled(b->reseal_timer, SD_EVENT_ON);
+}
+
+/* glibc keeps what a burst of calls freed in its arenas: without giving it
+ * back, a sidecar that once held 1,000 streams keeps their RSS for good. A
+ * burst is over when the calls in flight fell below an eighth of their
+ * peak; two seconds later, if it is still over, the heap is trimmed. */
+#define TRIM_MIN_PEAK 64
+#define TRIM_DELAY_USEC (2 * USEC_PER_SEC)
+
+static int on_trim(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct kb_broker *b = userdata;
+
+        if (b->n_in_flight > b->peak_in_flight / 8)
+                return 0; /* busy again: the next fall arms it anew */
+        (void) malloc_trim(0);
+        b->peak_in_flight = b->n_in_flight;
+        return 0;
+}
+
+void kb_broker_in_flight_changed(struct kb_broker *b) {
+        int enabled = SD_EVENT_OFF;
+
+        if (b->n_in_flight > b->peak_in_flight) {
+                b->peak_in_flight = b->n_in_flight;
+                return;
+        }
+        if (b->peak_in_flight < TRIM_MIN_PEAK || b->n_in_flight > b->peak_in_flight / 8)
+                return;
+        if (b->trim_timer && sd_event_source_get_enabled(b->trim_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+                return;
+        if (!b->trim_timer) {
+                if (sd_event_add_time_relative(b->event, &b->trim_timer, CLOCK_MONOTONIC, TRIM_DELAY_USEC,
+                                               100 * USEC_PER_MSEC, on_trim, b) >= 0)
+                        (void) sd_event_source_set_description(b->trim_timer, "heap-trim");
+                return;
+        }
+        (void) sd_event_source_set_time_relative(b->trim_timer, TRIM_DELAY_USEC);
+        (void) sd_event_source_set_enabled(b->trim_timer, SD_EVENT_ONESHOT);
 }
 
 int kb_broker_instance_id(const char *state_dir, char ret[33]) {

@@ -58,6 +58,8 @@ struct kb_broker {
 
         LIST_HEAD(, kb_request) requests; /* alive, for the drain */
         uint64_t n_in_flight;           /* kb_requests alive */
+        uint64_t peak_in_flight;        /* since the heap was last trimmed */
+        sd_event_source *trim_timer;    /* kb_broker_in_flight_changed() */
         uint64_t n_requests;            /* served since start */
 };
 
@@ -93,6 +95,10 @@ void kb_broker_drop_store(struct kb_broker *b);
 /* broker.c: done with a key opened for a request: kb_key_release() it and
  * make sure it is resealed within about a second once nothing uses it. */
 void kb_broker_release_key(struct kb_broker *b, struct kb_key *k);
+
+/* broker.c: n_in_flight changed (api.c, as a request starts and ends):
+ * once a burst is over the heap is trimmed, so RSS comes back down. */
+void kb_broker_in_flight_changed(struct kb_broker *b);
 
 /* broker.c: this broker's identity in state_dir/instance (created on first
  * start): request records carry it so quota recovery replays only its own. */

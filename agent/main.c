@@ -597,6 +597,7 @@ int main(int argc, char **argv) {
         sd_event_source_unref(d.status_timer);
         sd_event_source_unref(d.watchdog_timer);
         sd_event_source_unref(d.b.reseal_timer);
+        sd_event_source_disable_unref(d.b.trim_timer);
         kb_quota_saver_free(d.saver);
         sd_event_unref(d.b.event);
         kb_keywatch_free(d.b.keywatch);

@@ -296,6 +296,10 @@ log "memory: $HOLD_CONNS open SSE streams (broker VmRSS ${RSS_BASE_STREAM} KiB)"
 hold_rss streams --body "$(body_sse bench)" \
         --header "x-mock-event-delay-ms: 1000" --header "x-mock-output-tokens: 3600"
 STREAM_N=$HOLD_N RSS_STREAM=$HOLD_RSS
+# what the streams took is given back once they ended (the heap is trimmed
+# 2 s after a burst)
+sleep 4
+RSS_AFTER_STREAMS=$(rss_kib)
 kill -0 "$BROKER_PID" 2>/dev/null || log "warning: keybrokerd died during the bench"
 
 # --- journal on vs off -----------------------------------------------------
@@ -413,6 +417,13 @@ cmp_latency json "JSON"
 cmp_latency sse "SSE ($SSE_EVENTS events, full stream)"
 cmp_rss "idle keep-alive connection" "$IDLE_N" "$RSS_IDLE" "$RSS_BASE_IDLE" 16
 cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 64
+if [ "${STREAM_N:-0}" -gt 0 ] && [ -n "${RSS_AFTER_STREAMS:-}" ] && [ -n "$RSS_BASE_STREAM" ]; then
+        after_pct=$(awk -v a="$RSS_AFTER_STREAMS" -v b="$RSS_BASE_STREAM" 'BEGIN { printf "%.1f", (a - b) * 100 / b }')
+        after_ok=0
+        awk -v p="$after_pct" 'BEGIN { exit !(p <= 10) }' && after_ok=1
+        add_row "broker RSS 4 s after $STREAM_N streams ended" "within 10 % of before" \
+                "$RSS_AFTER_STREAMS KiB (before $RSS_BASE_STREAM KiB, +$after_pct %)" $after_ok
+fi
 burst_ok=0
 [ "$(burst_get all_first_before_any_end)" = 1 ] && [ "$(burst_get 2xx)" = "$HOLD_CONNS" ] && burst_ok=1
 add_row "$HOLD_CONNS concurrent 5 s streams on a cold broker" "all flow: every first event before any end" \
