@@ -58,12 +58,18 @@ int kb_quota_mark_format(const struct kb_quota_mark *m, char *buf, size_t size) 
                 n = snprintf(buf, size, "seq=%" PRIu64, m->seq);
         if (n < 0 || (size_t) n >= size)
                 return -ENOBUFS;
+        if (m->journal_cursor[0]) {
+                int k = snprintf(buf + n, size - (size_t) n, " journal=%s", m->journal_cursor);
+                if (k < 0 || (size_t) k >= size - (size_t) n)
+                        return -ENOBUFS;
+                n += k;
+        }
         return n;
 }
 
 int kb_quota_mark_parse(const char *s, struct kb_quota_mark *ret) {
         struct kb_quota_mark m = {};
-        bool have_seq = false, have_boot = false, have_mono = false, have_rt = false;
+        bool have_seq = false, have_boot = false, have_mono = false, have_rt = false, have_journal = false;
 
         if (!s)
                 return -EINVAL;
@@ -95,6 +101,12 @@ int kb_quota_mark_parse(const char *s, struct kb_quota_mark *ret) {
                         memcpy(id, v, vlen);
                         id[vlen] = 0;
                         r = sd_id128_from_string(id, &m.boot_id);
+                } else if (KEY("journal")) {
+                        have = &have_journal;
+                        if (vlen == 0 || vlen > KB_QUOTA_JOURNAL_CURSOR_MAX)
+                                return -EINVAL;
+                        memcpy(m.journal_cursor, v, vlen);
+                        m.journal_cursor[vlen] = 0;
                 }
 #undef KEY
                 if (r < 0 || (have && *have))
@@ -264,13 +276,19 @@ static void replay_entry(struct kb_quota *q, sd_journal *j, uint64_t after_seq, 
                 st->n_replayed++;
 }
 
-int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, uint64_t since_usec,
-                    struct kb_quota_replay_stats *ret) {
+int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, const char *journal_cursor,
+                    uint64_t since_usec, struct kb_quota_replay_stats *ret) {
         struct kb_quota_replay_stats st = {};
         uint64_t t0 = kb_now_usec();
-        int r;
+        int r = -ENOENT;
 
-        r = sd_journal_seek_realtime_usec(j, since_usec);
+        /* The snapshot's own position: only what came after it is read,
+         * however much traffic came before. */
+        if (journal_cursor && journal_cursor[0])
+                r = sd_journal_seek_cursor(j, journal_cursor);
+        st.from_cursor = r >= 0;
+        if (r < 0)
+                r = sd_journal_seek_realtime_usec(j, since_usec);
         while (r >= 0) {
                 r = sd_journal_next(j);
                 if (r <= 0)
@@ -284,10 +302,27 @@ int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, uint6
 
 /* ---- snapshots ---- */
 
-int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, const char *path, uint64_t seq,
-                      uint64_t flush_timeout_usec, uint64_t *dropped) {
+/* Where journald's newest entry is, into m (left "" when it cannot be
+ * read): the loop is blocked, so nothing settled after the snapshot's seq
+ * can be before it. */
+static void mark_journal_tail(sd_journal *tail, struct kb_quota_mark *m) {
+        char *c = NULL;
+
+        if (!tail)
+                return;
+        (void) sd_journal_process(tail); /* files rotated in since */
+        if (sd_journal_seek_tail(tail) < 0 || sd_journal_previous(tail) <= 0 ||
+            sd_journal_get_cursor(tail, &c) < 0)
+                return;
+        if (strlen(c) <= KB_QUOTA_JOURNAL_CURSOR_MAX && !strchr(c, ' '))
+                strcpy(m->journal_cursor, c);
+        free(c);
+}
+
+int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, sd_journal *tail, const char *path,
+                      uint64_t seq, uint64_t flush_timeout_usec, uint64_t *dropped) {
         struct kb_quota_mark m = { .seq = seq };
-        char cursor[128];
+        char cursor[128 + KB_QUOTA_JOURNAL_CURSOR_MAX];
         uint64_t t0, n;
         int r;
 
@@ -309,6 +344,7 @@ int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, const char
                 *dropped = n;
                 return -EBADMSG;
         }
+        mark_journal_tail(tail, &m);
         r = kb_quota_mark_format(&m, cursor, sizeof(cursor));
         if (r < 0)
                 return r;
@@ -476,8 +512,8 @@ static int match_own_records(sd_journal *j, const char *instance) {
         return r;
 }
 
-static int replay_journal(struct kb_quota *q, const char *instance, uint64_t after_seq, uint64_t since,
-                          struct kb_quota_replay_stats *st) {
+static int replay_journal(struct kb_quota *q, const char *instance, uint64_t after_seq, const char *journal_cursor,
+                          uint64_t since, struct kb_quota_replay_stats *st) {
         sd_journal *j = NULL;
         int r;
 
@@ -498,7 +534,7 @@ static int replay_journal(struct kb_quota *q, const char *instance, uint64_t aft
                         JOURNAL_CATCH_UP_USEC / USEC_PER_SEC, strerror(-r));
         r = match_own_records(j, instance);
         if (r >= 0)
-                r = kb_quota_replay(q, j, after_seq, since, st);
+                r = kb_quota_replay(q, j, after_seq, journal_cursor, since, st);
         if (r < 0)
                 fprintf(stderr, "<4>reading the journal to recover quota counters failed after %" PRIu64
                         " record(s): %s\n", st->n_read, strerror(-r));
@@ -561,18 +597,21 @@ int kb_quota_recover(struct kb_quota **q, const struct kb_config *c, const char 
         }
 
         uint64_t now = kb_realtime_usec(), since = kb_quota_replay_since(&mark, now);
-        r = replay_journal(fresh, instance, mark.seq, since, &st);
+        r = replay_journal(fresh, instance, mark.seq, loaded ? mark.journal_cursor : NULL, since, &st);
         if (r == -ENOMEM) {
                 kb_quota_free(fresh);
                 return r;
         }
         fprintf(stderr,
                 "<6>quota counters recovered: %s (seq %" PRIu64 "), then %" PRIu64 " journal record(s) replayed "
-                "of %" PRIu64 " read since %s%" PRIu64 " s ago in %" PRIu64 " ms (%" PRIu64 " already counted, %"
+                "of %" PRIu64 " read since %s%" PRIu64 " s ago%s in %" PRIu64 " ms (%" PRIu64 " already counted, %"
                 PRIu64 " of teams no longer configured, %" PRIu64 " malformed)\n",
                 loaded ? "snapshot" : "no snapshot", mark.seq, st.n_replayed, st.n_read,
-                since == kb_quota_month_start_usec(now) ? "the month's start, " : "", (now - since) / USEC_PER_SEC,
-                st.usec / USEC_PER_MSEC, st.n_covered, st.n_unknown_team, st.n_bad);
+                st.from_cursor ? "the snapshot's journal position, " :
+                since == kb_quota_month_start_usec(now) ? "the month's start, " : "",
+                (now - (st.from_cursor ? mark.realtime_usec : since)) / USEC_PER_SEC,
+                st.from_cursor ? "" : " (no journal position in the snapshot)", st.usec / USEC_PER_MSEC,
+                st.n_covered, st.n_unknown_team, st.n_bad);
 
         kb_quota_free(*q);
         *q = fresh;
@@ -585,6 +624,7 @@ int kb_quota_recover(struct kb_quota **q, const struct kb_config *c, const char 
 struct kb_quota_saver {
         struct kb_broker *b;
         sd_event_source *timer;
+        sd_journal *tail;       /* where each snapshot's journal position is read; NULL: unreadable */
         char *path;
         uint64_t dropped;       /* kb_journal_n_dropped() at the last round */
         uint64_t saved_seq;
@@ -594,7 +634,8 @@ struct kb_quota_saver {
 
 static int saver_round(struct kb_quota_saver *s, uint64_t flush_timeout_usec) {
         uint64_t seq = s->b->seq, dropped = s->dropped;
-        int r = kb_quota_snapshot(s->b->quota, s->b->journal, s->path, seq, flush_timeout_usec, &s->dropped);
+        int r = kb_quota_snapshot(s->b->quota, s->b->journal, s->tail, s->path, seq, flush_timeout_usec,
+                                  &s->dropped);
 
         if (r >= 0) {
                 if (s->last < 0)
@@ -645,6 +686,12 @@ int kb_quota_saver_new(sd_event *e, struct kb_broker *b, struct kb_quota_saver *
                 kb_quota_saver_free(s);
                 return -ENOMEM;
         }
+        /* Opened once: each round only looks at its tail. Its inotify fd
+         * lets sd_journal_process() see files rotated in. */
+        if (open_journal(&s->tail) >= 0)
+                (void) sd_journal_get_fd(s->tail);
+        else
+                s->tail = NULL;
         r = sd_event_add_time_relative(e, &s->timer, CLOCK_MONOTONIC, KB_QUOTA_SNAPSHOT_INTERVAL_USEC,
                                        100 * USEC_PER_MSEC, on_snapshot_timer, s);
         if (r < 0) {
@@ -671,6 +718,8 @@ struct kb_quota_saver *kb_quota_saver_free(struct kb_quota_saver *s) {
         if (!s)
                 return NULL;
         sd_event_source_disable_unref(s->timer);
+        if (s->tail)
+                sd_journal_close(s->tail);
         free(s->path);
         free(s);
         return NULL;

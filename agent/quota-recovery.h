@@ -43,7 +43,11 @@
 /* Longest team name a record may carry (the config's name limit). */
 #define KB_REPLAY_TEAM_MAX 128U
 
-/* What a snapshot's cursor says: "seq=S boot=B mono=M realtime=R". */
+/* A journald cursor kept in a snapshot's mark ("s=…;i=…;…", ~130 bytes). */
+#define KB_QUOTA_JOURNAL_CURSOR_MAX 512U
+
+/* What a snapshot's cursor says: "seq=S boot=B mono=M realtime=R
+ * journal=CURSOR" (journal= optional). */
 struct kb_quota_mark {
         uint64_t seq;           /* every request settled with seq <= this is counted */
         /* When the snapshot was taken (every record with a larger seq reached
@@ -53,14 +57,21 @@ struct kb_quota_mark {
         sd_id128_t boot_id;
         uint64_t mono_usec;
         uint64_t realtime_usec;
+        /* journald's newest entry when the snapshot was taken (after the
+         * flush, with the loop still blocked): every record with a larger
+         * seq comes after it, so replay starts there and reads only what
+         * came since. "" when the journal could not be read. */
+        char journal_cursor[KB_QUOTA_JOURNAL_CURSOR_MAX + 1];
 };
 
 /* Returns the length written, or -ENOBUFS when size is too small (buf is
- * then unspecified). 128 bytes always suffice. */
+ * then unspecified). 128 bytes suffice without a journal cursor, 128 +
+ * KB_QUOTA_JOURNAL_CURSOR_MAX with one. */
 int kb_quota_mark_format(const struct kb_quota_mark *m, char *buf, size_t size);
 /* Parse a cursor: "seq=S" with optional "boot=", "mono=", "realtime=" (all
- * three or none) separated by single spaces; unknown "key=value" words are
- * ignored (a later version may add some). -EINVAL for anything else. */
+ * three or none) and "journal=" (1 to KB_QUOTA_JOURNAL_CURSOR_MAX bytes)
+ * separated by single spaces; unknown "key=value" words are ignored (a
+ * later version may add some). -EINVAL for anything else. */
 int kb_quota_mark_parse(const char *s, struct kb_quota_mark *ret);
 
 /* Realtime µs of the first of now_usec's UTC month, 00:00. */
@@ -107,17 +118,19 @@ struct kb_quota_replay_stats {
         uint64_t n_bad;         /* malformed or incomplete */
         uint64_t max_seq;       /* largest seq read */
         uint64_t usec;          /* time spent (CLOCK_MONOTONIC) */
+        bool from_cursor;       /* started at the snapshot's journal cursor */
 };
 
-/* Replay into q the records j yields from realtime since_usec on (the
+/* Replay into q the records j yields from journal_cursor on (when given
+ * and journald can seek to it), else from realtime since_usec on (the
  * caller has added the matches selecting this instance's request records):
  * each well-formed record with seq > after_seq is counted with
  * kb_quota_account() at its own time (KEYBROKER_REALTIME_USEC, which a record
  * that waited in the spool keeps), else at its journal realtime. Fills *ret (always, also on
  * failure: what was done so far). Returns 0, or the -errno of a journal read
  * error (records before it were replayed). */
-int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, uint64_t since_usec,
-                    struct kb_quota_replay_stats *ret);
+int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, const char *journal_cursor,
+                    uint64_t since_usec, struct kb_quota_replay_stats *ret);
 
 /* Visit this instance's request records in the system journal from realtime
  * since_usec on whose seq is in (after_seq, upto_seq], in journal order,
@@ -129,13 +142,14 @@ int kb_quota_records(const char *instance, uint64_t after_seq, uint64_t upto_seq
 
 /* One snapshot round: wait up to flush_timeout_usec for the journal writer
  * to hand every queued record to journald, then save q to path with a cursor
- * covering seq. *dropped is kb_journal_n_dropped() at the previous round and
+ * covering seq (and, when tail is an open journal, the position of its
+ * newest entry, where replay will start). *dropped is kb_journal_n_dropped() at the previous round and
  * is updated. Returns 0 when saved; -ETIMEDOUT when the writer did not catch
  * up in time, -EBADMSG when records were dropped since the previous round
  * (both: nothing written, try again next round); else kb_quota_save()'s
  * error. The loop is blocked for up to flush_timeout_usec. */
-int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, const char *path, uint64_t seq,
-                      uint64_t flush_timeout_usec, uint64_t *dropped);
+int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, sd_journal *tail, const char *path,
+                      uint64_t seq, uint64_t flush_timeout_usec, uint64_t *dropped);
 
 /* Daemon start-up, after kb_quota_configure() and before serving: load
  * state_dir/quota.json into a fresh quota configured from c (a corrupt file

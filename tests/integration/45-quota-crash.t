@@ -200,10 +200,15 @@ subtest 'kill -9 under load, restart: counters = journaled usage' => sub {
         like($line, qr/snapshot \(seq \Q$s_seq\E\)/, 'recovered from the last snapshot') or diag($broker->log);
         my ($replayed) = $line =~ /then (\d+) journal record\(s\) replayed/;
         my ($j) = journal_usage();
-        my $newer = grep { $_ > $s_seq } map { $_->{KEYBROKER_SEQ} // 0 }
-                journal_records({ MESSAGE_ID => $MID_REQUEST, KEYBROKER_INSTANCE => $instance });
+        my @own = journal_records({ MESSAGE_ID => $MID_REQUEST, KEYBROKER_INSTANCE => $instance });
+        my $newer = grep { $_ > $s_seq } map { $_->{KEYBROKER_SEQ} // 0 } @own;
         ok($newer > 0, "calls settled after the snapshot were journaled ($newer)");
         is($replayed, $newer, 'exactly the records after the snapshot were replayed');
+        # Replay starts where the journal was when the snapshot was taken,
+        # not ten minutes before it: it reads the newer records, not all.
+        like($line, qr/read since the snapshot's journal position/, "replay started at the snapshot's journal position");
+        my ($read) = $line =~ /of (\d+) read/;
+        ok(defined $read && $read < @own, "... and read only what came after it ($read of " . scalar(@own) . ')');
         counters_match_journal('after kill -9');
 
         # The sequence goes on: no number is reused by the new process.

@@ -55,6 +55,20 @@ static void test_mark_round_trip(void **state) {
         assert_int_equal(back.seq, 0);
         assert_int_equal(back.realtime_usec, 5);
         assert_int_equal(back.mono_usec, 4);
+        assert_string_equal(back.journal_cursor, "");
+
+        /* The journal position: carried as it is. */
+        static const char jc[] = "s=0123456789abcdef0123456789abcdef;i=1a2b;b=0123456789abcdef0123456789abcdef;"
+                                 "m=9f;t=5f0e1d2c3b4a5;x=1122334455667788";
+        char big[128 + KB_QUOTA_JOURNAL_CURSOR_MAX];
+        m = (struct kb_quota_mark) { .seq = 9, .has_time = true, .mono_usec = 1, .realtime_usec = 2 };
+        strcpy(m.journal_cursor, jc);
+        assert_true(kb_quota_mark_format(&m, big, sizeof(big)) > 0);
+        assert_non_null(strstr(big, " journal="));
+        assert_int_equal(kb_quota_mark_parse(big, &back), 0);
+        assert_string_equal(back.journal_cursor, jc);
+        assert_int_equal(back.seq, 9);
+        assert_int_equal(kb_quota_mark_format(&m, big, 100), -ENOBUFS);
 }
 
 static void test_mark_bad(void **state) {
@@ -70,6 +84,7 @@ static void test_mark_bad(void **state) {
                 "seq=1 boot=0123456789abcdef0123456789abcdef00 mono=2 realtime=3",
                 "seq=1 boot=0123456789abcdef0123456789abcdef mono=2 realtime=3 mono=2",
                 "seq=1 boot=0123456789abcdef0123456789abcdef mono=x realtime=3",
+                "seq=1 journal=", "seq=1 journal=a journal=b",
         };
         struct kb_quota_mark m = { .seq = 99 };
 
@@ -346,10 +361,10 @@ static void test_snapshot_round(void **state) {
         send_delay_msec = 400;
         send_result = 0;
         submit_one(j);
-        assert_int_equal(kb_quota_snapshot(q, j, path, 5, 50 * USEC_PER_MSEC, &dropped), -ETIMEDOUT);
+        assert_int_equal(kb_quota_snapshot(q, j, NULL, path, 5, 50 * USEC_PER_MSEC, &dropped), -ETIMEDOUT);
         assert_int_equal(stat(path, &st), -1);
         /* Once it caught up, the round saves. */
-        assert_int_equal(kb_quota_snapshot(q, j, path, 5, 2 * USEC_PER_SEC, &dropped), 0);
+        assert_int_equal(kb_quota_snapshot(q, j, NULL, path, 5, 2 * USEC_PER_SEC, &dropped), 0);
         assert_int_equal(stat(path, &st), 0);
         assert_int_equal(st.st_mode & 0777, 0600);
 
@@ -371,13 +386,13 @@ static void test_snapshot_round(void **state) {
         send_delay_msec = 0;
         send_result = -EIO;
         submit_one(j);
-        assert_int_equal(kb_quota_snapshot(q, j, path, 9, 2 * USEC_PER_SEC, &dropped), -EBADMSG);
+        assert_int_equal(kb_quota_snapshot(q, j, NULL, path, 9, 2 * USEC_PER_SEC, &dropped), -EBADMSG);
         assert_int_equal(dropped, 1);
         assert_int_equal(kb_quota_load(back, path, &cursor), 0);
         assert_int_equal(kb_quota_mark_parse(cursor, &m), 0);
         free(cursor);
         assert_int_equal(m.seq, 5);
-        assert_int_equal(kb_quota_snapshot(q, j, path, 9, 2 * USEC_PER_SEC, &dropped), 0);
+        assert_int_equal(kb_quota_snapshot(q, j, NULL, path, 9, 2 * USEC_PER_SEC, &dropped), 0);
         assert_int_equal(kb_quota_load(back, path, &cursor), 0);
         assert_int_equal(kb_quota_mark_parse(cursor, &m), 0);
         free(cursor);
@@ -386,7 +401,7 @@ static void test_snapshot_round(void **state) {
         /* A save error passes through, the file stays as it was. */
         char bad[192];
         snprintf(bad, sizeof(bad), "%s/missing/" KB_QUOTA_SNAPSHOT_NAME, dir);
-        assert_int_equal(kb_quota_snapshot(q, j, bad, 10, 2 * USEC_PER_SEC, &dropped), -ENOENT);
+        assert_int_equal(kb_quota_snapshot(q, j, NULL, bad, 10, 2 * USEC_PER_SEC, &dropped), -ENOENT);
 
         kb_journal_free(j, USEC_PER_SEC);
 }
