@@ -118,34 +118,24 @@ static size_t skip_value(const char *s, size_t n, size_t i) {
         return 0;
 }
 
-int kb_json_scan_object(const char *s, size_t n, kb_json_member_t member, void *userdata) {
+/* One member or element from s[*i] on: *i moves past its value. 0, or a
+ * negative errno that ends the scan. */
+typedef int (*scan_one_t)(const char *s, size_t n, size_t *i, void *fn, void *userdata);
+
+/* The container at the start of s (open/close: "{}" or "[]"), its items
+ * separated by commas, nothing after it but whitespace. */
+static int scan_container(const char *s, size_t n, char open, char close, scan_one_t one, void *fn,
+                          void *userdata) {
         size_t i = skip_ws(s, n, 0);
 
-        if (!s || i >= n || s[i] != '{')
+        if (!s || i >= n || s[i] != open)
                 return -EINVAL;
         i = skip_ws(s, n, i + 1);
-        if (i < n && s[i] == '}')
+        if (i < n && s[i] == close)
                 return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
 
         for (;;) {
-                bool escaped = false;
-                if (i >= n || s[i] != '"')
-                        return -EINVAL;
-                size_t key = i + 1, end = skip_string(s, n, i, &escaped);
-                if (end == 0)
-                        return -EINVAL;
-                if (escaped)
-                        return -EILSEQ;
-                size_t key_len = end - 1 - key;
-                i = skip_ws(s, n, end);
-                if (i >= n || s[i] != ':')
-                        return -EINVAL;
-                i = skip_ws(s, n, i + 1);
-                size_t value = i;
-                i = skip_value(s, n, i);
-                if (i == 0)
-                        return -EINVAL;
-                int r = member(s + key, key_len, s + value, i - value, userdata);
+                int r = one(s, n, &i, fn, userdata);
                 if (r < 0)
                         return r;
                 i = skip_ws(s, n, i);
@@ -153,36 +143,51 @@ int kb_json_scan_object(const char *s, size_t n, kb_json_member_t member, void *
                         i = skip_ws(s, n, i + 1);
                         continue;
                 }
-                if (i < n && s[i] == '}')
+                if (i < n && s[i] == close)
                         return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
                 return -EINVAL;
         }
 }
 
-int kb_json_scan_array(const char *s, size_t n, kb_json_element_t element, void *userdata) {
-        size_t i = skip_ws(s, n, 0);
+static int one_member(const char *s, size_t n, size_t *pos, void *fn, void *userdata) {
+        kb_json_member_t member = (kb_json_member_t) fn;
+        bool escaped = false;
+        size_t i = *pos;
 
-        if (!s || i >= n || s[i] != '[')
+        if (i >= n || s[i] != '"')
+                return -EINVAL;
+        size_t key = i + 1, end = skip_string(s, n, i, &escaped);
+        if (end == 0)
+                return -EINVAL;
+        if (escaped)
+                return -EILSEQ;
+        size_t key_len = end - 1 - key;
+        i = skip_ws(s, n, end);
+        if (i >= n || s[i] != ':')
                 return -EINVAL;
         i = skip_ws(s, n, i + 1);
-        if (i < n && s[i] == ']')
-                return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
-
-        for (;;) {
-                size_t value = i;
-                i = skip_value(s, n, i);
-                if (i == 0)
-                        return -EINVAL;
-                int r = element(s + value, i - value, userdata);
-                if (r < 0)
-                        return r;
-                i = skip_ws(s, n, i);
-                if (i < n && s[i] == ',') {
-                        i = skip_ws(s, n, i + 1);
-                        continue;
-                }
-                if (i < n && s[i] == ']')
-                        return skip_ws(s, n, i + 1) == n ? 0 : -EINVAL;
+        size_t value = i;
+        i = skip_value(s, n, i);
+        if (i == 0)
                 return -EINVAL;
-        }
+        *pos = i;
+        return member(s + key, key_len, s + value, i - value, userdata);
+}
+
+static int one_element(const char *s, size_t n, size_t *pos, void *fn, void *userdata) {
+        kb_json_element_t element = (kb_json_element_t) fn;
+        size_t value = *pos, i = skip_value(s, n, value);
+
+        if (i == 0)
+                return -EINVAL;
+        *pos = i;
+        return element(s + value, i - value, userdata);
+}
+
+int kb_json_scan_object(const char *s, size_t n, kb_json_member_t member, void *userdata) {
+        return scan_container(s, n, '{', '}', one_member, (void *) member, userdata);
+}
+
+int kb_json_scan_array(const char *s, size_t n, kb_json_element_t element, void *userdata) {
+        return scan_container(s, n, '[', ']', one_element, (void *) element, userdata);
 }

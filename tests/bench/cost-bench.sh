@@ -42,16 +42,10 @@ cb_syscalls() {
         CB_RESULT=$(awk -v t="$total" -v n="$CB_N" 'BEGIN { printf "%.1f", t / n }')
 }
 
-# cb_stop: SIGTERM and wait for the heap summary (valgrind's exit is slow).
+# cb_stop: SIGTERM and wait up to a minute for the heap summary (valgrind's
+# exit is slow).
 cb_stop() {
-        [ -n "$BROKER_PID" ] || return 0
-        kill -TERM "$BROKER_PID" 2>/dev/null
-        for _ in $(seq 600); do
-                kill -0 "$BROKER_PID" 2>/dev/null || break
-                sleep 0.1
-        done
-        kill -KILL "$BROKER_PID" 2>/dev/null
-        wait "$BROKER_PID" 2>/dev/null
+        stop_pid "$BROKER_PID" 600
         BROKER_PID=
 }
 

@@ -50,11 +50,12 @@ perl -MJSON::PP -e1 2>/dev/null || die "perl JSON::PP is missing (make deps)"
 TMP=$(mktemp -d /tmp/kb-bench.XXXXXX) || die "mktemp failed"
 MOCK_PID= BROKER_PID= JOURNALD_PID= HOLD_PID= NGINX_PID=
 
+# stop_pid PID [TENTHS]: SIGTERM, then SIGKILL after TENTHS/10 s (default 5 s).
 stop_pid() {
         local pid=$1 i
         [ -n "$pid" ] || return 0
         kill -TERM "$pid" 2>/dev/null || return 0
-        for i in $(seq 50); do
+        for i in $(seq "${2:-50}"); do
                 kill -0 "$pid" 2>/dev/null || break
                 sleep 0.1
         done
