@@ -3,7 +3,9 @@
  * replay of this instance's newer request records at start. See
  * quota-recovery.h for the invariant that makes the two add up exactly. */
 
+#include <limits.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "broker.h"
@@ -304,22 +306,51 @@ int kb_quota_replay(struct kb_quota *q, sd_journal *j, uint64_t after_seq, const
 
 /* Where journald's newest entry is, into m (left "" when it cannot be
  * read): the loop is blocked, so nothing settled after the snapshot's seq
- * can be before it. */
-static void mark_journal_tail(sd_journal *tail, struct kb_quota_mark *m) {
+ * can be before it. Only the files journald writes to now are opened, for
+ * this moment: a handle on the whole journal would hold an fd and a mapping
+ * per journal file for good. journald numbers entries across all its files,
+ * so the newest of these is at or before every later record. */
+static void mark_journal_tail(const char *const *files, struct kb_quota_mark *m) {
+        sd_journal *j = NULL;
         char *c = NULL;
 
-        if (!tail)
+        if (!files || !files[0] || sd_journal_open_files(&j, (const char **) files, 0) < 0)
                 return;
-        (void) sd_journal_process(tail); /* files rotated in since */
-        if (sd_journal_seek_tail(tail) < 0 || sd_journal_previous(tail) <= 0 ||
-            sd_journal_get_cursor(tail, &c) < 0)
-                return;
-        if (strlen(c) <= KB_QUOTA_JOURNAL_CURSOR_MAX && !strchr(c, ' '))
+        if (sd_journal_seek_tail(j) >= 0 && sd_journal_previous(j) > 0 && sd_journal_get_cursor(j, &c) >= 0 &&
+            strlen(c) <= KB_QUOTA_JOURNAL_CURSOR_MAX && !strchr(c, ' '))
                 strcpy(m->journal_cursor, c);
         free(c);
+        sd_journal_close(j);
 }
 
-int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, sd_journal *tail, const char *path,
+/* The files journald writes to now (system.journal and this uid's
+ * user-UID.journal, persistent or volatile), NULL-terminated into files
+ * (up to 2; paths in buf). */
+static void active_journal_files(char buf[2][PATH_MAX], const char *files[3]) {
+        static const char *const dirs[] = { "/var/log/journal", "/run/log/journal" };
+        char id[SD_ID128_STRING_MAX];
+        sd_id128_t machine;
+        size_t n = 0;
+
+        files[0] = NULL;
+        if (sd_id128_get_machine(&machine) < 0)
+                return;
+        sd_id128_to_string(machine, id);
+        for (size_t d = 0; d < ELEMENTSOF(dirs) && n == 0; d++)
+                for (int user = 0; user < 2; user++) {
+                        if (user)
+                                snprintf(buf[n], PATH_MAX, "%s/%s/user-%u.journal", dirs[d], id, (unsigned) geteuid());
+                        else
+                                snprintf(buf[n], PATH_MAX, "%s/%s/system.journal", dirs[d], id);
+                        if (access(buf[n], R_OK) == 0) {
+                                files[n] = buf[n];
+                                n++;
+                        }
+                }
+        files[n] = NULL;
+}
+
+int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, const char *const *tail, const char *path,
                       uint64_t seq, uint64_t flush_timeout_usec, uint64_t *dropped) {
         struct kb_quota_mark m = { .seq = seq };
         char cursor[128 + KB_QUOTA_JOURNAL_CURSOR_MAX];
@@ -624,7 +655,6 @@ int kb_quota_recover(struct kb_quota **q, const struct kb_config *c, const char 
 struct kb_quota_saver {
         struct kb_broker *b;
         sd_event_source *timer;
-        sd_journal *tail;       /* where each snapshot's journal position is read; NULL: unreadable */
         char *path;
         uint64_t dropped;       /* kb_journal_n_dropped() at the last round */
         uint64_t saved_seq;
@@ -634,7 +664,11 @@ struct kb_quota_saver {
 
 static int saver_round(struct kb_quota_saver *s, uint64_t flush_timeout_usec) {
         uint64_t seq = s->b->seq, dropped = s->dropped;
-        int r = kb_quota_snapshot(s->b->quota, s->b->journal, s->tail, s->path, seq, flush_timeout_usec,
+        char buf[2][PATH_MAX];
+        const char *files[3];
+
+        active_journal_files(buf, files);
+        int r = kb_quota_snapshot(s->b->quota, s->b->journal, files, s->path, seq, flush_timeout_usec,
                                   &s->dropped);
 
         if (r >= 0) {
@@ -686,12 +720,6 @@ int kb_quota_saver_new(sd_event *e, struct kb_broker *b, struct kb_quota_saver *
                 kb_quota_saver_free(s);
                 return -ENOMEM;
         }
-        /* Opened once: each round only looks at its tail. Its inotify fd
-         * lets sd_journal_process() see files rotated in. */
-        if (open_journal(&s->tail) >= 0)
-                (void) sd_journal_get_fd(s->tail);
-        else
-                s->tail = NULL;
         r = sd_event_add_time_relative(e, &s->timer, CLOCK_MONOTONIC, KB_QUOTA_SNAPSHOT_INTERVAL_USEC,
                                        100 * USEC_PER_MSEC, on_snapshot_timer, s);
         if (r < 0) {
@@ -718,8 +746,6 @@ struct kb_quota_saver *kb_quota_saver_free(struct kb_quota_saver *s) {
         if (!s)
                 return NULL;
         sd_event_source_disable_unref(s->timer);
-        if (s->tail)
-                sd_journal_close(s->tail);
         free(s->path);
         free(s);
         return NULL;

@@ -142,13 +142,13 @@ int kb_quota_records(const char *instance, uint64_t after_seq, uint64_t upto_seq
 
 /* One snapshot round: wait up to flush_timeout_usec for the journal writer
  * to hand every queued record to journald, then save q to path with a cursor
- * covering seq (and, when tail is an open journal, the position of its
- * newest entry, where replay will start). *dropped is kb_journal_n_dropped() at the previous round and
+ * covering seq (and, when tail names journal files, NULL-terminated, the
+ * position of their newest entry, where replay will start). *dropped is kb_journal_n_dropped() at the previous round and
  * is updated. Returns 0 when saved; -ETIMEDOUT when the writer did not catch
  * up in time, -EBADMSG when records were dropped since the previous round
  * (both: nothing written, try again next round); else kb_quota_save()'s
  * error. The loop is blocked for up to flush_timeout_usec. */
-int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, sd_journal *tail, const char *path,
+int kb_quota_snapshot(const struct kb_quota *q, struct kb_journal *j, const char *const *tail, const char *path,
                       uint64_t seq, uint64_t flush_timeout_usec, uint64_t *dropped);
 
 /* Daemon start-up, after kb_quota_configure() and before serving: load
