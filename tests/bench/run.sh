@@ -419,11 +419,11 @@ cmp_latency sse "SSE ($SSE_EVENTS events, full stream)"
 cmp_rss "idle keep-alive connection" "$IDLE_N" "$RSS_IDLE" "$RSS_BASE_IDLE" 16
 cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 64
 if [ "${STREAM_N:-0}" -gt 0 ] && [ -n "${RSS_AFTER_STREAMS:-}" ] && [ -n "$RSS_BASE_STREAM" ]; then
-        after_pct=$(awk -v a="$RSS_AFTER_STREAMS" -v b="$RSS_BASE_STREAM" 'BEGIN { printf "%.1f", (a - b) * 100 / b }')
+        after_pct=$(awk -v a="$RSS_AFTER_STREAMS" -v b="$RSS_BASE_STREAM" 'BEGIN { printf "%+.1f", (a - b) * 100 / b }')
         after_ok=0
         awk -v p="$after_pct" 'BEGIN { exit !(p <= 10) }' && after_ok=1
         add_row "broker RSS 4 s after $STREAM_N streams ended" "within 10 % of before" \
-                "$RSS_AFTER_STREAMS KiB (before $RSS_BASE_STREAM KiB, +$after_pct %)" $after_ok
+                "$RSS_AFTER_STREAMS KiB (before $RSS_BASE_STREAM KiB, $after_pct %)" $after_ok
 fi
 burst_ok=0
 [ "$(burst_get all_first_before_any_end)" = 1 ] && [ "$(burst_get 2xx)" = "$HOLD_CONNS" ] && burst_ok=1
