@@ -216,7 +216,7 @@ static int start_call(struct poll_call *c, const char *suffix) {
                 .connect_timeout_usec = route->connect_timeout_usec,
                 .ca_file = route->ca_file,
         };
-        kb_proxy_set_auth(&req, route, c->key);
+        kb_header_set_auth(&req, route, c->key);
         int q = kb_upstream_start(b->upstream, &req, &poll_ops, c, &c->call);
         kb_broker_release_key(b, c->key);
         if (q < 0)

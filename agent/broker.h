@@ -204,11 +204,6 @@ void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add
 void kb_proxy_cut(struct kb_request *r, const char *why);
 /* proxy.c: release proxy state of a request (upstream call, tap, key). */
 void kb_proxy_release(struct kb_request *r);
-/* proxy.c: the credential fields of req for route's auth, from key (opened
- * here: kb_key_close() it once kb_upstream_start() returned). Nothing when
- * key is NULL. Shared with preflight.c, so a check sends what a call does. */
-void kb_proxy_set_auth(struct kb_upstream_request *req, const struct kb_route *route, struct kb_key *key);
-
 /* proxy.c: the ordered candidates of r (model_cfg and family known); sets
  * r->target/r->route to the first. false when it answered instead: 400 when
  * the model has no route of the request's family, 503 when no target has a

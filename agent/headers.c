@@ -2,6 +2,8 @@
 #include <strings.h>
 
 #include "headers.h"
+#include "keystore.h"
+#include "upstream.h"
 #include "util.h"
 
 static bool in_list(const char *name, const char *const *list, size_t n) {
@@ -75,4 +77,25 @@ bool kb_route_sets_header(const struct kb_route *r, const char *name) {
                 if (strncasecmp(r->headers[i], name, n) == 0 && r->headers[i][n] == ':')
                         return true;
         return false;
+}
+
+void kb_header_set_auth(struct kb_upstream_request *req, const struct kb_route *route, struct kb_key *key) {
+        if (!key)
+                return;
+        switch (route->auth) {
+        case KB_AUTH_BEARER:
+                req->auth_name = "Authorization";
+                req->auth_prefix = "Bearer ";
+                break;
+        case KB_AUTH_X_API_KEY:
+                req->auth_name = "x-api-key";
+                req->auth_prefix = "";
+                break;
+        case KB_AUTH_HEADER:
+                req->auth_name = route->auth_header;
+                req->auth_prefix = "";
+                break;
+        }
+        req->secret = kb_key_open(key, &req->secret_len);
+        kb_key_mark_used(key, kb_realtime_usec());
 }

@@ -33,3 +33,11 @@ bool kb_header_safe(const char *s);
 
 /* Whether the route's own header lines set name (case-insensitive). */
 bool kb_route_sets_header(const struct kb_route *r, const char *name);
+
+struct kb_upstream_request;
+struct kb_key;
+/* The credential fields of req for route's auth, from key (opened here:
+ * release it once kb_upstream_start() returned). Nothing when key is NULL.
+ * One place for every caller (proxy, preflight, shadow, batch poll), so a
+ * check or a shadow sends what a call does. */
+void kb_header_set_auth(struct kb_upstream_request *req, const struct kb_route *route, struct kb_key *key);

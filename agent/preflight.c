@@ -100,7 +100,7 @@ static const struct kb_upstream_ops upstream_ops = {
 
 static void set_auth(struct kb_preflight *p, struct pf_call *c, struct kb_upstream_request *req) {
         if (c->kind != PF_WRONG_KEY) {
-                kb_proxy_set_auth(req, c->route, c->key);
+                kb_header_set_auth(req, c->route, c->key);
                 return;
         }
         /* the route's scheme with a key made up for this run */

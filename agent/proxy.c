@@ -469,27 +469,6 @@ static void on_abort(struct kb_conn *c, void *userdata) {
                 kb_request_finish(r);
 }
 
-void kb_proxy_set_auth(struct kb_upstream_request *req, const struct kb_route *route, struct kb_key *key) {
-        if (!key)
-                return;
-        switch (route->auth) {
-        case KB_AUTH_BEARER:
-                req->auth_name = "Authorization";
-                req->auth_prefix = "Bearer ";
-                break;
-        case KB_AUTH_X_API_KEY:
-                req->auth_name = "x-api-key";
-                req->auth_prefix = "";
-                break;
-        case KB_AUTH_HEADER:
-                req->auth_name = route->auth_header;
-                req->auth_prefix = "";
-                break;
-        }
-        req->secret = kb_key_open(key, &req->secret_len);
-        kb_key_mark_used(key, kb_realtime_usec());
-}
-
 /* The body for one target: the model replaced in the JSON or the form;
  * nothing to build for a call without a model. */
 static int build_body(struct kb_request *r, const char *upstream_model) {
@@ -578,7 +557,7 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
                 .connect_timeout_usec = route->connect_timeout_usec,
                 .ca_file = route->ca_file,
         };
-        kb_proxy_set_auth(&req, route, r->key);
+        kb_header_set_auth(&req, route, r->key);
         r->attempts++;
         q = kb_upstream_start(r->broker->upstream, &req, &upstream_ops, r, &r->call);
         kb_broker_release_key(r->broker, r->key);

@@ -540,7 +540,7 @@ void kb_shadow_start(struct kb_shadows *s, struct kb_shadow_sample *x, const str
                 .connect_timeout_usec = rt->connect_timeout_usec,
                 .ca_file = rt->ca_file,
         };
-        kb_proxy_set_auth(&req, rt, c->key);
+        kb_header_set_auth(&req, rt, c->key);
         int q = kb_upstream_start(s->b->upstream, &req, &shadow_ops, c, &c->call);
         if (c->key)
                 kb_broker_release_key(s->b, c->key);
