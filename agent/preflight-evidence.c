@@ -24,16 +24,6 @@ json_t *pf_iso_json(uint64_t realtime_usec) {
         return json_string(buf);
 }
 
-static json_t *checks_of(unsigned mask) {
-        json_t *a = json_array();
-        for (kb_preflight_check i = 0; a && i < _KB_CHECK_MAX; i++)
-                if ((mask & KB_CHECK_BIT(i)) && json_array_append_new(a, json_string(kb_preflight_check_to_string(i))) < 0) {
-                        json_decref(a);
-                        a = NULL;
-                }
-        return a;
-}
-
 static json_t *calls_json(const struct kb_preflight *p) {
         json_t *a = json_array();
 
@@ -49,7 +39,7 @@ static json_t *calls_json(const struct kb_preflight *p) {
                                       (json_int_t) c->in.len, "latency_ms",
                                       (json_int_t) (c->latency_usec / USEC_PER_MSEC), "error",
                                       c->error == 0 ? json_null() : json_string(c->message ?: strerror(-c->error)),
-                                      "checks", checks_of(c->checks));
+                                      "checks", kb_preflight_checks_json(c->checks));
                 if (!o || json_array_append_new(a, o) < 0) {
                         json_decref(a);
                         a = NULL;
@@ -115,7 +105,7 @@ json_t *pf_evidence(struct kb_preflight *p, uint64_t finished_realtime, bool *re
                          "key", p->key_label ? json_string(p->key_label) : json_null(), "bogus_model", p->bogus_model,
                          "started", pf_iso_json(p->started_realtime), "finished", pf_iso_json(finished_realtime),
                          "duration_ms", (json_int_t) ((kb_now_usec() - p->start_usec) / USEC_PER_MSEC), "ok", all,
-                         "checked", checks_of(p->checks), "skipped", checks_of(KB_CHECK_ALL & ~p->checks), "checks",
+                         "checked", kb_preflight_checks_json(p->checks), "skipped", kb_preflight_checks_json(KB_CHECK_ALL & ~p->checks), "checks",
                          checks, "calls", calls_json(p), "latency", latency_json(p));
 }
 

@@ -198,3 +198,15 @@ const char *kb_preflight_default_model(const struct kb_config *c, const struct k
                 }
         return first;
 }
+
+json_t *kb_preflight_checks_json(unsigned checks) {
+        json_t *a = json_array();
+
+        for (kb_preflight_check i = 0; a && i < _KB_CHECK_MAX; i++)
+                if ((checks & KB_CHECK_BIT(i)) &&
+                    json_array_append_new(a, json_string(kb_preflight_check_to_string(i))) < 0) {
+                        json_decref(a);
+                        a = NULL;
+                }
+        return a;
+}

@@ -71,6 +71,10 @@ int kb_preflight_check_from_string(const char *s);
  * -EINVAL with *ret_bad (a pointer into list, up to the next comma) on an
  * empty or unknown name; *checks may then hold the names before it. */
 int kb_preflight_parse_names(const char *list, unsigned *checks, const char **ret_bad, size_t *ret_bad_len);
+/* The names of the checks in a mask, in check order, as a JSON array (the
+ * admin body's "only"/"skip", the evidence's "checked"/"skipped"); NULL on
+ * OOM. */
+json_t *kb_preflight_checks_json(unsigned checks);
 
 /* Called once, from the event loop (never from inside kb_preflight_start()),
  * with the answer: the evidence document plus "evidence_path" (ownership

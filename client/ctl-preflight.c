@@ -115,16 +115,6 @@ static int add_names(const char *arg, unsigned *mask, const char *opt) {
         return 0;
 }
 
-static json_t *names_json(unsigned mask) {
-        json_t *a = json_array();
-        for (kb_preflight_check i = 0; a && i < _KB_CHECK_MAX; i++)
-                if ((mask & KB_CHECK_BIT(i)) && json_array_append_new(a, json_string(kb_preflight_check_to_string(i))) < 0) {
-                        json_decref(a);
-                        a = NULL;
-                }
-        return a;
-}
-
 int ctl_cmd_route_check(const struct ctl *ctl, int argc, char **argv) {
         enum { OPT_ONLY = 0x100, OPT_SKIP };
         static const struct option options[] = {
@@ -180,8 +170,8 @@ int ctl_cmd_route_check(const struct ctl *ctl, int argc, char **argv) {
         }
         req = json_object();
         if (!req || (model && json_object_set_new(req, "model", json_string(model)) < 0) ||
-            (only && json_object_set_new(req, "only", names_json(only)) < 0) ||
-            (skip && json_object_set_new(req, "skip", names_json(skip)) < 0)) {
+            (only && json_object_set_new(req, "only", kb_preflight_checks_json(only)) < 0) ||
+            (skip && json_object_set_new(req, "skip", kb_preflight_checks_json(skip)) < 0)) {
                 fprintf(stderr, "keybrokerctl: --model must be valid UTF-8\n");
                 return CTL_EXIT_USAGE;
         }
