@@ -6,12 +6,17 @@
 
 #include "promote.h"
 
+/* A step's requests are its ok answers and its errors (step_requests()). */
 struct step_counts {
-        uint64_t requests, ok, errors;
+        uint64_t ok, errors;
         uint64_t upstream_429, timeouts, model_not_found, stream_interrupted, missing_usage;
         uint64_t input_sum, output_sum;
         int64_t cost_sum;
 };
+
+static inline uint64_t step_requests(const struct step_counts *c) {
+        return c->ok + c->errors;
+}
 
 struct promotion {
         char *model;

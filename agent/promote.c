@@ -206,11 +206,11 @@ static void figures(const struct promotion *e, bool with_latency, struct kb_prom
         const struct step_counts *c = &e->c;
 
         *f = (struct kb_promote_figures) {
-                .requests = c->requests, .ok = c->ok, .errors = c->errors,
+                .requests = step_requests(c), .ok = c->ok, .errors = c->errors,
                 .upstream_429 = c->upstream_429, .timeouts = c->timeouts,
                 .model_not_found = c->model_not_found, .stream_interrupted = c->stream_interrupted,
                 .missing_usage = c->missing_usage,
-                .error_ratio = c->requests ? (double) c->errors / (double) c->requests : 0,
+                .error_ratio = step_requests(c) ? (double) c->errors / (double) step_requests(c) : 0,
         };
         if (c->ok) {
                 f->input_per_request = (double) c->input_sum / (double) c->ok;
@@ -517,7 +517,7 @@ static void evaluate(struct kb_promoter *p, struct promotion *e, uint64_t now, u
         char reason[256];
         const char *gate = NULL;
 
-        bool enough = e->c.requests >= e->min_requests;
+        bool enough = step_requests(&e->c) >= e->min_requests;
         figures(e, full && enough && e->max_p95_ms > 0, &f);
         /* A provider that does not know the model, or answers without
          * usage, will not get better with more traffic: no minimum. */
@@ -585,18 +585,18 @@ static bool in_list(const char *list, const char *route) {
         return false;
 }
 
-static void count(struct promotion *e, const struct kb_promote_obs *o) {
+/* Whether o said something about the candidate (and was counted). */
+static bool count(struct promotion *e, const struct kb_promote_obs *o) {
         struct step_counts *c = &e->c;
         bool ours = o->route && streq(o->route, e->route) && streq_ptr(o->upstream_model, e->upstream);
 
         if (!ours) {
                 /* The candidate failed and another target answered: the
                  * candidate's failure all the same. */
-                if (in_list(o->fallback_from, e->route)) {
-                        c->requests++;
-                        c->errors++;
-                }
-                return;
+                if (!in_list(o->fallback_from, e->route))
+                        return false;
+                c->errors++;
+                return true;
         }
         switch (o->outcome) {
         case KB_OUTCOME_OK:
@@ -626,12 +626,12 @@ static void count(struct promotion *e, const struct kb_promote_obs *o) {
                 break;
         default:
                 /* the app left, or we refused it: nothing about the route */
-                return;
+                return false;
         }
-        c->requests++;
         e->latencies[e->latency_pos] = (uint32_t) MIN(o->latency_usec / USEC_PER_MSEC, (uint64_t) UINT32_MAX);
         e->latency_pos = (e->latency_pos + 1) % KB_PROMOTE_LATENCIES;
         e->n_latencies = MIN(e->n_latencies + 1, (size_t) KB_PROMOTE_LATENCIES);
+        return true;
 }
 
 void kb_promoter_observe(struct kb_promoter *p, const struct kb_promote_obs *o, uint64_t now, uint64_t now_realtime) {
@@ -639,9 +639,7 @@ void kb_promoter_observe(struct kb_promoter *p, const struct kb_promote_obs *o, 
 
         if (!e || e->state != KB_PROMOTE_RUNNING)
                 return;
-        uint64_t before = e->c.requests;
-        count(e, o);
-        if (e->c.requests != before)
+        if (count(e, o))
                 evaluate(p, e, now, now_realtime, false);
 }
 
