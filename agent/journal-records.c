@@ -481,7 +481,7 @@ static const char *usd(int64_t v, char buf[static 32]) {
 }
 
 static int build_shadow_common(struct kb_record *rec, const struct kb_shadow_record *s) {
-        ADD(rec, "KEYBROKER_SHADOW_EVENT", s->event);
+        ADD(rec, F_EVENT, s->event);
         ADD_CAPPED(rec, F_MODEL, s->model);
         ADD_CAPPED(rec, "KEYBROKER_SHADOW_ROUTE", s->shadow_route);
         ADD_CAPPED(rec, "KEYBROKER_SHADOW_UPSTREAM_MODEL", s->shadow_upstream_model);

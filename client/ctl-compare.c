@@ -122,7 +122,7 @@ static void parse_item(struct rec *r, const char *p, size_t len) {
         size_t flen = (size_t) (eq - f), vlen = len - (size_t) (v - p);
         uint64_t u;
 
-        if (FIELD_IS("SHADOW_EVENT"))
+        if (FIELD_IS("EVENT"))
                 set_str(r->event, sizeof(r->event), v, vlen);
         else if (FIELD_IS("STATUS_CLASS"))
                 set_str(r->cls, sizeof(r->cls), v, vlen);

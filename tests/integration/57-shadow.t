@@ -78,7 +78,7 @@ my $plain = start_broker(config => config($mock_b, 0), keys => \%keys);
 sub shadow_calls($route) { grep { ($_->{headers}{'x-shadow-route'} // '') eq $route } $mock_s->log_entries }
 sub pairs($model, %match) {
         return KB::journal_records({ MESSAGE_ID => $MID_SHADOW, KEYBROKER_MODEL => $model,
-                                     KEYBROKER_SHADOW_EVENT => 'pair', %match }, since => $T0 - 2);
+                                     KEYBROKER_EVENT => 'pair', %match }, since => $T0 - 2);
 }
 sub pair_for($rid, $timeout = 15) {
         my @r = journal_wait({ MESSAGE_ID => $MID_SHADOW, KEYBROKER_REQUEST_ID => $rid }, $timeout,
@@ -145,7 +145,7 @@ subtest 'each was sent again to the shadow route, with its model and key, stream
 subtest 'the pair record' => sub {
         my $p = pair_for($rid{'chat JSON'});
         check_fields($p, {
-                KEYBROKER_SHADOW_EVENT => 'pair', KEYBROKER_REQUEST_ID => $rid{'chat JSON'},
+                KEYBROKER_EVENT => 'pair', KEYBROKER_REQUEST_ID => $rid{'chat JSON'},
                 KEYBROKER_TEAM => 'ops', KEYBROKER_MODEL => $M, KEYBROKER_ENDPOINT => 'chat', KEYBROKER_STREAM => '0',
                 KEYBROKER_ROUTE => 'oai', KEYBROKER_UPSTREAM_MODEL => 'gpt-4o-mini-2024-07-18',
                 KEYBROKER_STATUS => '200', KEYBROKER_STATUS_CLASS => '2xx', KEYBROKER_SHADOW_ROUTE => 'shadow',
@@ -217,7 +217,7 @@ subtest 'the shadow\'s own daily cap' => sub {
                 check_fields(pair_for(rid($res)), { KEYBROKER_SHADOW_COST_MICROUSD => '25' }, "shadow $_ costs 25");
         }
         my @b = journal_wait({ MESSAGE_ID => $MID_SHADOW, KEYBROKER_MODEL => $BUDGET,
-                               KEYBROKER_SHADOW_EVENT => 'budget_reached' }, 10, since => $T0 - 2);
+                               KEYBROKER_EVENT => 'budget_reached' }, 10, since => $T0 - 2);
         check_fields($b[0], { KEYBROKER_SHADOW_SPENT_MICROUSD => '50', KEYBROKER_SHADOW_BUDGET_MICROUSD => '40',
                               KEYBROKER_SHADOW_ROUTE => 'bshadow', PRIORITY => '5',
                               MESSAGE => qr/reached its budget_usd_per_day: \$0\.000050 of \$0\.000040/ },
@@ -387,7 +387,7 @@ subtest 'stopping cancels shadows in flight and keeps the day\'s spend' => sub {
         sleep 0.5;
         is(scalar(shadow_calls('budget')), $n0, 'but its spent shadow stays off');
         my @b = KB::journal_records({ MESSAGE_ID => $MID_SHADOW, KEYBROKER_MODEL => $BUDGET,
-                                      KEYBROKER_SHADOW_EVENT => 'budget_reached' }, since => $T0 - 2);
+                                      KEYBROKER_EVENT => 'budget_reached' }, since => $T0 - 2);
         is(scalar(@b), 1, 'budget_reached was journaled once');
         $res = req($broker, path => '/v1/chat/completions',
                    json => { model => $M, messages => [{ role => 'user', content => 'hi' }] });
@@ -406,7 +406,7 @@ subtest 'at most 16 shadow calls in flight' => sub {
         $conn->close;
         is($ok, 20, 'every app call answered while their shadows hang');
         my @r = $broker->journal_wait({ MESSAGE_ID => $MID_SHADOW, KEYBROKER_MODEL => $BUSY,
-                                        KEYBROKER_SHADOW_EVENT => 'skipped_busy' });
+                                        KEYBROKER_EVENT => 'skipped_busy' });
         check_fields($r[0], { KEYBROKER_SHADOW_SKIPPED => '1', KEYBROKER_SHADOW_ROUTE => 'busyshadow', PRIORITY => '4',
                               MESSAGE => qr/sampled request\(s\) not mirrored: 16 shadow calls already in flight/ },
                      'skipped_busy journaled (once a minute at most)');
