@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* x-mock-replay: NAME answers with a captured provider response, NAME.json
- * in --replay-dir (one of ../shared/transcripts: "status", "headers" and
+ * in --replay-dir (a capture kept outside the repository, KB_TRANSCRIPTS
+ * in README.md; "status", "headers" and
  * "body", the body sent byte for byte). The name is a plain file name:
  * nothing outside the directory can be read. */
 
