@@ -276,14 +276,26 @@ static void identify_process(int fd, struct kb_identity *id) {
         id->exe = TAKE_PTR(exe);
 }
 
+/* The groups are kept in an array of their own size: most callers have a
+ * handful, and a connection holds its identity for its whole life. */
+static void keep_groups(struct kb_identity *id, const gid_t *groups, size_t n) {
+        n = MIN(n, (size_t) KB_IDENTITY_MAX_GROUPS);
+        if (n == 0)
+                return;
+        id->groups = malloc(n * sizeof(gid_t));
+        if (!id->groups)
+                return;
+        memcpy(id->groups, groups, n * sizeof(gid_t));
+        id->n_groups = n;
+}
+
 static void read_groups(int fd, struct kb_identity *id) {
         gid_t small[KB_IDENTITY_MAX_GROUPS];
         socklen_t len = sizeof(small);
         _cleanup_free_ gid_t *big = NULL;
 
         if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, small, &len) == 0) {
-                id->n_groups = MIN((size_t) len / sizeof(gid_t), (size_t) KB_IDENTITY_MAX_GROUPS);
-                memcpy(id->groups, small, id->n_groups * sizeof(gid_t));
+                keep_groups(id, small, (size_t) len / sizeof(gid_t));
                 return;
         }
         if (errno != ERANGE)
@@ -300,8 +312,7 @@ static void read_groups(int fd, struct kb_identity *id) {
                 return;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, big, &len) < 0)
                 return;
-        id->n_groups = MIN((size_t) len / sizeof(gid_t), (size_t) KB_IDENTITY_MAX_GROUPS);
-        memcpy(id->groups, big, id->n_groups * sizeof(gid_t));
+        keep_groups(id, big, (size_t) len / sizeof(gid_t));
 }
 
 int kb_identity_from_socket(int fd, struct kb_identity **ret) {
@@ -335,6 +346,7 @@ void kb_identity_free(struct kb_identity *id) {
                 return;
         free(id->unit);
         free(id->exe);
+        free(id->groups);
         free(id);
 }
 

@@ -17,7 +17,7 @@ struct kb_identity {
         uid_t uid;
         gid_t gid;
         pid_t pid;
-        gid_t groups[KB_IDENTITY_MAX_GROUPS]; /* supplementary, from SO_PEERGROUPS */
+        gid_t *groups;  /* supplementary, from SO_PEERGROUPS (at most KB_IDENTITY_MAX_GROUPS) */
         size_t n_groups;
         char *unit;     /* systemd unit, or NULL when unknown or not provably the caller's */
         char *exe;      /* /proc/PID/exe target, or NULL */

@@ -148,6 +148,7 @@ static int build_url(struct kb_request *r) {
 
 /* A list answer is held whole (it is filtered at its end); this much at most. */
 #define KB_PROXY_HOLD_MAX ((size_t) 16 * 1024 * 1024)
+#define KB_PROXY_STREAM_RECV_BUFFER 1024u
 
 static void write_out(struct kb_request *r) {
         if (r->out.len == 0 || r->hold_answer)
@@ -556,6 +557,9 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
                 .timeout_usec = route->timeout_usec,
                 .connect_timeout_usec = route->connect_timeout_usec,
                 .ca_file = route->ca_file,
+                /* Events are small and a held stream keeps the buffer: with
+                 * curl's 16 KiB, a thousand streams held 3.6 MiB more. */
+                .recv_buffer = r->stream ? KB_PROXY_STREAM_RECV_BUFFER : 0,
         };
         kb_header_set_auth(&req, route, r->key);
         r->attempts++;

@@ -11,6 +11,7 @@ int kb_upstream_deliver_response(struct kb_upstream_call *c) {
         _cleanup_free_ struct kb_http_header *h = NULL;
         const char *p;
         long status;
+        int r;
 
         if (c->response_sent)
                 return 0;
@@ -36,7 +37,12 @@ int kb_upstream_deliver_response(struct kb_upstream_call *c) {
                 }
         }
 
-        return c->ops.on_response(c->userdata, status, h, c->n_hdrs);
+        r = c->ops.on_response(c->userdata, status, h, c->n_hdrs);
+        /* The head is the owner's only during the call; a stream held for
+         * minutes should not keep it. */
+        kb_buf_free(&c->hdrs);
+        c->n_hdrs = 0;
+        return r;
 }
 
 static bool is_ws(char ch) {

@@ -207,6 +207,9 @@ int kb_upstream_easy_options(CURL *e, const struct kb_upstream_request *req) {
                 return -EIO;
         if (req->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file) != CURLE_OK)
                 return -EIO;
+        if (req->recv_buffer > 0 &&
+            curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long) MAX(req->recv_buffer, UINT32_C(1024))) != CURLE_OK)
+                return -EIO;
 
         if (req->body_streamed) {
                 /* POST with the body from the read callback; -1: chunked */

@@ -52,6 +52,9 @@ struct kb_upstream_request {
         uint64_t timeout_usec;          /* whole transfer; 0 = none */
         uint64_t connect_timeout_usec;
         const char *ca_file;            /* NULL = system default; verification always on */
+        /* curl's receive buffer in bytes (1024 at least); 0 = curl's own
+         * (16 KiB). A stream holds it for its whole life. */
+        uint32_t recv_buffer;
 };
 
 struct kb_upstream_ops {

@@ -164,8 +164,8 @@ static void test_peers(void **state) {
         id.uid = 1002;
         id.gid = 1002;
         assert_false(kb_admin_peer_allowed(&a, &id));
-        id.groups[0] = 5;
-        id.groups[1] = 3000;
+        gid_t sup[] = { 5, 3000 };
+        id.groups = sup;
         id.n_groups = 2;
         assert_true(kb_admin_peer_allowed(&a, &id));
         id.n_groups = 1;

@@ -377,6 +377,8 @@ static struct kb_identity *mkid(uid_t uid, gid_t gid, gid_t sup, const char *uni
         id->gid = gid;
         id->pid = 1;
         if (sup) {
+                id->groups = calloc(2, sizeof(gid_t));
+                assert_non_null(id->groups);
                 id->groups[0] = 1;
                 id->groups[1] = sup;
                 id->n_groups = 2;
