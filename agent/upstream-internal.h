@@ -14,8 +14,10 @@
 #include "upstream.h"
 #include "util.h"
 
+/* A socket of curl's, registered in the upstream's own epoll set. */
 struct kb_sock {
-        sd_event_source *source;
+        curl_socket_t fd;
+        uint32_t events;
         struct kb_sock *prev, *next;
 };
 
@@ -56,6 +58,8 @@ struct kb_upstream {
         CURLM *multi;
         sd_event_source *timer;
         sd_event_source *defer;
+        int epoll_fd;                   /* curl's sockets: one loop source for all of them */
+        sd_event_source *sockets;
         struct kb_upstream_call *calls;
         struct kb_sock *socks;
         unsigned busy;          /* nesting depth of calls into curl that may run our callbacks */
