@@ -134,15 +134,36 @@ struct span {
 };
 
 static bool key_is(const char *s, size_t kstart, size_t kend, const char *name) {
-        /* Keys with escapes never match our plain ASCII names; jansson already
-         * rejected duplicates, so an escaped spelling of "model" would be a
-         * second, different key to us and the same key to the provider —
-         * compare the decoded key instead. */
+        size_t n = strlen(name);
+
+        /* A key without escapes is its own bytes between the quotes. */
+        if (!memchr(s + kstart, '\\', kend - kstart))
+                return kend - kstart == n + 2 && memcmp(s + kstart + 1, name, n) == 0;
+        /* With escapes, "model" can be spelt \u006dodel: jansson already
+         * rejected duplicates, so such a spelling would be a second,
+         * different key to us and the same key to the provider. Compare the
+         * decoded key. */
         json_error_t err;
         json_t *k = json_loadb(s + kstart, kend - kstart, JSON_DECODE_ANY, &err);
         bool r = k && json_is_string(k) && streq(json_string_value(k), name);
         json_decref(k);
         return r;
+}
+
+/* A model name as a JSON string. Names are plain text: quoted as they are;
+ * anything needing escapes is left to jansson. */
+static char *quote_model(const char *name) {
+        bool plain = true;
+        for (const unsigned char *p = (const unsigned char *) name; *p && plain; p++)
+                plain = *p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\';
+        if (plain) {
+                char *q;
+                return asprintf(&q, "\"%s\"", name) < 0 ? NULL : q;
+        }
+        json_t *j = json_string(name);
+        char *q = j ? json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        json_decref(j);
+        return q;
 }
 
 int kb_body_rewrite(const char *body, size_t len, const char *new_model, bool add_include_usage, struct kb_buf *out) {
@@ -173,11 +194,7 @@ int kb_body_rewrite(const char *body, size_t len, const char *new_model, bool ad
 
         _cleanup_free_ char *model_json = NULL, *so_json = NULL;
         if (new_model) {
-                json_t *j = json_string(new_model);
-                if (!j)
-                        return -EINVAL;
-                model_json = json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT);
-                json_decref(j);
+                model_json = quote_model(new_model);
                 if (!model_json)
                         return -ENOMEM;
         }

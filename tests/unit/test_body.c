@@ -37,6 +37,12 @@ static void test_rewrite_model_only(void **state) {
                 "{\"tools\":[{\"model\":\"nested\"}],\"model\":\"up\"}");
         /* Escaped spelling of the key is the same key. */
         rewrite("{\"mod\\u0065l\":\"m\"}", "up", false, "{\"mod\\u0065l\":\"up\"}");
+        /* Keys that only begin or end like it are other keys. */
+        rewrite("{\"modelx\":1,\"mode\":2,\"xmodel\":3,\"model\":\"m\"}", "up", false,
+                "{\"modelx\":1,\"mode\":2,\"xmodel\":3,\"model\":\"up\"}");
+        /* A name that is not plain ASCII is quoted by jansson: UTF-8 as is,
+         * control characters escaped. */
+        rewrite("{\"model\":\"m\"}", "mod\xc3\xa8le\t", false, "{\"model\":\"mod\xc3\xa8le\\t\"}");
 }
 
 static void test_rewrite_include_usage(void **state) {
