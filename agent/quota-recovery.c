@@ -658,6 +658,7 @@ struct kb_quota_saver {
         char *path;
         uint64_t dropped;       /* kb_journal_n_dropped() at the last round */
         uint64_t saved_seq;
+        uint64_t round_usec;    /* when the last round ran (monotonic) */
         bool saved;
         int last;               /* the last round's result: log changes, not every round */
 };
@@ -667,6 +668,7 @@ static int saver_round(struct kb_quota_saver *s, uint64_t flush_timeout_usec) {
         char buf[2][PATH_MAX];
         const char *files[3];
 
+        s->round_usec = kb_now_usec();
         active_journal_files(buf, files);
         int r = kb_quota_snapshot(s->b->quota, s->b->journal, files, s->path, seq, flush_timeout_usec,
                                   &s->dropped);
@@ -697,10 +699,16 @@ static int saver_round(struct kb_quota_saver *s, uint64_t flush_timeout_usec) {
 static int on_snapshot_timer(sd_event_source *src, uint64_t usec, void *userdata) {
         struct kb_quota_saver *s = userdata;
 
-        /* Nothing settled since the last snapshot: it is still exact. */
-        if (!s->saved || s->b->seq != s->saved_seq)
+        uint64_t settled = s->saved ? s->b->seq - s->saved_seq : s->b->seq;
+
+        /* Nothing settled since the last snapshot: it is still exact. A
+         * round is due after the interval, or sooner when so many settled
+         * that a restart would replay too much. */
+        if ((!s->saved || settled > 0) &&
+            (settled >= KB_QUOTA_SNAPSHOT_SETTLES ||
+             kb_now_usec() - s->round_usec >= KB_QUOTA_SNAPSHOT_INTERVAL_USEC - KB_QUOTA_SNAPSHOT_CHECK_USEC / 2))
                 (void) saver_round(s, KB_QUOTA_SNAPSHOT_FLUSH_USEC);
-        (void) sd_event_source_set_time_relative(src, KB_QUOTA_SNAPSHOT_INTERVAL_USEC);
+        (void) sd_event_source_set_time_relative(src, KB_QUOTA_SNAPSHOT_CHECK_USEC);
         return sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
 }
 
@@ -720,7 +728,8 @@ int kb_quota_saver_new(sd_event *e, struct kb_broker *b, struct kb_quota_saver *
                 kb_quota_saver_free(s);
                 return -ENOMEM;
         }
-        r = sd_event_add_time_relative(e, &s->timer, CLOCK_MONOTONIC, KB_QUOTA_SNAPSHOT_INTERVAL_USEC,
+        s->round_usec = kb_now_usec();
+        r = sd_event_add_time_relative(e, &s->timer, CLOCK_MONOTONIC, KB_QUOTA_SNAPSHOT_CHECK_USEC,
                                        100 * USEC_PER_MSEC, on_snapshot_timer, s);
         if (r < 0) {
                 kb_quota_saver_free(s);

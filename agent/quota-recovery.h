@@ -32,6 +32,12 @@
 
 #define KB_QUOTA_SNAPSHOT_NAME "quota.json"                     /* in state_dir */
 #define KB_QUOTA_SNAPSHOT_INTERVAL_USEC (5 * USEC_PER_SEC)
+/* A busy broker snapshots sooner: once this many calls settled since the
+ * last one (checked every KB_QUOTA_SNAPSHOT_CHECK_USEC). A restart then
+ * replays at most about this many records plus a second's worth, a few
+ * hundred ms, whatever the traffic. */
+#define KB_QUOTA_SNAPSHOT_SETTLES 8192u
+#define KB_QUOTA_SNAPSHOT_CHECK_USEC (1 * USEC_PER_SEC)
 /* How long a periodic snapshot may block the loop waiting for the journal
  * writer to catch up; a round that would need longer is skipped. */
 #define KB_QUOTA_SNAPSHOT_FLUSH_USEC (100 * USEC_PER_MSEC)
@@ -165,7 +171,8 @@ struct kb_broker;
 struct kb_quota_saver;
 
 /* Snapshot b's counters to state_dir/quota.json every
- * KB_QUOTA_SNAPSHOT_INTERVAL_USEC on e (skipping rounds with nothing new).
+ * KB_QUOTA_SNAPSHOT_INTERVAL_USEC on e (skipping rounds with nothing new),
+ * or sooner once KB_QUOTA_SNAPSHOT_SETTLES calls settled.
  * b must outlive the saver. */
 int kb_quota_saver_new(sd_event *e, struct kb_broker *b, struct kb_quota_saver **ret);
 /* Final snapshot at clean stop (after the drain): waits up to
