@@ -95,6 +95,8 @@ cb_main() {
                         fi
                 fi
                 echo "| ${kind^^} | $sys | $allocs |" | cb_say
+                printf -v "CB_SYS_$kind" '%s' "$sys"
+                printf -v "CB_ALLOCS_$kind" '%s' "$allocs"
         done
         printf '\nTargets (JSON): at most 9 system calls and 60 allocations per request.\n' | cb_say
         sb_start "$TMP/keybroker.conf" >/dev/null 2>&1 || true

@@ -4,8 +4,8 @@
 # Starts kb-mock and keybrokerd with a throw-away config, then measures, on
 # loopback and Unix sockets only: req/s and latency direct-to-mock vs.
 # through the broker (JSON and SSE, 1 and 16 connections), and the broker's
-# RSS with 1000 idle keep-alive connections and with 1000 open SSE streams;
-# then (vs-nginx.sh) keybrokerd side by side with nginx as a key-injecting
+# RSS with 1000 idle keep-alive connections, with 1000 open SSE streams and
+# with up to 10,000; then (vs-nginx.sh) keybrokerd side by side with nginx as a key-injecting
 # reverse proxy to the same mock. Prints markdown tables. Exit 0 whatever
 # the figures; non-zero only when the bench could not run (missing binaries,
 # a process that would not start, a broker that answers nothing but errors,
@@ -15,7 +15,9 @@
 #      BENCH_HOLD_CONNECTIONS=N (default 1000), BENCH_OUT=FILE (also write the
 #      tables there), BENCH_KEEP=1 (keep the temp dir with logs), BUILD=DIR,
 #      BENCH_NGINX=0 (no nginx comparison), BENCH_ROUNDS=N (its rounds, 3),
-#      BENCH_ONLY=cost (only the system calls and allocations per request).
+#      BENCH_ONLY=cost (only the system calls and allocations per request),
+#      BENCH_SCALE_STREAMS=N (the large hold, default 10000), BENCH_STARTUP=0
+#      and BENCH_STARTUP_N=N (start-up after a crash; see startup-bench.sh).
 set -u
 set -o pipefail
 
@@ -137,8 +139,8 @@ listen_mode = 0666
 admin = $TMP/admin.sock
 credentials_dir = $TMP/creds
 state_dir = $TMP/state
-max_connections = 4096
-max_connections_per_uid = 4096
+max_connections = 16384
+max_connections_per_uid = 16384
 idle_timeout = 5min
 # keybrokerctl usage leaves these records out unless --include-tests
 test_traffic = yes
@@ -303,6 +305,23 @@ sleep 4
 RSS_AFTER_STREAMS=$(rss_kib)
 kill -0 "$BROKER_PID" 2>/dev/null || log "warning: keybrokerd died during the bench"
 
+# As many streams as keybrokerd's file limit lets it hold, up to
+# BENCH_SCALE_STREAMS (10,000): two descriptors each (the app's and the
+# provider's), so a hard limit of 20,000 holds 9,950.
+SCALE_WANT=${BENCH_SCALE_STREAMS:-10000}
+fd_hard=$(ulimit -Hn)
+[ "$fd_hard" = unlimited ] && fd_hard=1048576
+SCALE_N=$(((fd_hard - 100) / 2))
+[ "$SCALE_N" -gt "$SCALE_WANT" ] && SCALE_N=$SCALE_WANT
+sleep 1.5
+RSS_BASE_SCALE=$(rss_kib)
+log "memory: $SCALE_N open SSE streams (of $SCALE_WANT; fd hard limit $fd_hard; broker VmRSS ${RSS_BASE_SCALE} KiB)"
+HOLD_CONNS=$SCALE_N hold_rss streams --body "$(body_sse bench)" \
+        --header "x-mock-event-delay-ms: 1000" --header "x-mock-output-tokens: 3600"
+SCALE_HELD=$HOLD_N RSS_SCALE=$HOLD_RSS
+sleep 4
+RSS_AFTER_SCALE=$(rss_kib)
+
 # --- journal on vs off -----------------------------------------------------
 # The same broker restarted with [agent] journal = yes, then = no (no
 # per-request records at all), JSON at 1 and 16 connections each: what the
@@ -416,14 +435,26 @@ cmp_ratio json "JSON"
 cmp_ratio sse "SSE ($SSE_EVENTS events)"
 cmp_latency json "JSON"
 cmp_latency sse "SSE ($SSE_EVENTS events, full stream)"
-cmp_rss "idle keep-alive connection" "$IDLE_N" "$RSS_IDLE" "$RSS_BASE_IDLE" 16
-cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 64
+cmp_rss "idle keep-alive connection" "$IDLE_N" "$RSS_IDLE" "$RSS_BASE_IDLE" 4
+cmp_rss "open SSE stream" "$STREAM_N" "$RSS_STREAM" "$RSS_BASE_STREAM" 12
 if [ "${STREAM_N:-0}" -gt 0 ] && [ -n "${RSS_AFTER_STREAMS:-}" ] && [ -n "$RSS_BASE_STREAM" ]; then
         after_pct=$(awk -v a="$RSS_AFTER_STREAMS" -v b="$RSS_BASE_STREAM" 'BEGIN { printf "%+.1f", (a - b) * 100 / b }')
         after_ok=0
         awk -v p="$after_pct" 'BEGIN { exit !(p <= 10) }' && after_ok=1
         add_row "broker RSS 4 s after $STREAM_N streams ended" "within 10 % of before" \
                 "$RSS_AFTER_STREAMS KiB (before $RSS_BASE_STREAM KiB, $after_pct %)" $after_ok
+fi
+if [ "${SCALE_HELD:-0}" -gt 0 ] && [ "${RSS_SCALE:-0}" -gt 0 ]; then
+        # What 10,000 would take: the held figure plus the same per-stream
+        # cost for the ones the fd limit left out.
+        SCALE_10K_MIB=$(awk -v r="$RSS_SCALE" -v b="$RSS_BASE_SCALE" -v n="$SCALE_HELD" \
+                'BEGIN { printf "%.1f", (r + (r - b) / n * (10000 - n)) / 1024 }')
+        scale_ok=0
+        awk -v m="$SCALE_10K_MIB" 'BEGIN { exit !(m <= 128) }' && scale_ok=1
+        scale_note=
+        [ "$SCALE_HELD" -lt 10000 ] && scale_note=", $SCALE_HELD held (fd hard limit $fd_hard), 10,000 extrapolated at their cost per stream"
+        add_row "broker RSS with 10,000 open SSE streams" "≤ 128 MiB" \
+                "$SCALE_10K_MIB MiB ($(awk -v r="$RSS_SCALE" 'BEGIN { printf "%.1f", r / 1024 }') MiB with $SCALE_HELD$scale_note; $(awk -v a="$RSS_AFTER_SCALE" 'BEGIN { printf "%.1f", a / 1024 }') MiB 4 s after they ended)" $scale_ok
 fi
 burst_ok=0
 [ "$(burst_get all_first_before_any_end)" = 1 ] && [ "$(burst_get 2xx)" = "$HOLD_CONNS" ] && burst_ok=1
@@ -482,5 +513,9 @@ BUILD=$BUILD "$HERE/usage-bench.sh" | tee -a "$TMP/results.md"
 . "$HERE/cost-bench.sh"
 # keybrokerd vs nginx as a key-injecting reverse proxy (its own section).
 . "$HERE/vs-nginx.sh"
+# Start-up after a crash with a heavy journal (its own section).
+. "$HERE/startup-bench.sh"
+# Everything above in one table.
+. "$HERE/summary-bench.sh"
 [ -n "${BENCH_OUT:-}" ] && cp "$TMP/results.md" "$BENCH_OUT"
 exit 0
