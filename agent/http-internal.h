@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "http.h"
+#include "ioset.h"
 
 #define KB_HTTP_READ_BUF (16u * 1024u)         /* one read; also bounds the pipelining stash */
 #define KB_HTTP_ACCEPT_BATCH 64                 /* accepts per wakeup, for fairness */
@@ -84,7 +85,7 @@ struct kb_conn {
         struct kb_conn *prev, *next;
         unsigned n_ref;
         int fd;
-        sd_event_source *io;
+        struct kb_io *io;               /* in the server's ioset */
         sd_event_source *timer;
         uint32_t io_events;
         conn_state state;
@@ -158,6 +159,7 @@ struct kb_http_server {
         sd_event *event;
         int listen_fd;
         sd_event_source *listen_source;
+        struct kb_ioset *ioset;         /* the connections' sockets */
         sd_event_source *retry_timer;
         struct kb_http_limits limits;
         const struct kb_http_ops *ops;

@@ -60,7 +60,7 @@ void kb_conn_close(struct kb_conn *c) {
                 return;
         }
         c->finalized = true;
-        c->io = sd_event_source_disable_unref(c->io);
+        c->io = kb_io_free(c->io);
         c->timer = sd_event_source_disable_unref(c->timer);
         if (c->fd >= 0)
                 close(c->fd);
@@ -95,7 +95,7 @@ void kb_conn_mark_aborted(struct kb_conn *c) {
         if (c->aborted || c->finalized)
                 return;
         c->aborted = true;
-        c->io = sd_event_source_disable_unref(c->io);
+        c->io = kb_io_free(c->io);
         if (c->fd >= 0)
                 close(c->fd);
         c->fd = -1;
@@ -359,7 +359,7 @@ static void conn_read(struct kb_conn *c) {
         conn_process(c);
 }
 
-static int conn_on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
+static void conn_on_io(struct kb_io *io, int fd, uint32_t revents, void *userdata) {
         struct kb_conn *c = userdata;
         struct kb_http_server *s = c->server;   /* outlives its connections' events */
 
@@ -390,7 +390,6 @@ out:
         kb_conn_unref(c);
         if (s && s->ops->after_io)
                 s->ops->after_io(s->userdata);
-        return 0;
 }
 
 static int conn_on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
@@ -493,7 +492,7 @@ void kb_conn_update(struct kb_conn *c) {
                  * only for what a send() left over. */
                 if (pending > 0 && c->state != CONN_LINGER && !c->dirty)
                         ev |= EPOLLOUT;
-                if (ev != c->io_events && sd_event_source_set_io_events(c->io, ev) >= 0)
+                if (ev != c->io_events && kb_io_set_events(c->io, ev) >= 0)
                         c->io_events = ev;
         }
 
@@ -548,14 +547,14 @@ int kb_conn_new(struct kb_http_server *s, int fd, struct kb_conn **ret) {
         kb_conn_parser_init(c);
 
         c->io_events = EPOLLIN | EPOLLRDHUP;
-        r = sd_event_add_io(s->event, &c->io, fd, c->io_events, conn_on_io, c);
+        r = kb_ioset_add(s->ioset, fd, c->io_events, conn_on_io, c, &c->io);
         if (r >= 0)
                 r = sd_event_add_time(s->event, &c->timer, CLOCK_MONOTONIC, USEC_INFINITY,
                                       KB_HTTP_TIMER_ACCURACY_USEC, conn_on_timer, c);
         if (r >= 0)
                 r = sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
         if (r < 0) {
-                sd_event_source_disable_unref(c->io);
+                kb_io_free(c->io);
                 sd_event_source_disable_unref(c->timer);
                 free(c);
                 return r;
@@ -616,7 +615,9 @@ int kb_http_server_new(sd_event *e, int listen_fd, const struct kb_http_limits *
         s->rdhup_is_abort = domain != AF_UNIX;
         limits_fill(&s->limits, limits);
 
-        r = sd_event_add_io(e, &s->listen_source, listen_fd, EPOLLIN, kb_http_server_on_listen, s);
+        r = kb_ioset_new(e, "http-connections", &s->ioset);
+        if (r >= 0)
+                r = sd_event_add_io(e, &s->listen_source, listen_fd, EPOLLIN, kb_http_server_on_listen, s);
         if (r >= 0)
                 r = sd_event_add_defer(e, &s->flush_defer, server_on_flush, s);
         if (r >= 0)
@@ -702,6 +703,7 @@ struct kb_http_server *kb_http_server_free(struct kb_http_server *s) {
         while (s->dirty)
                 kb_conn_undirty(s->dirty);
         s->flush_defer = sd_event_source_disable_unref(s->flush_defer);
+        s->ioset = kb_ioset_free(s->ioset);
         if (s->listen_fd >= 0)
                 close(s->listen_fd);
         if (s->reserve_fd >= 0)

@@ -11,13 +11,13 @@
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
+#include "ioset.h"
 #include "upstream.h"
 #include "util.h"
 
-/* A socket of curl's, registered in the upstream's own epoll set. */
+/* A socket of curl's, watched in the upstream's ioset. */
 struct kb_sock {
-        curl_socket_t fd;
-        uint32_t events;
+        struct kb_io *io;
         struct kb_sock *prev, *next;
 };
 
@@ -58,8 +58,7 @@ struct kb_upstream {
         CURLM *multi;
         sd_event_source *timer;
         sd_event_source *defer;
-        int epoll_fd;                   /* curl's sockets: one loop source for all of them */
-        sd_event_source *sockets;
+        struct kb_ioset *sockets;       /* curl's sockets: one loop source for all of them */
         struct kb_upstream_call *calls;
         struct kb_sock *socks;
         unsigned busy;          /* nesting depth of calls into curl that may run our callbacks */

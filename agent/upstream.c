@@ -1,18 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* Calls to providers over libcurl's multi interface, driven by sd-event.
  *
- * curl never runs a loop of its own here: its sockets go into an epoll set
- * of our own (CURLMOPT_SOCKETFUNCTION, the registration kept with
- * curl_multi_assign), which is one io source of the loop; its one timer is a
- * CLOCK_MONOTONIC loop timer (CURLMOPT_TIMERFUNCTION). Whenever sockets are
+ * curl never runs a loop of its own here: its sockets go into an ioset
+ * (CURLMOPT_SOCKETFUNCTION, the registration kept with curl_multi_assign),
+ * one loop source for all of them (ioset.h says why); its one timer is a
+ * CLOCK_MONOTONIC loop timer (CURLMOPT_TIMERFUNCTION). Whenever a socket is
  * ready or the timer fires we call curl_multi_socket_action() and then
  * collect finished transfers with curl_multi_info_read().
- *
- * Why one source for all sockets: sd-event dispatches one source per loop
- * pass and polls every ready one again on the next, so thousands of held
- * streams with a socket each made every pass cost O(streams) and the loop
- * fall behind (at ~3,000 streams it spent a core in epoll_wait and stopped
- * accepting). Here one pass serves up to KB_UPSTREAM_EVENTS_BATCH sockets.
  *
  * Re-entrancy: user callbacks (on_response, on_data) run inside curl, where
  * curl refuses curl_multi_add_handle()/curl_multi_remove_handle() and where
@@ -28,13 +22,11 @@
 #include <pthread.h>
 #include <sodium.h>
 #include <sys/epoll.h>
-#include <unistd.h>
 
 #include "upstream-internal.h"
 #include "util.h"
 
 #define KB_UPSTREAM_MAXCONNECTS 64L
-#define KB_UPSTREAM_EVENTS_BATCH 64
 
 #ifndef CURL_WRITEFUNC_ERROR
 #define CURL_WRITEFUNC_ERROR 0
@@ -392,7 +384,7 @@ void kb_upstream_run_deferred(struct kb_upstream *u) {
         (void) on_defer(u->defer, u);
 }
 
-static int curl_mask(uint32_t revents) {
+static void on_socket(struct kb_io *io, int fd, uint32_t revents, void *userdata) {
         int mask = 0;
 
         if (revents & (EPOLLIN | EPOLLHUP))
@@ -401,27 +393,7 @@ static int curl_mask(uint32_t revents) {
                 mask |= CURL_CSELECT_OUT;
         if (revents & EPOLLERR)
                 mask |= CURL_CSELECT_ERR;
-        return mask;
-}
-
-/* Ready sockets of curl's, a batch per loop pass (level-triggered: what is
- * left over keeps the set readable for the next pass). An event for a socket
- * that an earlier one in the batch closed, or whose number was reused, only
- * makes curl look at it for nothing. */
-static int on_sockets(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        struct kb_upstream *u = userdata;
-        struct epoll_event ev[KB_UPSTREAM_EVENTS_BATCH];
-        int running = 0, n;
-
-        n = epoll_wait(u->epoll_fd, ev, ELEMENTSOF(ev), 0);
-        if (n <= 0)
-                return 0;
-        upstream_enter(u);
-        for (int i = 0; i < n; i++)
-                (void) curl_multi_socket_action(u->multi, ev[i].data.fd, curl_mask(ev[i].events), &running);
-        upstream_leave(u);
-        upstream_drain(u);
-        return 0;
+        upstream_socket_action(userdata, fd, mask);
 }
 
 static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -431,16 +403,15 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static void sock_free(struct kb_upstream *u, struct kb_sock *k) {
         LIST_REMOVE(u->socks, k);
-        /* curl says so before it closes the socket; a socket already
-         * closed has left the set by itself */
-        (void) epoll_ctl(u->epoll_fd, EPOLL_CTL_DEL, k->fd, NULL);
+        /* curl says so before it closes the socket */
+        kb_io_free(k->io);
         free(k);
 }
 
 static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
         struct kb_upstream *u = userp;
         struct kb_sock *k = socketp;
-        struct epoll_event ev = { .data.fd = fd };
+        uint32_t events = 0;
 
         if (what == CURL_POLL_REMOVE) {
                 if (k)
@@ -449,25 +420,17 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
         }
 
         if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
-                ev.events |= EPOLLIN;
+                events |= EPOLLIN;
         if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
-                ev.events |= EPOLLOUT;
+                events |= EPOLLOUT;
 
-        if (k) {
-                if (k->events == ev.events)
-                        return 0;
-                if (epoll_ctl(u->epoll_fd, EPOLL_CTL_MOD, fd, &ev) < 0)
-                        return -1;
-                k->events = ev.events;
-                return 0;
-        }
+        if (k)
+                return kb_io_set_events(k->io, events) < 0 ? -1 : 0;
 
         k = calloc(1, sizeof(*k));
         if (!k)
                 return -1;
-        k->fd = fd;
-        k->events = ev.events;
-        if (epoll_ctl(u->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        if (kb_ioset_add(u->sockets, fd, events, on_socket, u, &k->io) < 0) {
                 free(k);
                 return -1;
         }
@@ -521,15 +484,9 @@ int kb_upstream_new(sd_event *e, struct kb_upstream **ret) {
         if (!u)
                 return -ENOMEM;
         u->event = sd_event_ref(e);
-        u->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-        if (u->epoll_fd < 0) {
-                r = -errno;
-                goto fail;
-        }
-        r = sd_event_add_io(e, &u->sockets, u->epoll_fd, EPOLLIN, on_sockets, u);
+        r = kb_ioset_new(e, "upstream-sockets", &u->sockets);
         if (r < 0)
                 goto fail;
-        (void) sd_event_source_set_description(u->sockets, "upstream-sockets");
 
         /* curl's timeouts are in whole milliseconds; "0 ms" goes through the
          * defer source (on_curl_timer), so coalescing never delays a call. */
@@ -584,9 +541,7 @@ struct kb_upstream *kb_upstream_free(struct kb_upstream *u) {
         while (u->socks)
                 sock_free(u, u->socks);
 
-        sd_event_source_disable_unref(u->sockets);
-        if (u->epoll_fd >= 0)
-                close(u->epoll_fd);
+        kb_ioset_free(u->sockets);
         sd_event_source_disable_unref(u->timer);
         sd_event_source_disable_unref(u->defer);
         sd_event_unref(u->event);
