@@ -591,6 +591,12 @@ int kb_upstream_start(struct kb_upstream *u, const struct kb_upstream_request *r
         c->userdata = userdata;
         c->start_usec = kb_now_usec();
 
+        /* A new handle per call, never a reset one: libcurl before 8.1.0
+         * (Debian 12 has 7.88.1) keeps a pointer to the previous
+         * transfer's last response header across curl_easy_reset(), and a
+         * response whose first header line is a folded continuation is
+         * unfolded into that freed header (curl #11101, fixed by #11103).
+         * fuzz_http found it under ASan when handles were pooled. */
         c->easy = curl_easy_init();
         if (!c->easy) {
                 r = -ENOMEM;
