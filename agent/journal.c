@@ -277,8 +277,11 @@ static int send_items(const struct iovec *items, size_t n, kb_journal_send_t sen
 }
 
 static size_t record_iov(const struct kb_record *rec, struct iovec *iov) {
-        for (size_t i = 0; i < rec->n; i++)
-                iov[i] = (struct iovec) { .iov_base = rec->data + rec->off[i], .iov_len = strlen(rec->data + rec->off[i]) };
+        /* items lie one after another, each ending in its NUL */
+        for (size_t i = 0; i < rec->n; i++) {
+                size_t end = i + 1 < rec->n ? rec->off[i + 1] : rec->len;
+                iov[i] = (struct iovec) { .iov_base = rec->data + rec->off[i], .iov_len = end - rec->off[i] - 1 };
+        }
         return rec->n;
 }
 
@@ -308,7 +311,7 @@ static int spool_record(struct kb_spool *spool, const struct kb_record *rec) {
 
         /* request records carry their own (the quota's settle time) */
         for (size_t i = 0; i < rec->n && !has_time; i++)
-                has_time = strncmp(rec->data + rec->off[i], "KEYBROKER_REALTIME_USEC=", 24) == 0;
+                has_time = strncmp(kb_record_item(rec, i), "KEYBROKER_REALTIME_USEC=", 24) == 0;
         iov[n++] = (struct iovec) { .iov_base = (char *) "KEYBROKER_SPOOLED=1", .iov_len = 19 };
         if (!has_time) {
                 snprintf(when, sizeof(when), "KEYBROKER_REALTIME_USEC=%" PRIu64, rec->realtime_usec);

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 #define KB_JSON_SCAN_MAX_DEPTH 128
 
@@ -20,6 +21,11 @@
  * quotes. A negative return stops the scan and is returned. */
 typedef int (*kb_json_member_t)(const char *key, size_t key_len, const char *value, size_t value_len,
                                 void *userdata);
+
+/* Whether a key handed out by the scan is want (false for a NULL want). */
+static inline bool kb_json_key_is(const char *key, size_t key_len, const char *want) {
+        return want && strlen(want) == key_len && memcmp(key, want, key_len) == 0;
+}
 
 /* 0 when s is one object and every member was handed out; -EINVAL when it
  * is not a well-formed object (or nests deeper than KB_JSON_SCAN_MAX_DEPTH);

@@ -22,10 +22,6 @@
 
 #define MAX_COUNTS 8
 
-static bool key_is(const char *key, size_t len, const char *want) {
-        return want && strlen(want) == len && memcmp(key, want, len) == 0;
-}
-
 /* A count's text: 1 and *ret set when it is an integer in [0, INT64_MAX];
  * 0 when it is anything else jansson accepts (ignored, as get_count does);
  * -EINVAL when jansson would refuse the document over it. */
@@ -75,13 +71,13 @@ static int on_usage_member(const char *key, size_t key_len, const char *value, s
 
         for (size_t i = 0; s->counts[i].key; i++) {
                 const struct kb_usage_count *c = &s->counts[i];
-                if (!s->outer && !c->outer && key_is(key, key_len, c->key)) {
+                if (!s->outer && !c->outer && kb_json_key_is(key, key_len, c->key)) {
                         s->value[i] = value;
                         s->len[i] = value_len;
-                } else if (!s->outer && c->outer && key_is(key, key_len, c->outer)) {
+                } else if (!s->outer && c->outer && kb_json_key_is(key, key_len, c->outer)) {
                         s->outer_value[i] = value;
                         s->outer_len[i] = value_len;
-                } else if (s->outer && streq_ptr(c->outer, s->outer) && key_is(key, key_len, c->key)) {
+                } else if (s->outer && streq_ptr(c->outer, s->outer) && kb_json_key_is(key, key_len, c->key)) {
                         s->value[i] = value;
                         s->len[i] = value_len;
                 }
@@ -144,13 +140,13 @@ struct pick {
 static int on_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
         struct pick *p = userdata;
 
-        if (p->usage_as_text && key_is(key, key_len, "usage")) {
+        if (p->usage_as_text && kb_json_key_is(key, key_len, "usage")) {
                 p->usage = value;
                 p->usage_len = value_len;
                 return 0;
         }
         for (size_t i = 0; i < p->n_keys; i++) {
-                if (!key_is(key, key_len, p->keys[i]))
+                if (!kb_json_key_is(key, key_len, p->keys[i]))
                         continue;
                 json_t *v = json_loadb(value, value_len, JSON_DECODE_ANY, NULL);
                 if (!v)

@@ -270,17 +270,13 @@ struct chunk_spans {
         struct span choices, usage;
 };
 
-static bool span_is(const char *key, size_t len, const char *want) {
-        return strlen(want) == len && memcmp(key, want, len) == 0;
-}
-
 static int on_chunk_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
         struct chunk_spans *c = userdata;
 
         /* the last of a repeated key counts, as with jansson */
-        if (span_is(key, key_len, "choices"))
+        if (kb_json_key_is(key, key_len, "choices"))
                 c->choices = (struct span) { value, value_len };
-        else if (span_is(key, key_len, "usage"))
+        else if (kb_json_key_is(key, key_len, "usage"))
                 c->usage = (struct span) { value, value_len };
         return 0;
 }
@@ -298,6 +294,7 @@ static bool value_has_output(const char *v, size_t n) {
 }
 
 struct choice_scan {
+        size_t n;               /* choices seen */
         bool output;            /* this choice or an earlier one */
         bool in_delta;
         struct span delta, text;
@@ -308,7 +305,7 @@ static int on_delta_member(const char *key, size_t key_len, const char *value, s
         struct choice_scan *c = userdata;
 
         for (size_t f = 0; f < ELEMENTSOF(fields); f++)
-                if (span_is(key, key_len, fields[f]) && value_has_output(value, value_len))
+                if (kb_json_key_is(key, key_len, fields[f]) && value_has_output(value, value_len))
                         c->output = true;
         return 0;
 }
@@ -316,9 +313,9 @@ static int on_delta_member(const char *key, size_t key_len, const char *value, s
 static int on_choice_member(const char *key, size_t key_len, const char *value, size_t value_len, void *userdata) {
         struct choice_scan *c = userdata;
 
-        if (span_is(key, key_len, "delta"))
+        if (kb_json_key_is(key, key_len, "delta"))
                 c->delta = (struct span) { value, value_len };
-        else if (span_is(key, key_len, "text"))
+        else if (kb_json_key_is(key, key_len, "text"))
                 c->text = (struct span) { value, value_len };
         return 0;
 }
@@ -327,6 +324,7 @@ static int on_choice(const char *value, size_t value_len, void *userdata) {
         struct choice_scan *c = userdata;
         int r;
 
+        c->n++;
         /* jansson's json_object_get on a non-object: nothing there */
         if (value_len == 0 || value[0] != '{')
                 return 0;
@@ -345,17 +343,11 @@ static int on_choice(const char *value, size_t value_len, void *userdata) {
         return 0;
 }
 
-static int count_choice(const char *value, size_t value_len, void *userdata) {
-        (*(size_t *) userdata)++;
-        return 0;
-}
-
 /* 1: read; 0: not read (the caller reads it the jansson way); -ENOMEM. */
 static int chat_chunk_text(struct kb_usage_tap *t, const char *data, size_t len, bool *ret_hide) {
         struct kb_usage *u = &t->usage;
         struct chunk_spans c = {};
         struct choice_scan cs = {};
-        size_t n_choices = 0;
         bool choices_array = false;
 
         /* model and id are taken from the first chunks, the jansson way */
@@ -365,8 +357,7 @@ static int chat_chunk_text(struct kb_usage_tap *t, const char *data, size_t len,
                 return 0;
         if (c.choices.n > 0 && c.choices.p[0] == '[') {
                 choices_array = true;
-                if (kb_json_scan_array(c.choices.p, c.choices.n, on_choice, &cs) < 0 ||
-                    kb_json_scan_array(c.choices.p, c.choices.n, count_choice, &n_choices) < 0)
+                if (kb_json_scan_array(c.choices.p, c.choices.n, on_choice, &cs) < 0)
                         return 0;
         }
         /* committed to u only when the whole usage object reads */
@@ -375,7 +366,7 @@ static int chat_chunk_text(struct kb_usage_tap *t, const char *data, size_t len,
                 return 0;
         if (cs.output)
                 u->streamed_deltas++;
-        if (t->hide_usage && c.usage.n > 0 && c.usage.p[0] == '{' && choices_array && n_choices == 0)
+        if (t->hide_usage && c.usage.n > 0 && c.usage.p[0] == '{' && choices_array && cs.n == 0)
                 *ret_hide = true;
         return 1;
 }
