@@ -17,12 +17,21 @@ struct kb_io {
         bool dead;
         kb_io_handler_t handler;
         void *userdata;
+        /* while the set is direct: the socket's own sd-event source */
+        sd_event_source *source;
+        struct kb_io *prev, *next;
         struct kb_io *next_dead;
 };
 
 struct kb_ioset {
+        sd_event *event;
         int epoll_fd;
         sd_event_source *source;
+        const char *description;
+        /* members not freed, in a list for switching between the modes */
+        struct kb_io *members;
+        unsigned n_members;
+        bool batched;
         unsigned dispatching;
         /* freed while a batch was being served: an event later in the
          * batch may still point at them */
@@ -56,12 +65,63 @@ static int on_ready(sd_event_source *src, int fd, uint32_t revents, void *userda
         return 0;
 }
 
+static int on_direct(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
+        struct kb_io *io = userdata;
+
+        io->handler(io, fd, revents, io->userdata);
+        return 0;
+}
+
+/* Watches io's socket in the batch (ret_source NULL) or through a source
+ * of its own. */
+static int io_attach(struct kb_io *io, bool batched, sd_event_source **ret_source) {
+        struct kb_ioset *s = io->set;
+        int r;
+
+        *ret_source = NULL;
+        if (batched) {
+                if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, io->fd,
+                              &(struct epoll_event) { .events = io->events, .data.ptr = io }) < 0)
+                        return -errno;
+                return 0;
+        }
+        r = sd_event_add_io(s->event, ret_source, io->fd, io->events, on_direct, io);
+        if (r >= 0 && s->description)
+                (void) sd_event_source_set_description(*ret_source, s->description);
+        return r;
+}
+
+static void io_detach(struct kb_io *io) {
+        if (io->source)
+                io->source = sd_event_source_disable_unref(io->source);
+        else
+                /* EBADF: the fd was closed first, which took it out of the set */
+                (void) epoll_ctl(io->set->epoll_fd, EPOLL_CTL_DEL, io->fd, NULL);
+}
+
+/* Moves every member to the other mode. A member that cannot be attached
+ * there (ENOMEM) stays where it was, so no socket is ever unwatched: both
+ * ways of watching are served whatever the set's mode. */
+static void switch_mode(struct kb_ioset *s, bool batched) {
+        s->batched = batched;
+        for (struct kb_io *io = s->members; io; io = io->next) {
+                sd_event_source *source;
+                bool in_batch = !io->source;
+                if (in_batch == batched || io_attach(io, batched, &source) < 0)
+                        continue;
+                io_detach(io);
+                io->source = source;
+        }
+}
+
 int kb_ioset_new(sd_event *e, const char *description, struct kb_ioset **ret) {
         struct kb_ioset *s = calloc(1, sizeof(*s));
         int r;
 
         if (!s)
                 return -ENOMEM;
+        s->event = e;
+        s->description = description;
         s->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         if (s->epoll_fd < 0) {
                 r = -errno;
@@ -93,15 +153,22 @@ struct kb_ioset *kb_ioset_free(struct kb_ioset *s) {
 int kb_ioset_add(struct kb_ioset *s, int fd, uint32_t events, kb_io_handler_t handler, void *userdata,
                  struct kb_io **ret) {
         struct kb_io *io = calloc(1, sizeof(*io));
+        int r;
 
         if (!io)
                 return -ENOMEM;
         *io = (struct kb_io) { .set = s, .fd = fd, .events = events, .handler = handler, .userdata = userdata };
-        if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, fd, &(struct epoll_event) { .events = events, .data.ptr = io }) < 0) {
-                int r = -errno;
+        r = io_attach(io, s->batched, &io->source);
+        if (r < 0) {
                 free(io);
                 return r;
         }
+        io->next = s->members;
+        if (s->members)
+                s->members->prev = io;
+        s->members = io;
+        if (++s->n_members > KB_IOSET_DIRECT_MAX && !s->batched)
+                switch_mode(s, true);
         *ret = io;
         return 0;
 }
@@ -109,8 +176,12 @@ int kb_ioset_add(struct kb_ioset *s, int fd, uint32_t events, kb_io_handler_t ha
 int kb_io_set_events(struct kb_io *io, uint32_t events) {
         if (io->events == events)
                 return 0;
-        if (epoll_ctl(io->set->epoll_fd, EPOLL_CTL_MOD, io->fd,
-                      &(struct epoll_event) { .events = events, .data.ptr = io }) < 0)
+        if (io->source) {
+                int r = sd_event_source_set_io_events(io->source, events);
+                if (r < 0)
+                        return r;
+        } else if (epoll_ctl(io->set->epoll_fd, EPOLL_CTL_MOD, io->fd,
+                             &(struct epoll_event) { .events = events, .data.ptr = io }) < 0)
                 return -errno;
         io->events = events;
         return 0;
@@ -122,8 +193,15 @@ struct kb_io *kb_io_free(struct kb_io *io) {
         if (!io)
                 return NULL;
         s = io->set;
-        /* EBADF: the fd was closed first, which took it out of the set */
-        (void) epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, io->fd, NULL);
+        io_detach(io);
+        if (io->prev)
+                io->prev->next = io->next;
+        else
+                s->members = io->next;
+        if (io->next)
+                io->next->prev = io->prev;
+        if (--s->n_members <= KB_IOSET_DIRECT_MIN && s->batched)
+                switch_mode(s, false);
         io->dead = true;
         if (s->dispatching) {
                 io->next_dead = s->dead;

@@ -9,12 +9,20 @@
  * the next, so with a source per socket a pass cost O(ready sockets): with
  * thousands of connections or held streams ready at once (a burst, a mass
  * hang-up) the loop spent a core in epoll_wait and fell behind. Sockets are
- * level-triggered, as sd-event's are. */
+ * level-triggered, as sd-event's are.
+ *
+ * A set with few sockets keeps each as its own sd-event source ("direct"):
+ * the batch's epoll_wait is a system call more per event, which is most of
+ * what a quiet broker does. It batches past KB_IOSET_DIRECT_MAX members and
+ * goes back to direct at KB_IOSET_DIRECT_MIN (apart, so a set near one
+ * figure does not switch on every connection). */
 
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
 #define KB_IOSET_BATCH 64
+#define KB_IOSET_DIRECT_MAX 32
+#define KB_IOSET_DIRECT_MIN 8
 
 struct kb_ioset;
 struct kb_io;

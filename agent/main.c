@@ -397,7 +397,9 @@ static int run(struct daemon *d) {
         int r;
 
         b->started_usec = kb_realtime_usec();
-        r = sd_event_default(&b->event);
+        /* Not sd_event_default(): the default loop checks it runs in its
+         * thread with a gettid() on every pass, a system call per request. */
+        r = sd_event_new(&b->event);
         if (r < 0)
                 return r;
         r = setup_signals(d);

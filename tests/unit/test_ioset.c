@@ -22,7 +22,11 @@ struct peer {
         uint32_t last;
         bool drain;             /* read what is there */
         struct peer *victim;    /* freed by this one's handler */
+        bool purge;             /* frees purge_from[0..purge_n) but itself */
 };
+
+static struct peer *purge_from;
+static size_t purge_n;
 
 static void on_event(struct kb_io *io, int fd, uint32_t revents, void *userdata) {
         struct peer *p = userdata;
@@ -35,6 +39,12 @@ static void on_event(struct kb_io *io, int fd, uint32_t revents, void *userdata)
                 char c;
                 while (read(fd, &c, 1) > 0)
                         ;
+        }
+        if (p->purge && purge_from) {
+                for (size_t i = 0; i < purge_n; i++)
+                        if (&purge_from[i] != p && purge_from[i].io)
+                                purge_from[i].io = kb_io_free(purge_from[i].io);
+                purge_from = NULL;
         }
         if (p->victim && p->victim->io) {
                 p->victim->io = kb_io_free(p->victim->io);
@@ -135,10 +145,103 @@ static void test_freed_in_batch(void **state) {
         sd_event_unref(e);
 }
 
+static unsigned served(struct peer *p, size_t n) {
+        unsigned total = 0;
+        for (size_t i = 0; i < n; i++)
+                total += p[i].calls;
+        return total;
+}
+
+/* A set with few sockets gives each its own loop source (sd-event serves
+ * one source per pass); past KB_IOSET_DIRECT_MAX it batches, and at
+ * KB_IOSET_DIRECT_MIN it goes back. Through every switch each socket stays
+ * watched with the events asked for, and a handler that frees sockets in
+ * the middle of a batch (switching the set back) is safe. */
+static void test_modes(void **state) {
+        enum { N = KB_IOSET_DIRECT_MAX + 8 };
+        sd_event *e = NULL;
+        struct kb_ioset *s = NULL;
+        static struct peer p[N];
+
+        assert_int_equal(sd_event_new(&e), 0);
+        assert_int_equal(kb_ioset_new(e, "test", &s), 0);
+        for (size_t i = 0; i < N; i++) {
+                p[i] = (struct peer) { .drain = true };
+                pair(&p[i]);
+        }
+        /* direct: five ready sockets, one served per pass */
+        for (size_t i = 0; i < 5; i++) {
+                assert_int_equal(kb_ioset_add(s, p[i].fd, EPOLLIN, on_event, &p[i], &p[i].io), 0);
+                assert_int_equal(write(p[i].other, "x", 1), 1);
+        }
+        assert_int_equal(kb_io_set_events(p[0].io, EPOLLIN | EPOLLOUT), 0);
+        assert_true(sd_event_run(e, 1000 * 1000) > 0);
+        assert_int_equal(served(p, N), 1);
+        while (served(p, N) < 5)
+                assert_true(sd_event_run(e, 1000 * 1000) > 0);
+
+        /* batched: the same five in one pass */
+        for (size_t i = 5; i < N; i++)
+                assert_int_equal(kb_ioset_add(s, p[i].fd, EPOLLIN, on_event, &p[i], &p[i].io), 0);
+        assert_int_equal(kb_io_set_events(p[0].io, EPOLLIN), 0);
+        for (size_t i = 0; i < N; i++)
+                p[i].calls = 0;
+        for (size_t i = 0; i < 5; i++)
+                assert_int_equal(write(p[i].other, "x", 1), 1);
+        assert_true(sd_event_run(e, 1000 * 1000) > 0);
+        assert_int_equal(served(p, N), 5);
+        for (size_t i = 0; i < 5; i++)
+                assert_int_equal(p[i].last, EPOLLIN);
+
+        /* Every socket of the batch is ready; whichever of p[5..N) is
+         * served first frees the others of p[5..N): the set goes direct while
+         * events of the batch are still to be served. */
+        for (size_t i = 0; i < N; i++) {
+                p[i].calls = 0;
+                p[i].purge = i >= 5;
+                assert_int_equal(write(p[i].other, "x", 1), 1);
+        }
+        purge_from = &p[5];
+        purge_n = N - 5;
+        assert_true(sd_event_run(e, 1000 * 1000) > 0);
+        purge_from = NULL;
+        for (size_t i = 5; i < N; i++)
+                if (!p[i].io)
+                        assert_int_equal(p[i].calls, 0);
+        /* drain what the batch left, then: the six left are still watched,
+         * now one source each */
+        while (sd_event_run(e, 0) > 0)
+                ;
+        size_t left = 0;
+        for (size_t i = 0; i < N; i++) {
+                p[i].calls = 0;
+                p[i].purge = false;
+                if (p[i].io) {
+                        left++;
+                        assert_int_equal(write(p[i].other, "x", 1), 1);
+                }
+        }
+        assert_int_equal(left, 6);
+        assert_true(sd_event_run(e, 1000 * 1000) > 0);
+        assert_int_equal(served(p, N), 1);
+        while (served(p, N) < left)
+                assert_true(sd_event_run(e, 1000 * 1000) > 0);
+        assert_int_equal(served(p, N), left);
+
+        for (size_t i = 0; i < N; i++) {
+                p[i].io = kb_io_free(p[i].io);
+                close(p[i].fd);
+                close(p[i].other);
+        }
+        kb_ioset_free(s);
+        sd_event_unref(e);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_many_ready),
                 cmocka_unit_test(test_freed_in_batch),
+                cmocka_unit_test(test_modes),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
