@@ -5,6 +5,7 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "routing.h"
 #include "broker.h"
 #include "router.h"
 

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "admin.h"
+#include "capacity.h"
 #include "fleet-quota.h"
 #include "fleet-store.h"
 #include "broker.h"
@@ -101,9 +102,9 @@ bool kb_admin_peer_allowed(const struct kb_agent_config *a, const struct kb_iden
 /* ---- read-only endpoints ---- */
 
 static json_t *capacity_json(const struct kb_broker *b) {
-        struct kb_broker_capacity cap;
+        struct kb_capacity cap;
 
-        kb_broker_capacity(b, &cap);
+        kb_capacity_get(b, &cap);
         return json_pack("{s:I, s:{s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I, s:I}, s:{s:I, s:o}}",
                          "refusing", (json_int_t) cap.refusing,
                          "refused",
@@ -297,6 +298,25 @@ static void serve_route_check(struct kb_conn *c, struct kb_broker *b, struct kb_
                 kb_admin_error(c, r == -ENOENT ? 404 : r == -ENOMEDIUM ? 400 : 500,
                                r == -ENOENT ? "not_found" : r == -ENOMEDIUM ? "invalid_request" : "internal_error",
                                "%s", error ?: strerror(-r));
+}
+
+/* GET /metrics: metrics.c renders the page, this answers it. */
+static void serve_metrics(struct kb_conn *c, struct kb_broker *b) {
+        static const struct kb_http_header h[] = {
+                { "content-type", KB_METRICS_CONTENT_TYPE },
+                { "cache-control", "no-store" },
+        };
+        struct kb_buf out = {};
+        int r = kb_metrics_render(b, &out);
+
+        if (r < 0) {
+                kb_buf_free(&out);
+                kb_admin_error(c, 500, "internal_error", "cannot render metrics: %s", strerror(-r));
+                return;
+        }
+        if (kb_conn_respond(c, 200, h, ELEMENTSOF(h), out.data, out.len) < 0)
+                (void) kb_conn_end(c);
+        kb_buf_free(&out);
 }
 
 static void serve_reload(struct kb_conn *c, struct kb_broker *b) {
@@ -517,7 +537,7 @@ static void admin_on_request(struct kb_conn *c, struct kb_http_request *req, voi
                 serve_reload(c, b);
                 break;
         case KB_ADMIN_METRICS:
-                kb_metrics_serve(c, b);
+                serve_metrics(c, b);
                 break;
         case KB_ADMIN_ROUTE_CHECK:
                 serve_route_check(c, b, req, &t, ac);

@@ -5,6 +5,8 @@
  * a call that more than one of them takes. Not for other modules. */
 
 #include "body.h"
+#include "proxy.h"
+#include "api.h"
 #include "broker.h"
 
 /* The model is known (JSON body or form): check it, plan, admit, forward. */

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "broker.h"
+#include "api.h"
 #include "batch-file.h"
 #include "fleet-objects.h"
 #include "objects.h"

@@ -10,30 +10,6 @@
 #include "broker.h"
 #include "upload.h"
 
-/* The upload failed before any answer: said in the family's shape. */
-void kb_api_upload_error(struct kb_request *r, int error) {
-        const char *why = kb_upload_error(r->upload) ?: strerror(-error);
-        switch (error) {
-        case -EBADMSG:
-                kb_api_error(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST, "%s", why);
-                break;
-        case -EFBIG:
-                kb_api_error(r, 413, "request_too_large", KB_OUTCOME_INVALID_REQUEST,
-                             "request body exceeds %" PRIu64 " bytes (max_upload_body)",
-                             r->config->agent.max_upload_body);
-                break;
-        case -ETIMEDOUT:
-                kb_api_error(r, 408, "request_timeout", KB_OUTCOME_INVALID_REQUEST, "%s", why);
-                break;
-        case -EPIPE:
-                r->outcome = KB_OUTCOME_CLIENT_ABORT;
-                r->status = 499;
-                break;
-        default:
-                kb_api_error(r, 500, "internal_error", KB_OUTCOME_INVALID_REQUEST, "%s", why);
-        }
-}
-
 static void upload_wait(struct kb_conn *c, void *userdata);
 static void upload_abort(struct kb_conn *c, void *userdata) {
         struct kb_request *r = userdata;
@@ -52,8 +28,8 @@ static void upload_wait(struct kb_conn *c, void *userdata) {
                 return;
         kb_conn_set_handler(r->conn, NULL, NULL);
         if (st < 0) {
-                kb_api_upload_error(r, st);
-                kb_request_finish(r);
+                kb_request_fail_upload(r, st);
+                kb_api_proxied(r);
                 return;
         }
         struct kb_body_info info = { .stream = streq_ptr(kb_upload_field(r->upload, "stream"), "true") };

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "body.h"
+#include "capacity.h"
 #include "multipart.h"
 #include "objects.h"
 #include "api-internal.h"
@@ -79,17 +80,6 @@ static char *error_body(kb_family family, int status, const char *code, const ch
         return s;
 }
 
-size_t kb_api_common_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap,
-                             char *scratch, size_t scratch_size) {
-        if (n < cap)
-                h[n++] = (struct kb_http_header) { KB_HDR_REQUEST_ID, r->id };
-        if (r->team && n < cap)
-                h[n++] = (struct kb_http_header) { KB_HDR_TEAM_OUT, r->team->name };
-        if (r->route && n < cap)
-                h[n++] = (struct kb_http_header) { KB_HDR_ROUTE, r->route->name };
-        return kb_metering_headers(r, h, n, cap, scratch, scratch_size);
-}
-
 static void respond_json(struct kb_request *r, int status, const char *body, const struct kb_http_header *extra,
                          size_t n_extra) {
         struct kb_http_header h[16];
@@ -99,7 +89,7 @@ static void respond_json(struct kb_request *r, int status, const char *body, con
         h[n++] = (struct kb_http_header) { "content-type", "application/json" };
         for (size_t i = 0; i < n_extra && n < 8; i++)
                 h[n++] = extra[i];
-        n = kb_api_common_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
+        n = kb_request_answer_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
         r->status = status;
         r->response_started = true;
         (void) kb_conn_respond(r->conn, status, h, n, body, strlen(body));
@@ -128,6 +118,14 @@ void kb_api_fail_full(struct kb_request *r, int status, const char *code, const 
         va_start(ap, fmt);
         api_verror(r, status, code, openai_type, outcome, extra, n_extra, fmt, ap);
         va_end(ap);
+        kb_request_finish(r);
+}
+
+void kb_api_proxied(struct kb_request *r) {
+        const struct kb_failure *f = &r->failure;
+
+        if (f->status && !r->response_started)
+                kb_api_error(r, f->status, f->code, r->outcome, "%s", f->message ?: f->code);
         kb_request_finish(r);
 }
 
@@ -170,7 +168,7 @@ static struct kb_request *request_new(struct kb_broker *b, struct kb_conn *c, st
         r->attempts = 0;
         LIST_INSERT_HEAD(&b->requests, r, live);
         b->n_in_flight++;
-        kb_broker_in_flight_changed(b);
+        kb_heaptrim_note(&b->heaptrim, b->n_in_flight);
         return r;
 }
 
@@ -205,10 +203,11 @@ void kb_request_finish(struct kb_request *r) {
         kb_proxy_release(r);
         LIST_REMOVE(r, live);
         b->n_in_flight--;
-        kb_broker_in_flight_changed(b);
+        kb_heaptrim_note(&b->heaptrim, b->n_in_flight);
         b->n_requests++;
 
         kb_buf_free(&r->out);
+        free(r->failure.message);
         free(r->model);
         free(r->key_label);
         free(r->upstream_request_id);
@@ -377,7 +376,7 @@ void kb_api_forward_admitted(struct kb_request *r, const struct kb_admit_verdict
          * it, and proxy.c keeps a copy of the answer only for a sample. */
         if (kb_shadow_sample(r->broker->shadows, r, &r->shadow) < 0)
                 r->shadow = NULL;
-        kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage);
+        kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage, kb_api_proxied);
 }
 
 /* Characters of speech input: what TTS is billed by (code points). */
@@ -442,8 +441,10 @@ void kb_api_serve_model(struct kb_request *r, struct kb_body_info *info_) {
         }
         /* The ordered candidates (targets by weight, fallbacks); the first
          * prices the quota reservation. */
-        if (!kb_proxy_plan(r))
+        if (!kb_proxy_plan(r)) {
+                kb_api_proxied(r);
                 return;
+        }
 
         /* OpenAI chat and completions streams omit usage unless asked; we
          * ask, and hide the answer from an app that did not. */
@@ -639,8 +640,8 @@ static void api_write_error(struct kb_conn *c, const char *path, int status, con
         /* No request record exists for a connection refused at accept: the
          * shortage is said in the log instead, at most every 10 s. */
         if (code && streq(code, "broker_overloaded") && now >= b->fd_warning_usec + 10 * USEC_PER_SEC) {
-                struct kb_broker_capacity cap;
-                kb_broker_capacity(b, &cap);
+                struct kb_capacity cap;
+                kb_capacity_get(b, &cap);
                 b->fd_warning_usec = now;
                 fprintf(stderr, "<4>%s: connections are answered 503 broker_overloaded (%" PRIu64 " so far, %" PRIu64
                         " fds open)\n", strempty(message), cap.refused_fds, cap.fds_open);

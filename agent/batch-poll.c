@@ -218,7 +218,7 @@ static int start_call(struct poll_call *c, const char *suffix) {
         };
         kb_header_set_auth(&req, route, c->key);
         int q = kb_upstream_start(b->upstream, &req, &poll_ops, c, &c->call);
-        kb_broker_release_key(b, c->key);
+        kb_keyseal_release(&b->keyseal, c->key);
         if (q < 0)
                 c->call = NULL;
         return q;

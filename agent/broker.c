@@ -2,53 +2,21 @@
 /* Loading and swapping what the broker runs on: config plus keys, at start
  * and on reload (SIGHUP, POST /reload). */
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <sodium.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
+#include "routing.h"
+#include "api.h"
+#include "promote.h"
 #include "fleet-objects.h"
 #include "batch-poll.h"
 #include "fleet-quota.h"
 #include "fleet-store.h"
 #include "quota-recovery.h"
 #include "keywatch.h"
-
-static uint64_t count_open_fds(void) {
-        DIR *d = opendir("/proc/self/fd");
-        uint64_t n = 0;
-
-        if (!d)
-                return 0;
-        for (struct dirent *de; (de = readdir(d));)
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n > 0 ? n - 1 : 0; /* not the directory's own fd */
-}
-
-void kb_broker_capacity(const struct kb_broker *b, struct kb_broker_capacity *ret) {
-        struct kb_http_server_stats hs;
-        struct rlimit rl = {};
-
-        kb_http_server_get_stats(b->api, &hs);
-        *ret = (struct kb_broker_capacity) {
-                .connections = hs.connections,
-                .refusing = hs.refusing,
-                .refused_cap = hs.refused[KB_HTTP_REFUSED_CAP],
-                .refused_per_uid = b->n_refused_per_uid,
-                .refused_fds = hs.refused[KB_HTTP_REFUSED_FDS] + b->n_refused_fds,
-                .refused_identity = b->n_refused_identity,
-                .fds_open = count_open_fds(),
-        };
-        kb_upstream_get_stats(b->upstream, &ret->upstream);
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-                ret->fds_limit = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t) rl.rlim_cur;
-}
 
 static const char *key_file_problem(int r) {
         switch (r) {
@@ -123,6 +91,8 @@ int kb_broker_reload(struct kb_broker *b, char **ret_error) {
         kb_keystore_free(b->keys);
         b->keys = ks;
         kb_routing_reconfigure(b);
+        /* A promotion whose model or candidate left with the reload ends here. */
+        kb_promote_reconfigure(b);
         kb_batch_poll_reconfigure(b->batch_poll);
         (void) kb_broker_watch_keys(b);
         struct kb_http_limits lim = kb_api_limits(c);
@@ -339,79 +309,6 @@ void kb_broker_keys_changed(void *userdata) {
         kb_keystore_carry_stats(ks, b->keys);
         kb_keystore_free(b->keys);
         b->keys = ks;
-}
-
-#define RESEAL_USEC (1 * USEC_PER_SEC)
-
-static int on_reseal(sd_event_source *s, uint64_t usec, void *userdata) {
-        if (kb_keys_reseal_idle() == 0)
-                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
-        (void) sd_event_source_set_time(s, usec + RESEAL_USEC);
-        return 0;
-}
-
-void kb_broker_release_key(struct kb_broker *b, struct kb_key *k) {
-        int enabled = SD_EVENT_OFF;
-        uint64_t now;
-
-        if (!k)
-                return;
-        kb_key_release(k);
-        /* Armed already: nothing to do (reprogramming the timer per request
-         * is what this avoids). */
-        if (b->reseal_timer && sd_event_source_get_enabled(b->reseal_timer, &enabled) >= 0 &&
-            enabled != SD_EVENT_OFF)
-                return;
-        if (sd_event_now(b->event, CLOCK_MONOTONIC, &now) < 0)
-                now = kb_now_usec();
-        if (!b->reseal_timer) {
-                if (sd_event_add_time(b->event, &b->reseal_timer, CLOCK_MONOTONIC, now + RESEAL_USEC,
-                                      100 * USEC_PER_MSEC, on_reseal, b) < 0) {
-                        (void) kb_keys_reseal_idle(); /* no timer: reseal now, as kb_key_close() would */
-                        return;
-                }
-                (void) sd_event_source_set_description(b->reseal_timer, "key-reseal");
-        } else
-                (void) sd_event_source_set_time(b->reseal_timer, now + RESEAL_USEC);
-        (void) sd_event_source_set_enabled(b->reseal_timer, SD_EVENT_ON);
-}
-
-/* glibc keeps what a burst of calls freed in its arenas: without giving it
- * back, a sidecar that once held 1,000 streams keeps their RSS for good. A
- * burst is over when the calls in flight fell below an eighth of their
- * peak; two seconds later, if it is still over, the heap is trimmed. */
-#define TRIM_MIN_PEAK 64
-#define TRIM_DELAY_USEC (2 * USEC_PER_SEC)
-
-static int on_trim(sd_event_source *s, uint64_t usec, void *userdata) {
-        struct kb_broker *b = userdata;
-
-        if (b->n_in_flight > b->peak_in_flight / 8)
-                return 0; /* busy again: the next fall arms it anew */
-        (void) malloc_trim(0);
-        b->peak_in_flight = b->n_in_flight;
-        return 0;
-}
-
-void kb_broker_in_flight_changed(struct kb_broker *b) {
-        int enabled = SD_EVENT_OFF;
-
-        if (b->n_in_flight > b->peak_in_flight) {
-                b->peak_in_flight = b->n_in_flight;
-                return;
-        }
-        if (b->peak_in_flight < TRIM_MIN_PEAK || b->n_in_flight > b->peak_in_flight / 8)
-                return;
-        if (b->trim_timer && sd_event_source_get_enabled(b->trim_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
-                return;
-        if (!b->trim_timer) {
-                if (sd_event_add_time_relative(b->event, &b->trim_timer, CLOCK_MONOTONIC, TRIM_DELAY_USEC,
-                                               100 * USEC_PER_MSEC, on_trim, b) >= 0)
-                        (void) sd_event_source_set_description(b->trim_timer, "heap-trim");
-                return;
-        }
-        (void) sd_event_source_set_time_relative(b->trim_timer, TRIM_DELAY_USEC);
-        (void) sd_event_source_set_enabled(b->trim_timer, SD_EVENT_ONESHOT);
 }
 
 int kb_broker_instance_id(const char *state_dir, char ret[33]) {

@@ -11,6 +11,8 @@
 #include <systemd/sd-event.h>
 
 #include "admin.h"
+#include "routing.h"
+#include "api.h"
 #include "broker.h"
 #include "batch-poll.h"
 #include "objects.h"
@@ -402,6 +404,7 @@ static int run(struct daemon *d) {
         r = sd_event_new(&b->event);
         if (r < 0)
                 return r;
+        b->keyseal.event = b->heaptrim.event = b->event;
         r = setup_signals(d);
         if (r < 0)
                 return r;
@@ -598,8 +601,8 @@ int main(int argc, char **argv) {
         sd_event_source_unref(d.drain_timer);
         sd_event_source_unref(d.status_timer);
         sd_event_source_unref(d.watchdog_timer);
-        sd_event_source_unref(d.b.reseal_timer);
-        sd_event_source_disable_unref(d.b.trim_timer);
+        kb_keyseal_done(&d.b.keyseal);
+        kb_heaptrim_done(&d.b.heaptrim);
         kb_quota_saver_free(d.saver);
         sd_event_unref(d.b.event);
         kb_keywatch_free(d.b.keywatch);

@@ -7,6 +7,7 @@
 
 
 #include "broker.h"
+#include "metering.h"
 #include "objects.h"
 #include "fleet-quota.h"
 #include "router.h"

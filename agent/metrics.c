@@ -2,13 +2,13 @@
 /* Prometheus text exposition of the broker's counters and gauges
  * (metrics.h). */
 #include "metrics.h"
+#include "capacity.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "admin.h"
 #include "fleet-quota.h"
 #include "fleet-store.h"
 #include "broker.h"
@@ -470,9 +470,9 @@ static int circuit_value(kb_circuit c) {
 }
 
 static int format_capacity(struct kb_broker *b, struct kb_buf *out) {
-        struct kb_broker_capacity cap;
+        struct kb_capacity cap;
 
-        kb_broker_capacity(b, &cap);
+        kb_capacity_get(b, &cap);
         CHECK(family(out, "keybroker_connections", "gauge", "App connections being served (under max_connections)."));
         CHECK(sample_u64(out, "keybroker_connections", NULL, 0, cap.connections));
         CHECK(family(out, "keybroker_connections_refusing", "gauge",
@@ -589,22 +589,4 @@ int kb_metrics_render(struct kb_broker *b, struct kb_buf *out) {
         if (b->metrics)
                 CHECK(kb_metrics_format(b->metrics, out));
         return format_gauges(b, out);
-}
-
-void kb_metrics_serve(struct kb_conn *c, struct kb_broker *b) {
-        static const struct kb_http_header h[] = {
-                { "content-type", KB_METRICS_CONTENT_TYPE },
-                { "cache-control", "no-store" },
-        };
-        struct kb_buf out = {};
-        int r = kb_metrics_render(b, &out);
-
-        if (r < 0) {
-                kb_buf_free(&out);
-                kb_admin_error(c, 500, "internal_error", "cannot render metrics: %s", strerror(-r));
-                return;
-        }
-        if (kb_conn_respond(c, 200, h, ELEMENTSOF(h), out.data, out.len) < 0)
-                (void) kb_conn_end(c);
-        kb_buf_free(&out);
 }

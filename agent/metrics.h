@@ -86,7 +86,5 @@ int kb_metrics_escape(struct kb_buf *out, const char *s);
 int kb_metrics_format(const struct kb_metrics *m, struct kb_buf *out);
 /* The whole page: b->metrics plus the broker's gauges. */
 int kb_metrics_render(struct kb_broker *b, struct kb_buf *out);
-/* Answer GET /metrics. */
-void kb_metrics_serve(struct kb_conn *c, struct kb_broker *b);
 
 #define KB_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"

@@ -152,7 +152,7 @@ static int start_call(struct kb_preflight *p, struct pf_call *c) {
         c->start_usec = now;
         int r = kb_upstream_start(p->broker->upstream, &req, &upstream_ops, p, &p->call);
         if (c->kind != PF_WRONG_KEY && c->kind != PF_STATUS)
-                kb_broker_release_key(p->broker, c->key);
+                kb_keyseal_release(&p->broker->keyseal, c->key);
         return r;
 }
 

@@ -7,6 +7,7 @@
 #include <inttypes.h>
 
 #include "broker.h"
+#include "routing.h"
 #include "promote.h"
 
 #define PROMOTIONS_FILE "promotions.json"

@@ -9,6 +9,9 @@
 #include <strings.h>
 
 #include "body.h"
+#include "routing.h"
+#include "metering.h"
+#include "proxy.h"
 #include "multipart.h"
 #include "upload.h"
 #include "objects.h"
@@ -190,7 +193,7 @@ static int relay_response(struct kb_request *r, long status, const struct kb_htt
                 names_used += k > 0 ? strlen(rn) + 1 : 0;
                 h[n++] = (struct kb_http_header) { k > 0 ? rn : name, headers[i].value };
         }
-        n = kb_api_common_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
+        n = kb_request_answer_headers(r, h, n, ELEMENTSOF(h), scratch, sizeof(scratch));
 
         r->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
         /* a form's stream field may come after its model: the answer says */
@@ -320,22 +323,22 @@ static void conclude(struct kb_request *r, int error, const char *message) {
         }
 
         if (!r->response_started && kb_upload_error_code(r->upload) < 0) {
-                kb_api_upload_error(r, kb_upload_error_code(r->upload));
+                kb_request_fail_upload(r, kb_upload_error_code(r->upload));
                 return;
         }
         if (!r->response_started) {
                 if (error == -EMFILE || error == -ENFILE)
-                        kb_api_error(r, 503, "broker_overloaded", KB_OUTCOME_BROKER_OVERLOADED,
-                                     "keybrokerd is out of file descriptors (%s); route '%s' was not reached",
-                                     error == -EMFILE ? "its RLIMIT_NOFILE" : "the system's limit",
-                                     r->route->name);
+                        kb_request_fail(r, 503, "broker_overloaded", KB_OUTCOME_BROKER_OVERLOADED,
+                                        "keybrokerd is out of file descriptors (%s); route '%s' was not reached",
+                                        error == -EMFILE ? "its RLIMIT_NOFILE" : "the system's limit",
+                                        r->route->name);
                 else if (error == -ETIMEDOUT)
-                        kb_api_error(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
-                                     "route '%s' did not answer within %" PRIu64 " s", r->route->name,
-                                     r->route->timeout_usec / USEC_PER_SEC);
+                        kb_request_fail(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
+                                        "route '%s' did not answer within %" PRIu64 " s", r->route->name,
+                                        r->route->timeout_usec / USEC_PER_SEC);
                 else
-                        kb_api_error(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                                     "route '%s' failed: %s", r->route->name, message ?: strerror(-error));
+                        kb_request_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                        "route '%s' failed: %s", r->route->name, message ?: strerror(-error));
                 return;
         }
 
@@ -434,7 +437,7 @@ static void on_done(void *userdata, int error, const char *message) {
         r->in_upstream_cb = false;
         if (kb_conn_aborted(r->conn) && r->outcome == KB_OUTCOME_OK)
                 r->outcome = KB_OUTCOME_CLIENT_ABORT;
-        kb_request_finish(r);
+        r->proxy_done(r);
 }
 
 static ssize_t on_read_body(void *userdata, char *buf, size_t len) {
@@ -467,7 +470,7 @@ static void on_abort(struct kb_conn *c, void *userdata) {
         /* Inside curl's callback the call cannot be torn down; the callback
          * sees the aborted conn and fails the transfer, and on_done finishes. */
         if (!r->in_upstream_cb)
-                kb_request_finish(r);
+                r->proxy_done(r);
 }
 
 /* The body for one target: the model replaced in the JSON or the form;
@@ -566,7 +569,7 @@ static int start_attempt(struct kb_request *r, const struct kb_candidate *c, boo
         kb_header_set_auth(&req, route, r->key);
         r->attempts++;
         q = kb_upstream_start(r->broker->upstream, &req, &upstream_ops, r, &r->call);
-        kb_broker_release_key(r->broker, r->key);
+        kb_keyseal_release(&r->broker->keyseal, r->key);
         if (q < 0) {
                 r->call = NULL;
                 r->last_error = -EBADR;
@@ -602,8 +605,8 @@ static void give_up(struct kb_request *r) {
 
         /* the app's upload was at fault, not the route */
         if (kb_upload_error_code(r->upload) < 0) {
-                kb_api_upload_error(r, kb_upload_error_code(r->upload));
-                kb_request_finish(r);
+                kb_request_fail_upload(r, kb_upload_error_code(r->upload));
+                r->proxy_done(r);
                 return;
         }
 
@@ -613,22 +616,24 @@ static void give_up(struct kb_request *r) {
                 for (size_t i = 0; i < r->n_candidates; i++)
                         (void) kb_buf_appendf(&b, "%s%s", i ? ", " : "", r->candidates[i].target->route->name);
                 names = b.data;
-                kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                            "model '%s': every route is unavailable (circuit open: %s)", r->model, strempty(names));
+                kb_request_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                "model '%s': every route is unavailable (circuit open: %s)", r->model, strempty(names));
         } else if (r->last_error == -ENOKEY)
-                kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                            "route '%s': key '%s' is not available on this host", route->name, strempty(route->key));
+                kb_request_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                "route '%s': key '%s' is not available on this host", route->name,
+                                strempty(route->key));
         else if (r->last_error == -ETIMEDOUT)
-                kb_api_fail(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
-                            "route '%s' did not answer within %" PRIu64 " s", route->name,
-                            route->timeout_usec / USEC_PER_SEC);
+                kb_request_fail(r, 504, "upstream_timeout", KB_OUTCOME_UPSTREAM_TIMEOUT,
+                                "route '%s' did not answer within %" PRIu64 " s", route->name,
+                                route->timeout_usec / USEC_PER_SEC);
         else if (r->last_error > 0)
-                kb_api_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                            "route '%s' answered %d and no other route could take the request", route->name,
-                            r->last_error);
+                kb_request_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                "route '%s' answered %d and no other route could take the request", route->name,
+                                r->last_error);
         else
-                kb_api_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR, "route '%s' failed: %s",
-                            route->name, msg ?: strerror(-r->last_error));
+                kb_request_fail(r, 502, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR, "route '%s' failed: %s",
+                                route->name, msg ?: strerror(-r->last_error));
+        r->proxy_done(r);
 }
 
 static void next_attempt(struct kb_request *r) {
@@ -651,19 +656,19 @@ bool kb_proxy_plan(struct kb_request *r) {
         int n = kb_router_plan(r->broker->router, r->model_cfg, r->family, kb_random_u32(), kb_now_usec(), c,
                                ELEMENTSOF(c));
         if (n == -ENOENT) {
-                kb_api_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
-                            "model '%s' has no route that speaks the %s API", r->model,
-                            kb_family_to_string(r->family));
+                kb_request_fail(r, 400, "invalid_request", KB_OUTCOME_INVALID_REQUEST,
+                                "model '%s' has no route that speaks the %s API", r->model,
+                                kb_family_to_string(r->family));
                 return false;
         }
         if (n < 0) {
-                kb_api_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
-                            "model '%s' has no target with a non-zero weight and no fallback", r->model);
+                kb_request_fail(r, 503, "upstream_unavailable", KB_OUTCOME_UPSTREAM_ERROR,
+                                "model '%s' has no target with a non-zero weight and no fallback", r->model);
                 return false;
         }
         r->candidates = calloc((size_t) n, sizeof(struct kb_candidate));
         if (!r->candidates) {
-                kb_api_fail(r, 500, "internal_error", KB_OUTCOME_UPSTREAM_ERROR, "out of memory");
+                kb_request_fail(r, 500, "internal_error", KB_OUTCOME_UPSTREAM_ERROR, "out of memory");
                 return false;
         }
         memcpy(r->candidates, c, (size_t) n * sizeof(struct kb_candidate));
@@ -674,9 +679,11 @@ bool kb_proxy_plan(struct kb_request *r) {
         return true;
 }
 
-void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage) {
+void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage,
+                      kb_proxy_done_t done) {
         /* Every attempt rewrites the body for its own target's model. */
         r->add_include_usage = add_include_usage;
+        r->proxy_done = done;
         kb_conn_set_handler(r->conn, &conn_handler, r);
         next_attempt(r);
 }

@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* One app call, carried one way through the modules:
- * http -> api -> identity -> router -> upstream -> usage tap -> http,
- * and on finish -> journal. It owns all per-call state. */
+/* Layer: the request's state, shared by the request path (api, metering,
+ * proxy, shadow, journal-records); request.c's helpers call metering.c
+ * (rate-limit headers) and upload.c only.
+ *
+ * One app call, carried one way through the modules:
+ * http -> api -> identity -> router -> metering -> proxy -> upstream ->
+ * usage tap -> http, and on finish -> journal. It owns all per-call state. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -14,6 +18,7 @@
 #include "http.h"
 #include "identity.h"
 #include "usage.h"
+#include "util.h"
 
 typedef enum kb_outcome {
         KB_OUTCOME_OK,
@@ -41,6 +46,16 @@ struct kb_admit_verdict;
 struct kb_upload;
 struct kb_fleet_lookup;
 struct kb_shadow_sample;
+
+/* kb_request_fail(): status 0 is none. */
+struct kb_failure {
+        int status;
+        const char *code;               /* static: "upstream_timeout", ... */
+        char *message;
+};
+
+struct kb_request;
+typedef void (*kb_proxy_done_t)(struct kb_request *r);
 
 struct kb_request {
         struct kb_broker *broker;
@@ -137,8 +152,27 @@ struct kb_request {
         struct sd_event_source *retry_timer;
         int last_error;                 /* why the last attempt failed: -errno, or the HTTP status */
         char *last_error_message;
+        kb_proxy_done_t proxy_done;     /* api.c's, told once proxy.c is through */
+
+        /* A failure decided below api.c (proxy.c, an upload): api.c answers
+         * it in the family's shape if no answer began. */
+        struct kb_failure failure;
 
         uint64_t start_usec;            /* monotonic */
         uint64_t ttfb_usec;             /* upstream first byte, relative to start; 0 if none */
         uint64_t latency_usec;          /* set at finish */
 };
+
+/* request.c: r failed with status and code (a static string), which api.c
+ * answers in the family's shape unless an answer began; sets r->outcome.
+ * The message is formatted now. */
+void kb_request_fail(struct kb_request *r, int status, const char *code, kb_outcome outcome, const char *fmt, ...)
+        _printf_(5, 6);
+/* request.c: an upload that failed (upload.h's -errno): 400, 413, 408 or
+ * 500 as kb_request_fail() says it, nothing for an app that left (499). */
+void kb_request_fail_upload(struct kb_request *r, int error);
+/* request.c: response headers every answer carries (request id, team,
+ * route, the team's x-ratelimit-*), appended to h (which has room for
+ * cap). */
+size_t kb_request_answer_headers(struct kb_request *r, struct kb_http_header *h, size_t n, size_t cap,
+                                 char *scratch, size_t scratch_size);

@@ -7,7 +7,7 @@
 #include <time.h>
 
 #include "broker.h"
-#include "promote.h"
+#include "routing.h"
 #include "router.h"
 
 #define SPLITS_FILE "splits.json"
@@ -72,8 +72,6 @@ void kb_routing_reconfigure(struct kb_broker *b) {
         int q = kb_router_configure(b->router, b->config, kb_now_usec());
         if (q < 0)
                 fprintf(stderr, "<4>routing state kept from the previous configuration: %s\n", strerror(-q));
-        /* A promotion whose model or candidate left with the reload ends here. */
-        kb_promote_reconfigure(b);
 }
 
 static bool all_digits(const char *s) {

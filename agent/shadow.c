@@ -543,7 +543,7 @@ void kb_shadow_start(struct kb_shadows *s, struct kb_shadow_sample *x, const str
         kb_header_set_auth(&req, rt, c->key);
         int q = kb_upstream_start(s->b->upstream, &req, &shadow_ops, c, &c->call);
         if (c->key)
-                kb_broker_release_key(s->b, c->key);
+                kb_keyseal_release(&s->b->keyseal, c->key);
         if (q < 0) {
                 c->call = NULL;
                 call_done(c, q, "the call could not be started");

@@ -392,6 +392,7 @@ static struct fuzz_broker *fuzz_broker_new(void) {
         r = sd_event_new(&b->event);
         if (r < 0)
                 die("sd_event_new", r);
+        b->keyseal.event = b->heaptrim.event = b->event;
         upstream_listen(fb);
         write_config(fb);
         b->config_path = fb->config_path;
@@ -465,7 +466,8 @@ static void fuzz_broker_cleanup(void) {
         kb_objects_free(b->objects);
         kb_config_unref(b->config);
         free(b->uid_conns);
-        sd_event_source_disable_unref(b->reseal_timer);
+        kb_keyseal_done(&b->keyseal);
+        kb_heaptrim_done(&b->heaptrim);
         kb_keywatch_free(b->keywatch); /* a fuzzed POST /reload sets it up */
         kb_store_free(b->store);
         sd_event_unref(b->event);

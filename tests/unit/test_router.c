@@ -11,6 +11,7 @@
 #include "broker.h"
 #include "config.h"
 #include "router.h"
+#include "routing.h"
 #include "util.h"
 
 #define S USEC_PER_SEC
