@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 2 of 12, admin: calls layers 3, 5, 6, 8, 10-12. */
 
 /* The admin socket: HTTP/1.1 + JSON for operators (keybrokerctl). Peers are
  * allowed by peer credentials only (admin_users / admin_groups; root when

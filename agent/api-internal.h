@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 4 of 12, app API: calls layers 5-12. */
 
 /* Shared by the api files (api.c, api-objects.c, api-upload.c): the steps of
  * a call that more than one of them takes. Not for other modules. */

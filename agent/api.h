@@ -1,11 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: request pipeline, the top of it: the app socket's callbacks (http.c
- * calls them, registered by main.c). May call every module of the request
- * path below it (identity, endpoint, body, objects, metering, proxy, shadow,
- * promote-loop, journal-records, metrics, request.c) and the loop's
- * housekeeping; nothing below calls it back except through what it
- * registers (metering's and proxy's continuations). */
+/* Layer 4 of 12, app API: calls layers 5-10, 12. */
+/* The app socket's callbacks (http.c calls them; main.c registers them): the
+ * top of the request path. Nothing below calls back into it except through
+ * what it registers: metering's and proxy's continuations. */
 
 #include <stdarg.h>
 

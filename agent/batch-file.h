@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls layer 12. */
 
-/* Layer: request pipeline (body). A batch input file read as it is
- * uploaded (JSONL, one request per line): how many lines and bytes, and
- * which models its requests ask for, so that a batch made from it can be
- * checked against the team's models and limits. A file whose lines are not
- * all JSON objects (or longer than 1 MiB) is "unreadable": nothing is
- * claimed about it. Library-like: never logs. */
+/* A batch input file read as it is uploaded (JSONL, one request per line):
+ * how many lines and bytes, and which models its requests ask for, so that a
+ * batch made from it can be checked against the team's models and limits. A
+ * file whose lines are not all JSON objects (or longer than 1 MiB) is
+ * "unreadable": nothing is claimed about it. Library-like: never logs. */
 
 #include <stdbool.h>
 #include <stdint.h>

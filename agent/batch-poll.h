@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 5 of 12, the call: calls layers 6-12. */
 
 /* The background retrieve of open batches (batch-poll.c): every
  * [agent] batch_poll, so that a batch's usage is journaled and settled even

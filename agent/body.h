@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls layer 12. */
 
 /* Rewrites an app's JSON request body for upstream without re-serialising
  * it: only the top-level "model" value is replaced (and, for OpenAI chat

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 3 of 12, broker: calls layers 4-8, 10-12. */
 
 /* The daemon's long-lived state: the loop, the current config, keys, the
  * sockets, the upstream multi handle and the journal writer. main.c owns

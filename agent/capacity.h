@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: state read-out, below api, admin and metrics. Reads the broker's
- * counters and calls http.c's and upstream.c's statistics and the
+/* Layer 10 of 12, transport: calls no other layer. */
+/* Reads the broker's counters, http.c's and upstream.c's statistics and the
  * process's fd table. Never logs.
  *
  * What the broker's connections and upstream calls use and what it

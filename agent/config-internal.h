@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 12 of 12, base: calls only libraries. */
 
 /* Shared between config.c (file structure, sections, cross references) and
  * config-values.c (one parser per key); nothing outside agent/config*.c

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 12 of 12, base: calls only libraries. */
 
 /* The parsed configuration: immutable once loaded, refcounted so requests in
  * flight keep the config they started with while a reload swaps in a new

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls no other layer. */
 
-/* Layer: front door (api). What each app path is: one table maps method +
- * path pattern to the family, the journal's endpoint name, where the model
- * is, which provider object it acts on and how its answer is read. Pure
- * data and matching; calls nothing but util. Never logs. */
+/* What each app path is: one table maps method + path pattern to the family,
+ * the journal's endpoint name, where the model is, which provider object it
+ * acts on and how its answer is read. Pure data and matching; calls nothing
+ * but util. Never logs. */
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 6 of 12, policy at work: calls layer 8. */
 
-/* Layer: policy (fleet store), beside fleet-quota. The object table shared
- * through the quota store: every object a broker records is written to the
- * hash PREFIXobjects, so that a team's file made through one host is its
- * own (and reached through the same route and key version) on every host,
- * and a batch billed by one host is not billed by another that loads it
- * afterwards. Writes are fire-and-forget; a lookup answers asynchronously.
- * Library-like: never logs. */
+/* The object table shared through the quota store: every object a broker
+ * records is written to the hash PREFIXobjects, so that a team's file made
+ * through one host is its own (and reached through the same route and key
+ * version) on every host, and a batch billed by one host is not billed by
+ * another that loads it afterwards. Writes are fire-and-forget; a lookup
+ * answers asynchronously. Library-like: never logs. */
 
 #include "objects.h"
 

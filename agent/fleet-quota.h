@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 6 of 12, policy at work: calls layers 8, 12. */
 
 /* Team quotas counted across the fleet, in the quota store (Redis): the
  * protocol, not the policy. Three Lua scripts, loaded at every connect and
@@ -31,7 +32,7 @@
  * in micro-USD), "t:T:fl" in flight per lease (LEASE|n, LEASE|tk, LEASE|co),
  * "t:T:res:LEASE" holds by request id; "ack:INSTANCE", "pushed:EPOCH:INSTANCE".
  *
- * Layer: quotas / fleet store, below metering; calls fleet-store.c and
+ * Below metering; calls fleet-store.c and
  * quota.c (for the counters it pushes). Verdicts go back through the
  * callback its caller passes. Never logs. */
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 6 of 12, policy at work: calls layers 8, 12. */
 
 /* The Lua scripts of fleet-quota.c (see fleet-quota.h for the layout). Only
  * fleet-quota.c includes this. Numbers pass through Lua doubles: exact up to

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 6 of 12, policy at work: calls layers 11, 12. */
 
 /* The fleet's quota store (Redis) as a connection: connect (TCP or Unix
  * socket), AUTH with the password read from its file, SELECT, and then a
@@ -10,7 +11,7 @@
  * a dropped connection takes the store offline, and it is tried again every
  * second (an outage is told once). Nothing blocks the loop.
  *
- * Layer: fleet store, below the quota policy; calls hiredis (through
+ * Calls hiredis (through
  * redis-loop.c) and sd-event. The owner hears of state changes through the
  * handler it registers. Never logs. */
 

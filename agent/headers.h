@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls layers 11, 12. */
 
 /* Which headers cross the broker, in each direction. Kept apart so the
  * rules are in one place and unit-tested. */

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: the loop's housekeeping, below api.c (which counts the calls in
- * flight). Calls glibc's malloc_trim() and sd-event. Never logs.
+/* Layer 10 of 12, transport: calls no other layer. */
+/* Told by api.c, which counts the calls in flight. Calls glibc's
+ * malloc_trim() and sd-event. Never logs.
  *
  * glibc keeps what a burst of calls freed in its arenas: without giving it
  * back, a sidecar that once held 1,000 streams keeps their RSS for good. A

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 10 of 12, transport: calls layer 12. */
 
 /* Internals shared by http.c (server, connection life cycle, I/O, timers),
  * http-parse.c (llhttp callbacks, request storage) and http-write.c (the

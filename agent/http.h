@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 10 of 12, transport: calls layer 12. */
 
 /* HTTP/1.1 server side on a listening AF_UNIX socket: accept, llhttp
  * parsing, limits, keep-alive, pipelining (one request answered at a time, in

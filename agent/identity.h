@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls no other layer. */
 
 /* Who is on the other end of an app connection, as the kernel says, and
  * which teams that makes them a member of. Taken once at accept. */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: the loop (below everything that owns sockets). Calls only sd-event
- * and epoll.
+/* Layer 10 of 12, transport: calls no other layer. */
+/* Below everything that owns sockets. Calls only sd-event and epoll.
  *
  * Many sockets as one sd-event source: an epoll set of our own whose ready
  * sockets are served in batches, up to KB_IOSET_BATCH per loop pass.

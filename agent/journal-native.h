@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 12 of 12, base: calls only libraries. */
 
 /* journald's native protocol (systemd.journal-fields(7), "Native
  * Protocol"), spoken by the loop itself so that a record costs one

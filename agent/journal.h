@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 12 of 12, base: calls only libraries. */
 
 /* Journal records, never stalling a request: the loop builds a record and
  * sends it itself without blocking while journald keeps up (journal-native.h);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls no other layer. */
 
 /* The top-level members of a JSON object, found without building the
  * document: for reading a few fields (the usage object, the model) out of a

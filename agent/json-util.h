@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 12 of 12, base: calls only libraries. */
 
 /* The agent's small JSON state files (shadow budgets, splits, promotions,
  * baselines and their evidence) are written and read the same way, and its

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 11 of 12, keys: calls layer 12. */
 
 /* The keystore's file format and its cryptography; internal to keystore.c
  * (and its unit test, which needs the constants to forge files).

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: keys, below everything that opens a key for a call (proxy, shadow,
- * preflight, batch-poll). Calls keystore.c and sd-event. Never logs.
+/* Layer 11 of 12, keys: calls layer 12. */
+/* Below everything that opens a key for a call (proxy, shadow, preflight,
+ * batch-poll). Calls keystore.c and sd-event. Never logs.
  *
  * A key opened for a call stays readable while calls use it and is sealed
  * again about a second after the last one let go: one timer for all keys,

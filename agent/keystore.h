@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 11 of 12, keys: calls layer 12. */
 
 /* Provider keys: a sealed, versioned store on disk (keystore =) and plain
  * credential files (credentials_dir =), both held in sodium_malloc'd memory

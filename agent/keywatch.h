@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 11 of 12, keys: calls no other layer. */
 
 /* Watching where keys live on disk: credentials_dir (one file per key, as
- * systemd's LoadCredential=, Vault Agent or config management write them)
- * and the sealed keystore file. A change — a write closed, a file renamed
- * into place, a symlink swapped, a file deleted — is told to the owner once
- * the directory has been quiet for KB_KEYWATCH_SETTLE_USEC, so that a
- * writer's temp-file-then-rename is seen as one change. Layer: keys; calls
- * only sd-event; its one callback is the owner's. Never logs. */
+ * systemd's LoadCredential=, Vault Agent or config management write them) and
+ * the sealed keystore file. A change — a write closed, a file renamed into
+ * place, a symlink swapped, a file deleted — is told to the owner once the
+ * directory has been quiet for KB_KEYWATCH_SETTLE_USEC, so that a writer's
+ * temp-file-then-rename is seen as one change. Calls only sd-event; its one
+ * callback is the owner's. Never logs. */
 
 #include <systemd/sd-event.h>
 

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: policy (quotas), below api.c and proxy.c: admission, stream
- * metering, settle and the rate-limit headers. Calls quota.c, fleet-quota.c,
- * usage, objects and journal-records.c (its quota records). Returns verdicts;
- * a later one goes to the continuation the caller passed. */
+/* Layer 6 of 12, policy at work: calls layers 7-9, 12. */
+/* Admission, stream metering, settle and the rate-limit headers, for api.c
+ * and proxy.c. Calls quota.c, fleet-quota.c, usage, objects and
+ * journal-records.c (its quota records). Returns verdicts; a later one goes
+ * to the continuation the caller passed. */
 
 #include <stddef.h>
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 5 of 12, the call: calls layers 6-12. */
 
 /* GET /metrics on the admin socket: Prometheus text exposition format
  * 0.0.4. The counters (requests, tokens, cost, latency histograms) are kept

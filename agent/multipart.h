@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls layer 12. */
 
-/* Layer: request pipeline (body). A multipart/form-data body read as it
- * passes: checked against RFC 2046/7578 (a boundary of 1–70 characters,
- * every part with a form-data Content-Disposition naming it, a closing
- * delimiter), the "model" field read, and rewritten to the target's
- * upstream model when asked; every other byte of every part passes
- * unchanged. Fed in pieces of any size. Library-like: never logs. */
+/* A multipart/form-data body read as it passes: checked against RFC 2046/7578
+ * (a boundary of 1–70 characters, every part with a form-data
+ * Content-Disposition naming it, a closing delimiter), the "model" field
+ * read, and rewritten to the target's upstream model when asked; every other
+ * byte of every part passes unchanged. Fed in pieces of any size.
+ * Library-like: never logs. */
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls layer 12. */
 
-/* Layer: policy (below api, beside quotas). Which team owns each provider
- * object (file, batch, video, stored response, message batch) created
- * through this broker, and the route and key version that created it, so
- * that another team never sees it and every later call on it goes where it
- * was made. Kept in memory and in state_dir/objects (an append-only log,
- * compacted at open). Library-like: never logs; returns -errno. */
+/* Which team owns each provider object (file, batch, video, stored response,
+ * message batch) created through this broker, and the route and key version
+ * that created it, so that another team never sees it and every later call on
+ * it goes where it was made. Kept in memory and in state_dir/objects (an
+ * append-only log, compacted at open). Library-like: never logs; returns
+ * -errno. */
 
 #include <stdbool.h>
 #include <stdint.h>

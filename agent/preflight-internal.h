@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 2 of 12, admin: calls layers 7-12. */
 
 /* Preflight's shared state: the plan of calls (preflight-plan.c builds it),
  * the run that makes them (preflight.c) and the checks judged from them

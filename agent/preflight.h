@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 2 of 12, admin: calls layers 7, 9-12. */
 
 /* Preflight: the routing playbook's ten-point check of a live route before
  * it takes traffic (POST /routes/NAME/check). The calls go out one after

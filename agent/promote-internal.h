@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls layers 6, 7, 9, 12. */
 
 /* The promoter's state, shared by promote.c (steps, gates, decisions) and
  * promote-state.c (promotions.json, baselines). Not for other modules. */

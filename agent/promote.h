@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls layer 12. */
 
 /* Staged promotion of a model's candidate route, and the baseline it is
  * compared with.

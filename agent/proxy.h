@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: upstream, below api.c: attempts, fallback and the relay of the
- * provider's answer to the app's connection. Calls router, metering,
+/* Layer 5 of 12, the call: calls layers 6, 8-12. */
+/* Attempts, fallback and the relay of the provider's answer to the app's
+ * connection, for api.c. Calls router, metering,
  * upstream.c, headers, body, multipart, upload, usage, shadow (a sample's
  * copy), keyseal and request.c; its failures are verdicts (r->failure) for
  * api.c, told through the done callback api.c passes. */

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls layers 6, 9, 12. */
 
 /* Shared between quota.c (windows, reservations) and quota-store.c (the
  * snapshot file); nothing outside agent/quota*.c includes this. */

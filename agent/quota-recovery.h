@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 6 of 12, policy at work: calls layers 8, 9, 12. */
 
 /* Quota counters that survive restarts and kill -9: a periodic atomic
  * snapshot of the counters in state_dir/quota.json, and at start the replay

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls no other layer. */
 
 /* Per-team quotas and budgets: sliding minute windows, calendar UTC day and
  * month windows, reservations that are taken before a call is forwarded and

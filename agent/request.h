@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 5 of 12, the call: calls layers 6, 9. */
 
-/* Layer: the request's state, shared by the request path (api, metering,
- * proxy, shadow, journal-records); request.c's helpers call metering.c
- * (rate-limit headers) and upload.c only.
+/* The request's state, shared by the request path (api, metering, proxy,
+ * shadow, journal-records); request.c's helpers call metering.c (rate-limit
+ * headers) and upload.c only.
  *
  * One app call, carried one way through the modules:
  * http -> api -> identity -> router -> metering -> proxy -> upstream ->

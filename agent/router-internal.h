@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls layer 12. */
 
 /* The router's state, shared by router.c (breakers, weights, canaries, the
  * plan) and router-split.c (splits set by hand, saved and loaded). Not for

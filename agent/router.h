@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 8 of 12, decisions: calls layer 12. */
 
 /* Model name -> the ordered candidates of one request, and the runtime
  * state that orders them: a circuit breaker per route, recent error ratio

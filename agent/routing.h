@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer: policy (routing), the broker's side of router.c: the router's life
- * across reloads, its events journaled, split overrides on disk. Calls
+/* Layer 6 of 12, policy at work: calls layers 7, 8, 12. */
+/* The broker's side of router.c: the router's life across reloads, its
+ * events journaled, split overrides on disk. Calls
  * router.c, router-split.c and journal-records.c; called by broker.c,
  * admin and promote-loop.c. */
 

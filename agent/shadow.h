@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 5 of 12, the call: calls layers 7, 9-12. */
 
 /* Shadow comparison ([model:*] shadow =): a sample of a model's live
  * requests is sent again to a candidate route once the real answer has

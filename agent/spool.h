@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 12 of 12, base: calls only libraries. */
 
 /* The journal spool: records journald could not take (it was away, it
  * refused them, or the writer fell behind), kept on disk in order until they

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 6 of 12, policy at work: calls no other layer. */
 
 /* The arguments of one quota store script call: strings borrowed from the
  * caller, numbers written here. The first KB_ARGS_SMALL live in the struct

@@ -1,14 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls layers 10, 12. */
 
-/* Layer: request pipeline (body), between the app's connection and the
- * upstream call. An upload (multipart/form-data) streamed from the app to
- * the provider: read from the connection as it comes, checked and, for a
- * call with a model, held until the form's model field is read (it decides
- * the target) — in memory up to KB_UPLOAD_MEM, then in an unlinked file in
- * state_dir — then handed to curl with the target's model written in. An
- * upload of any size holds at most a few hundred KiB of memory. Library-
- * like: never logs. */
+/* An upload (multipart/form-data) streamed from the app to the provider: read
+ * from the connection as it comes, checked and, for a call with a model, held
+ * until the form's model field is read (it decides the target) — in memory up
+ * to KB_UPLOAD_MEM, then in an unlinked file in state_dir — then handed to
+ * curl with the target's model written in. An upload of any size holds at
+ * most a few hundred KiB of memory. Library- like: never logs. */
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 10 of 12, transport: calls layer 12. */
 
 /* Shared by upstream.c (the transfer machinery on sd-event),
  * upstream-head.c (the response head) and upstream-sockets.c (connection

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 10 of 12, transport: calls layer 12. */
 
 /* Calls to providers: libcurl's multi interface driven by the sd-event loop
  * (curl's sockets are io sources, its timer a loop timer, as systemd's importd

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls layer 12. */
 
 /* Shared by usage.c (the tap: JSON, SSE and JSONL framing), usage-read.c
  * (usage out of parsed JSON) and usage-answer.c (JSON answers read from

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 9 of 12, bodies and usage: calls layer 12. */
 
 /* Token usage read out of provider responses, JSON and SSE, for both
  * families, fed incrementally as bytes arrive from upstream (a number or an

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
+/* Layer 12 of 12, base: calls only libraries. */
 
 /* Small helpers shared by the agent, the client and the tests: cleanup
  * macros in the style of systemd's, and a growable byte buffer. Nothing here
