@@ -116,6 +116,30 @@ for my $h (grep { m{^agent/[^/]+\.h$} } @tracked) {
         ok(defined $n && defined $want && $n == $want && $name eq $layer_name{$want},
            "$base names its layer first: $want, " . ($layer_name{$want} // '?'))
                 or diag("$base says: " . ($n // 'no "Layer N of M, name"') . ($name ? ", $name" : ''));
+        # ... and which layers its code calls, as the objects say
+        my @srcs = grep { family($_) eq family($base) } map { s{.*/}{}r =~ s/\.c$//r } @c;
+        @srcs = ($base =~ s/\.h$//r) if grep { $_ eq ($base =~ s/\.h$//r) } @srcs;
+        @srcs = ('fleet-quota') if $base eq 'fleet-scripts.h';
+        my %called;
+        for my $f (@srcs) {
+                $called{$layer{"$_.c"}} = 1 for grep { $layer{"$_.c"} != ($want // 0) } keys %{$edge{$f} // {}};
+        }
+        my ($says) = ($head // '') =~ /: (calls [^.]*)\./;
+        my $expect = calls_phrase($want // 0, sort { $a <=> $b } keys %called);
+        is($says, $expect, "$base says which layers it calls");
+}
+
+sub calls_phrase($n, @layers) {
+        return 'calls every layer below it' if $n == 1;
+        return $n < $n_layers ? 'calls no other layer' : 'calls only libraries' unless @layers;
+        my @parts;
+        for (my $i = 0; $i < @layers;) {
+                my $j = $i;
+                $j++ while $j + 1 < @layers && $layers[$j + 1] == $layers[$j] + 1;
+                push @parts, $i == $j ? $layers[$i] : $j == $i + 1 ? "$layers[$i], $layers[$j]" : "$layers[$i]-$layers[$j]";
+                $i = $j + 1;
+        }
+        return (@layers == 1 ? 'calls layer ' : 'calls layers ') . join(', ', @parts);
 }
 
 # The graph, file by file, for the record (prove -v shows it).
