@@ -38,6 +38,12 @@ is_deeply(\@missing, [], 'every agent/*.c has a layer') or diag("no layer: @miss
 
 sub family($f) { return $f =~ /^key/ ? 'key' : ($f =~ s/[-.].*//r) }
 
+# Files stay readable: none of the daemon's or keybrokerctl's over 800 lines
+# (split along a seam, not by count).
+my @long = grep { (my $t = slurp("$root/$_") // '') =~ tr/\n// > 800 } grep { m{^(agent|client)/} }
+        split /\n/, `git -C $root ls-files agent client`;
+is_deeply(\@long, [], 'no file in agent/ or client/ is over 800 lines') or diag("over 800 lines: @long");
+
 # The calls, from the objects: symbols each one needs that another defines.
 my $objdir = "$KB::BUILD/agent";
 my (%def, %need);
