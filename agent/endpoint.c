@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The endpoint table: every path an app may call, and what it is. A path
  * not here is answered 404 in the family's shape; WebSocket Realtime is not
- * here on purpose (the README says why). */
+ * here on purpose (keybrokerd(8), ENDPOINTS, says why). */
 
 #include <errno.h>
 #include <string.h>

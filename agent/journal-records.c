@@ -213,7 +213,7 @@ static int build_request(struct kb_record *rec, const struct kb_request *r) {
         ADD_CAPPED(rec, F_FALLBACK_FROM, r->fallback_from);
         /* Beyond DESIGN's list: which broker instance settled this call, and
          * in which order, so quota recovery replays exactly what a crash
-         * lost (README "Journal"). */
+         * lost (keybrokerd(8), JOURNAL). */
         ADD(rec, F_INSTANCE, r->broker ? r->broker->instance : "");
         /* When the call finished (the quota counted it then): a record that
          * waited in the spool is still placed at its own time, not at

@@ -144,7 +144,7 @@ subtest 'transcriptions: the file first, the model after it (as the Node SDK sen
                      'billed by the provider\'s seconds');
 
         # SRT and VTT say where the last cue ends; plain text says nothing
-        # (the README says so).
+        # (keybrokerd(8) says so).
         for my $fmt (qw(text srt vtt)) {
                 $res = req($broker, method => 'POST', path => '/v1/audio/transcriptions',
                            headers => ['x-mock-audio-seconds' => '12.5'],

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* x-mock-replay: NAME answers with a captured provider response, NAME.json
- * in --replay-dir (a capture kept outside the repository, KB_TRANSCRIPTS
- * in README.md; "status", "headers" and
- * "body", the body sent byte for byte). The name is a plain file name:
+ * in --replay-dir (a capture kept outside the repository: KB_TRANSCRIPTS,
+ * tests/integration/89-transcripts.t; "status", "headers" and "body", the
+ * body sent byte for byte). The name is a plain file name:
  * nothing outside the directory can be read. */
 
 #include <errno.h>

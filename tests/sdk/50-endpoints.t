@@ -34,7 +34,7 @@ my %keys = %$keys;
 my $tmp = KB::tmpdir('sdk-endpoints');
 
 # 3 MiB: more than the 1 MiB the broker holds in memory while the file part
-# waits for the model field after it (README: "Uploads stream").
+# waits for the model field after it (keybrokerd(8): "Uploads stream").
 my $wav = "$tmp/speech.wav";
 KB::spew($wav, 'RIFF' . join('', map { chr(($_ * 131 + 7) % 256) } 0 .. 65535) x 48);
 my $jsonl = "$tmp/input.jsonl";
@@ -124,7 +124,7 @@ subtest "audio.transcriptions.create({response_format: 'text'}): a string" => su
         is($j->{result}{text}, "tok0 tok1 tok2 tok3 tok4 tok5 tok6\n", 'the provider\'s text, as it sent it');
         my $c = one_call($j);
         like($c->{headers}{'content-type'} // '', qr{^text/plain}, 'text/plain relayed');
-        # As README's endpoint table says: text, SRT and VTT answers carry
+        # As keybrokerd(8)'s endpoint list says: text, SRT and VTT answers carry
         # neither tokens nor seconds (OpenAI's text answer has no usage), so
         # even a model priced per second is journaled with 0 s and $0.
         record($j, $c, 'audio_transcriptions', KEYBROKER_MODEL => 'whisper', KEYBROKER_AUDIO_SECONDS => '0.000',
@@ -242,7 +242,7 @@ subtest 'files.create -> batches.create -> batches.retrieve until completed -> f
         is(scalar @billed, 1, 'the batch billed exactly once (no background poll record either)');
 
         # The output file: made by the provider, named by the batch the
-        # broker saw completed, so the team's (README: "Objects belong to
+        # broker saw completed, so the team's (keybrokerd(8): "Objects belong to
         # the team that made them").
         my $out = $r->{final}{output_file_id};
         like($out // '', qr/^file-/, 'the completed batch names its output file');

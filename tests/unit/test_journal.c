@@ -602,7 +602,7 @@ static const char *const request_fields[] = {
         "KEYBROKER_CACHED_TOKENS", "KEYBROKER_CACHE_WRITE_TOKENS", "KEYBROKER_REASONING_TOKENS",
         "KEYBROKER_COST_MICROUSD", "KEYBROKER_LATENCY_MS", "KEYBROKER_TTFB_MS",
         "KEYBROKER_UPSTREAM_REQUEST_ID", "KEYBROKER_ATTEMPTS", "KEYBROKER_FALLBACK_FROM",
-        /* beyond DESIGN's first list, for quota recovery (README "Journal") */
+        /* beyond DESIGN's first list, for quota recovery (keybrokerd(8), JOURNAL) */
         "KEYBROKER_INSTANCE", "KEYBROKER_SEQ",
         /* of DESIGN's second wave: the record's own time and host */
         "KEYBROKER_REALTIME_USEC", "KEYBROKER_HOST",
