@@ -80,66 +80,52 @@ char *kbt_read_file(const char *path, size_t *ret_len) {
         return s;
 }
 
-static int unix_address(const char *path, struct sockaddr_un *ret) {
-        *ret = (struct sockaddr_un) { .sun_family = AF_UNIX };
-        if (strlen(path) >= sizeof(ret->sun_path))
+/* A socket of type, and path's address for bind() or connect(). */
+static int unix_socket(const char *path, int type, struct sockaddr_un *ret_sa) {
+        int fd;
+
+        *ret_sa = (struct sockaddr_un) { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof(ret_sa->sun_path))
                 return -ENAMETOOLONG;
-        strcpy(ret->sun_path, path);
-        return 0;
+        strcpy(ret_sa->sun_path, path);
+        fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+        return fd < 0 ? -errno : fd;
 }
 
 int kbt_unix_bind(const char *path, int type, int backlog) {
         struct sockaddr_un sa;
-        int fd, r;
+        _cleanup_close_ int fd = unix_socket(path, type, &sa);
 
-        r = unix_address(path, &sa);
-        if (r < 0)
-                return r;
-        fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
         if (fd < 0)
+                return fd;
+        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || (backlog >= 0 && listen(fd, backlog) < 0))
                 return -errno;
-        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || (backlog >= 0 && listen(fd, backlog) < 0)) {
-                r = -errno;
-                close(fd);
-                return r;
-        }
-        return fd;
+        return TAKE_FD(fd);
 }
 
 int kbt_unix_connect(const char *path, int type) {
         struct sockaddr_un sa;
-        int fd, r;
+        _cleanup_close_ int fd = unix_socket(path, type, &sa);
 
-        r = unix_address(path, &sa);
-        if (r < 0)
-                return r;
-        fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
         if (fd < 0)
+                return fd;
+        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
                 return -errno;
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
-                r = -errno;
-                close(fd);
-                return r;
-        }
-        return fd;
+        return TAKE_FD(fd);
 }
 
 int kbt_tcp_loopback(int backlog, uint16_t *ret_port) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t sl = sizeof(sa);
-        int fd, r;
+        _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return -errno;
         if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || (backlog >= 0 && listen(fd, backlog) < 0) ||
-            getsockname(fd, (struct sockaddr *) &sa, &sl) < 0) {
-                r = -errno;
-                close(fd);
-                return r;
-        }
+            getsockname(fd, (struct sockaddr *) &sa, &sl) < 0)
+                return -errno;
         *ret_port = ntohs(sa.sin_port);
-        return fd;
+        return TAKE_FD(fd);
 }
 
 void kbt_run_for(sd_event *e, uint64_t usec, uint64_t step_usec) {
