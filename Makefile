@@ -115,15 +115,21 @@ BENCH_SRCS := $(wildcard tests/bench/*.c)
 $(BENCH): $(patsubst %.c,$(BUILD)/%.o,$(BENCH_SRCS)) $(LIBAGENT)
 	$(call say,LINK,$@)$(CC) $(KB_LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIBAGENT)
+# The tests' shared set-up (tests/unit/helper.h), one object linked into each.
+UNIT_HELPER := $(BUILD)/tests/unit/helper.o
+$(UNIT_HELPER): tests/unit/helper.h
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/helper.h $(UNIT_HELPER) $(LIBAGENT)
 	@mkdir -p $(dir $@)
-	$(call say,CC,$@)$(CC) $(KB_CFLAGS) $(CFLAGS) -o $@ $< $(LIBAGENT) $(LIBS) -lcmocka
+	$(call say,CC,$@)$(CC) $(KB_CFLAGS) $(CFLAGS) -o $@ $< $(UNIT_HELPER) $(LIBAGENT) $(LIBS) -lcmocka
 
 # keybrokerctl usage's logic lives in client/, not in libkbagent.a.
 USAGE_REPORT_SRCS := client/usage-report.c client/usage-print.c client/usage-time.c
-$(BUILD)/tests/test_usage_report: tests/unit/test_usage_report.c $(USAGE_REPORT_SRCS) client/usage-report.h $(LIBAGENT)
+$(BUILD)/tests/test_usage_report: tests/unit/test_usage_report.c $(USAGE_REPORT_SRCS) client/usage-report.h \
+		tests/unit/helper.h $(UNIT_HELPER) $(LIBAGENT)
 	@mkdir -p $(dir $@)
-	$(call say,CC,$@)$(CC) $(KB_CFLAGS) -Iclient $(CFLAGS) -o $@ $< $(USAGE_REPORT_SRCS) $(LIBAGENT) $(LIBS) -lcmocka
+	$(call say,CC,$@)$(CC) $(KB_CFLAGS) -Iclient $(CFLAGS) -o $@ $< $(USAGE_REPORT_SRCS) $(UNIT_HELPER) $(LIBAGENT) \
+		$(LIBS) -lcmocka
 
 unit: $(UNIT_BINS)
 	@rc=0; for t in $(UNIT_BINS); do echo "# $$t"; $$t || rc=1; done; exit $$rc

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "config-internal.h"
+#include "helper.h"
 #include "keybroker/keybroker.h"
 #include "util.h"
 
@@ -674,27 +675,21 @@ static void test_line_too_long(void **state) {
         kb_buf_free(&b);
 }
 
-static char tmpdir[] = "/tmp/kb-test-config.XXXXXX";
-
-static void write_file(const char *path, const char *text) {
-        FILE *f = fopen(path, "we");
-        assert_non_null(f);
-        assert_int_equal(fputs(text, f) >= 0, 1);
-        assert_int_equal(fclose(f), 0);
-}
+/* made by test_check_keys, used and removed by test_load_file */
+static char tmpdir[64];
 
 static void test_check_keys(void **state) {
         _cleanup_free_ char *cfg = NULL, *keypath = NULL, *err = NULL;
         struct kb_config *c = NULL;
 
-        assert_non_null(mkdtemp(tmpdir));
+        kbt_mkdtemp(tmpdir, sizeof(tmpdir), "config");
         assert_true(asprintf(&keypath, "%s/openai-prod", tmpdir) > 0);
         assert_true(asprintf(&cfg,
                              "[agent]\ncredentials_dir = %s\n"
                              "[route:r]\nfamily = openai\nbase_url = https://x\nkey = openai-prod\n"
                              "[route:s]\nfamily = anthropic\nbase_url = https://y\nkey = anthropic-prod\n",
                              tmpdir) > 0);
-        write_file(keypath, "sk-test\n");
+        kbt_write_text(keypath, "sk-test\n");
 
         /* Without the check, a missing key is the daemon's business (503). */
         assert_int_equal(kb_config_load_string("k.conf", cfg, false, &c, &err), 0);
@@ -714,7 +709,7 @@ static void test_check_keys(void **state) {
         free(TAKE_PTR(err));
         assert_int_equal(rmdir(keypath2), 0);
 
-        write_file(keypath2, "sk-ant\n");
+        kbt_write_text(keypath2, "sk-ant\n");
         assert_int_equal(kb_config_load_string("k.conf", cfg, true, &c, &err), 0);
         assert_string_equal(c->routes[1].key, "anthropic-prod");
         c = kb_config_unref(c);
@@ -740,14 +735,14 @@ static void test_load_file(void **state) {
         assert_string_equal(err, want);
         free(TAKE_PTR(err));
 
-        write_file(path, "[team:x]\nusers = 0\nmodels = m\n");
+        kbt_write_text(path, "[team:x]\nusers = 0\nmodels = m\n");
         assert_int_equal(kb_config_load(path, false, &c, &err), -EINVAL);
         free(TAKE_PTR(want));
         assert_true(asprintf(&want, "%s:3: team 'x': unknown model 'm'", path) > 0);
         assert_string_equal(err, want);
         free(TAKE_PTR(err));
 
-        write_file(path, full_config);
+        kbt_write_text(path, full_config);
         assert_int_equal(kb_config_load(path, false, &c, &err), 0);
         assert_string_equal(c->path, path);
         assert_int_equal(c->n_routes, 3);
@@ -766,15 +761,11 @@ static void test_load_file(void **state) {
         free(TAKE_PTR(err));
 
         /* NUL bytes in the file. */
-        fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
-        assert_true(fd >= 0);
-        assert_int_equal(write(fd, "[agent]\n\0x", 10), 10);
-        close(fd);
+        kbt_write_file(path, "[agent]\n\0x", 10);
         assert_int_equal(kb_config_load(path, false, &c, &err), -EINVAL);
         assert_non_null(strstr(err, "NUL"));
         assert_null(c);
-        unlink(path);
-        rmdir(tmpdir);
+        (void) kbt_rm_rf(tmpdir);
 }
 
 static void test_family(void **state) {

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include "helper.h"
 #include "http-internal.h"
 #include "http.h"
 
@@ -186,8 +187,7 @@ static const struct kb_http_ops ops_no_error = {
 static int setup(void **state) {
         struct fx *f = calloc(1, sizeof(*f));
         assert_non_null(f);
-        snprintf(f->dir, sizeof(f->dir), "/tmp/kb-http-XXXXXX");
-        assert_non_null(mkdtemp(f->dir));
+        kbt_mkdtemp(f->dir, sizeof(f->dir), "http");
         snprintf(f->path, sizeof(f->path), "%s/s.sock", f->dir);
         assert_int_equal(sd_event_new(&f->e), 0);
         FX = f;
@@ -199,8 +199,7 @@ static int teardown(void **state) {
         struct fx *f = *state;
         kb_http_server_free(f->s);
         sd_event_unref(f->e);
-        unlink(f->path);
-        rmdir(f->dir);
+        (void) kbt_rm_rf(f->dir);
         free(f);
         return 0;
 }
@@ -225,9 +224,7 @@ static void start(struct fx *f, const struct kb_http_limits *l) {
 }
 
 static void spin(struct fx *f, int ms) {
-        uint64_t end = kb_now_usec() + (uint64_t) ms * USEC_PER_MSEC;
-        while (kb_now_usec() < end)
-                assert_true(sd_event_run(f->e, 5 * USEC_PER_MSEC) >= 0);
+        kbt_run_for(f->e, (uint64_t) ms * USEC_PER_MSEC, 5 * USEC_PER_MSEC);
 }
 
 struct client {
@@ -237,12 +234,9 @@ struct client {
 };
 
 static void client_open(struct fx *f, struct client *cl) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         memset(cl, 0, sizeof(*cl));
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", f->path);
-        cl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cl->fd = kbt_unix_connect(f->path, SOCK_STREAM);
         assert_true(cl->fd >= 0);
-        assert_int_equal(connect(cl->fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
         fcntl(cl->fd, F_SETFL, O_NONBLOCK);
         spin(f, 5);
 }
@@ -377,12 +371,10 @@ static bool wait_eof(struct fx *f, struct client *cl, int ms) {
         return cl->eof;
 }
 
-#define wait_for(f, cond)                                                               \
-        do {                                                                            \
-                uint64_t _end = kb_now_usec() + 3 * USEC_PER_SEC;                       \
-                while (!(cond) && kb_now_usec() < _end)                                 \
-                        sd_event_run((f)->e, 2 * USEC_PER_MSEC);                         \
-                assert_true(cond);                                                      \
+#define wait_for(f, cond)                                                                       \
+        do {                                                                                    \
+                (void) kbt_run_until((f)->e, cond, 3 * USEC_PER_SEC, 2 * USEC_PER_MSEC);       \
+                assert_true(cond);                                                              \
         } while (0)
 
 static void expect_error(struct fx *f, const char *req, int status, const char *code, const char *msg_part) {
@@ -980,10 +972,8 @@ static void test_stop_accepting(void **state) {
         assert_int_equal(idle.in.len, 0);
         assert_int_equal(kb_http_server_n_connections(f->s), 1);
 
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", f->path);
-        late.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_int_equal(connect(late.fd, (struct sockaddr *) &sa, sizeof(sa)), 0); /* backlog */
+        late.fd = kbt_unix_connect(f->path, SOCK_STREAM); /* backlog */
+        assert_true(late.fd >= 0);
         spin(f, 30);
         assert_int_equal(f->n_accept, 2);
         close(late.fd);

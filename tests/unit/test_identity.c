@@ -15,12 +15,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <systemd/sd-login.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "helper.h"
 #include "identity.h"
 #include "util.h"
 
@@ -39,38 +39,17 @@ struct listener {
 };
 
 static void listener_open(struct listener *l) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-
-        strcpy(l->dir, "/tmp/kb-test-identity-XXXXXX");
-        assert_non_null(mkdtemp(l->dir));
+        kbt_mkdtemp(l->dir, sizeof(l->dir), "identity");
         assert_int_equal(chmod(l->dir, 0755), 0);
         snprintf(l->path, sizeof(l->path), "%s/s", l->dir);
-        strcpy(sa.sun_path, l->path);
-        l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        l->fd = kbt_unix_bind(l->path, SOCK_STREAM, 8);
         assert_true(l->fd >= 0);
-        assert_int_equal(bind(l->fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
         assert_int_equal(chmod(l->path, 0777), 0);
-        assert_int_equal(listen(l->fd, 8), 0);
 }
 
 static void listener_close(struct listener *l) {
         close(l->fd);
-        unlink(l->path);
-        rmdir(l->dir);
-}
-
-/* In a child: connect, report via _exit code. */
-static int child_connect(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int fd;
-
-        strcpy(sa.sun_path, path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -1;
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return -1;
-        return fd;
+        (void) kbt_rm_rf(l->dir);
 }
 
 static char *own_unit(void) {
@@ -145,7 +124,7 @@ static void test_supplementary_groups(void **state) {
                 gid_t g[] = { 4242, 4343 };
                 if (setgroups(ELEMENTSOF(g), g) < 0)
                         _exit(2);
-                if (child_connect(l.path) < 0)
+                if (kbt_unix_connect(l.path, SOCK_STREAM) < 0)
                         _exit(3);
                 (void) !read(p[0], &c, 1); /* stay alive until the parent has looked */
                 _exit(0);
@@ -177,7 +156,7 @@ static void test_peer_gone(void **state) {
         pid = fork();
         assert_true(pid >= 0);
         if (pid == 0)
-                _exit(child_connect(l.path) < 0 ? 3 : 0);
+                _exit(kbt_unix_connect(l.path, SOCK_STREAM) < 0 ? 3 : 0);
         /* Reaped before we look: the pid may even be reused by now. */
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -214,7 +193,7 @@ static void test_other_uid(void **state) {
                 if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
                     setresuid(NOBODY, NOBODY, NOBODY) < 0)
                         _exit(2);
-                if (child_connect(l.path) < 0)
+                if (kbt_unix_connect(l.path, SOCK_STREAM) < 0)
                         _exit(3);
                 (void) !read(p[0], &c, 1);
                 _exit(0);

@@ -11,10 +11,10 @@
 #include <string.h>
 #include <stdio.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "helper.h"
 #include "journal-native.h"
 #include "journal.h"
 #include "keybroker/keybroker.h"
@@ -156,13 +156,6 @@ static struct kb_journal *new_journal(size_t max_queue) {
         return j;
 }
 
-static struct kb_record *rec1(const char *msg) {
-        struct kb_record *r = kb_record_new();
-        assert_non_null(r);
-        assert_int_equal(kb_record_add(r, "MESSAGE", msg), 0);
-        return r;
-}
-
 /* ---- records ---- */
 
 static void test_record_names(void **state) {
@@ -302,23 +295,21 @@ static void test_native_format(void **state) {
         close(fd);
 }
 
+/* journald's socket, for the direct path to write to */
 static int bind_dgram(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int srv = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        int srv = kbt_unix_bind(path, SOCK_DGRAM, -1);
 
         assert_true(srv >= 0);
-        strcpy(sa.sun_path, path);
-        assert_int_equal(bind(srv, (struct sockaddr *) &sa, sizeof(sa)), 0);
         return srv;
 }
 
 /* The socket is connected once; a journald that restarted (its socket file
  * unlinked and bound anew) is found again by the next send. */
 static void test_native_send_reconnects(void **state) {
-        char dir[] = "/tmp/kb-test-journal-XXXXXX", path[128], buf[64];
+        char dir[64], path[128], buf[64];
         bool connected = false;
 
-        assert_non_null(mkdtemp(dir));
+        kbt_mkdtemp(dir, sizeof(dir), "journal");
         snprintf(path, sizeof(path), "%s/socket", dir);
         int srv = bind_dgram(path);
         int fd = kb_journal_native_open();
@@ -362,18 +353,14 @@ static unsigned dgram_qlen(void) {
  * queue is full the rest go through the writer (here the test sender), and
  * together they are every record once, in order. */
 static void test_direct_path_falls_back_in_order(void **state) {
-        char dir[] = "/tmp/kb-test-journal-XXXXXX", path[128];
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char dir[64], path[128];
         unsigned n_fallback = 8, n = dgram_qlen() + 1 + n_fallback;
         char buf[4096];
 
         assert_true(n - (dgram_qlen() + 1) <= CAP_MAX_RECORDS);
-        assert_non_null(mkdtemp(dir));
+        kbt_mkdtemp(dir, sizeof(dir), "journal");
         snprintf(path, sizeof(path), "%s/socket", dir);
-        int srv = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        assert_true(srv >= 0);
-        strcpy(sa.sun_path, path);
-        assert_int_equal(bind(srv, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        int srv = bind_dgram(path);
 
         struct kb_journal *j = new_journal(64);
         kb_journal_set_native_socket(j, path);
@@ -410,8 +397,7 @@ static void test_direct_path_falls_back_in_order(void **state) {
         assert_int_equal(kb_journal_n_dropped(j), 0);
         kb_journal_free(j, USEC_PER_SEC);
         close(srv);
-        unlink(path);
-        rmdir(dir);
+        (void) kbt_rm_rf(dir);
 }
 
 /* ---- the queue ---- */
@@ -425,7 +411,7 @@ static void test_new_bad(void **state) {
         assert_ptr_equal(j, (struct kb_journal *) 0x1);
 
         /* NULL everywhere is harmless; submit still takes the record. */
-        assert_int_equal(kb_journal_submit(NULL, rec1("x")), -EINVAL);
+        assert_int_equal(kb_journal_submit(NULL, kbt_record("x")), -EINVAL);
         assert_int_equal(kb_journal_submit(NULL, NULL), -EINVAL);
         assert_int_equal(kb_journal_n_dropped(NULL), 0);
         assert_int_equal(kb_journal_n_written(NULL), 0);
@@ -461,12 +447,12 @@ static void test_queue_bound(void **state) {
         struct kb_journal *j = new_journal(2);
 
         cap_gate(true);
-        assert_int_equal(kb_journal_submit(j, rec1("busy")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("busy")), 0);
         cap_wait_entered(1); /* the writer holds it, stuck in the sender */
-        assert_int_equal(kb_journal_submit(j, rec1("q1")), 0);
-        assert_int_equal(kb_journal_submit(j, rec1("q2")), 0);
-        assert_int_equal(kb_journal_submit(j, rec1("over")), -EAGAIN);
-        assert_int_equal(kb_journal_submit(j, rec1("over")), -EAGAIN);
+        assert_int_equal(kb_journal_submit(j, kbt_record("q1")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("q2")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("over")), -EAGAIN);
+        assert_int_equal(kb_journal_submit(j, kbt_record("over")), -EAGAIN);
         assert_int_equal(kb_journal_n_dropped(j), 2);
         assert_int_equal(kb_journal_n_written(j), 0);
 
@@ -479,7 +465,7 @@ static void test_queue_bound(void **state) {
         assert_string_equal(cap_field(2, "MESSAGE"), "q2");
 
         /* Room again once drained. */
-        assert_int_equal(kb_journal_submit(j, rec1("after")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("after")), 0);
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         assert_int_equal(kb_journal_n_written(j), 4);
         kb_journal_free(j, USEC_PER_SEC);
@@ -491,7 +477,7 @@ static void test_flush_waits_for_writer(void **state) {
         /* A slow journald: flush must cover queued records and the one in hand. */
         cap.delay_msec = 20;
         for (int i = 0; i < 5; i++)
-                assert_int_equal(kb_journal_submit(j, rec1("slow")), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("slow")), 0);
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         assert_int_equal(kb_journal_n_written(j), 5);
 
@@ -507,7 +493,7 @@ static void test_flush_timeout(void **state) {
         uint64_t t0, dt;
 
         cap_gate(true);
-        assert_int_equal(kb_journal_submit(j, rec1("stuck")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("stuck")), 0);
         cap_wait_entered(1);
         t0 = kb_now_usec();
         kb_journal_flush(j, 100 * USEC_PER_MSEC);
@@ -528,10 +514,10 @@ static void test_free_drops_queued(void **state) {
         /* The sender gives up waiting after 300ms, so free's join ends. */
         cap.gate_timeout_msec = 300;
         cap_gate(true);
-        assert_int_equal(kb_journal_submit(j, rec1("busy")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("busy")), 0);
         cap_wait_entered(1);
-        assert_int_equal(kb_journal_submit(j, rec1("q1")), 0);
-        assert_int_equal(kb_journal_submit(j, rec1("q2")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("q1")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("q2")), 0);
         kb_journal_free(j, 20 * USEC_PER_MSEC);
         /* Only the record in hand reached the sender; the queued ones were
          * dropped (and freed: ASan/valgrind would see a leak otherwise). */
@@ -545,7 +531,7 @@ static void test_free_writes_queued(void **state) {
 
         cap.delay_msec = 10;
         for (int i = 0; i < 4; i++)
-                assert_int_equal(kb_journal_submit(j, rec1("q")), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("q")), 0);
         kb_journal_free(j, 10 * USEC_PER_SEC);
         assert_int_equal(cap.n_records, 4);
 }
@@ -556,7 +542,7 @@ static void test_retry(void **state) {
         /* Two failures, then journald is back: written once. */
         cap.fail_next = 2;
         cap.fail_rc = -ECONNREFUSED;
-        assert_int_equal(kb_journal_submit(j, rec1("retried")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("retried")), 0);
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         assert_int_equal(cap.entered, 3);
         assert_int_equal(kb_journal_n_written(j), 1);
@@ -566,7 +552,7 @@ static void test_retry(void **state) {
         /* Failing every attempt: dropped after a bounded number of tries. */
         cap.fail_next = 1000;
         cap.entered = 0;
-        assert_int_equal(kb_journal_submit(j, rec1("lost")), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("lost")), 0);
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         assert_true(cap.entered >= 2 && cap.entered <= 5);
         assert_int_equal(kb_journal_n_written(j), 1);

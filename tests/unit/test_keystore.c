@@ -5,9 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
-#include <fcntl.h>
 #include <ctype.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <sodium.h>
@@ -16,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "helper.h"
 #include "keyfile.h"
 #include "keystore.h"
 #include "util.h"
@@ -27,49 +26,20 @@ struct fx {
         unsigned char key[32];
 };
 
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f) {
-        (void) st, (void) flag, (void) f;
-        chmod(p, 0700);
-        return remove(p);
-}
-
-static void spew(const char *path, const void *data, size_t len) {
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        assert_true(fd >= 0);
-        assert_int_equal(write(fd, data, len), (ssize_t) len);
-        close(fd);
-}
-
-static char *slurp(const char *path, size_t *ret_len) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        assert_true(fd >= 0);
-        struct stat st;
-        assert_int_equal(fstat(fd, &st), 0);
-        char *s = malloc((size_t) st.st_size + 1);
-        assert_non_null(s);
-        assert_int_equal(read(fd, s, (size_t) st.st_size), st.st_size);
-        s[st.st_size] = 0;
-        close(fd);
-        if (ret_len)
-                *ret_len = (size_t) st.st_size;
-        return s;
-}
-
 static void write_master(struct fx *f, const unsigned char key[32], bool hex) {
         if (hex) {
                 char h[66];
                 sodium_bin2hex(h, 65, key, 32);
                 strcat(h, "\n");
-                spew(f->master, h, 65);
+                kbt_write_file(f->master, h, 65);
         } else
-                spew(f->master, key, 32);
+                kbt_write_file(f->master, key, 32);
 }
 
 static int setup(void **state) {
         assert_true(sodium_init() >= 0);
         struct fx *f = calloc(1, sizeof(*f));
-        strcpy(f->dir, "/tmp/kb-keystore-XXXXXX");
-        assert_non_null(mkdtemp(f->dir));
+        kbt_mkdtemp(f->dir, sizeof(f->dir), "keystore");
         snprintf(f->store, sizeof(f->store), "%s/keys.sealed", f->dir);
         snprintf(f->master, sizeof(f->master), "%s/master", f->dir);
         randombytes_buf(f->key, sizeof(f->key));
@@ -80,7 +50,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
         struct fx *f = *state;
-        nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        (void) kbt_rm_rf(f->dir);
         free(f);
         return 0;
 }
@@ -235,7 +205,7 @@ static void test_file_mode_and_no_plaintext(void **state) {
         assert_int_equal(stat(f->store, &st), 0);
         assert_int_equal(st.st_mode & 07777, 0600);
         size_t len;
-        _cleanup_free_ char *text = slurp(f->store, &len);
+        _cleanup_free_ char *text = kbt_read_file(f->store, &len);
         assert_null(memmem(text, len, secret, strlen(secret)));
         assert_null(memmem(text, len, "VERYSECRET", 10));
         assert_null(memmem(text, len, "sk-second", 9));
@@ -303,7 +273,7 @@ static void make_store(struct fx *f) {
 static void test_ad_binding(void **state) {
         struct fx *f = *state;
         make_store(f);
-        _cleanup_free_ char *orig = slurp(f->store, NULL);
+        _cleanup_free_ char *orig = kbt_read_file(f->store, NULL);
 
         /* Control: re-MACed but unchanged opens, so the failures below come
          * from what was changed, not from how the test rewrites the file. */
@@ -318,7 +288,7 @@ static void test_ad_binding(void **state) {
         };
         for (size_t i = 0; i < ELEMENTSOF(swaps); i++)
                 for (int remac = 0; remac <= 1; remac++) {
-                        spew(f->store, orig, strlen(orig));
+                        kbt_write_file(f->store, orig, strlen(orig));
                         j = load_json(f->store);
                         json_t *x = record(j, swaps[i].n1, swaps[i].v1), *y = record(j, swaps[i].n2, swaps[i].v2);
                         swap_field(x, y, "sealed");
@@ -329,7 +299,7 @@ static void test_ad_binding(void **state) {
                 }
 
         /* A record renamed/renumbered as a whole is just as unreadable. */
-        spew(f->store, orig, strlen(orig));
+        kbt_write_file(f->store, orig, strlen(orig));
         j = load_json(f->store);
         json_object_set_new(record(j, "b", 1), "name", json_string("c"));
         save_json(f, j, true);
@@ -340,7 +310,7 @@ static void test_ad_binding(void **state) {
 static void test_tamper(void **state) {
         struct fx *f = *state;
         make_store(f);
-        _cleanup_free_ char *orig = slurp(f->store, NULL);
+        _cleanup_free_ char *orig = kbt_read_file(f->store, NULL);
 
         /* A flipped byte in a sealed blob, with and without a fresh MAC. */
         for (int remac = 0; remac <= 1; remac++) {
@@ -353,7 +323,7 @@ static void test_tamper(void **state) {
                 save_json(f, j, remac);
                 json_decref(j);
                 open_fails(f, -EBADMSG, "restore it from backup");
-                spew(f->store, orig, strlen(orig));
+                kbt_write_file(f->store, orig, strlen(orig));
         }
 
         /* Dropped version, toggled active, changed date, added field: the MAC. */
@@ -368,7 +338,7 @@ static void test_tamper(void **state) {
         json_decref(j);
         open_fails(f, -EBADMSG, "tampered");
 
-        spew(f->store, orig, strlen(orig));
+        kbt_write_file(f->store, orig, strlen(orig));
         j = load_json(f->store);
         json_object_set_new(record(j, "a", 1), "active", json_true());
         json_object_set_new(record(j, "a", 2), "active", json_false());
@@ -376,7 +346,7 @@ static void test_tamper(void **state) {
         json_decref(j);
         open_fails(f, -EBADMSG, "tampered");
 
-        spew(f->store, orig, strlen(orig));
+        kbt_write_file(f->store, orig, strlen(orig));
         j = load_json(f->store);
         json_object_set_new(record(j, "b", 1), "created", json_integer(1));
         save_json(f, j, false);
@@ -384,7 +354,7 @@ static void test_tamper(void **state) {
         open_fails(f, -EBADMSG, "tampered");
 
         /* Even with a valid MAC, two active versions are refused. */
-        spew(f->store, orig, strlen(orig));
+        kbt_write_file(f->store, orig, strlen(orig));
         j = load_json(f->store);
         json_object_set_new(record(j, "a", 1), "active", json_true());
         save_json(f, j, true);
@@ -392,7 +362,7 @@ static void test_tamper(void **state) {
         open_fails(f, -EBADMSG, "tampered");
 
         /* A missing mac. */
-        spew(f->store, orig, strlen(orig));
+        kbt_write_file(f->store, orig, strlen(orig));
         j = load_json(f->store);
         json_object_del(j, "mac");
         save_json(f, j, false);
@@ -400,7 +370,7 @@ static void test_tamper(void **state) {
         open_fails(f, -EBADMSG, "tampered");
 
         /* Layout does not matter: re-indented but identical content opens. */
-        spew(f->store, orig, strlen(orig));
+        kbt_write_file(f->store, orig, strlen(orig));
         j = load_json(f->store);
         assert_int_equal(json_dump_file(j, f->store, JSON_COMPACT), 0);
         json_decref(j);
@@ -429,10 +399,10 @@ static void test_truncated(void **state) {
         struct fx *f = *state;
         make_store(f);
         size_t len;
-        _cleanup_free_ char *orig = slurp(f->store, &len);
+        _cleanup_free_ char *orig = kbt_read_file(f->store, &len);
         /* Every cut: never success; in the middle of the file it reads as cut off. */
         for (size_t cut = 0; cut < len - 1; cut++) {
-                spew(f->store, orig, cut);
+                kbt_write_file(f->store, orig, cut);
                 struct kb_keystore *ks = NULL;
                 char *error = NULL;
                 int r = kb_keystore_open(f->store, f->master, &ks, &error);
@@ -442,19 +412,19 @@ static void test_truncated(void **state) {
                 assert_non_null(strstr(error, f->store));
                 free(error);
         }
-        spew(f->store, orig, len / 2);
+        kbt_write_file(f->store, orig, len / 2);
         open_fails(f, -ENODATA, "truncated");
-        spew(f->store, orig, len - 3);
+        kbt_write_file(f->store, orig, len - 3);
         open_fails(f, -ENODATA, "truncated");
-        spew(f->store, "", 0);
+        kbt_write_file(f->store, "", 0);
         open_fails(f, -ENODATA, "truncated");
-        spew(f->store, " \n\n", 3);
+        kbt_write_file(f->store, " \n\n", 3);
         open_fails(f, -ENODATA, "empty");
 
         /* Not a keystore at all. */
-        spew(f->store, "hello", 5);
+        kbt_write_file(f->store, "hello", 5);
         open_fails(f, -EINVAL, "not a keybroker keystore");
-        spew(f->store, "[1,2]", 5);
+        kbt_write_file(f->store, "[1,2]", 5);
         open_fails(f, -EINVAL, "not a keybroker keystore");
         json_t *j = json_loads(orig, 0, NULL);
         json_object_set_new(j, "format", json_string("keybroker-keystore-9"));
@@ -462,7 +432,7 @@ static void test_truncated(void **state) {
         json_decref(j);
         open_fails(f, -EINVAL, "keybroker-keystore-9");
         /* Duplicate member names are not silently resolved. */
-        spew(f->store, "{\"format\":\"keybroker-keystore-1\",\"format\":\"x\"}", 46);
+        kbt_write_file(f->store, "{\"format\":\"keybroker-keystore-1\",\"format\":\"x\"}", 46);
         open_fails(f, -EINVAL, NULL);
 }
 
@@ -516,14 +486,14 @@ static void test_master_formats(void **state) {
         sodium_bin2hex(hex, 65, f->key, 32);
 
         /* Hex without newline, with CRLF, upper case. */
-        spew(f->master, hex, 64);
+        kbt_write_file(f->master, hex, 64);
         kb_keystore_free(open_ok(f));
         strcpy(hex + 64, "\r\n");
-        spew(f->master, hex, 66);
+        kbt_write_file(f->master, hex, 66);
         kb_keystore_free(open_ok(f));
         for (char *c = hex; *c; c++)
                 *c = (char) toupper((unsigned char) *c);
-        spew(f->master, hex, 65);
+        kbt_write_file(f->master, hex, 65);
         kb_keystore_free(open_ok(f));
         write_master(f, f->key, false);
         kb_keystore_free(open_ok(f));
@@ -539,7 +509,7 @@ static void test_master_formats(void **state) {
                 { "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 32 },
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                spew(f->master, bad[i].data, bad[i].len);
+                kbt_write_file(f->master, bad[i].data, bad[i].len);
                 open_fails(f, -ENOKEY, f->master);
                 struct kb_keystore *ks = NULL;
                 char *error = NULL;
@@ -590,7 +560,7 @@ static void test_failed_write_leaves_memory(void **state) {
         assert_int_equal(mkdir(store, 0700), 0);
         char inner[260];
         snprintf(inner, sizeof(inner), "%s/x", store);
-        spew(inner, "x", 1);
+        kbt_write_file(inner, "x", 1);
         assert_true(kb_keystore_rotate(ks, "a", "three", 5, &v) < 0);
         _cleanup_free_ char *after2 = describe_all(ks);
         assert_string_equal(before, after2);
@@ -825,7 +795,7 @@ static void test_credentials(void **state) {
         char cdir[160], p[200];
         snprintf(cdir, sizeof(cdir), "%s/creds", f->dir);
         assert_int_equal(mkdir(cdir, 0700), 0);
-#define CRED(n, s, l) (snprintf(p, sizeof(p), "%s/%s", cdir, n), spew(p, s, l))
+#define CRED(n, s, l) (snprintf(p, sizeof(p), "%s/%s", cdir, n), kbt_write_file(p, s, l))
         CRED("lf", "sk-lf\n", 6);
         CRED("crlf", "sk-crlf\r\n", 9);
         CRED("plain", "sk-plain", 8);

@@ -10,6 +10,7 @@
 
 #include "batch-file.h"
 #include "endpoint.h"
+#include "helper.h"
 #include "multipart.h"
 #include "objects.h"
 
@@ -184,8 +185,8 @@ static void test_endpoint_table(void **state) {
 }
 
 static void test_objects_persist(void **state) {
-        char dir[] = "/tmp/kb-objects-XXXXXX", path[64];
-        assert_non_null(mkdtemp(dir));
+        char dir[64], path[96];
+        kbt_mkdtemp(dir, sizeof(dir), "objects");
         snprintf(path, sizeof(path), "%s/objects", dir);
         struct kb_objects *o = NULL;
         assert_int_equal(kb_objects_open(path, &o), 0);
@@ -223,8 +224,7 @@ static void test_objects_persist(void **state) {
         assert_true(kb_objects_find(o, "batch_1")->billed);
         assert_null(kb_objects_find(o, "nope"));
         kb_objects_free(o);
-        unlink(path);
-        rmdir(dir);
+        (void) kbt_rm_rf(dir);
 }
 
 int main(void) {

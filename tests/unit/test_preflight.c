@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include "helper.h"
 #include "preflight.h"
 
 #define S(lit) lit, sizeof(lit) - 1
@@ -146,16 +147,8 @@ static const char conf[] =
         "[model:m2]\ntarget = a up-a2 weight=3\ntarget = b up-b2\ntarget = a up-a3 weight=0\n"
         "[model:m3]\ntarget = d text-embedding-3-large\n";
 
-static struct kb_config *load_conf(void) {
-        struct kb_config *c = NULL;
-        char *err = NULL;
-        if (kb_config_load_string("t.conf", conf, false, &c, &err) < 0)
-                fail_msg("config: %s", err);
-        return c;
-}
-
 static void test_default_model(void **state) {
-        struct kb_config *c = load_conf();
+        struct kb_config *c = kbt_config("t.conf", conf);
         /* a target wins over an earlier model's fallback */
         assert_string_equal(kb_preflight_default_model(c, kb_config_find_route(c, "a")), "up-a1");
         assert_string_equal(kb_preflight_default_model(c, kb_config_find_route(c, "b")), "up-b2");
@@ -169,7 +162,7 @@ static void test_default_model(void **state) {
 }
 
 static void test_owner(void **state) {
-        struct kb_config *c = load_conf();
+        struct kb_config *c = kbt_config("t.conf", conf);
         json_t *parts = NULL;
         char *d = NULL;
 
@@ -201,8 +194,7 @@ static void test_owner(void **state) {
         const char ok_conf[] = "[team:t]\nusers = 0\nmodels = m\nowner = t@x\n"
                                "[route:r]\nfamily = openai\nbase_url = http://h/v1\nkey = k\nowner = o\nkey_owner = ko\n"
                                "[model:m]\ntarget = r up\n";
-        char *err = NULL;
-        assert_int_equal(kb_config_load_string("ok.conf", ok_conf, false, &c, &err), 0);
+        c = kbt_config("ok.conf", ok_conf);
         assert_int_equal(kb_preflight_judge_owner(c, kb_config_find_route(c, "r"), &parts, &d), 1);
         assert_string_equal(d, "route o, key ko, team t t@x");
         json_decref(parts);
@@ -211,7 +203,7 @@ static void test_owner(void **state) {
 }
 
 static void test_price_and_split(void **state) {
-        struct kb_config *c = load_conf();
+        struct kb_config *c = kbt_config("t.conf", conf);
         char *s = kb_preflight_price_line(KB_ENDPOINT_CHAT, "gpt-x");
         assert_string_equal(s, "price = gpt-x input=USD output=USD");
         free(s);
@@ -682,8 +674,8 @@ static void test_latency(void **state) {
 
 
 static void test_evidence(void **state) {
-        char tmpl[] = "/tmp/kb-test-preflight-XXXXXX";
-        assert_non_null(mkdtemp(tmpl));
+        char tmpl[48];
+        kbt_mkdtemp(tmpl, sizeof(tmpl), "preflight");
         char state_dir[64];
         snprintf(state_dir, sizeof(state_dir), "%s/state", tmpl);
         json_t *doc = json_pack("{s:s, s:b}", "route", "oai", "ok", true);
@@ -731,8 +723,7 @@ static void test_evidence(void **state) {
         char cmd[256];
         snprintf(cmd, sizeof(cmd), "test $(ls -A %s | wc -l) -eq 3", dir);
         assert_int_equal(system(cmd), 0);
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpl);
-        assert_int_equal(system(cmd), 0);
+        assert_int_equal(kbt_rm_rf(tmpl), 0);
         free(p1);
         free(p2);
         free(p3);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "helper.h"
 #include "promote.h"
 #include "router.h"
 #include "util.h"
@@ -42,9 +43,8 @@ static void on_event(void *userdata, const struct kb_promote_event *ev) {
 
 static int setup(void **state) {
         struct fixture *f = calloc(1, sizeof(*f));
-        char *err = NULL;
         assert_non_null(f);
-        assert_int_equal(kb_config_load_string("t.conf", config_text, false, &f->c, &err), 0);
+        f->c = kbt_config("t.conf", config_text);
         assert_int_equal(kb_router_new(&f->r), 0);
         assert_int_equal(kb_router_configure(f->r, f->c, 0), 0);
         assert_int_equal(kb_promoter_new(f->r, &f->p), 0);
@@ -317,14 +317,11 @@ static void test_reconfigure_aborts(void **state) {
         struct kb_promote_plan p = plan("c", 3600 * S, 50);
         struct kb_config *c2 = NULL;
         struct kb_promote_view v;
-        char *err = NULL;
 
         assert_int_equal(kb_promoter_start(f->p, "m", &p, 0, 0, 1000, NULL), 0);
-        assert_int_equal(kb_config_load_string("t2.conf",
-                                               "[route:a]\nfamily = openai\nbase_url = http://127.0.0.1:1/v1\n"
-                                               "[route:b]\nfamily = openai\nbase_url = http://127.0.0.1:2/v1\n"
-                                               "[model:m]\ntarget = a up-a weight=90\ntarget = b up-b weight=10\n",
-                                               false, &c2, &err), 0);
+        c2 = kbt_config("t2.conf", "[route:a]\nfamily = openai\nbase_url = http://127.0.0.1:1/v1\n"
+                                   "[route:b]\nfamily = openai\nbase_url = http://127.0.0.1:2/v1\n"
+                                   "[model:m]\ntarget = a up-a weight=90\ntarget = b up-b weight=10\n");
         assert_int_equal(kb_router_configure(f->r, c2, 0), 0);
         kb_promoter_configure(f->p, c2, S, 1000);
         assert_int_equal(kb_promoter_view(f->p, "m", S, &v), 0);
@@ -360,11 +357,11 @@ static void test_baseline_checks(void **state) {
 }
 
 static void test_state_file(void **state) {
-        char dir[] = "/tmp/test_promote.XXXXXX", path[64];
+        char dir[64], path[96];
         struct stat st;
         json_t *doc = json_pack("{s:i}", "version", 1), *back = NULL;
 
-        assert_non_null(mkdtemp(dir));
+        kbt_mkdtemp(dir, sizeof(dir), "promote");
         snprintf(path, sizeof(path), "%s/promotions.json", dir);
         assert_int_equal(kb_promote_read_file(path, &back), 0);
         assert_null(back);
@@ -375,8 +372,7 @@ static void test_state_file(void **state) {
         assert_true(json_equal(doc, back));
         json_decref(back);
         json_decref(doc);
-        unlink(path);
-        rmdir(dir);
+        (void) kbt_rm_rf(dir);
         (void) state;
 }
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "helper.h"
 #include "quota.h"
 #include "util.h"
 
@@ -16,31 +17,6 @@
 #define MAY14_LATE S(1715731170)
 #define MAY15 S(1715731200)
 #define JUN1 S(1717200000)
-
-static struct kb_team team_def(const char *name) {
-        return (struct kb_team) { .name = (char *) name, .unpriced = -1 };
-}
-
-/* A quota configured with the given teams. */
-static struct kb_quota *quota_with(struct kb_team *teams, size_t n) {
-        struct kb_config c = { .teams = teams, .n_teams = n };
-        struct kb_quota *q = NULL;
-
-        assert_int_equal(kb_quota_new(&q), 0);
-        assert_int_equal(kb_quota_configure(q, &c), 0);
-        return q;
-}
-
-static struct kb_quota *quota_one(struct kb_team t) {
-        return quota_with(&t, 1);
-}
-
-static struct kb_quota_window win(struct kb_quota *q, const char *team, uint64_t now, kb_quota_limit l) {
-        struct kb_quota_view v;
-
-        assert_int_equal(kb_quota_view(q, team, now, &v), 0);
-        return v.windows[l];
-}
 
 static void test_limit_names(void **state) {
         assert_string_equal(kb_quota_limit_to_string(KB_QUOTA_REQUESTS_PER_MINUTE), "requests_per_minute");
@@ -84,11 +60,11 @@ static void test_calendar(void **state) {
 }
 
 static void test_sliding_minute(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         struct kb_reservation *r1 = NULL, *r2 = NULL, *r3 = NULL;
         struct kb_quota_denial d;
         t.requests_per_minute = 2;
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
 
         assert_int_equal(kb_quota_reserve(q, "a", T0, 0, 0, &r1, NULL), 0);
         kb_quota_settle(r1, T0 + 1000, 0, 0); /* settling 0 frees nothing in rpm */
@@ -109,8 +85,8 @@ static void test_sliding_minute(void **state) {
         /* A request at T0 counts until T0 + 60 s exactly. */
         assert_int_equal(kb_quota_reserve(q, "a", T0 + S(60) - 1, 0, 0, &r3, &d), -EDQUOT);
         assert_false(d.first_in_window);
-        assert_int_equal(win(q, "a", T0 + S(60) - 1, KB_QUOTA_REQUESTS_PER_MINUTE).used, 2);
-        assert_int_equal(win(q, "a", T0 + S(60), KB_QUOTA_REQUESTS_PER_MINUTE).used, 1);
+        assert_int_equal(kbt_window(q, "a", T0 + S(60) - 1, KB_QUOTA_REQUESTS_PER_MINUTE).used, 2);
+        assert_int_equal(kbt_window(q, "a", T0 + S(60), KB_QUOTA_REQUESTS_PER_MINUTE).used, 1);
         assert_int_equal(kb_quota_reserve(q, "a", T0 + S(60), 0, 0, &r3, &d), 0);
         kb_quota_settle(r3, T0 + S(61), 0, 0);
 
@@ -129,34 +105,34 @@ static void test_sliding_minute(void **state) {
 }
 
 static void test_sliding_unaligned(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         struct kb_reservation *r = NULL;
         t.requests_per_minute = 1;
         t.tokens_per_minute = 100;
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_quota_window w;
 
         /* Within a second, usage counts up to the next whole second + 60 s:
          * never less than 60 s. */
         assert_int_equal(kb_quota_reserve(q, "a", T0 + 300000, 10, 0, &r, NULL), 0);
-        w = win(q, "a", T0 + 300000, KB_QUOTA_TOKENS_PER_MINUTE);
+        w = kbt_window(q, "a", T0 + 300000, KB_QUOTA_TOKENS_PER_MINUTE);
         assert_int_equal(w.used, 0);
         assert_int_equal(w.reserved, 10);
         assert_int_equal(w.remaining, 90);
         kb_quota_settle(r, T0 + 500000, 40, 0);
-        w = win(q, "a", T0 + S(60) + 500000 - 1, KB_QUOTA_TOKENS_PER_MINUTE);
+        w = kbt_window(q, "a", T0 + S(60) + 500000 - 1, KB_QUOTA_TOKENS_PER_MINUTE);
         assert_int_equal(w.used, 40);
         assert_int_equal(w.reserved, 0);
         assert_int_equal(w.reset_usec, T0 + S(61));
-        assert_int_equal(win(q, "a", T0 + S(61) - 1, KB_QUOTA_REQUESTS_PER_MINUTE).used, 1);
-        assert_int_equal(win(q, "a", T0 + S(61) - 1, KB_QUOTA_REQUESTS_PER_MINUTE).reset_usec, T0 + S(61));
-        assert_int_equal(win(q, "a", T0 + S(61), KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
-        assert_int_equal(win(q, "a", T0 + S(61), KB_QUOTA_TOKENS_PER_MINUTE).used, 0);
-        assert_int_equal(win(q, "a", T0 + S(61), KB_QUOTA_TOKENS_PER_MINUTE).reset_usec, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + S(61) - 1, KB_QUOTA_REQUESTS_PER_MINUTE).used, 1);
+        assert_int_equal(kbt_window(q, "a", T0 + S(61) - 1, KB_QUOTA_REQUESTS_PER_MINUTE).reset_usec, T0 + S(61));
+        assert_int_equal(kbt_window(q, "a", T0 + S(61), KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + S(61), KB_QUOTA_TOKENS_PER_MINUTE).used, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + S(61), KB_QUOTA_TOKENS_PER_MINUTE).reset_usec, 0);
         /* the ring is reused after a long pause without stale buckets */
         assert_int_equal(kb_quota_reserve(q, "a", T0 + S(3600), 0, 0, &r, NULL), 0);
         kb_quota_settle(r, T0 + S(3600), 5, 0);
-        assert_int_equal(win(q, "a", T0 + S(3600), KB_QUOTA_TOKENS_PER_MINUTE).used, 5);
+        assert_int_equal(kbt_window(q, "a", T0 + S(3600), KB_QUOTA_TOKENS_PER_MINUTE).used, 5);
         kb_quota_free(q);
 }
 
@@ -165,18 +141,18 @@ static void test_sliding_unaligned(void **state) {
 /* What the quota store admitted is reserved unchecked; what it refused is
  * withdrawn and leaves no trace; the fleet share scales a fleet team only. */
 static void test_fleet_paths(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         t.requests_per_minute = 4;
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_reservation *r[6] = {};
 
         for (int i = 0; i < 6; i++)
                 assert_int_equal(kb_quota_reserve_unchecked(q, "a", T0 + (uint64_t) i, 0, 0, &r[i]), 0);
-        assert_int_equal(win(q, "a", T0 + 10, KB_QUOTA_REQUESTS_PER_MINUTE).used, 6);
+        assert_int_equal(kbt_window(q, "a", T0 + 10, KB_QUOTA_REQUESTS_PER_MINUTE).used, 6);
         for (int i = 0; i < 6; i++)
                 kb_quota_withdraw(r[i]);
-        assert_int_equal(win(q, "a", T0 + 10, KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
-        assert_int_equal(win(q, "a", T0 + 10, KB_QUOTA_MAX_CONCURRENT).used, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + 10, KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + 10, KB_QUOTA_MAX_CONCURRENT).used, 0);
         /* not a fleet team (no store configured): the share does not apply */
         kb_quota_set_fleet_share(q, KB_QUOTA_SHARE_ALL / 2);
         assert_false(kb_quota_team_is_fleet(q, "a"));
@@ -190,13 +166,13 @@ static void test_fleet_paths(void **state) {
 }
 
 static void test_burst_rpm(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         t.requests_per_minute = 20;
         struct kb_reservation *open[60] = {};
         unsigned seed = 12345;
 
         for (int round = 0; round < 50; round++) {
-                struct kb_quota *q = quota_one(t);
+                struct kb_quota *q = kbt_quota(&t, 1);
                 size_t n_open = 0, admitted = 0;
 
                 for (int i = 0; i < 60; i++) {
@@ -224,12 +200,12 @@ static void test_burst_rpm(void **state) {
 }
 
 static void test_burst_tokens_budget_concurrency(void **state) {
-        struct kb_team teams[3] = { team_def("tpm"), team_def("usd"), team_def("conc") };
+        struct kb_team teams[3] = { kbt_team("tpm"), kbt_team("usd"), kbt_team("conc") };
         teams[0].tokens_per_minute = 2000;
         teams[0].tokens_per_day = 100000;
         teams[1].budget_microusd_per_day = 20 * 123;
         teams[2].max_concurrent = 20;
-        struct kb_quota *q = quota_with(teams, 3);
+        struct kb_quota *q = kbt_quota(teams, 3);
         struct kb_reservation *res[3][60] = {};
         struct kb_quota_denial d;
         int admitted[3] = {};
@@ -287,10 +263,10 @@ static void test_burst_tokens_budget_concurrency(void **state) {
 }
 
 static void test_overestimate_released(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         t.tokens_per_minute = 1000;
         t.budget_microusd_per_month = 1000;
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_reservation *r1 = NULL, *r2 = NULL, *r3 = NULL;
 
         assert_int_equal(kb_quota_reserve(q, "a", T0, 400, 400, &r1, NULL), 0);
@@ -299,23 +275,23 @@ static void test_overestimate_released(void **state) {
         /* the first used much less than it held */
         kb_quota_settle(r1, T0 + S(1), 100, 100);
         assert_int_equal(kb_quota_reserve(q, "a", T0 + S(1), 400, 400, &r3, NULL), 0);
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_MINUTE).used, 100);
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_MINUTE).reserved, 800);
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_MINUTE).remaining, 100);
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_BUDGET_PER_MONTH).remaining, 100);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_MINUTE).used, 100);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_MINUTE).reserved, 800);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_MINUTE).remaining, 100);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_BUDGET_PER_MONTH).remaining, 100);
         /* used above the estimate counts in full, even past the limit */
         kb_quota_settle(r2, T0 + S(2), 1500, 1500);
-        assert_int_equal(win(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_MINUTE).used, 1600);
-        assert_int_equal(win(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_MINUTE).remaining, 0);
-        assert_int_equal(win(q, "a", T0 + S(2), KB_QUOTA_BUDGET_PER_MONTH).used, 1600);
+        assert_int_equal(kbt_window(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_MINUTE).used, 1600);
+        assert_int_equal(kbt_window(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_MINUTE).remaining, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + S(2), KB_QUOTA_BUDGET_PER_MONTH).used, 1600);
         kb_quota_settle(r3, T0 + S(2), 0, 0);
         kb_quota_free(q);
 }
 
 static void test_budget_exact_microusd(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         t.budget_microusd_per_day = 1000000; /* 1 USD */
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_reservation *r = NULL;
         struct kb_quota_denial d;
 
@@ -330,20 +306,20 @@ static void test_budget_exact_microusd(void **state) {
         assert_string_equal(kb_quota_limit_to_string(d.limit), "budget_usd_per_day");
         assert_int_equal(kb_quota_reserve(q, "a", T0, 0, 1, &r, NULL), 0);
         kb_quota_settle(r, T0, 0, 1);
-        assert_int_equal(win(q, "a", T0, KB_QUOTA_BUDGET_PER_DAY).remaining, 0);
+        assert_int_equal(kbt_window(q, "a", T0, KB_QUOTA_BUDGET_PER_DAY).remaining, 0);
         assert_int_equal(kb_quota_reserve(q, "a", T0, 0, 1, &r, NULL), -EDQUOT);
         /* a zero-cost call still fits an exhausted budget */
         assert_int_equal(kb_quota_reserve(q, "a", T0, 0, 0, &r, NULL), 0);
         kb_quota_settle(r, T0, 0, -5); /* negative counts as 0 */
-        assert_int_equal(win(q, "a", T0, KB_QUOTA_BUDGET_PER_DAY).used, 1000000);
+        assert_int_equal(kbt_window(q, "a", T0, KB_QUOTA_BUDGET_PER_DAY).used, 1000000);
         kb_quota_free(q);
 }
 
 static void test_day_rollover(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         t.tokens_per_day = 1000;
         t.budget_microusd_per_day = 500;
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_reservation *r = NULL, *late = NULL;
         struct kb_quota_denial d;
 
@@ -357,31 +333,31 @@ static void test_day_rollover(void **state) {
         assert_true(d.first_in_window);
         assert_int_equal(kb_quota_reserve(q, "a", MAY15 - 1, 1, 0, &r, &d), -EDQUOT);
         assert_false(d.first_in_window); /* once per day */
-        assert_int_equal(win(q, "a", MAY15 - 1, KB_QUOTA_TOKENS_PER_DAY).reset_usec, MAY15);
+        assert_int_equal(kbt_window(q, "a", MAY15 - 1, KB_QUOTA_TOKENS_PER_DAY).reset_usec, MAY15);
 
         /* a call that starts before midnight and ends after it counts on the new day */
         assert_int_equal(kb_quota_reserve(q, "a", MAY15 - 1, 0, 100, &late, NULL), 0);
         assert_int_equal(kb_quota_reserve(q, "a", MAY15, 1000, 0, &r, NULL), 0);
         kb_quota_settle(r, MAY15 + S(1), 900, 0);
         kb_quota_settle(late, MAY15 + S(1), 100, 100);
-        assert_int_equal(win(q, "a", MAY15 + S(1), KB_QUOTA_TOKENS_PER_DAY).used, 1000);
-        assert_int_equal(win(q, "a", MAY15 + S(1), KB_QUOTA_BUDGET_PER_DAY).used, 100);
+        assert_int_equal(kbt_window(q, "a", MAY15 + S(1), KB_QUOTA_TOKENS_PER_DAY).used, 1000);
+        assert_int_equal(kbt_window(q, "a", MAY15 + S(1), KB_QUOTA_BUDGET_PER_DAY).used, 100);
         assert_int_equal(kb_quota_reserve(q, "a", MAY15 + S(2), 1, 0, &r, &d), -EDQUOT);
         assert_true(d.first_in_window); /* a new day */
         assert_int_equal(d.reset_usec, MAY15 + S(86400));
 
         /* clock stepped back to yesterday: today's usage keeps counting */
-        assert_int_equal(win(q, "a", MAY14_LATE, KB_QUOTA_TOKENS_PER_DAY).used, 1000);
+        assert_int_equal(kbt_window(q, "a", MAY14_LATE, KB_QUOTA_TOKENS_PER_DAY).used, 1000);
         assert_int_equal(kb_quota_reserve(q, "a", MAY14_LATE, 1, 0, &r, &d), -EDQUOT);
         assert_int_equal(d.reset_usec, MAY15 + S(86400));
         kb_quota_free(q);
 }
 
 static void month_rollover_at(uint64_t now, uint64_t next) {
-        struct kb_team t = team_def("m");
+        struct kb_team t = kbt_team("m");
         t.budget_microusd_per_month = 1000;
         t.budget_microusd_per_day = 5000;
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_reservation *r = NULL;
         struct kb_quota_denial d;
 
@@ -394,7 +370,7 @@ static void month_rollover_at(uint64_t now, uint64_t next) {
         assert_true(d.first_in_window);
         assert_int_equal(kb_quota_reserve(q, "m", next - 1, 0, 1, &r, &d), -EDQUOT);
         assert_false(d.first_in_window);
-        assert_int_equal(win(q, "m", next - 1, KB_QUOTA_BUDGET_PER_MONTH).reset_usec, next);
+        assert_int_equal(kbt_window(q, "m", next - 1, KB_QUOTA_BUDGET_PER_MONTH).reset_usec, next);
         assert_int_equal(kb_quota_reserve(q, "m", next, 0, 1000, &r, NULL), 0);
         kb_quota_settle(r, next, 0, 1);
         struct kb_quota_view v;
@@ -412,10 +388,10 @@ static void test_month_rollover(void **state) {
 }
 
 static void test_denial_order(void **state) {
-        struct kb_team t = team_def("a");
+        struct kb_team t = kbt_team("a");
         t.requests_per_minute = 1;
         t.budget_microusd_per_month = 10;
-        struct kb_quota *q = quota_one(t);
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_reservation *r = NULL;
         struct kb_quota_denial d;
 
@@ -434,10 +410,10 @@ static void test_denial_order(void **state) {
 /* tokens_per_minute stops a stream too: settled minute usage plus every
  * reservation in flight; requests_per_minute (counted at admission) cannot. */
 static void test_hard_stop_minute(void **state) {
-        struct kb_team teams[1] = { team_def("a") };
+        struct kb_team teams[1] = { kbt_team("a") };
         teams[0].tokens_per_minute = 500;
         teams[0].requests_per_minute = 2;
-        struct kb_quota *q = quota_with(teams, 1);
+        struct kb_quota *q = kbt_quota(teams, 1);
         struct kb_reservation *r = NULL, *r2 = NULL;
         struct kb_quota_denial d = {};
         uint64_t tok;
@@ -465,12 +441,12 @@ static void test_hard_stop_minute(void **state) {
 }
 
 static void test_hard_stop(void **state) {
-        struct kb_team teams[2] = { team_def("a"), team_def("free") };
+        struct kb_team teams[2] = { kbt_team("a"), kbt_team("free") };
         teams[0].tokens_per_day = 1000;
         teams[0].budget_microusd_per_day = 10000;
         teams[0].budget_microusd_per_month = 8000;
         teams[0].tokens_per_minute = 5000; /* above the day's: not the one that stops here */
-        struct kb_quota *q = quota_with(teams, 2);
+        struct kb_quota *q = kbt_quota(teams, 2);
         struct kb_reservation *r = NULL, *other = NULL;
         struct kb_quota_denial d;
         uint64_t tok;
@@ -517,8 +493,8 @@ static void test_hard_stop(void **state) {
 
         /* settle with what was delivered */
         kb_quota_settle(r, T0 + S(2), 1000, 8000);
-        assert_int_equal(win(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_DAY).used, 1000);
-        assert_int_equal(win(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_DAY).reserved, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_DAY).used, 1000);
+        assert_int_equal(kbt_window(q, "a", T0 + S(2), KB_QUOTA_TOKENS_PER_DAY).reserved, 0);
 
         /* a team without such limits has unlimited headroom */
         assert_int_equal(kb_quota_reserve(q, "free", T0, 5, 5, &r, NULL), 0);
@@ -527,16 +503,16 @@ static void test_hard_stop(void **state) {
         assert_true(cost == INT64_MAX);
         assert_int_equal(kb_quota_grow(r, T0, UINT64_MAX, INT64_MAX, NULL), 0);
         kb_quota_settle(r, T0, UINT64_MAX, INT64_MAX); /* saturates, no wrap */
-        assert_true(win(q, "free", T0, KB_QUOTA_TOKENS_PER_DAY).used == UINT64_MAX);
-        assert_true(win(q, "free", T0, KB_QUOTA_TOKENS_PER_DAY).remaining == UINT64_MAX);
+        assert_true(kbt_window(q, "free", T0, KB_QUOTA_TOKENS_PER_DAY).used == UINT64_MAX);
+        assert_true(kbt_window(q, "free", T0, KB_QUOTA_TOKENS_PER_DAY).remaining == UINT64_MAX);
         kb_quota_free(q);
 }
 
 static void test_reconfigure(void **state) {
-        struct kb_team v1[2] = { team_def("a"), team_def("b") };
+        struct kb_team v1[2] = { kbt_team("a"), kbt_team("b") };
         v1[0].tokens_per_day = 100;
         v1[1].max_concurrent = 1;
-        struct kb_quota *q = quota_with(v1, 2);
+        struct kb_quota *q = kbt_quota(v1, 2);
         struct kb_reservation *ra = NULL, *rb = NULL, *r = NULL;
 
         assert_int_equal(kb_quota_reserve(q, "a", T0, 50, 0, &ra, NULL), 0);
@@ -545,18 +521,18 @@ static void test_reconfigure(void **state) {
         kb_quota_settle(r, T0, 30, 0);
 
         /* duplicate names: refused, nothing changed */
-        struct kb_team dup[2] = { team_def("a"), team_def("a") };
+        struct kb_team dup[2] = { kbt_team("a"), kbt_team("a") };
         struct kb_config cd = { .teams = dup, .n_teams = 2 };
         assert_int_equal(kb_quota_configure(q, &cd), -EINVAL);
-        assert_int_equal(win(q, "a", T0, KB_QUOTA_TOKENS_PER_DAY).limit, 100);
-        struct kb_team unnamed = team_def(NULL);
+        assert_int_equal(kbt_window(q, "a", T0, KB_QUOTA_TOKENS_PER_DAY).limit, 100);
+        struct kb_team unnamed = kbt_team(NULL);
         struct kb_config cu = { .teams = &unnamed, .n_teams = 1 };
         assert_int_equal(kb_quota_configure(q, &cu), -EINVAL);
         struct kb_config cn = { .teams = NULL, .n_teams = 1 };
         assert_int_equal(kb_quota_configure(q, &cn), -EINVAL);
         assert_int_equal(kb_quota_configure(q, NULL), -EINVAL);
 
-        struct kb_team v2[2] = { team_def("c"), team_def("a") };
+        struct kb_team v2[2] = { kbt_team("c"), kbt_team("a") };
         v2[1].tokens_per_day = 200;
         struct kb_config c2 = { .teams = v2, .n_teams = 2 };
         assert_int_equal(kb_quota_configure(q, &c2), 0);
@@ -578,14 +554,14 @@ static void test_reconfigure(void **state) {
         assert_string_equal(kb_reservation_team(rb), "b");
         kb_quota_settle(rb, T0 + 1, 10, 10);
         kb_quota_settle(ra, T0 + 1, 70, 0);
-        assert_int_equal(win(q, "a", T0 + 1, KB_QUOTA_TOKENS_PER_DAY).used, 100);
-        assert_int_equal(win(q, "a", T0 + 1, KB_QUOTA_TOKENS_PER_DAY).reserved, 0);
+        assert_int_equal(kbt_window(q, "a", T0 + 1, KB_QUOTA_TOKENS_PER_DAY).used, 100);
+        assert_int_equal(kbt_window(q, "a", T0 + 1, KB_QUOTA_TOKENS_PER_DAY).reserved, 0);
 
         /* b comes back: a fresh counter */
-        struct kb_team v3[1] = { team_def("b") };
+        struct kb_team v3[1] = { kbt_team("b") };
         struct kb_config c3 = { .teams = v3, .n_teams = 1 };
         assert_int_equal(kb_quota_configure(q, &c3), 0);
-        assert_int_equal(win(q, "b", T0 + 1, KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
+        assert_int_equal(kbt_window(q, "b", T0 + 1, KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
         assert_int_equal(kb_quota_view(q, "a", T0, &v), -ENOENT);
 
         /* an empty configuration, and a reservation outliving the quota */
@@ -600,7 +576,8 @@ static void test_reconfigure(void **state) {
 }
 
 static void test_bad_input(void **state) {
-        struct kb_quota *q = quota_one(team_def("a"));
+        struct kb_team t = kbt_team("a");
+        struct kb_quota *q = kbt_quota(&t, 1);
         struct kb_reservation *r = NULL;
         struct kb_quota_view v;
 
@@ -632,8 +609,8 @@ static void test_bad_input(void **state) {
         /* absurd times are clamped (end of year 9999), not wrapped */
         assert_int_equal(kb_quota_reserve(q, "a", UINT64_MAX, 1, 1, &r, NULL), 0);
         kb_quota_settle(r, UINT64_MAX, 1, 1);
-        assert_int_equal(win(q, "a", UINT64_MAX, KB_QUOTA_TOKENS_PER_DAY).used, 1);
-        assert_true(win(q, "a", UINT64_MAX, KB_QUOTA_TOKENS_PER_DAY).reset_usec > S(253402300799));
+        assert_int_equal(kbt_window(q, "a", UINT64_MAX, KB_QUOTA_TOKENS_PER_DAY).used, 1);
+        assert_true(kbt_window(q, "a", UINT64_MAX, KB_QUOTA_TOKENS_PER_DAY).reset_usec > S(253402300799));
         assert_true(kb_quota_next_month_usec(UINT64_MAX) > S(253402300799));
         assert_true(kb_quota_next_day_usec(UINT64_MAX) > S(253402300799));
         assert_int_equal(kb_quota_account(q, "a", UINT64_MAX, 1, 1), 0);
@@ -642,13 +619,13 @@ static void test_bad_input(void **state) {
 
 /* replay through account() ends where live accounting ended */
 static void test_account_equals_live(void **state) {
-        struct kb_team teams[1] = { team_def("a") };
+        struct kb_team teams[1] = { kbt_team("a") };
         teams[0].requests_per_minute = 1000;
         teams[0].tokens_per_minute = 100000;
         teams[0].tokens_per_day = 1000000;
         teams[0].budget_microusd_per_day = 1000000;
         teams[0].budget_microusd_per_month = 10000000;
-        struct kb_quota *live = quota_with(teams, 1), *replay = quota_with(teams, 1);
+        struct kb_quota *live = kbt_quota(teams, 1), *replay = kbt_quota(teams, 1);
         uint64_t t = MAY15 - S(100);
         unsigned seed = 7;
 
@@ -675,20 +652,20 @@ static void test_account_equals_live(void **state) {
         }
 
         /* a replayed record of an earlier day than the counters is stale */
-        struct kb_quota_window before = win(replay, "a", t, KB_QUOTA_TOKENS_PER_DAY);
+        struct kb_quota_window before = kbt_window(replay, "a", t, KB_QUOTA_TOKENS_PER_DAY);
         assert_int_equal(kb_quota_account(replay, "a", MAY14_LATE, 5, 5), 0);
-        assert_int_equal(win(replay, "a", t, KB_QUOTA_TOKENS_PER_DAY).used, before.used);
+        assert_int_equal(kbt_window(replay, "a", t, KB_QUOTA_TOKENS_PER_DAY).used, before.used);
 
         /* records slightly out of order still count; a much older one never
          * displaces newer usage sharing its ring slot */
         kb_quota_free(replay);
-        replay = quota_with(teams, 1);
+        replay = kbt_quota(teams, 1);
         assert_int_equal(kb_quota_account(replay, "a", T0 + S(100), 1, 0), 0);
         assert_int_equal(kb_quota_account(replay, "a", T0 + S(90), 2, 0), 0);
         assert_int_equal(kb_quota_account(replay, "a", T0 + S(39), 4, 0), 0);
-        assert_int_equal(win(replay, "a", T0 + S(100), KB_QUOTA_REQUESTS_PER_MINUTE).used, 2);
-        assert_int_equal(win(replay, "a", T0 + S(100), KB_QUOTA_TOKENS_PER_MINUTE).used, 3);
-        assert_int_equal(win(replay, "a", T0 + S(100), KB_QUOTA_TOKENS_PER_DAY).used, 7);
+        assert_int_equal(kbt_window(replay, "a", T0 + S(100), KB_QUOTA_REQUESTS_PER_MINUTE).used, 2);
+        assert_int_equal(kbt_window(replay, "a", T0 + S(100), KB_QUOTA_TOKENS_PER_MINUTE).used, 3);
+        assert_int_equal(kbt_window(replay, "a", T0 + S(100), KB_QUOTA_TOKENS_PER_DAY).used, 7);
         kb_quota_free(live);
         kb_quota_free(replay);
 }

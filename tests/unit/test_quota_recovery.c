@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "helper.h"
 #include "quota-recovery.h"
 #include "usage.h"
 #include "util.h"
@@ -298,20 +299,16 @@ static void test_quota_tokens(void **state) {
 static char dir[64], path[128];
 
 static int setup_dir(void **state) {
-        strcpy(dir, "/tmp/test_quota_recovery.XXXXXX");
-        if (!mkdtemp(dir))
-                return -1;
+        kbt_mkdtemp(dir, sizeof(dir), "quota-recovery");
         snprintf(path, sizeof(path), "%s/" KB_QUOTA_SNAPSHOT_NAME, dir);
         return 0;
 }
 
+/* only the snapshot and its temporary file: one more fails the group */
 static int remove_dir(void **state) {
-        char p[160];
+        static const char *const names[] = { KB_QUOTA_SNAPSHOT_NAME, KB_QUOTA_SNAPSHOT_NAME ".tmp", NULL };
 
-        (void) unlink(path);
-        snprintf(p, sizeof(p), "%s.tmp", path);
-        (void) unlink(p);
-        return rmdir(dir) < 0 ? -1 : 0;
+        return kbt_rmdir_files(dir, names) < 0 ? -1 : 0;
 }
 
 static unsigned send_delay_msec;
@@ -326,26 +323,9 @@ static int test_sender(const struct iovec *iov, int n, void *userdata) {
         return send_result;
 }
 
-static void submit_one(struct kb_journal *j) {
-        struct kb_record *rec = kb_record_new();
-
-        assert_non_null(rec);
-        assert_int_equal(kb_record_add(rec, "MESSAGE", "x"), 0);
-        assert_int_equal(kb_journal_submit(j, rec), 0);
-}
-
-static struct kb_quota *one_team(void) {
-        struct kb_team t = { .name = (char *) "ops", .unpriced = -1 };
-        struct kb_config c = { .teams = &t, .n_teams = 1 };
-        struct kb_quota *q = NULL;
-
-        assert_int_equal(kb_quota_new(&q), 0);
-        assert_int_equal(kb_quota_configure(q, &c), 0);
-        return q;
-}
-
 static void test_snapshot_round(void **state) {
-        _cleanup_quota_ struct kb_quota *q = one_team(), *back = one_team();
+        struct kb_team ops = kbt_team("ops");
+        _cleanup_quota_ struct kb_quota *q = kbt_quota(&ops, 1), *back = kbt_quota(&ops, 1);
         struct kb_journal *j = NULL;
         struct kb_quota_view v;
         struct kb_quota_mark m;
@@ -360,7 +340,7 @@ static void test_snapshot_round(void **state) {
         /* The writer is stuck on a record: no snapshot, nothing written. */
         send_delay_msec = 400;
         send_result = 0;
-        submit_one(j);
+        assert_int_equal(kb_journal_submit(j, kbt_record("x")), 0);
         assert_int_equal(kb_quota_snapshot(q, j, NULL, path, 5, 50 * USEC_PER_MSEC, &dropped), -ETIMEDOUT);
         assert_int_equal(stat(path, &st), -1);
         /* Once it caught up, the round saves. */
@@ -385,7 +365,7 @@ static void test_snapshot_round(void **state) {
         /* A record the writer gave up on: this round is skipped, the next saves. */
         send_delay_msec = 0;
         send_result = -EIO;
-        submit_one(j);
+        assert_int_equal(kb_journal_submit(j, kbt_record("x")), 0);
         assert_int_equal(kb_quota_snapshot(q, j, NULL, path, 9, 2 * USEC_PER_SEC, &dropped), -EBADMSG);
         assert_int_equal(dropped, 1);
         assert_int_equal(kb_quota_load(back, path, &cursor), 0);

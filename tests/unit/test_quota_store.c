@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 
+#include "helper.h"
 #include "quota.h"
 #include "util.h"
 
@@ -16,66 +17,32 @@
 /* 2023-11-14T22:13:20Z, a whole second */
 #define T0 S(1700000000)
 
-static struct kb_team team_def(const char *name) {
-        return (struct kb_team) { .name = (char *) name, .unpriced = -1 };
-}
-
-/* A quota configured with the given teams. */
-static struct kb_quota *quota_with(struct kb_team *teams, size_t n) {
-        struct kb_config c = { .teams = teams, .n_teams = n };
-        struct kb_quota *q = NULL;
-
-        assert_int_equal(kb_quota_new(&q), 0);
-        assert_int_equal(kb_quota_configure(q, &c), 0);
-        return q;
-}
-
-static struct kb_quota_window win(struct kb_quota *q, const char *team, uint64_t now, kb_quota_limit l) {
-        struct kb_quota_view v;
-
-        assert_int_equal(kb_quota_view(q, team, now, &v), 0);
-        return v.windows[l];
-}
-
 static char dir[64];
 
+/* only the files the tests make: one more fails the group */
 static int remove_tmpdir(void **state) {
         static const char *const names[] = { "quota.json", "quota.json.tmp", "none.json", "good.json",
-                                             "good.json.tmp", "bad.json" };
-        char p[128];
+                                             "good.json.tmp", "bad.json", NULL };
 
         if (!dir[0])
                 return 0;
-        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
-                snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
-                (void) unlink(p);
-        }
-        return rmdir(dir) < 0 ? -1 : 0;
+        return kbt_rmdir_files(dir, names) < 0 ? -1 : 0;
 }
 
 static char *tmpdir_path(const char *name) {
         char *p = NULL;
 
-        if (!dir[0]) {
-                strcpy(dir, "/tmp/test_quota.XXXXXX");
-                assert_non_null(mkdtemp(dir));
-        }
+        if (!dir[0])
+                kbt_mkdtemp(dir, sizeof(dir), "quota-store");
         assert_true(asprintf(&p, "%s/%s", dir, name) > 0);
         return p;
 }
 
-static void write_text(const char *path, const char *text) {
-        FILE *f = fopen(path, "we");
-        assert_non_null(f);
-        assert_true(fputs(text, f) >= 0);
-        assert_int_equal(fclose(f), 0);
-}
-
 static void test_save_load(void **state) {
-        struct kb_team teams[3] = { team_def("a"), team_def("b"), team_def("gone") };
+        struct kb_team teams[3] = { kbt_team("a"), kbt_team("b"), kbt_team("gone") };
         teams[0].requests_per_minute = 100;
         teams[0].tokens_per_day = 10000;
-        struct kb_quota *q = quota_with(teams, 3), *q2 = NULL;
+        struct kb_quota *q = kbt_quota(teams, 3), *q2 = NULL;
         struct kb_reservation *r = NULL, *open = NULL;
         _cleanup_free_ char *path = tmpdir_path("quota.json"), *missing = tmpdir_path("none.json");
         char *cursor = (char *) "x";
@@ -95,7 +62,7 @@ static void test_save_load(void **state) {
         assert_int_equal(st.st_mode & 07777, 0600);
 
         /* restart: a config without "gone" */
-        q2 = quota_with(teams, 2);
+        q2 = kbt_quota(teams, 2);
         assert_int_equal(kb_quota_load(q2, path, &cursor), 0);
         assert_string_equal(cursor, "s=abc;i=1");
         free(cursor);
@@ -120,7 +87,7 @@ static void test_save_load(void **state) {
         assert_int_equal(kb_quota_view(q, "b", T0 + S(10), &b), 0);
         assert_memory_equal(&a, &b, sizeof(a));
         /* minute buckets expire after load as they would have */
-        assert_int_equal(win(q2, "a", T0 + S(65), KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
+        assert_int_equal(kbt_window(q2, "a", T0 + S(65), KB_QUOTA_REQUESTS_PER_MINUTE).used, 0);
         /* the next day the day counters are stale; the month still counts */
         assert_int_equal(kb_quota_view(q2, "a", T0 + S(86400), &a), 0);
         assert_int_equal(a.windows[KB_QUOTA_TOKENS_PER_DAY].used, 0);
@@ -149,7 +116,7 @@ static void test_save_load(void **state) {
         {
                 _cleanup_free_ char *tmp = NULL;
                 assert_true(asprintf(&tmp, "%s.tmp", path) > 0);
-                write_text(tmp, "junk");
+                kbt_write_text(tmp, "junk");
                 assert_int_equal(chmod(tmp, 0644), 0);
                 assert_int_equal(kb_quota_save(q2, path, "c2"), 0);
                 assert_int_equal(stat(path, &st), 0);
@@ -167,8 +134,8 @@ static void test_save_load(void **state) {
 }
 
 static void test_load_corrupt(void **state) {
-        struct kb_team teams[1] = { team_def("a") };
-        struct kb_quota *q = quota_with(teams, 1);
+        struct kb_team teams[1] = { kbt_team("a") };
+        struct kb_quota *q = kbt_quota(teams, 1);
         struct kb_reservation *r = NULL;
         _cleanup_free_ char *good = tmpdir_path("good.json"), *bad = tmpdir_path("bad.json");
         _cleanup_free_ char *text = NULL;
@@ -178,25 +145,19 @@ static void test_load_corrupt(void **state) {
         assert_int_equal(kb_quota_reserve(q, "a", T0, 0, 0, &r, NULL), 0);
         kb_quota_settle(r, T0, 42, 43);
         assert_int_equal(kb_quota_save(q, good, "cur"), 0);
-        {
-                FILE *f = fopen(good, "re");
-                assert_non_null(f);
-                text = calloc(1, 65536);
-                len = fread(text, 1, 65535, f);
-                fclose(f);
-                assert_true(len > 20);
-        }
+        text = kbt_read_file(good, &len);
+        assert_true(len > 20);
 
         /* state in the quota that a failed load must leave alone */
         kb_quota_free(q);
-        q = quota_with(teams, 1);
+        q = kbt_quota(teams, 1);
         assert_int_equal(kb_quota_account(q, "a", T0 + S(1), 7, 8), 0);
 
         /* every truncation of a good file is rejected */
         for (size_t cut = 0; cut < len - 1; cut++) {
                 char saved = text[cut];
                 text[cut] = 0;
-                write_text(bad, text);
+                kbt_write_text(bad, text);
                 text[cut] = saved;
                 cursor = (char *) "untouched";
                 assert_int_equal(kb_quota_load(q, bad, &cursor), -EINVAL);
@@ -237,21 +198,21 @@ static void test_load_corrupt(void **state) {
                 "{\"version\":1,\"cursor\":\"a\\u0000b\",\"teams\":{}}",
         };
         for (size_t i = 0; i < ELEMENTSOF(corrupt); i++) {
-                write_text(bad, corrupt[i]);
+                kbt_write_text(bad, corrupt[i]);
                 cursor = (char *) "untouched";
                 assert_int_equal(kb_quota_load(q, bad, &cursor), -EINVAL);
                 assert_string_equal(cursor, "untouched");
         }
         /* nothing of the bad files was applied */
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_DAY).used, 7);
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_REQUESTS_PER_MINUTE).used, 1);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_DAY).used, 7);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_REQUESTS_PER_MINUTE).used, 1);
 
         /* the good one still loads, and replaces the counters */
         assert_int_equal(kb_quota_load(q, good, &cursor), 0);
         assert_string_equal(cursor, "cur");
         free(cursor);
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_DAY).used, 42);
-        assert_int_equal(win(q, "a", T0 + S(1), KB_QUOTA_BUDGET_PER_DAY).used, 43);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_TOKENS_PER_DAY).used, 42);
+        assert_int_equal(kbt_window(q, "a", T0 + S(1), KB_QUOTA_BUDGET_PER_DAY).used, 43);
 
         /* a cursor of the maximum length round-trips, an oversized file does not load */
         _cleanup_free_ char *maxc = malloc(KB_QUOTA_CURSOR_MAX + 1);

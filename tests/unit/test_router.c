@@ -10,6 +10,7 @@
 
 #include "broker.h"
 #include "config.h"
+#include "helper.h"
 #include "router.h"
 #include "routing.h"
 #include "util.h"
@@ -78,9 +79,8 @@ static void on_event(void *userdata, const struct kb_route_event *ev) {
 
 static int setup(void **state) {
         struct fixture *f = calloc(1, sizeof(*f));
-        char *err = NULL;
         assert_non_null(f);
-        assert_int_equal(kb_config_load_string("t.conf", base_config, false, &f->c, &err), 0);
+        f->c = kbt_config("t.conf", base_config);
         assert_int_equal(kb_router_new(&f->r), 0);
         assert_int_equal(kb_router_configure(f->r, f->c, 0), 0);
         kb_router_set_event_handler(f->r, on_event, f);
@@ -364,13 +364,6 @@ static void test_plan_weights(void **state) {
         assert_int_equal(a, 900);
 }
 
-static char *tmp_dir(void) {
-        char *d = strdup("/tmp/kb-test-router-XXXXXX");
-        assert_non_null(d);
-        assert_non_null(mkdtemp(d));
-        return d;
-}
-
 static void test_split(void **state) {
         struct fixture *f = *state;
         const struct kb_model *m = kb_config_find_model(f->c, "m");
@@ -412,8 +405,9 @@ static void test_split(void **state) {
         assert_string_equal(w2, "a/x=1,a/y=5");
 
         /* persisted, and back after a restart */
-        _cleanup_free_ char *dir = tmp_dir();
+        char dir[64];
         _cleanup_free_ char *path = NULL;
+        kbt_mkdtemp(dir, sizeof(dir), "router");
         assert_true(asprintf(&path, "%s/splits.json", dir) > 0);
         assert_int_equal(kb_router_load_splits(f->r, path), 0); /* missing: fine */
         assert_int_equal(kb_router_save_splits(f->r, path), 0);
@@ -434,13 +428,9 @@ static void test_split(void **state) {
         struct kb_split_entry back2[] = { { "a/y", 1 } };
         assert_int_equal(kb_router_set_split(r2, tw, back2, 1, 0, NULL), 0);
         assert_int_equal(kb_router_save_splits(r2, path), 0);
-        _cleanup_free_ char *text = NULL;
-        {
-                _cleanup_fclose_ FILE *fp = fopen(path, "re");
-                size_t sz = 0;
-                assert_non_null(fp);
-                assert_true(getdelim(&text, &sz, 0, fp) > 0);
-        }
+        size_t len;
+        _cleanup_free_ char *text = kbt_read_file(path, &len);
+        assert_true(len > 0);
         assert_null(strstr(text, "\"model\""));
         struct kb_router *r3 = NULL;
         assert_int_equal(kb_router_new(&r3), 0);
@@ -455,27 +445,17 @@ static void test_split(void **state) {
                 "{\"model\":\"m\",\"route\":\"a\"}]}",
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                _cleanup_fclose_ FILE *fp = fopen(path, "we");
-                assert_non_null(fp);
-                fputs(bad[i], fp);
-                fclose(TAKE_PTR(fp));
+                kbt_write_text(path, bad[i]);
                 assert_int_equal(kb_router_load_splits(r3, path), -EBADMSG);
                 assert_int_equal(kb_router_weight(r3, m, &m->targets[1], NULL), 10);
         }
         /* entries for targets no longer configured are ignored */
-        {
-                _cleanup_fclose_ FILE *fp = fopen(path, "we");
-                fputs("{\"version\":1,\"splits\":[{\"model\":\"gone\",\"route\":\"b\",\"upstream_model\":\"x\",\"weight\":5}]}",
-                      fp);
-        }
+        kbt_write_text(path, "{\"version\":1,\"splits\":[{\"model\":\"gone\",\"route\":\"b\",\"upstream_model\":\"x\","
+                             "\"weight\":5}]}");
         assert_int_equal(kb_router_load_splits(r3, path), 0);
         kb_router_free(r2);
         kb_router_free(r3);
-        (void) unlink(path);
-        _cleanup_free_ char *tmp = NULL;
-        assert_true(asprintf(&tmp, "%s.tmp", path) > 0);
-        (void) unlink(tmp);
-        assert_int_equal(rmdir(dir), 0);
+        assert_int_equal(kbt_rmdir_files(dir, (const char *const[]) { "splits.json", "splits.json.tmp", NULL }), 0);
 }
 
 static void test_reconfigure(void **state) {
@@ -493,9 +473,7 @@ static void test_reconfigure(void **state) {
                 "[route:a]\nfamily = openai\nbase_url = http://127.0.0.1:1/v1\nbreaker_cooldown = 5s\n"
                 "[route:b]\nfamily = openai\nbase_url = http://127.0.0.1:2/v1\n"
                 "[model:m]\ntarget = a up-a weight=90\ntarget = b up-b weight=10\n";
-        struct kb_config *c2 = NULL;
-        char *err = NULL;
-        assert_int_equal(kb_config_load_string("t2.conf", next, false, &c2, &err), 0);
+        struct kb_config *c2 = kbt_config("t2.conf", next);
         assert_int_equal(kb_router_configure(f->r, c2, 2 * S), 0);
         const struct kb_model *m2 = kb_config_find_model(c2, "m");
         assert_int_equal(circuit(f->r, "a", 2 * S), KB_CIRCUIT_OPEN);

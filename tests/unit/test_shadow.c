@@ -6,10 +6,10 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "helper.h"
 #include "shadow.h"
 #include "util.h"
 
@@ -122,7 +122,7 @@ static void test_status_class(void **state) {
 static void test_budget(void **state) {
         struct kb_shadow_budget *b = NULL, *c = NULL;
         uint64_t now = 20000 * DAY + 3600 * USEC_PER_SEC;
-        char dir[] = "/tmp/kb-test-shadow-XXXXXX", path[64];
+        char dir[64], path[96];
 
         assert_int_equal(kb_shadow_budget_new(&b), 0);
         assert_int_equal(kb_shadow_budget_spent(b, "m", now), 0);
@@ -139,7 +139,7 @@ static void test_budget(void **state) {
         /* the next UTC day starts from 0 */
         assert_int_equal(kb_shadow_budget_spent(b, "m", now + DAY), 0);
 
-        assert_non_null(mkdtemp(dir));
+        kbt_mkdtemp(dir, sizeof(dir), "shadow");
         snprintf(path, sizeof(path), "%s/shadow.json", dir);
         assert_int_equal(kb_shadow_budget_save(b, path), 0);
         assert_false(kb_shadow_budget_dirty(b));
@@ -164,10 +164,7 @@ static void test_budget(void **state) {
                 "not json",
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                int fd = open(path, O_WRONLY | O_TRUNC | O_CREAT, 0600);
-                assert_true(fd >= 0);
-                assert_int_equal(kb_write_all(fd, bad[i], strlen(bad[i])), 0);
-                close(fd);
+                kbt_write_text(path, bad[i]);
                 assert_int_equal(kb_shadow_budget_new(&c), 0);
                 assert_int_equal(kb_shadow_budget_load(c, path, now), -EBADMSG);
                 c = kb_shadow_budget_free(c);
@@ -176,7 +173,7 @@ static void test_budget(void **state) {
         assert_int_equal(kb_shadow_budget_new(&c), 0);
         assert_int_equal(kb_shadow_budget_load(c, path, now), 0); /* missing: empty */
         c = kb_shadow_budget_free(c);
-        rmdir(dir);
+        (void) kbt_rm_rf(dir);
         kb_shadow_budget_free(b);
 }
 

@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "helper.h"
 #include "journal.h"
 #include "spool.h"
 #include "util.h"
@@ -23,34 +24,12 @@
 static char tmp[256];
 
 static int setup(void **state) {
-        snprintf(tmp, sizeof(tmp), "/tmp/kb-test-spool-XXXXXX");
-        if (!mkdtemp(tmp))
-                return -1;
+        kbt_mkdtemp(tmp, sizeof(tmp), "spool");
         return 0;
 }
 
-static void rm_rf(const char *dir) {
-        DIR *d = opendir(dir);
-        struct dirent *de;
-
-        if (!d)
-                return;
-        while ((de = readdir(d))) {
-                char p[512];
-                if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-                        continue;
-                snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-                if (de->d_type == DT_DIR)
-                        rm_rf(p);
-                else
-                        unlink(p);
-        }
-        closedir(d);
-        rmdir(dir);
-}
-
 static int teardown(void **state) {
-        rm_rf(tmp);
+        (void) kbt_rm_rf(tmp);
         return 0;
 }
 
@@ -493,13 +472,6 @@ static int cap_send(const struct iovec *iov, int n, void *userdata) {
         return rc;
 }
 
-static struct kb_record *rec_n(unsigned i) {
-        struct kb_record *r = kb_record_new();
-        assert_non_null(r);
-        assert_int_equal(kb_record_addf(r, "MESSAGE", "m%u", i), 0);
-        return r;
-}
-
 /* Wait (up to 20 s) until the sender holds n records. */
 static void wait_cap(unsigned n) {
         for (int i = 0; i < 20000 && cap_n() < n; i++)
@@ -537,14 +509,14 @@ static void test_journal_away_and_back(void **state) {
         assert_int_equal(kb_journal_set_spool_dir(j, ""), -EINVAL);
 
         for (unsigned i = 0; i < 10; i++)
-                assert_int_equal(kb_journal_submit(j, rec_n(i)), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("m%u", i)), 0);
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         expect_cap_in_order(10);
 
         /* journald goes away: everything goes to the spool, none lost. */
         cap_refuse(true);
         for (unsigned i = 10; i < 500; i++)
-                assert_int_equal(kb_journal_submit(j, rec_n(i)), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("m%u", i)), 0);
         /* flush returns once it is all spooled, journald being away */
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         assert_int_equal(kb_journal_n_spool_pending(j), 490);
@@ -556,7 +528,7 @@ static void test_journal_away_and_back(void **state) {
         /* Back: spooled records first, then newer ones, each once. */
         cap_refuse(false);
         for (unsigned i = 500; i < 600; i++)
-                assert_int_equal(kb_journal_submit(j, rec_n(i)), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("m%u", i)), 0);
         wait_cap(600);
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         expect_cap_in_order(600);
@@ -576,18 +548,16 @@ static void test_journal_restart(void **state) {
         cap_refuse(true);
         j = journal_with_spool(64);
         for (unsigned i = 0; i < 40; i++)
-                assert_int_equal(kb_journal_submit(j, rec_n(i)), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("m%u", i)), 0);
         /* Stopping with journald away: what is queued is spooled. */
         kb_journal_free(j, 100 * USEC_PER_MSEC);
         assert_int_equal(cap_n(), 0);
 
         /* The next start sends it first, before anything new. */
         cap_refuse(false);
-        assert_int_equal(kb_journal_new(64, &j), 0);
-        kb_journal_set_sender(j, cap_send, NULL);
-        assert_int_equal(kb_journal_set_spool_dir(j, tmp), 0);
+        j = journal_with_spool(64);
         for (unsigned i = 40; i < 50; i++)
-                assert_int_equal(kb_journal_submit(j, rec_n(i)), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("m%u", i)), 0);
         wait_cap(50);
         expect_cap_in_order(50);
         kb_journal_free(j, USEC_PER_SEC);
@@ -602,7 +572,7 @@ static void test_journal_refused_record(void **state) {
         cap.refuse_rc = -EMSGSIZE;
         cap_refuse(true);
         j = journal_with_spool(64);
-        assert_int_equal(kb_journal_submit(j, rec_n(0)), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("m0")), 0);
         for (int i = 0; i < 5000 && kb_journal_n_dropped(j) == 0; i++)
                 usleep(1000);
         assert_int_equal(kb_journal_n_dropped(j), 1);
@@ -610,7 +580,7 @@ static void test_journal_refused_record(void **state) {
                 usleep(1000);
         assert_int_equal(kb_journal_n_spool_pending(j), 0);
         cap_refuse(false);
-        assert_int_equal(kb_journal_submit(j, rec_n(1)), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("m1")), 0);
         wait_cap(1);
         assert_string_equal(cap.msgs[0], "m1");
         kb_journal_free(j, USEC_PER_SEC);
@@ -626,7 +596,7 @@ static void test_journal_slow_spills(void **state) {
         cap.delay_usec = 200;
         j = journal_with_spool(256);
         for (unsigned i = 0; i < n; i++) {
-                assert_int_equal(kb_journal_submit(j, rec_n(i)), 0);
+                assert_int_equal(kb_journal_submit(j, kbt_record("m%u", i)), 0);
                 usleep(20);
         }
         assert_int_equal(kb_journal_n_dropped(j), 0);
@@ -649,7 +619,7 @@ static void test_journal_spool_bound(void **state) {
         snprintf(p, sizeof(p), "%s/nope/deeper", tmp);
         assert_int_equal(kb_journal_set_spool_dir(j, p), -ENOENT);
         cap_refuse(true);
-        assert_int_equal(kb_journal_submit(j, rec_n(0)), 0);
+        assert_int_equal(kb_journal_submit(j, kbt_record("m0")), 0);
         kb_journal_flush(j, 10 * USEC_PER_SEC);
         assert_int_equal(kb_journal_n_dropped(j), 1);
         assert_int_equal(kb_journal_n_spooled(j), 0);

@@ -5,9 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,6 +17,7 @@
 
 #include <curl/curl.h>
 
+#include "helper.h"
 #include "upstream.h"
 #include "util.h"
 
@@ -274,17 +273,10 @@ static void *accept_main(void *p) {
 }
 
 static void srv_start(struct srv *s, enum srv_mode mode) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t sl = sizeof(sa);
-
         *s = (struct srv) { .mode = mode };
         pthread_mutex_init(&s->lock, NULL);
-        s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        s->lfd = kbt_tcp_loopback(16, &s->port);
         assert_true(s->lfd >= 0);
-        assert_int_equal(bind(s->lfd, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        assert_int_equal(listen(s->lfd, 16), 0);
-        assert_int_equal(getsockname(s->lfd, (struct sockaddr *) &sa, &sl), 0);
-        s->port = ntohs(sa.sin_port);
         assert_int_equal(pthread_create(&s->accept_thread, NULL, accept_main, s), 0);
 }
 
@@ -463,18 +455,12 @@ static void rec_init(struct rec *r, struct fixture *f) {
 }
 
 static void run_until(sd_event *e, const int *counter, int target, uint64_t max_usec) {
-        uint64_t deadline = kb_now_usec() + max_usec;
-
-        while (*counter < target && kb_now_usec() < deadline)
-                assert_true(sd_event_run(e, 50 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(kbt_run_until(e, *counter >= target, max_usec, 50 * USEC_PER_MSEC), 0);
         assert_true(*counter >= target);
 }
 
 static void run_for(sd_event *e, uint64_t usec) {
-        uint64_t deadline = kb_now_usec() + usec;
-
-        while (kb_now_usec() < deadline)
-                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+        kbt_run_for(e, usec, 10 * USEC_PER_MSEC);
 }
 
 static struct kb_upstream_request simple_get(const char *url) {
@@ -642,17 +628,15 @@ static void test_resume_from_other_call(void **state) {
 
 static void test_connection_refused(void **state) {
         struct fixture *f = *state;
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t sl = sizeof(sa);
         struct kb_upstream_request req;
         struct rec r;
+        uint16_t port;
         int fd;
 
         /* a port bound but never listened on */
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &sl), 0);
-        snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%u/", ntohs(sa.sin_port));
+        fd = kbt_tcp_loopback(-1, &port);
+        assert_true(fd >= 0);
+        snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%u/", port);
 
         req = simple_get(f->url);
         rec_init(&r, f);
@@ -760,8 +744,7 @@ static void test_cancel_other_from_on_data(void **state) {
         assert_int_equal(kb_upstream_start(f->u, &req, &rec_ops, &a, &a.call), 0);
         assert_int_equal(kb_upstream_start(f->u, &req, &rec_ops, &b, &b.call), 0);
         assert_int_equal(kb_upstream_n_calls(f->u), 2);
-        for (uint64_t end = kb_now_usec() + 5 * USEC_PER_SEC; a.n_data + b.n_data == 0 && kb_now_usec() < end;)
-                assert_true(sd_event_run(f->e, 50 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(kbt_run_until(f->e, a.n_data + b.n_data > 0, 5 * USEC_PER_SEC, 50 * USEC_PER_MSEC), 0);
         run_for(f->e, 100 * USEC_PER_MSEC);
 
         /* exactly one got data and cancelled the other */
@@ -778,18 +761,16 @@ static void test_cancel_other_from_on_data(void **state) {
 /* A fallback started from on_done, and a call started from inside on_data. */
 static void test_start_from_callbacks(void **state) {
         struct fixture *f = *state;
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t sl = sizeof(sa);
         char dead[64];
         struct kb_upstream_request req_dead, req_ok;
         struct rec a, b, c;
+        uint16_t port;
         int fd;
 
         fixture_srv(f, M_JSON);
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &sl), 0);
-        snprintf(dead, sizeof(dead), "http://127.0.0.1:%u/", ntohs(sa.sin_port));
+        fd = kbt_tcp_loopback(-1, &port);
+        assert_true(fd >= 0);
+        snprintf(dead, sizeof(dead), "http://127.0.0.1:%u/", port);
         req_dead = simple_get(dead);
         req_ok = simple_get(f->url);
 
