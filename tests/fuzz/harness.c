@@ -15,6 +15,8 @@
 
 #include <llhttp.h>
 
+#include "api.h"
+#include "routing.h"
 #include "admin.h"
 #include "harness.h"
 #include "keystore.h"
