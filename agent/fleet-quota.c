@@ -55,8 +55,15 @@ struct kb_fleet {
         char epoch[40];                 /* "" until the store said */
         bool hello_pending;
 
-        TAILQ_HEAD(, settle) queue;
+        TAILQ_HEAD(settle_queue, settle) queue;
         size_t n_queue;
+        /* Sends follow queue order. Everything up to sent_upto is on its way
+         * (NULL: look from the head), and at most KB_FLEET_IN_FLIGHT are: a
+         * queue of 262,144 (a long outage, a backfill from the journal) is
+         * neither walked per settle nor pushed into hiredis's buffers at once. */
+        struct settle *sent_upto;
+        size_t n_in_flight;
+        bool backfilling;
         LIST_HEAD(, kb_fleet_hold) waiting;
 
         uint64_t dropped, pushes;
@@ -128,6 +135,8 @@ static void settle_free(struct settle *s) {
 }
 
 static void queue_drop(struct kb_fleet *f, struct settle *s) {
+        if (f->sent_upto == s)
+                f->sent_upto = TAILQ_PREV(s, settle_queue, link);
         TAILQ_REMOVE(&f->queue, s, link);
         f->n_queue--;
         settle_free(s);
@@ -139,15 +148,22 @@ static void on_settled(void *userdata, const redisReply *reply) {
         struct settle *s = userdata;
         struct kb_fleet *f = s->fleet;
 
-        s->sent = false;
-        if (!reply)
+        if (s->sent) {
+                s->sent = false;
+                f->n_in_flight--;
+        }
+        if (!reply) {
+                f->sent_upto = NULL;
                 return; /* offline: sent again when the store is back */
+        }
         if (elem_int(reply, 0) == -1) {
+                f->sent_upto = NULL;
                 if (f->epoch[0])
                         epoch_changed(f);
                 return;
         }
         queue_drop(f, s);
+        send_settles(f);
 }
 
 static int send_settle(struct kb_fleet *f, struct settle *s) {
@@ -179,14 +195,17 @@ static int send_settle(struct kb_fleet *f, struct settle *s) {
 static void send_settles(struct kb_fleet *f) {
         struct settle *s;
 
-        if (!kb_fleet_ready(f))
+        if (!kb_fleet_ready(f) || f->backfilling)
                 return;
-        TAILQ_FOREACH(s, &f->queue, link) {
-                if (s->sent)
-                        continue;
-                if (send_settle(f, s) < 0)
-                        return;
-                s->sent = true;
+        for (s = f->sent_upto ? TAILQ_NEXT(f->sent_upto, link) : TAILQ_FIRST(&f->queue); s;
+             s = TAILQ_NEXT(s, link)) {
+                if (!s->sent) {
+                        if (f->n_in_flight >= KB_FLEET_IN_FLIGHT || send_settle(f, s) < 0)
+                                return;
+                        s->sent = true;
+                        f->n_in_flight++;
+                }
+                f->sent_upto = s;
         }
 }
 
@@ -220,9 +239,10 @@ static void queue_settle(struct kb_fleet *f, const char *team, const char *rid, 
         s->tokens = tokens;
         s->cost = cost;
         s->k_admit = kb_quota_bucket_key(admitted_usec);
-        if (f->backfill_before)
+        if (f->backfill_before) {
                 TAILQ_INSERT_BEFORE(f->backfill_before, s, link);
-        else
+                f->sent_upto = NULL;
+        } else
                 TAILQ_INSERT_TAIL(&f->queue, s, link);
         f->n_queue++;
         send_settles(f);
@@ -600,7 +620,10 @@ static void on_hello(void *userdata, const redisReply *reply) {
                          * journal, ahead of what is queued now. */
                         f->backfill_before = TAILQ_FIRST(&f->queue);
                         f->resent = (struct kb_fleet_event) { .event = "resent", .epoch = f->epoch };
+                        /* queued all, then sent in one walk below */
+                        f->backfilling = true;
                         f->backfill(f->backfill_userdata, elem_u64(reply, 2), f->start_seq);
+                        f->backfilling = false;
                         f->backfill_before = NULL;
                         if (f->handler && f->resent.n > 0)
                                 f->handler(f->handler_userdata, &f->resent);
@@ -682,6 +705,8 @@ void kb_fleet_store_up(struct kb_fleet *f) {
                 return;
         TAILQ_FOREACH(s, &f->queue, link)
                 s->sent = false;
+        f->sent_upto = NULL;
+        f->n_in_flight = 0;
         f->epoch[0] = 0;
         f->hello_pending = false;
         hello(f);

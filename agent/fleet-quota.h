@@ -45,6 +45,8 @@
 /* Settles waiting for the store, at most; past that the oldest are dropped
  * and counted (they stay in the journal and in this host's counters). */
 #define KB_FLEET_QUEUE_MAX 262144U
+/* Settles on their way to the store at once, at most. */
+#define KB_FLEET_IN_FLIGHT 1024U
 
 struct kb_fleet;
 struct kb_fleet_hold;
