@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/queue.h>
 #include <unistd.h>
 
 #include "ioset.h"
@@ -19,7 +20,7 @@ struct kb_io {
         void *userdata;
         /* while the set is direct: the socket's own sd-event source */
         sd_event_source *source;
-        struct kb_io *prev, *next;
+        LIST_ENTRY(kb_io) member;
         struct kb_io *next_dead;
 };
 
@@ -29,7 +30,7 @@ struct kb_ioset {
         sd_event_source *source;
         const char *description;
         /* members not freed, in a list for switching between the modes */
-        struct kb_io *members;
+        LIST_HEAD(, kb_io) members;
         unsigned n_members;
         bool batched;
         unsigned dispatching;
@@ -103,8 +104,10 @@ static void io_detach(struct kb_io *io) {
  * there (ENOMEM) stays where it was, so no socket is ever unwatched: both
  * ways of watching are served whatever the set's mode. */
 static void switch_mode(struct kb_ioset *s, bool batched) {
+        struct kb_io *io;
+
         s->batched = batched;
-        for (struct kb_io *io = s->members; io; io = io->next) {
+        LIST_FOREACH(io, &s->members, member) {
                 sd_event_source *source;
                 bool in_batch = !io->source;
                 if (in_batch == batched || io_attach(io, batched, &source) < 0)
@@ -163,10 +166,7 @@ int kb_ioset_add(struct kb_ioset *s, int fd, uint32_t events, kb_io_handler_t ha
                 free(io);
                 return r;
         }
-        io->next = s->members;
-        if (s->members)
-                s->members->prev = io;
-        s->members = io;
+        LIST_INSERT_HEAD(&s->members, io, member);
         if (++s->n_members > KB_IOSET_DIRECT_MAX && !s->batched)
                 switch_mode(s, true);
         *ret = io;
@@ -194,12 +194,7 @@ struct kb_io *kb_io_free(struct kb_io *io) {
                 return NULL;
         s = io->set;
         io_detach(io);
-        if (io->prev)
-                io->prev->next = io->next;
-        else
-                s->members = io->next;
-        if (io->next)
-                io->next->prev = io->prev;
+        LIST_REMOVE(io, member);
         if (--s->n_members <= KB_IOSET_DIRECT_MIN && s->batched)
                 switch_mode(s, false);
         io->dead = true;
