@@ -63,7 +63,6 @@ struct kb_fleet {
          * neither walked per settle nor pushed into hiredis's buffers at once. */
         struct settle *sent_upto;
         size_t n_in_flight;
-        bool backfilling;
         LIST_HEAD(, kb_fleet_hold) waiting;
 
         uint64_t dropped, pushes;
@@ -195,7 +194,7 @@ static int send_settle(struct kb_fleet *f, struct settle *s) {
 static void send_settles(struct kb_fleet *f) {
         struct settle *s;
 
-        if (!kb_fleet_ready(f) || f->backfilling)
+        if (!kb_fleet_ready(f) || f->n_in_flight >= KB_FLEET_IN_FLIGHT)
                 return;
         for (s = f->sent_upto ? TAILQ_NEXT(f->sent_upto, link) : TAILQ_FIRST(&f->queue); s;
              s = TAILQ_NEXT(s, link)) {
@@ -620,10 +619,7 @@ static void on_hello(void *userdata, const redisReply *reply) {
                          * journal, ahead of what is queued now. */
                         f->backfill_before = TAILQ_FIRST(&f->queue);
                         f->resent = (struct kb_fleet_event) { .event = "resent", .epoch = f->epoch };
-                        /* queued all, then sent in one walk below */
-                        f->backfilling = true;
                         f->backfill(f->backfill_userdata, elem_u64(reply, 2), f->start_seq);
-                        f->backfilling = false;
                         f->backfill_before = NULL;
                         if (f->handler && f->resent.n > 0)
                                 f->handler(f->handler_userdata, &f->resent);
