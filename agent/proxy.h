@@ -11,9 +11,6 @@
 
 #include "request.h"
 
-/* What the caller does with a call proxy.c is done with: its answer is
- * complete, cut, or not begun with r->failure set (kb_request_fail()). */
-typedef void (*kb_proxy_done_t)(struct kb_request *r);
 /* Forward r (team, model, route resolved; body inspected) upstream; done(r)
  * once, when proxy.c is through with it. */
 void kb_proxy_forward(struct kb_request *r, const char *upstream_model, bool add_include_usage,

@@ -56,6 +56,8 @@ struct kb_failure {
 };
 
 struct kb_request;
+/* What the caller does with a call proxy.c is done with: its answer is
+ * complete, cut, or not begun with r->failure set (kb_request_fail()). */
 typedef void (*kb_proxy_done_t)(struct kb_request *r);
 
 struct kb_request {
