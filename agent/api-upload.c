@@ -29,7 +29,7 @@ static void upload_wait(struct kb_conn *c, void *userdata) {
         kb_conn_set_handler(r->conn, NULL, NULL);
         if (st < 0) {
                 kb_request_fail_upload(r, st);
-                kb_api_proxied(r);
+                kb_api_conclude(r);
                 return;
         }
         struct kb_body_info info = { .stream = streq_ptr(kb_upload_field(r->upload, "stream"), "true") };

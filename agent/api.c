@@ -121,7 +121,7 @@ void kb_api_fail_full(struct kb_request *r, int status, const char *code, const 
         kb_request_finish(r);
 }
 
-void kb_api_proxied(struct kb_request *r) {
+void kb_api_conclude(struct kb_request *r) {
         const struct kb_failure *f = &r->failure;
 
         if (f->status && !r->response_started)
@@ -168,7 +168,7 @@ static struct kb_request *request_new(struct kb_broker *b, struct kb_conn *c, st
         r->attempts = 0;
         LIST_INSERT_HEAD(&b->requests, r, live);
         b->n_in_flight++;
-        kb_heaptrim_note(&b->heaptrim, b->n_in_flight);
+        kb_heaptrim_note(&b->heaptrim);
         return r;
 }
 
@@ -203,7 +203,7 @@ void kb_request_finish(struct kb_request *r) {
         kb_proxy_release(r);
         LIST_REMOVE(r, live);
         b->n_in_flight--;
-        kb_heaptrim_note(&b->heaptrim, b->n_in_flight);
+        kb_heaptrim_note(&b->heaptrim);
         b->n_requests++;
 
         kb_buf_free(&r->out);
@@ -376,7 +376,7 @@ void kb_api_forward_admitted(struct kb_request *r, const struct kb_admit_verdict
          * it, and proxy.c keeps a copy of the answer only for a sample. */
         if (kb_shadow_sample(r->broker->shadows, r, &r->shadow) < 0)
                 r->shadow = NULL;
-        kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage, kb_api_proxied);
+        kb_proxy_forward(r, r->target->upstream_model, r->add_include_usage, kb_api_conclude);
 }
 
 /* Characters of speech input: what TTS is billed by (code points). */
@@ -442,7 +442,7 @@ void kb_api_serve_model(struct kb_request *r, struct kb_body_info *info_) {
         /* The ordered candidates (targets by weight, fallbacks); the first
          * prices the quota reservation. */
         if (!kb_proxy_plan(r)) {
-                kb_api_proxied(r);
+                kb_api_conclude(r);
                 return;
         }
 

@@ -48,7 +48,7 @@ const struct kb_route *kb_api_default_route(const struct kb_config *c, const str
 void kb_api_cut_all(struct kb_broker *b);
 /* api.c: journal the request, end the response, free it. */
 void kb_request_finish(struct kb_request *r);
-/* api.c: a call proxy.c is done with (kb_proxy_forward's done): its failure,
- * if it has one and no answer began, answered in the family's shape; then
- * finished. */
-void kb_api_proxied(struct kb_request *r);
+/* api.c: a call the layers below are through with (kb_proxy_forward's done,
+ * a plan or an upload that failed): its failure, if it has one and no answer
+ * began, answered in the family's shape; then finished. */
+void kb_api_conclude(struct kb_request *r);

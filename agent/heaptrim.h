@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
-/* Layer 10 of 12, transport: calls no other layer. */
+/* Layer 10 of 12, transport: calls layer 12. */
 /* Told by api.c, which counts the calls in flight. Calls glibc's
- * malloc_trim() and sd-event. Never logs.
+ * malloc_trim() and sd-event (through util.c's kb_timer_arm_in()). Never logs.
  *
  * glibc keeps what a burst of calls freed in its arenas: without giving it
  * back, a sidecar that once held 1,000 streams keeps their RSS for good. A
@@ -14,12 +14,12 @@
 
 struct kb_heaptrim {
         sd_event *event;
+        const uint64_t *in_flight;      /* the owner's count of calls in flight */
         sd_event_source *timer;
-        uint64_t in_flight;
         uint64_t peak;                  /* since the heap was last trimmed */
 };
 
-/* The number of calls in flight changed (as a call starts and ends). */
-void kb_heaptrim_note(struct kb_heaptrim *t, uint64_t in_flight);
+/* *in_flight changed (as a call starts and ends). */
+void kb_heaptrim_note(struct kb_heaptrim *t);
 /* At exit. */
 void kb_heaptrim_done(struct kb_heaptrim *t);

@@ -405,6 +405,7 @@ static int run(struct daemon *d) {
         if (r < 0)
                 return r;
         b->keyseal.event = b->heaptrim.event = b->event;
+        b->heaptrim.in_flight = &b->n_in_flight;
         r = setup_signals(d);
         if (r < 0)
                 return r;

@@ -165,19 +165,8 @@ static int on_save_timer(sd_event_source *e, uint64_t usec, void *userdata) {
 
 /* Write the spend soon: one write for a burst of shadows, not one each. */
 static void save_later(struct kb_shadows *s) {
-        int enabled = SD_EVENT_OFF;
-
-        if (s->save_timer && sd_event_source_get_enabled(s->save_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
-                return;
-        uint64_t at = kb_now_usec() + SAVE_DELAY_USEC;
-        if (s->save_timer) {
-                if (sd_event_source_set_time(s->save_timer, at) >= 0 &&
-                    sd_event_source_set_enabled(s->save_timer, SD_EVENT_ONESHOT) >= 0)
-                        return;
-        } else if (sd_event_add_time(s->b->event, &s->save_timer, CLOCK_MONOTONIC, at, 100 * USEC_PER_MSEC,
-                                     on_save_timer, s) >= 0)
-                return;
-        save(s);
+        if (kb_timer_arm_in(s->b->event, &s->save_timer, SAVE_DELAY_USEC, on_save_timer, s, "shadow-save") < 0)
+                save(s);
 }
 
 /* ---- records ---- */

@@ -262,3 +262,27 @@ uint32_t kb_nearest_rank_u32(const uint32_t *sorted, size_t n, unsigned pct) {
         size_t rank = (size_t) (((uint64_t) n * pct + 99) / 100);
         return sorted[rank ? rank - 1 : 0];
 }
+
+int kb_timer_arm_in(sd_event *e, sd_event_source **timer, uint64_t delay_usec, sd_event_time_handler_t handler,
+                    void *userdata, const char *description) {
+        int enabled = SD_EVENT_OFF, r;
+        uint64_t now;
+
+        if (*timer && sd_event_source_get_enabled(*timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+                return 0;
+        if (sd_event_now(e, CLOCK_MONOTONIC, &now) < 0)
+                now = kb_now_usec();
+        if (!*timer) {
+                r = sd_event_add_time(e, timer, CLOCK_MONOTONIC, now + delay_usec, 100 * USEC_PER_MSEC, handler,
+                                      userdata);
+                if (r < 0)
+                        return r;
+                if (description)
+                        (void) sd_event_source_set_description(*timer, description);
+                return sd_event_source_set_enabled(*timer, SD_EVENT_ONESHOT);
+        }
+        r = sd_event_source_set_time(*timer, now + delay_usec);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(*timer, SD_EVENT_ONESHOT);
+}

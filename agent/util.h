@@ -16,6 +16,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <systemd/sd-event.h>
+
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _unused_ __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
@@ -123,6 +125,12 @@ uint32_t kb_nearest_rank_u32(const uint32_t *sorted, size_t n, unsigned pct);
 uint64_t kb_fnv1a64(const void *p, size_t n);
 
 uint64_t kb_now_usec(void); /* CLOCK_MONOTONIC */
+/* Work for "soon, once for a burst": arms *timer (made on first use) to fire
+ * once delay_usec from now, unless it is armed already (then it is left as
+ * it is: re-arming per call is what this avoids). 0 or -errno; on an error
+ * the caller does the work now. */
+int kb_timer_arm_in(sd_event *e, sd_event_source **timer, uint64_t delay_usec, sd_event_time_handler_t handler,
+                    void *userdata, const char *description);
 uint64_t kb_realtime_usec(void);
 
 /* Case-insensitive ASCII compare of an HTTP header name. */

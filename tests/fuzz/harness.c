@@ -395,6 +395,7 @@ static struct fuzz_broker *fuzz_broker_new(void) {
         if (r < 0)
                 die("sd_event_new", r);
         b->keyseal.event = b->heaptrim.event = b->event;
+        b->heaptrim.in_flight = &b->n_in_flight;
         upstream_listen(fb);
         write_config(fb);
         b->config_path = fb->config_path;
